@@ -1,0 +1,21 @@
+//! Every schema change, one file each, applied in order on PostgreSQL and SQLite.
+//! Each migration declares its own `DeriveIden` enums so that later changes to entities
+//! never rewrite history.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_bus_inbox_outbox;
+mod m20261124_000002_consents;
+
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261124_000001_bus_inbox_outbox::Migration),
+            Box::new(m20261124_000002_consents::Migration),
+        ]
+    }
+}

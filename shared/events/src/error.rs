@@ -1,0 +1,29 @@
+/// Why bytes could not be turned into a lifecycle event. Every variant is permanent: the
+/// same bytes will never decode, so a consumer dead-letters them with this text as reason.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a CloudEvents 1.0 JSON envelope: {0}")]
+    Envelope(#[source] serde_json::Error),
+    #[error("unsupported specversion {0:?} (only \"1.0\")")]
+    SpecVersion(String),
+    #[error("unsupported datacontenttype {0:?} (only \"application/json\")")]
+    DataContentType(String),
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    #[error("event type {event_type:?} does not belong on subject {subject:?}")]
+    SubjectMismatch { event_type: String, subject: String },
+    #[error("invalid data for {event_type}: {source}")]
+    Data {
+        event_type: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid field {field}: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+impl DecodeError {
+    pub(crate) fn field(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::Field { field, reason: reason.into() }
+    }
+}

@@ -1,0 +1,45 @@
+//! The only types that cross a process boundary in Custodian.
+//!
+//! Every event is a CloudEvents 1.0 envelope in structured JSON mode whose `data` is one of
+//! the typed payloads of [`payloads`]. Decoding is strict on purpose: an unknown attribute or
+//! data field is an error, so nothing but identifiers can slip into storage (data
+//! minimisation beats tolerant readers here). A new field means a new `…V2` type.
+
+mod envelope;
+mod error;
+pub mod payloads;
+pub mod subjects;
+
+pub use envelope::{CloudEvent, EventData, LifecycleEvent, CONTENT_TYPE, DATA_CONTENT_TYPE, SPEC_VERSION};
+pub use error::DecodeError;
+pub use payloads::*;
+
+/// Key of a consent: the OP that knows the person, the person's pseudonymous `sub` there,
+/// and the platform (OIDC `client_id`) they consented to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct ConsentKey {
+    pub issuer: String,
+    pub subject: String,
+    pub platform_id: String,
+}
+
+impl ConsentKey {
+    pub fn new(issuer: impl Into<String>, subject: impl Into<String>, platform_id: impl Into<String>) -> Self {
+        Self { issuer: issuer.into(), subject: subject.into(), platform_id: platform_id.into() }
+    }
+
+    /// A stable, opaque digest of the key (hex SHA-256 is done by the store; this is the
+    /// canonical byte form it hashes). NUL cannot occur in validated identifiers.
+    pub fn canonical(&self) -> String {
+        format!("{}\u{0}{}\u{0}{}", self.issuer, self.subject, self.platform_id)
+    }
+}
+
+/// Deterministic event id derived from a parent id and a purpose, so that re-running the
+/// same work publishes nothing new (JetStream de-duplicates on `Nats-Msg-Id`).
+pub fn derived_event_id(purpose: &str, parent: &str) -> String {
+    uuid::Uuid::new_v5(&ID_NAMESPACE, format!("{purpose}\u{0}{parent}").as_bytes()).to_string()
+}
+
+/// Namespace of every UUIDv5 Custodian derives.
+const ID_NAMESPACE: uuid::Uuid = uuid::uuid!("6f1d2c8e-3c1a-5d7b-9a41-0c7e2b5f4a10");

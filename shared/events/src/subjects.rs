@@ -1,0 +1,61 @@
+//! NATS subject names. Constants, never assembled ad hoc; the only identifiers that may
+//! appear in a subject are a view id (wipe commands) and a service name (dead letters).
+
+pub const STREAM: &str = "LIFECYCLE";
+pub const ALL: &str = "lifecycle.>";
+
+pub const CONSENT_GRANTED: &str = "lifecycle.consent.granted";
+pub const CONSENT_REVOKED: &str = "lifecycle.consent.revoked";
+pub const ACTIVITY_SEEN: &str = "lifecycle.activity.seen";
+pub const CONSENT_EXPIRE: &str = "lifecycle.consent.expire";
+pub const CONSENT_ENDED: &str = "lifecycle.consent.ended";
+pub const SESSION_OPENED: &str = "lifecycle.session.opened";
+pub const SESSION_CLOSED: &str = "lifecycle.session.closed";
+/// Prefix of `lifecycle.session.wipe.<view_id>`; see [`session_wipe`].
+pub const SESSION_WIPE_PREFIX: &str = "lifecycle.session.wipe";
+pub const SESSION_WIPED: &str = "lifecycle.session.wiped";
+pub const TOKEN_REVOKED: &str = "lifecycle.token.revoked";
+pub const TOKEN_HOK_USED: &str = "lifecycle.token.hok_used";
+pub const INCIDENT_REPORTED: &str = "lifecycle.incident.reported";
+pub const CREDENTIAL_ROTATED: &str = "lifecycle.credential.rotated";
+pub const DPO_NOTIFIED: &str = "lifecycle.dpo.notified";
+/// Prefix of `lifecycle.deadletter.<service>`; see [`deadletter`].
+pub const DEADLETTER_PREFIX: &str = "lifecycle.deadletter";
+
+/// Is `token` usable as one NATS subject token (no separator, no wildcard, no space)?
+pub fn is_valid_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 128
+        && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `lifecycle.session.wipe.<view_id>`, or `None` when the view id is not a valid token.
+pub fn session_wipe(view_id: &str) -> Option<String> {
+    is_valid_token(view_id).then(|| format!("{SESSION_WIPE_PREFIX}.{view_id}"))
+}
+
+/// `lifecycle.deadletter.<service>`, or `None` when the service name is not a valid token.
+pub fn deadletter(service: &str) -> Option<String> {
+    is_valid_token(service).then(|| format!("{DEADLETTER_PREFIX}.{service}"))
+}
+
+/// The routing token after a prefix, e.g. the view id of a wipe subject.
+pub fn token_after<'a>(subject: &'a str, prefix: &str) -> Option<&'a str> {
+    subject.strip_prefix(prefix)?.strip_prefix('.').filter(|t| is_valid_token(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wipe_subject_carries_only_a_plain_view_token() {
+        assert_eq!(session_wipe("view-1").as_deref(), Some("lifecycle.session.wipe.view-1"));
+        assert_eq!(session_wipe("a.b"), None);
+        assert_eq!(session_wipe("*"), None);
+        assert_eq!(session_wipe(">"), None);
+        assert_eq!(session_wipe(""), None);
+        assert_eq!(token_after("lifecycle.session.wipe.view-1", SESSION_WIPE_PREFIX), Some("view-1"));
+        assert_eq!(token_after("lifecycle.session.wipe.a.b", SESSION_WIPE_PREFIX), None);
+    }
+}

@@ -1,0 +1,177 @@
+//! Pins the wire form of every payload (JSON snapshots) and the strictness of decoding.
+
+use chrono::{DateTime, TimeZone, Utc};
+use custodian_events::*;
+
+const ISSUER: &str = "https://op.example";
+
+fn at(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_790_000_000 + secs, 0).single().unwrap_or_default()
+}
+
+fn envelope<T: EventData>(data: T) -> CloudEvent<T> {
+    CloudEvent::with_id("00000000-0000-4000-8000-000000000001", "urn:custodian:test", at(0), data)
+}
+
+fn round_trip<T: EventData + std::fmt::Debug + PartialEq + Clone>(data: T) -> serde_json::Value {
+    let event = envelope(data);
+    let bytes = event.to_json();
+    let subject = match T::SUBJECT {
+        subjects::SESSION_WIPE_PREFIX => "lifecycle.session.wipe.view-1".to_owned(),
+        subjects::DEADLETTER_PREFIX => "lifecycle.deadletter.consent".to_owned(),
+        s => s.to_owned(),
+    };
+    let decoded = LifecycleEvent::decode(Some(&subject), &bytes).unwrap();
+    assert_eq!(decoded.id(), event.id);
+    assert_eq!(decoded.to_json(), bytes, "re-encoding a decoded event changes nothing");
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn every_payload_keeps_its_wire_form() {
+    insta::assert_json_snapshot!("consent_granted", round_trip(ConsentGrantedV1 {
+        issuer: ISSUER.into(), subject: "sub-1".into(), platform_id: "tp-1".into(),
+        scopes: vec!["openid".into(), "offline_access".into()], acr: Some("urn:acr:high".into()),
+    }));
+    insta::assert_json_snapshot!("consent_revoked", round_trip(ConsentRevokedV1 {
+        issuer: ISSUER.into(), subject: "sub-1".into(), platform_id: "tp-1".into(),
+        reason: RevokeReason::User, actor: None,
+    }));
+    insta::assert_json_snapshot!("activity_seen", round_trip(ActivitySeenV1 {
+        issuer: ISSUER.into(), subject: "sub-1".into(), platform_id: "tp-1".into(),
+    }));
+    insta::assert_json_snapshot!("consent_expire", round_trip(ConsentExpireV1 {
+        issuer: ISSUER.into(), subject: "sub-1".into(), platform_id: "tp-1".into(),
+        sweep_id: "sweep-1".into(), idle_since: at(-86_400),
+    }));
+    insta::assert_json_snapshot!("consent_ended", round_trip(ConsentEndedV1 {
+        issuer: ISSUER.into(), subject: "sub-1".into(), platform_id: "tp-1".into(),
+        reason: EndReason::Revoked, cause_event_id: "e-1".into(),
+    }));
+    insta::assert_json_snapshot!("session_opened", round_trip(SessionOpenedV1 {
+        session_id: "s-1".into(), view_id: "view-1".into(), issuer: ISSUER.into(),
+        subject: "sub-1".into(), platform_id: "tp-1".into(), expires_at: at(3600),
+    }));
+    insta::assert_json_snapshot!("session_closed", round_trip(SessionClosedV1 {
+        session_id: "s-1".into(), view_id: "view-1".into(),
+    }));
+    insta::assert_json_snapshot!("session_wipe", round_trip(SessionWipeV1 {
+        wipe_id: "w-1".into(), session_ids: vec!["s-1".into()], issuer: ISSUER.into(),
+        subject: "sub-1".into(), platform_id: "tp-1".into(), reason: WipeReason::ConsentEnded,
+    }));
+    insta::assert_json_snapshot!("session_wiped", round_trip(SessionWipedV1 {
+        wipe_id: "w-1".into(), view_id: "view-1".into(), session_ids: vec!["s-1".into()],
+    }));
+    insta::assert_json_snapshot!("token_revoked", round_trip(TokenRevokedV1 {
+        issuer: ISSUER.into(), subject: "sub-1".into(), platform_id: "tp-1".into(),
+        token_kind: TokenKind::Refresh, outcome: RevocationOutcome::AlreadyInvalid, cause_event_id: "e-1".into(),
+    }));
+    insta::assert_json_snapshot!("token_hok_used", round_trip(TokenHokUsedV1 {
+        platform_id: "tp-1".into(), caller_identity: "85073003328".into(),
+        caller_organisation: Some("nihii:12345".into()), subject: Some("sub-1".into()),
+        service: "https://services.example/recipe".into(), assertion_id: "_a1".into(),
+        token_type: HokTokenType::Saml1, valid_until: at(600), purpose: None,
+    }));
+    insta::assert_json_snapshot!("incident_reported", round_trip(IncidentReportedV1 {
+        incident_id: "inc-1".into(), kind: IncidentKind::PlatformCompromise, platform_id: "tp-1".into(),
+        subject: None, issuer: None, summary: "client secret found in a public repository".into(),
+        detected_at: at(-60), reporter: "soc@example".into(),
+    }));
+    insta::assert_json_snapshot!("credential_rotated", round_trip(CredentialRotatedV1 {
+        platform_id: "tp-1".into(), credential_version: 2, not_after_previous: at(0),
+    }));
+    insta::assert_json_snapshot!("dpo_notified", round_trip(DpoNotifiedV1 {
+        incident_id: "inc-1".into(), channel: DpoChannel::Email, delivered_at: at(1),
+    }));
+    insta::assert_json_snapshot!("deadletter", round_trip(DeadLetterV1 {
+        original_subject: "lifecycle.consent.granted".into(), original_id: Some("e-9".into()),
+        reason: "invalid data".into(), payload_base64: "e30=".into(),
+    }));
+}
+
+fn granted_json() -> serde_json::Value {
+    serde_json::json!({
+        "specversion": "1.0", "id": "e-1", "source": "urn:test", "type": "custodian.consent.granted.v1",
+        "time": "2026-11-24T10:00:00Z", "datacontenttype": "application/json",
+        "data": {"issuer": ISSUER, "subject": "sub-1", "platform_id": "tp-1", "scopes": ["openid"]}
+    })
+}
+
+fn decode(value: &serde_json::Value) -> Result<LifecycleEvent, DecodeError> {
+    LifecycleEvent::decode(Some(subjects::CONSENT_GRANTED), &serde_json::to_vec(value).unwrap())
+}
+
+#[test]
+fn a_valid_grant_decodes() {
+    let event = decode(&granted_json()).unwrap();
+    assert!(matches!(event, LifecycleEvent::ConsentGranted(ref e) if e.data.subject == "sub-1"));
+}
+
+#[test]
+fn an_unknown_data_field_is_refused_so_no_medical_data_slips_in() {
+    let mut v = granted_json();
+    v["data"]["diagnosis"] = "J45".into();
+    let err = decode(&v).unwrap_err();
+    assert!(matches!(err, DecodeError::Data { .. }), "{err}");
+    assert!(err.to_string().contains("unknown field `diagnosis`"), "{err}");
+}
+
+#[test]
+fn an_unknown_envelope_attribute_is_refused() {
+    let mut v = granted_json();
+    v["patientname"] = "x".into();
+    assert!(matches!(decode(&v), Err(DecodeError::Envelope(_))));
+}
+
+#[test]
+fn a_wrong_type_or_subject_is_refused() {
+    let mut v = granted_json();
+    v["type"] = "custodian.consent.granted.v9".into();
+    assert!(matches!(decode(&v), Err(DecodeError::UnknownType(_))));
+    let v = granted_json();
+    let err = LifecycleEvent::decode(Some(subjects::CONSENT_REVOKED), &serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(matches!(err, DecodeError::SubjectMismatch { .. }));
+}
+
+#[test]
+fn wrongly_typed_or_empty_fields_are_refused() {
+    let mut v = granted_json();
+    v["data"]["scopes"] = "openid".into();
+    assert!(matches!(decode(&v), Err(DecodeError::Data { .. })));
+    let mut v = granted_json();
+    v["data"]["subject"] = "".into();
+    assert!(matches!(decode(&v), Err(DecodeError::Field { field: "subject", .. })));
+    let mut v = granted_json();
+    v["data"]["issuer"] = "op.example".into();
+    assert!(matches!(decode(&v), Err(DecodeError::Field { field: "issuer", .. })));
+    let mut v = granted_json();
+    v["specversion"] = "0.3".into();
+    assert!(matches!(decode(&v), Err(DecodeError::SpecVersion(_))));
+    let mut v = granted_json();
+    v["time"] = "yesterday".into();
+    assert!(matches!(decode(&v), Err(DecodeError::Envelope(_))));
+    assert!(matches!(LifecycleEvent::decode(None, b"not json"), Err(DecodeError::Envelope(_))));
+}
+
+#[test]
+fn a_subjectless_event_finds_its_subject_from_its_type() {
+    let event = LifecycleEvent::decode(None, &serde_json::to_vec(&granted_json()).unwrap()).unwrap();
+    assert_eq!(event.fixed_subject(), Some(subjects::CONSENT_GRANTED));
+}
+
+#[test]
+fn the_caller_identity_never_shows_in_debug_output() {
+    let used = TokenHokUsedV1 {
+        platform_id: "tp-1".into(), caller_identity: "85073003328".into(), caller_organisation: None,
+        subject: None, service: "svc".into(), assertion_id: "_a".into(), token_type: HokTokenType::Saml2,
+        valid_until: at(0), purpose: None,
+    };
+    assert!(!format!("{used:?}").contains("85073003328"));
+}
+
+#[test]
+fn derived_ids_are_stable_and_distinct() {
+    assert_eq!(derived_event_id("ended", "e-1"), derived_event_id("ended", "e-1"));
+    assert_ne!(derived_event_id("ended", "e-1"), derived_event_id("ended", "e-2"));
+    assert_ne!(derived_event_id("ended", "e-1"), derived_event_id("wipe", "e-1"));
+}
