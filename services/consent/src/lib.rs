@@ -1,1 +1,80 @@
+//! The consent ledger. Consumes `consent.granted`, `consent.revoked`, `activity.seen` and
+//! `consent.expire`; keeps one row per (issuer, subject, platform) in `consents` and its
+//! trail in `consent_history`; publishes `consent.ended` through the outbox when a consent
+//! that was honoured stops being so. Answers ledger queries on `custodian.query.consents`.
+//!
+//! Invariants: state is decided by event time, never arrival order (see [`ledger`]); each
+//! event id is applied at most once (inbox); `consent.ended` has an id derived from its
+//! cause, so it is published once however often the cause is replayed.
 
+pub mod handler;
+pub mod ledger;
+mod metrics;
+pub mod persistence;
+mod queries;
+
+use custodian_bus::{Bus, ConsumerSpec, OutboxRelay, Supervisor, SupervisorError};
+use custodian_events::subjects;
+use custodian_store::Store;
+use custodian_store::clock::SharedClock;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub use metrics::ConsentMetrics;
+
+pub const SERVICE: &str = "consent";
+pub const CONSUMER: &str = "consent-ledger";
+pub const SOURCE: &str = "urn:custodian:consent";
+
+/// Settings of the consent service (`[consent]` in custodian.toml, `CUSTODIAN_CONSENT__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsentConfig {
+    /// Messages fetched and applied per transaction.
+    pub batch: usize,
+    /// Deliveries before a transiently failing event is dead-lettered.
+    pub max_deliver: i64,
+    /// Seconds between outbox re-drives when nothing wakes the relay.
+    pub reconcile_every_secs: u64,
+}
+
+impl Default for ConsentConfig {
+    fn default() -> Self {
+        Self { batch: 1000, max_deliver: 10, reconcile_every_secs: 5 }
+    }
+}
+
+/// What the service is given: its connections and the clock.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    pub store: Store,
+    pub bus: Bus,
+    pub clock: SharedClock,
+    pub metrics: ConsentMetrics,
+}
+
+/// Runs the ledger consumer, the outbox relay and the query responder until `shutdown`.
+pub async fn run(deps: Deps, config: ConsentConfig, shutdown: CancellationToken) -> Result<(), SupervisorError> {
+    let mut relay = OutboxRelay::new(deps.store.clone(), deps.bus.clone(), SERVICE, deps.clock.clone());
+    relay.reconcile_every = std::time::Duration::from_secs(config.reconcile_every_secs.max(1));
+    let handler = handler::LedgerHandler {
+        store: deps.store.clone(),
+        clock: deps.clock.clone(),
+        relay: relay.handle(),
+        metrics: deps.metrics.clone(),
+    };
+    let mut spec = ConsumerSpec::new(
+        SERVICE,
+        "ledger",
+        &[subjects::CONSENT_GRANTED, subjects::CONSENT_REVOKED, subjects::ACTIVITY_SEEN, subjects::CONSENT_EXPIRE],
+    );
+    spec.batch = config.batch.max(1);
+    spec.max_deliver = config.max_deliver.max(1);
+
+    let mut tasks = Supervisor::new(shutdown.clone());
+    tasks.spawn("consent-relay", relay.run(shutdown.clone()));
+    let (bus, clock, token) = (deps.bus.clone(), deps.clock.clone(), shutdown.clone());
+    tasks.spawn("consent-ledger", async move { custodian_bus::run_consumer(&bus, spec, handler, clock, token).await });
+    tasks.spawn("consent-queries", queries::serve(deps.bus.client().clone(), deps.store.clone(), shutdown));
+    tasks.wait().await
+}

@@ -1,1 +1,179 @@
+//! NATS JetStream as Custodian's trigger: the `LIFECYCLE` stream, publishing with
+//! `Nats-Msg-Id` (de-duplication) and awaited acks, durable pull consumers with explicit
+//! ack and dead-letters, and the outbox relay that makes PostgreSQL the record.
+//!
+//! Invariants: every publish waits for the stream's ack; a message is acked only after its
+//! effect committed; a message that can never be processed ends on
+//! `lifecycle.deadletter.<service>` with the reason, never silently dropped.
 
+mod consumer;
+mod relay;
+mod supervisor;
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishAckFuture, stream};
+use bytes::Bytes;
+use custodian_events::{CONTENT_TYPE, CloudEvent, EventData, subjects};
+use futures::StreamExt;
+
+pub use consumer::{BatchHandler, ConsumerSpec, Delivery, HandlerError, run_consumer};
+pub use relay::{OutboxRelay, RelayHandle};
+pub use supervisor::{Supervisor, SupervisorError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot create or open stream {stream}: {reason}")]
+    Stream { stream: String, reason: String },
+    #[error("cannot create or open consumer {durable}: {reason}")]
+    Consumer { durable: String, reason: String },
+    #[error("publish of event {event_id} on {subject} failed: {reason}")]
+    Publish { event_id: String, subject: String, reason: String },
+    #[error("invalid routing token {0:?} for a subject")]
+    InvalidSubjectToken(String),
+    #[error("database error in the outbox relay: {0}")]
+    Db(#[from] sea_orm::DbErr),
+}
+
+/// How the `LIFECYCLE` stream is created (if missing).
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// 1 locally, 3 in a cluster.
+    pub replicas: usize,
+    /// JetStream de-duplication window on `Nats-Msg-Id` (contract: at least 2 minutes).
+    pub duplicate_window: Duration,
+    /// How long events stay in the stream (the database is the record).
+    pub max_age: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self { replicas: 1, duplicate_window: Duration::from_secs(120), max_age: Duration::from_secs(7 * 24 * 3600) }
+    }
+}
+
+/// Connects to NATS with a client name (shows up in the server's connection list).
+pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client, BusError> {
+    async_nats::ConnectOptions::new()
+        .name(client_name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|source| BusError::Connect { url: url.to_owned(), source })
+}
+
+/// The JetStream side of a NATS client, with the `LIFECYCLE` stream ensured.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+/// One event ready to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub subject: String,
+    pub event_id: String,
+    pub payload: Bytes,
+    pub traceparent: Option<String>,
+}
+
+impl Bus {
+    /// Wraps `client` and creates the stream if it is missing (idempotent; an existing
+    /// stream is left as configured by its operator).
+    pub async fn new(client: async_nats::Client, settings: &StreamSettings) -> Result<Self, BusError> {
+        let js = jetstream::new(client.clone());
+        let config = stream::Config {
+            name: subjects::STREAM.to_owned(),
+            subjects: vec![subjects::ALL.to_owned()],
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            duplicate_window: settings.duplicate_window,
+            max_age: settings.max_age,
+            retention: stream::RetentionPolicy::Limits,
+            ..Default::default()
+        };
+        js.get_or_create_stream(config)
+            .await
+            .map_err(|e| BusError::Stream { stream: subjects::STREAM.to_owned(), reason: e.to_string() })?;
+        Ok(Self { client, js })
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Is the NATS connection up (readiness)?
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Sends one event; the returned future resolves on the stream's ack. Sending many
+    /// before awaiting keeps many acks in flight (throughput).
+    pub async fn send(&self, out: &Outgoing) -> Result<PublishAckFuture, BusError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", out.event_id.as_str());
+        headers.insert("content-type", CONTENT_TYPE);
+        if let Some(tp) = &out.traceparent {
+            headers.insert(custodian_telemetry::TRACEPARENT, tp.as_str());
+        }
+        self.js
+            .publish_with_headers(out.subject.clone(), headers, out.payload.clone())
+            .await
+            .map_err(|e| publish_error(out, e))
+    }
+
+    /// Publishes one event and waits for its ack. A duplicate (same id within the window)
+    /// is a success: the stream already holds it.
+    pub async fn publish(&self, out: &Outgoing) -> Result<(), BusError> {
+        self.send(out).await?.await.map_err(|e| publish_error(out, e))?;
+        Ok(())
+    }
+
+    /// Publishes a typed event on its own subject (or `subject` for routed commands),
+    /// with the current trace context.
+    pub async fn publish_event<T: EventData>(&self, subject: &str, event: &CloudEvent<T>) -> Result<(), BusError> {
+        self.publish(&Outgoing {
+            subject: subject.to_owned(),
+            event_id: event.id.clone(),
+            payload: Bytes::from(event.to_json()),
+            traceparent: event.traceparent.clone().or_else(custodian_telemetry::current_traceparent),
+        })
+        .await
+    }
+
+    /// Publishes every event with up to `in_flight` acks outstanding; returns, in input
+    /// order, whether each was acked.
+    pub async fn publish_all(&self, events: &[Outgoing], in_flight: usize) -> Vec<Result<(), BusError>> {
+        // Owned values in each future: borrowed ones trip the compiler's Send inference
+        // for spawned tasks (rust-lang/rust#102211).
+        futures::stream::iter(events.to_vec())
+            .map(|out| {
+                let bus = self.clone();
+                async move {
+                    let ack = bus.send(&out).await?;
+                    ack.await.map_err(|e| publish_error(&out, e))?;
+                    Ok(())
+                }
+            })
+            .buffered(in_flight.max(1))
+            .collect()
+            .await
+    }
+}
+
+fn publish_error(out: &Outgoing, e: impl std::fmt::Display) -> BusError {
+    BusError::Publish { event_id: out.event_id.clone(), subject: out.subject.clone(), reason: e.to_string() }
+}

@@ -8,6 +8,7 @@
 mod envelope;
 mod error;
 pub mod payloads;
+pub mod queries;
 pub mod subjects;
 
 pub use envelope::{CloudEvent, EventData, LifecycleEvent, CONTENT_TYPE, DATA_CONTENT_TYPE, SPEC_VERSION};

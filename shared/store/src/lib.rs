@@ -1,1 +1,156 @@
+//! The database: one sea-orm connection to PostgreSQL or SQLite (the embedded default),
+//! the entities of every table, and the inbox/outbox helpers every service shares.
+//!
+//! Invariant: timestamps are UTC; every state change and the events it causes commit in
+//! one transaction (outbox); a consumer records each applied event id in the same
+//! transaction as its effect (inbox).
 
+pub mod clock;
+pub mod entities;
+pub mod inbox;
+pub mod outbox;
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
+use sea_orm_migration::MigratorTrait;
+use sha2::{Digest, Sha256};
+
+pub use sea_orm;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sea_orm::DbErr,
+    },
+    #[error("cannot create the directory of the SQLite database {path}: {source}")]
+    CreateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unsupported database URL {0:?}: use postgres://… or sqlite://…")]
+    UnsupportedUrl(String),
+    #[error("migration failed: {0}")]
+    Migrate(#[source] sea_orm::DbErr),
+    #[error("database error: {0}")]
+    Db(#[from] sea_orm::DbErr),
+}
+
+/// A handle on the database, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Connects to `postgres://…` or `sqlite://path` (the file and its directory are created).
+    /// A database URL may carry a password: it is never logged.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let url = prepare_url(url)?;
+        let is_sqlite = url.starts_with("sqlite:");
+        let mut options = ConnectOptions::new(url.clone());
+        options
+            .max_connections(if is_sqlite { max_connections.min(4) } else { max_connections })
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(30))
+            .sqlx_logging(false);
+        let db = Database::connect(options)
+            .await
+            .map_err(|source| StoreError::Connect { url: redact_url(&url), source })?;
+        if is_sqlite {
+            // WAL lets readers run beside the single writer; busy_timeout makes writers wait
+            // for each other instead of failing; foreign keys are off by default in SQLite.
+            for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=10000"] {
+                db.execute_unprepared(pragma).await?;
+            }
+        }
+        Ok(Self { db })
+    }
+
+    /// Connects and applies every pending migration.
+    pub async fn connect_and_migrate(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let store = Self::connect(url, max_connections).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        custodian_migrations::Migrator::up(&self.db, None).await.map_err(StoreError::Migrate)
+    }
+
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// Readiness: can we run a trivial statement?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        Ok(self.db.ping().await?)
+    }
+}
+
+fn prepare_url(url: &str) -> Result<String, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(url.to_owned());
+    }
+    let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) else {
+        return Err(StoreError::UnsupportedUrl(redact_url(url)));
+    };
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    if path != ":memory:" {
+        if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| StoreError::CreateDir { path: dir.display().to_string(), source })?;
+        }
+    }
+    let query = if query.contains("mode=") { query.to_owned() } else if query.is_empty() { "mode=rwc".to_owned() } else { format!("{query}&mode=rwc") };
+    Ok(format!("sqlite://{path}?{query}"))
+}
+
+/// The URL without its password, for error messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The stored, opaque key of a consent: hex SHA-256 of its canonical form. Keeps the
+/// primary key short and fixed-width, and lets a batch load every row it touches with one
+/// `IN (…)` on PostgreSQL and SQLite alike.
+pub fn consent_key_digest(canonical: &str) -> String {
+    hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_passwords_never_reach_error_messages() {
+        assert_eq!(redact_url("postgres://app:hunter2@db:5432/x"), "postgres://app:***@db:5432/x");
+        assert_eq!(redact_url("sqlite://.data/c.db"), "sqlite://.data/c.db");
+    }
+
+    #[test]
+    fn sqlite_urls_are_created_when_missing() {
+        let dir = std::env::temp_dir().join(format!("custodian-store-{}", std::process::id()));
+        let url = format!("sqlite://{}/sub/c.db", dir.display());
+        assert!(prepare_url(&url).unwrap().ends_with("/sub/c.db?mode=rwc"));
+        assert!(dir.join("sub").is_dir());
+        assert!(matches!(prepare_url("mysql://x"), Err(StoreError::UnsupportedUrl(_))));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,156 @@
+//! Applies a batch of consent facts in one transaction: inbox check, lock and load the rows,
+//! join each fact, save, history, `consent.ended` to the outbox, inbox record, commit.
+
+use std::collections::{HashMap, HashSet};
+
+use custodian_bus::{BatchHandler, Delivery, HandlerError, RelayHandle};
+use custodian_events::{CloudEvent, ConsentEndedV1, ConsentKey, LifecycleEvent, derived_event_id, subjects};
+use custodian_store::clock::SharedClock;
+use custodian_store::outbox::OutgoingEvent;
+use custodian_store::sea_orm::{DbErr, TransactionTrait};
+use custodian_store::{Store, inbox, outbox};
+
+use crate::ledger::{self, Expire, Fact, Grant, Revoke, Status, Transition};
+use crate::metrics::ConsentMetrics;
+use crate::persistence;
+use crate::{CONSUMER, SERVICE, SOURCE};
+
+#[derive(Debug, Clone)]
+pub struct LedgerHandler {
+    pub store: Store,
+    pub clock: SharedClock,
+    pub relay: RelayHandle,
+    pub metrics: ConsentMetrics,
+}
+
+/// The consent fact an event states, if it is one.
+pub fn fact_of(event: &LifecycleEvent) -> Option<(ConsentKey, Fact)> {
+    match event {
+        LifecycleEvent::ConsentGranted(e) => Some((
+            ConsentKey::new(&e.data.issuer, &e.data.subject, &e.data.platform_id),
+            Fact::Granted(Grant { at: e.time, event_id: e.id.clone(), scopes: e.data.scopes.clone(), acr: e.data.acr.clone() }),
+        )),
+        LifecycleEvent::ConsentRevoked(e) => Some((
+            ConsentKey::new(&e.data.issuer, &e.data.subject, &e.data.platform_id),
+            Fact::Revoked(Revoke { at: e.time, event_id: e.id.clone(), reason: e.data.reason }),
+        )),
+        LifecycleEvent::ConsentExpire(e) => Some((
+            ConsentKey::new(&e.data.issuer, &e.data.subject, &e.data.platform_id),
+            Fact::Expired(Expire { at: e.time, event_id: e.id.clone(), idle_since: e.data.idle_since, sweep_id: e.data.sweep_id.clone() }),
+        )),
+        LifecycleEvent::ActivitySeen(e) => {
+            Some((ConsentKey::new(&e.data.issuer, &e.data.subject, &e.data.platform_id), Fact::Seen { at: e.time }))
+        }
+        _ => None,
+    }
+}
+
+impl BatchHandler for LedgerHandler {
+    async fn handle(&self, batch: &[Delivery]) -> Vec<Result<(), HandlerError>> {
+        match self.apply_batch(batch).await {
+            Ok(results) => results,
+            // Busy database, lost connection, lock conflict between replicas: retry later.
+            Err(e) => {
+                tracing::warn!(error = %e, size = batch.len(), "consent batch not applied");
+                batch.iter().map(|_| Err(HandlerError::Transient(e.to_string()))).collect()
+            }
+        }
+    }
+}
+
+impl LedgerHandler {
+    async fn apply_batch(&self, batch: &[Delivery]) -> Result<Vec<Result<(), HandlerError>>, DbErr> {
+        let now = self.clock.now();
+        let mut results: Vec<Result<(), HandlerError>> = Vec::with_capacity(batch.len());
+        let mut facts = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            match fact_of(&delivery.event) {
+                Some((key, fact)) => {
+                    results.push(Ok(()));
+                    facts.push((delivery, key, fact));
+                }
+                None => results.push(Err(HandlerError::Permanent(format!(
+                    "{} is not a consent fact (consumer filter misconfigured?)",
+                    delivery.event.event_type()
+                )))),
+            }
+        }
+        if facts.is_empty() {
+            return Ok(results);
+        }
+
+        let txn = self.store.db().begin().await?;
+        let ids: Vec<&str> = facts.iter().map(|(d, _, _)| d.event.id()).collect();
+        let mut applied: HashSet<String> = inbox::already_applied(&txn, CONSUMER, &ids).await?;
+        let keys: Vec<ConsentKey> = facts.iter().map(|(_, k, _)| k.clone()).collect();
+        let mut consents = persistence::lock_and_load(&txn, &keys, now).await?;
+
+        let mut changed: HashSet<String> = HashSet::new();
+        let mut history = Vec::new();
+        let mut outgoing = Vec::new();
+        let mut new_ids = Vec::new();
+        let mut counts: HashMap<&str, u64> = HashMap::new();
+        for (delivery, key, fact) in &facts {
+            let event_id = delivery.event.id();
+            // A redelivery, or the same event twice in one batch: its effect is already in.
+            if !applied.insert(event_id.to_owned()) {
+                self.metrics.duplicates.inc();
+                continue;
+            }
+            new_ids.push(event_id);
+            let span = tracing::debug_span!("on_consent_fact", event_id, subject = %delivery.subject, platform_id = %key.platform_id);
+            custodian_telemetry::adopt_remote_parent(&span, delivery.traceparent.as_deref());
+            let _entered = span.enter();
+
+            let digest = persistence::digest(key);
+            let Some(consent) = consents.get_mut(&digest) else { continue };
+            let status_before = consent.status();
+            let transition = ledger::apply(consent, fact);
+            let status_after = consent.status();
+            changed.insert(digest.clone());
+            *counts.entry(delivery.event.event_type()).or_default() += 1;
+            // Activity is too frequent to keep each one; it is in history when it changes status.
+            if !matches!(fact, Fact::Seen { .. }) || status_before != status_after {
+                history.push(persistence::history_row(&digest, event_id, delivery.event.event_type(), delivery.event.time(), status_after.as_str(), now));
+            }
+            if let Transition::Ended(ending) = transition {
+                let data = ConsentEndedV1 {
+                    issuer: key.issuer.clone(),
+                    subject: key.subject.clone(),
+                    platform_id: key.platform_id.clone(),
+                    reason: ending.reason,
+                    cause_event_id: event_id.to_owned(),
+                };
+                let mut event = CloudEvent::with_id(derived_event_id("consent.ended", event_id), SOURCE, ending.at, data);
+                event.traceparent = custodian_telemetry::current_traceparent();
+                tracing::info!(reason = ?ending.reason, "consent ended");
+                outgoing.push(OutgoingEvent {
+                    event_id: event.id.clone(),
+                    subject: subjects::CONSENT_ENDED.to_owned(),
+                    payload: String::from_utf8_lossy(&event.to_json()).into_owned(),
+                    traceparent: event.traceparent.clone(),
+                });
+            }
+            debug_assert!(status_after != Status::Unknown || consent.grant.is_none());
+        }
+
+        let to_save: Vec<&ledger::Consent> = changed.iter().filter_map(|d| consents.get(d)).collect();
+        persistence::save_all(&txn, to_save, now).await?;
+        persistence::append_history(&txn, history).await?;
+        let ended = outgoing.len() as u64;
+        if !outgoing.is_empty() {
+            outbox::enqueue(&txn, SERVICE, outgoing, now).await?;
+        }
+        inbox::record(&txn, CONSUMER, new_ids, now).await?;
+        txn.commit().await?;
+
+        if ended > 0 {
+            self.relay.wake();
+        }
+        self.metrics.ended.inc_by(ended);
+        for (event_type, n) in counts {
+            self.metrics.applied.get_or_create(&vec![("type".to_owned(), event_type.to_owned())]).inc_by(n);
+        }
+        Ok(results)
+    }
+}

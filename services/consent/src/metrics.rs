@@ -1,0 +1,19 @@
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// Counters of the consent ledger, exported on the gateway's `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct ConsentMetrics {
+    pub applied: Family<Vec<(String, String)>, Counter>,
+    pub ended: Counter,
+    pub duplicates: Counter,
+}
+
+impl ConsentMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("custodian_consent_events_applied", "Consent facts applied, by event type", self.applied.clone());
+        registry.register("custodian_consent_ended", "Consents that stopped being honoured", self.ended.clone());
+        registry.register("custodian_consent_duplicates", "Redelivered events recognised by the inbox", self.duplicates.clone());
+    }
+}

@@ -1,0 +1,118 @@
+//! The outbox relay: publishes the events a service committed to its outbox, then marks
+//! them. It wakes when the service says it committed, and on a timer — the timer is the
+//! reconciler that re-drives any row whose publish failed or was cut short by a crash.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use custodian_store::Store;
+use custodian_store::clock::SharedClock;
+use custodian_store::outbox;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Bus, BusError, Outgoing};
+
+const BATCH: u64 = 1000;
+const IN_FLIGHT: usize = 1024;
+
+/// Wakes the relay after a commit.
+#[derive(Debug, Clone, Default)]
+pub struct RelayHandle(Arc<Notify>);
+
+impl RelayHandle {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+#[derive(Debug)]
+pub struct OutboxRelay {
+    store: Store,
+    bus: Bus,
+    publisher: String,
+    clock: SharedClock,
+    handle: RelayHandle,
+    /// How often unpublished rows are re-driven without a wake-up.
+    pub reconcile_every: Duration,
+}
+
+impl OutboxRelay {
+    pub fn new(store: Store, bus: Bus, publisher: &str, clock: SharedClock) -> Self {
+        Self {
+            store,
+            bus,
+            publisher: publisher.to_owned(),
+            clock,
+            handle: RelayHandle::default(),
+            reconcile_every: Duration::from_secs(5),
+        }
+    }
+
+    pub fn handle(&self) -> RelayHandle {
+        self.handle.clone()
+    }
+
+    /// Runs until `shutdown`, then drains what is left (best effort).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), BusError> {
+        tracing::info!(publisher = %self.publisher, "outbox relay started");
+        let mut backoff = Duration::ZERO;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.handle.0.notified() => {}
+                () = tokio::time::sleep(self.reconcile_every.max(backoff)) => {}
+            }
+            match self.drain().await {
+                Ok(_) => backoff = Duration::ZERO,
+                Err(e) => {
+                    backoff = (backoff * 2).clamp(Duration::from_millis(200), Duration::from_secs(30));
+                    tracing::warn!(publisher = %self.publisher, error = %e, retry_in = ?backoff, "outbox relay failed; rows stay for the next pass");
+                }
+            }
+        }
+        if let Err(e) = self.drain().await {
+            tracing::warn!(publisher = %self.publisher, error = %e, "final outbox drain incomplete; rows stay for the next start");
+        }
+        tracing::info!(publisher = %self.publisher, "outbox relay stopped");
+        Ok(())
+    }
+
+    /// Publishes every unpublished row of this publisher; returns how many were published.
+    pub async fn drain(&self) -> Result<usize, BusError> {
+        let mut total = 0;
+        loop {
+            let rows = outbox::unpublished(self.store.db(), &self.publisher, BATCH).await?;
+            if rows.is_empty() {
+                return Ok(total);
+            }
+            let outgoing: Vec<Outgoing> = rows
+                .into_iter()
+                .map(|row| Outgoing {
+                    subject: row.subject,
+                    event_id: row.event_id,
+                    payload: Bytes::from(row.payload),
+                    traceparent: row.traceparent,
+                })
+                .collect();
+            let results = self.bus.publish_all(&outgoing, IN_FLIGHT).await;
+            let (mut acked, mut failed, mut first_error) = (Vec::new(), Vec::new(), None);
+            for (out, result) in outgoing.into_iter().zip(results) {
+                match result {
+                    Ok(()) => acked.push(out.event_id),
+                    Err(e) => {
+                        failed.push(out.event_id);
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            total += acked.len();
+            outbox::mark_published(self.store.db(), acked, self.clock.now()).await?;
+            if let Some(e) = first_error {
+                outbox::record_failed_attempt(self.store.db(), failed).await?;
+                return Err(e);
+            }
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Named tasks that live and die together: no fire-and-forget `tokio::spawn`. When one
+//! task ends with an error, the others are cancelled; `wait` returns once all have ended.
+
+use std::future::Future;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug)]
+pub struct Supervisor {
+    tasks: JoinSet<(String, Result<(), String>)>,
+    shutdown: CancellationToken,
+}
+
+impl Supervisor {
+    /// Tasks get `shutdown` (or a child of it) to watch.
+    pub fn new(shutdown: CancellationToken) -> Self {
+        Self { tasks: JoinSet::new(), shutdown }
+    }
+
+    pub fn token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub fn spawn<F, E>(&mut self, name: &str, task: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let name = name.to_owned();
+        self.tasks.spawn(async move { (name, task.await.map_err(|e| e.to_string())) });
+    }
+
+    /// Waits for every task. The first failure cancels the rest and is returned.
+    pub async fn wait(mut self) -> Result<(), SupervisorError> {
+        let mut first_error = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            let failure = match joined {
+                Ok((_, Ok(()))) => None,
+                Ok((task, Err(reason))) => Some(SupervisorError { task, reason }),
+                Err(e) => Some(SupervisorError { task: "unknown".into(), reason: e.to_string() }),
+            };
+            if let Some(failure) = failure {
+                tracing::error!(task = %failure.task, reason = %failure.reason, "task failed; stopping the others");
+                self.shutdown.cancel();
+                first_error.get_or_insert(failure);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("task {task} failed: {reason}")]
+pub struct SupervisorError {
+    pub task: String,
+    pub reason: String,
+}

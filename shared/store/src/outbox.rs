@@ -1,0 +1,98 @@
+//! Events waiting to be published. A service inserts them in the transaction of the state
+//! change that causes them; the bus relay publishes and marks them.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use crate::entities::outbox;
+
+/// One event to publish: the subject and the encoded CloudEvent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingEvent {
+    pub event_id: String,
+    pub subject: String,
+    pub payload: String,
+    pub traceparent: Option<String>,
+}
+
+/// Inserts `events` for `publisher`. An event id already present is left as it is (a
+/// deterministic id produced twice is one event).
+pub async fn enqueue<C: ConnectionTrait>(
+    conn: &C,
+    publisher: &str,
+    events: Vec<OutgoingEvent>,
+    now: DateTime<Utc>,
+) -> Result<(), sea_orm::DbErr> {
+    let rows: Vec<outbox::ActiveModel> = events
+        .into_iter()
+        .map(|e| outbox::ActiveModel {
+            event_id: Set(e.event_id),
+            publisher: Set(publisher.to_owned()),
+            subject: Set(e.subject),
+            payload: Set(e.payload),
+            traceparent: Set(e.traceparent),
+            created_at: Set(now),
+            published_at: Set(None),
+            attempts: Set(0),
+        })
+        .collect();
+    for chunk in rows.chunks(500) {
+        outbox::Entity::insert_many(chunk.to_vec())
+            .on_conflict_do_nothing_on([outbox::Column::EventId])
+            .exec_without_returning(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The oldest `limit` events of `publisher` not yet published.
+pub async fn unpublished<C: ConnectionTrait>(
+    conn: &C,
+    publisher: &str,
+    limit: u64,
+) -> Result<Vec<outbox::Model>, sea_orm::DbErr> {
+    outbox::Entity::find()
+        .filter(outbox::Column::Publisher.eq(publisher))
+        .filter(outbox::Column::PublishedAt.is_null())
+        .order_by_asc(outbox::Column::CreatedAt)
+        .order_by_asc(outbox::Column::EventId)
+        .limit(limit)
+        .all(conn)
+        .await
+}
+
+pub async fn mark_published<C: ConnectionTrait>(
+    conn: &C,
+    event_ids: Vec<String>,
+    now: DateTime<Utc>,
+) -> Result<(), sea_orm::DbErr> {
+    for chunk in event_ids.chunks(1000) {
+        outbox::Entity::update_many()
+            .col_expr(outbox::Column::PublishedAt, Expr::value(now))
+            .filter(outbox::Column::EventId.is_in(chunk.iter().cloned()))
+            .exec(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn record_failed_attempt<C: ConnectionTrait>(conn: &C, event_ids: Vec<String>) -> Result<(), sea_orm::DbErr> {
+    for chunk in event_ids.chunks(1000) {
+        outbox::Entity::update_many()
+            .col_expr(outbox::Column::Attempts, Expr::col(outbox::Column::Attempts).add(1))
+            .filter(outbox::Column::EventId.is_in(chunk.iter().cloned()))
+            .exec(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deletes published events older than `before` (they live on in the stream and the audit chain).
+pub async fn purge_published<C: ConnectionTrait>(conn: &C, before: DateTime<Utc>) -> Result<u64, sea_orm::DbErr> {
+    let res = outbox::Entity::delete_many()
+        .filter(outbox::Column::PublishedAt.lt(before))
+        .exec(conn)
+        .await?;
+    Ok(res.rows_affected)
+}
