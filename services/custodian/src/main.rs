@@ -1,1 +1,89 @@
-fn main() {}
+//! `custodian`: the command line of Custodian and `custodian up`, every service in one
+//! process (still talking over NATS, exactly as when deployed apart).
+
+mod commands;
+mod config;
+mod services;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "custodian", version, about = "Keeps a trusted platform's promises about consent, tokens and sessions")]
+struct Cli {
+    /// Configuration file (default: ./custodian.toml if present).
+    #[arg(long, global = true, env = "CUSTODIAN_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every service in this process.
+    Up,
+    /// Run one service.
+    Serve {
+        #[arg(value_enum)]
+        service: services::ServiceName,
+    },
+    /// Apply pending database migrations.
+    Migrate,
+    /// The consent ledger.
+    #[command(subcommand)]
+    Consents(commands::ConsentsCommand),
+    /// Lifecycle events.
+    #[command(subcommand)]
+    Events(commands::EventsCommand),
+    /// Machine bearer tokens for the gateway.
+    #[command(subcommand)]
+    Token(commands::TokenCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let long_running = matches!(cli.command, Command::Up | Command::Serve { .. });
+    if !long_running && std::env::var_os("CUSTODIAN_LOG").is_none() {
+        // One-shot commands print results, not service logs.
+        set_quiet_logging();
+    }
+    let _telemetry = match custodian_telemetry::init("custodian") {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            eprintln!("warning: telemetry not initialised: {e}");
+            None
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let config = config::Config::load(cli.config.as_deref())?;
+        match cli.command {
+            Command::Up => services::up(config).await,
+            Command::Serve { service } => services::serve(config, service).await,
+            Command::Migrate => commands::migrate(&config).await,
+            Command::Consents(cmd) => commands::consents(&config, cmd).await,
+            Command::Events(cmd) => commands::events(&config, cmd).await,
+            Command::Token(cmd) => commands::token(cmd),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn set_quiet_logging() {
+    // Read by custodian_telemetry::init; only `warn` and above reach the terminal.
+    custodian_telemetry::set_default_filter("warn");
+}

@@ -1,1 +1,145 @@
+//! The HTTP front door. Platforms publish events (`POST /v1/events`); people list and revoke
+//! their consents; operators query the ledger; probes and Prometheus get `/healthz`,
+//! `/readyz`, `/metrics`; `/openapi.json` describes it all.
+//!
+//! Invariants: the gateway owns no tables — it publishes to JetStream (awaiting the ack)
+//! and asks the owning service over NATS request/reply; every error is problem+json; a
+//! person is known only from a token verified against the OP's keys.
 
+pub mod auth;
+pub mod problem;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use custodian_bus::Bus;
+use custodian_store::Store;
+use custodian_store::clock::SharedClock;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{Caller, MachineToken, PersonAuthConfig, Role, token_digest};
+
+pub const SOURCE: &str = "urn:custodian:gateway";
+/// The OpenAPI 3.1 description of this API (a test keeps it in step with the router).
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid gateway configuration: {0}")]
+    Config(String),
+    #[error("HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// `[gateway]` in custodian.toml, `CUSTODIAN_GATEWAY__*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    /// The OP whose ID tokens identify people; without it, person endpoints answer 401.
+    pub oidc: Option<PersonAuthConfig>,
+    pub machine_tokens: Vec<MachineToken>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), oidc: None, machine_tokens: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GatewayMetrics {
+    pub requests: Family<Vec<(String, String)>, Counter>,
+    pub events_published: Counter,
+}
+
+#[derive(Debug)]
+pub struct AppState {
+    pub bus: Bus,
+    pub store: Option<Store>,
+    pub auth: auth::Authenticator,
+    pub clock: SharedClock,
+    pub registry: Registry,
+    pub metrics: GatewayMetrics,
+}
+
+#[derive(Debug)]
+pub struct Deps {
+    pub bus: Bus,
+    /// For readiness only: the gateway owns no tables.
+    pub store: Option<Store>,
+    pub clock: SharedClock,
+    pub listener: tokio::net::TcpListener,
+    /// Metrics of the services in this process, to which the gateway adds its own.
+    pub registry: Registry,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/events", post(routes::events::publish))
+        .route("/v1/consents", get(routes::consents::ledger))
+        .route("/v1/me/consents", get(routes::consents::mine))
+        .route("/v1/me/consents/{platform_id}", delete(routes::consents::revoke_mine))
+        .route("/healthz", get(routes::health::healthz))
+        .route("/readyz", get(routes::health::readyz))
+        .route("/metrics", get(routes::health::metrics))
+        .route("/openapi.json", get(routes::health::openapi))
+        .fallback(|| async { problem::Problem::not_found("no such endpoint") })
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let labels = vec![("method".to_owned(), method), ("route".to_owned(), route), ("status".to_owned(), response.status().as_u16().to_string())];
+    state.metrics.requests.get_or_create(&labels).inc();
+    response
+}
+
+/// Serves until `shutdown`, then finishes in-flight requests.
+pub async fn run(deps: Deps, config: GatewayConfig, shutdown: CancellationToken) -> Result<(), GatewayError> {
+    let auth = auth::Authenticator::new(&config.machine_tokens, config.oidc.clone())?;
+    let metrics = GatewayMetrics::default();
+    let mut registry = deps.registry;
+    registry.register("custodian_http_requests", "HTTP requests by method, route and status", metrics.requests.clone());
+    registry.register("custodian_gateway_events_published", "Events accepted on POST /v1/events", metrics.events_published.clone());
+    let state = Arc::new(AppState { bus: deps.bus, store: deps.store, auth, clock: deps.clock, registry, metrics });
+    let addr = deps.listener.local_addr().map_err(GatewayError::Serve)?;
+    tracing::info!(%addr, "gateway listening");
+    axum::serve(deps.listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(GatewayError::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_documents_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        for (method, path) in [
+            ("post", "/v1/events"),
+            ("get", "/v1/consents"),
+            ("get", "/v1/me/consents"),
+            ("delete", "/v1/me/consents/{platform_id}"),
+            ("get", "/healthz"),
+            ("get", "/readyz"),
+            ("get", "/metrics"),
+            ("get", "/openapi.json"),
+        ] {
+            assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from openapi.json");
+        }
+    }
+}

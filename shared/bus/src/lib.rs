@@ -177,3 +177,34 @@ impl Bus {
 fn publish_error(out: &Outgoing, e: impl std::fmt::Display) -> BusError {
     BusError::Publish { event_id: out.event_id.clone(), subject: out.subject.clone(), reason: e.to_string() }
 }
+
+/// Why a request/reply query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("no answer on {subject} within {timeout:?} (is the service running?)")]
+    NoAnswer { subject: String, timeout: Duration },
+    #[error("query on {subject} failed: {reason}")]
+    Failed { subject: String, reason: String },
+}
+
+/// Asks a question over core NATS request/reply with JSON bodies (queries are reads; they
+/// are not stored in the stream).
+pub async fn query<Q: serde::Serialize, R: serde::de::DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: &str,
+    question: &Q,
+    timeout: Duration,
+) -> Result<R, QueryError> {
+    let failed = |reason: String| QueryError::Failed { subject: subject.to_owned(), reason };
+    let body = serde_json::to_vec(question).map_err(|e| failed(e.to_string()))?;
+    let reply = tokio::time::timeout(timeout, client.request(subject.to_owned(), body.into()))
+        .await
+        .map_err(|_| QueryError::NoAnswer { subject: subject.to_owned(), timeout })?
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders | async_nats::RequestErrorKind::TimedOut => {
+                QueryError::NoAnswer { subject: subject.to_owned(), timeout }
+            }
+            _ => failed(e.to_string()),
+        })?;
+    serde_json::from_slice(&reply.payload).map_err(|e| failed(format!("unreadable answer: {e}")))
+}

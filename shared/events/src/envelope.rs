@@ -89,7 +89,7 @@ impl RawEvent {
 
     fn into_typed<T: EventData>(self) -> Result<CloudEvent<T>, DecodeError> {
         let data: T = serde_json::from_value(self.data)
-            .map_err(|source| DecodeError::Data { event_type: self.event_type.clone(), source })?;
+            .map_err(|error| DecodeError::Data { event_type: self.event_type.clone(), error })?;
         data.validate()?;
         Ok(CloudEvent {
             specversion: self.specversion,

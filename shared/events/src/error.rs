@@ -2,8 +2,10 @@
 /// same bytes will never decode, so a consumer dead-letters them with this text as reason.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    // The serde error is in the message (dead-letter reasons and problem details carry
+    // it), so it is not also chained as a source: printed chains would repeat it.
     #[error("not a CloudEvents 1.0 JSON envelope: {0}")]
-    Envelope(#[source] serde_json::Error),
+    Envelope(serde_json::Error),
     #[error("unsupported specversion {0:?} (only \"1.0\")")]
     SpecVersion(String),
     #[error("unsupported datacontenttype {0:?} (only \"application/json\")")]
@@ -12,12 +14,8 @@ pub enum DecodeError {
     UnknownType(String),
     #[error("event type {event_type:?} does not belong on subject {subject:?}")]
     SubjectMismatch { event_type: String, subject: String },
-    #[error("invalid data for {event_type}: {source}")]
-    Data {
-        event_type: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("invalid data for {event_type}: {error}")]
+    Data { event_type: String, error: serde_json::Error },
     #[error("invalid field {field}: {reason}")]
     Field { field: &'static str, reason: String },
 }

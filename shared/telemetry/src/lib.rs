@@ -61,7 +61,7 @@ impl LogFormat {
 /// Installs the global subscriber for a process. The filter comes from `CUSTODIAN_LOG`,
 /// else `RUST_LOG`, else [`DEFAULT_FILTER`].
 pub fn init(service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = std::env::var("CUSTODIAN_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| DEFAULT_FILTER.to_owned());
+    let filter = std::env::var("CUSTODIAN_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| DEFAULT_OVERRIDE.get().cloned().unwrap_or_else(|| DEFAULT_FILTER.to_owned()));
     let filter = EnvFilter::builder().parse(filter).map_err(TelemetryError::Filter)?;
     let provider = tracer_provider(service_name)?;
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("custodian"));
@@ -115,4 +115,12 @@ pub fn adopt_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
     let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
     let context = TraceContextPropagator::new().extract(&carrier);
     let _ = span.set_parent(context);
+}
+
+static DEFAULT_OVERRIDE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Changes the filter used when neither `CUSTODIAN_LOG` nor `RUST_LOG` is set (call before
+/// [`init`]); one-shot CLI commands use `warn`.
+pub fn set_default_filter(filter: &str) {
+    let _ = DEFAULT_OVERRIDE.set(filter.to_owned());
 }

@@ -1,0 +1,166 @@
+//! One-shot commands: migrations, the ledger, events, tokens.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use clap::Subcommand;
+use custodian_bus::Outgoing;
+use custodian_events::queries::{self, ConsentQuery, ConsentReply, ConsentView};
+use custodian_events::{CloudEvent, ConsentRevokedV1, LifecycleEvent, RevokeReason, subjects};
+use custodian_store::{Store, clock::Clock as _};
+use secrecy::ExposeSecret;
+
+use crate::config::Config;
+use crate::services::connect_bus;
+
+#[derive(Debug, Subcommand)]
+pub enum ConsentsCommand {
+    /// List consents (all, or filtered).
+    List {
+        #[arg(long)]
+        issuer: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        platform: Option<String>,
+        #[arg(long, value_parser = ["granted", "revoked", "expired"])]
+        state: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one consent and its whole history.
+    Show {
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        subject: String,
+        #[arg(long)]
+        platform: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a consent as an administrator.
+    Revoke {
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        subject: String,
+        #[arg(long)]
+        platform: String,
+        /// Who asks (recorded in the event).
+        #[arg(long, default_value = "custodian-cli")]
+        actor: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Publish one CloudEvent from a JSON file (validated exactly as on the bus).
+    Publish { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a new machine token and print the line that configures it.
+    New {
+        #[arg(long, value_parser = ["platform", "ops", "responder", "dpo"])]
+        role: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    Store::connect_and_migrate(config.database_url.expose_secret(), config.database_max_connections).await?;
+    println!("migrations applied");
+    Ok(())
+}
+
+async fn ask(config: &Config, query: &ConsentQuery) -> anyhow::Result<Vec<ConsentView>> {
+    let client = custodian_bus::connect(&config.nats_url, "custodian-cli").await?;
+    match custodian_bus::query::<_, ConsentReply>(&client, queries::CONSENTS, query, Duration::from_secs(10)).await? {
+        ConsentReply::Consents(views) => Ok(views),
+        ConsentReply::Error(reason) => bail!("the consent service refused the query: {reason}"),
+    }
+}
+
+fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+}
+
+pub async fn consents(config: &Config, cmd: ConsentsCommand) -> anyhow::Result<()> {
+    match cmd {
+        ConsentsCommand::List { issuer, subject, platform, state, limit, json } => {
+            let query = ConsentQuery { issuer, subject, platform_id: platform, state, with_history: false, limit: Some(limit) };
+            let views = ask(config, &query).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views)?);
+                return Ok(());
+            }
+            println!("{:<20} {:<8} {:<20} {:<19} {:<19} {:<19} ISSUER", "PLATFORM", "STATE", "SUBJECT", "GRANTED", "LAST SEEN", "ENDED");
+            for v in &views {
+                println!(
+                    "{:<20} {:<8} {:<20} {:<19} {:<19} {:<19} {}",
+                    v.platform_id, v.state, v.subject, time(v.granted_at), time(v.last_seen_at), time(v.ended_at), v.issuer
+                );
+            }
+            println!("{} consent(s)", views.len());
+        }
+        ConsentsCommand::Show { issuer, subject, platform, json } => {
+            let query = ConsentQuery { issuer: Some(issuer), subject: Some(subject), platform_id: Some(platform), with_history: true, ..Default::default() };
+            let Some(view) = ask(config, &query).await?.into_iter().next() else { bail!("no such consent") };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+                return Ok(());
+            }
+            println!("platform:   {}\nsubject:    {}\nissuer:     {}", view.platform_id, view.subject, view.issuer);
+            println!("state:      {}\nscopes:     {}\nacr:        {}", view.state, view.scopes.join(" "), view.acr.as_deref().unwrap_or("-"));
+            println!("granted:    {}\nlast seen:  {}\nended:      {}", time(view.granted_at), time(view.last_seen_at), time(view.ended_at));
+            println!("\nhistory:");
+            for h in &view.history {
+                println!("  {}  {:<32} -> {:<8} (event {})", time(Some(h.event_time)), h.event_type, h.state_after, h.event_id);
+            }
+        }
+        ConsentsCommand::Revoke { issuer, subject, platform, actor } => {
+            let bus = connect_bus(config, "custodian-cli").await?;
+            let data = ConsentRevokedV1 { issuer, subject, platform_id: platform, reason: RevokeReason::Admin, actor: Some(actor) };
+            let event = CloudEvent::new("urn:custodian:cli", custodian_store::clock::SystemClock.now(), data);
+            bus.publish_event(subjects::CONSENT_REVOKED, &event).await?;
+            println!("revocation {} published", event.id);
+        }
+    }
+    Ok(())
+}
+
+pub async fn events(config: &Config, cmd: EventsCommand) -> anyhow::Result<()> {
+    match cmd {
+        EventsCommand::Publish { file } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let event = LifecycleEvent::decode(None, &bytes).with_context(|| format!("{} is not a valid event", file.display()))?;
+            let subject = event.fixed_subject().context("routed commands (wipe, dead letter) are not published from the CLI")?;
+            let bus = connect_bus(config, "custodian-cli").await?;
+            bus.publish(&Outgoing { subject: subject.to_owned(), event_id: event.id().to_owned(), payload: bytes.into(), traceparent: event.traceparent().map(str::to_owned) })
+                .await?;
+            println!("published {} on {subject}", event.id());
+        }
+    }
+    Ok(())
+}
+
+pub fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::New { role, name } => {
+            use rand::Rng;
+            let bytes: [u8; 32] = rand::rng().random();
+            let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+            println!("token (give it to the caller; it is not stored anywhere): {token}");
+            println!("\n# custodian.toml\n[[gateway.machine_tokens]]\nname = {name:?}\nrole = {role:?}\nsha256 = {:?}", custodian_gateway::token_digest(&token));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! One typed configuration: embedded defaults → `custodian.toml` (optional) → `CUSTODIAN_*`
+//! environment (`__` for nesting, e.g. `CUSTODIAN_GATEWAY__LISTEN`). Any setting may come
+//! from a file with `_FILE` (e.g. `CUSTODIAN_DATABASE_URL_FILE=/run/secrets/db`).
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use custodian_consent::ConsentConfig;
+use custodian_gateway::GatewayConfig;
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://.data/custodian.db";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub nats_url: String,
+    /// May carry a password: a secret, redacted in `Debug`.
+    pub database_url: SecretString,
+    pub database_max_connections: u32,
+    pub stream: StreamConfig,
+    pub consent: ConsentConfig,
+    pub gateway: GatewayConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    pub replicas: usize,
+    pub duplicate_window_secs: u64,
+    pub max_age_secs: u64,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self { replicas: 1, duplicate_window_secs: 120, max_age_secs: 7 * 24 * 3600 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            nats_url: DEFAULT_NATS_URL.to_owned(),
+            database_url: SecretString::from(DEFAULT_DATABASE_URL),
+            database_max_connections: 16,
+            stream: StreamConfig::default(),
+            consent: ConsentConfig::default(),
+            gateway: GatewayConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates. `file` is the TOML file (default `custodian.toml`, optional).
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    pub fn load_from(file: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> anyhow::Result<Self> {
+        let (path, required) = match file {
+            Some(p) => (p.to_path_buf(), true),
+            None => (Path::new("custodian.toml").to_path_buf(), false),
+        };
+        if required && !path.exists() {
+            bail!("config file {} does not exist", path.display());
+        }
+        let env: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with("CUSTODIAN_")).collect();
+        let mut figment = Figment::new().merge(Toml::file(&path));
+        for (key, value) in env.iter().filter(|(k, _)| !is_runtime_only(k)) {
+            let (name, value) = match key.strip_suffix("_FILE") {
+                Some(name) => {
+                    let contents = std::fs::read_to_string(value).with_context(|| format!("{key}: cannot read {value}"))?;
+                    (name, contents.trim_end_matches(['\n', '\r']).to_owned())
+                }
+                None => (key.as_str(), value.clone()),
+            };
+            let dotted = name.trim_start_matches("CUSTODIAN_").to_lowercase().replace("__", ".");
+            // Parsed like figment's Env provider: numbers, booleans, arrays and tables.
+            let parsed: figment::value::Value = value.parse().unwrap_or_else(|_| figment::value::Value::from(value.clone()));
+            figment = figment.merge(Serialized::global(&dotted, parsed));
+        }
+        let config: Config = figment.extract().map_err(|e| anyhow::anyhow!(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !["nats://", "tls://", "ws://", "wss://"].iter().any(|s| self.nats_url.starts_with(s)) {
+            bail!("CUSTODIAN_NATS_URL / nats_url must be a nats:// or tls:// URL, got {:?}", self.nats_url);
+        }
+        let db = self.database_url.expose_secret();
+        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+            bail!("CUSTODIAN_DATABASE_URL / database_url must start with sqlite:// or postgres://");
+        }
+        if self.stream.duplicate_window_secs < 120 {
+            bail!("CUSTODIAN_STREAM__DUPLICATE_WINDOW_SECS must be at least 120 (the contract's de-duplication window)");
+        }
+        if self.gateway.machine_tokens.iter().any(|t| t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit())) {
+            bail!("gateway.machine_tokens[].sha256 must be 64 hex characters (see `custodian token new`)");
+        }
+        Ok(())
+    }
+}
+
+/// Variables read by other parts of the process, not settings of this struct.
+fn is_runtime_only(key: &str) -> bool {
+    matches!(key, "CUSTODIAN_LOG" | "CUSTODIAN_LOG_FORMAT" | "CUSTODIAN_CONFIG") || key.starts_with("CUSTODIAN_TEST_")
+}
+
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let env_name = format!("CUSTODIAN_{}", e.path.iter().map(|p| p.to_uppercase()).collect::<Vec<_>>().join("__"));
+            if key.is_empty() { format!("invalid configuration: {}", e.kind) } else { format!("invalid setting {key} ({env_name}): {}", e.kind) }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<Vec<_>>().into_iter()
+    }
+
+    #[test]
+    fn defaults_run_locally_without_any_file() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.nats_url, DEFAULT_NATS_URL);
+        assert_eq!(c.database_url.expose_secret(), DEFAULT_DATABASE_URL);
+    }
+
+    #[test]
+    fn environment_overrides_with_nesting_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("db");
+        std::fs::write(&secret, "postgres://app:hunter2@db/custodian\n").unwrap();
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("CUSTODIAN_NATS_URL", "nats://10.0.0.1:4222"),
+                ("CUSTODIAN_GATEWAY__LISTEN", "0.0.0.0:9000"),
+                ("CUSTODIAN_CONSENT__BATCH", "250"),
+                ("CUSTODIAN_DATABASE_URL_FILE", secret.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.nats_url, "nats://10.0.0.1:4222");
+        assert_eq!(c.gateway.listen.port(), 9000);
+        assert_eq!(c.consent.batch, 250);
+        assert_eq!(c.database_url.expose_secret(), "postgres://app:hunter2@db/custodian");
+        assert!(!format!("{c:?}").contains("hunter2"), "Debug must redact secrets");
+    }
+
+    #[test]
+    fn a_bad_setting_is_refused_naming_the_variable() {
+        let err = Config::load_from(None, env(&[("CUSTODIAN_CONSENT__BATCH", "many")])).unwrap_err().to_string();
+        assert!(err.contains("CUSTODIAN_CONSENT__BATCH"), "{err}");
+        let err = Config::load_from(None, env(&[("CUSTODIAN_NATS_URL", "http://x")])).unwrap_err().to_string();
+        assert!(err.contains("CUSTODIAN_NATS_URL"), "{err}");
+        let err = Config::load_from(None, env(&[("CUSTODIAN_GATEWAY__LISTNE", "x")])).unwrap_err().to_string();
+        assert!(err.contains("listne"), "{err}");
+    }
+}

@@ -1,0 +1,79 @@
+//! `custodian up` and `custodian serve <service>`: the same `run` functions the tests call,
+//! wired to real connections and OS signals.
+
+use anyhow::Context;
+use custodian_bus::{Bus, StreamSettings, Supervisor};
+use custodian_store::Store;
+use custodian_store::clock;
+use prometheus_client::registry::Registry;
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceName {
+    Consent,
+    Gateway,
+}
+
+pub async fn up(config: Config) -> anyhow::Result<()> {
+    run_services(config, &[ServiceName::Consent, ServiceName::Gateway]).await
+}
+
+pub async fn serve(config: Config, service: ServiceName) -> anyhow::Result<()> {
+    run_services(config, &[service]).await
+}
+
+pub fn stream_settings(config: &Config) -> StreamSettings {
+    StreamSettings {
+        replicas: config.stream.replicas,
+        duplicate_window: std::time::Duration::from_secs(config.stream.duplicate_window_secs),
+        max_age: std::time::Duration::from_secs(config.stream.max_age_secs),
+    }
+}
+
+pub async fn connect_bus(config: &Config, client_name: &str) -> anyhow::Result<Bus> {
+    let client = custodian_bus::connect(&config.nats_url, client_name).await?;
+    Ok(Bus::new(client, &stream_settings(config)).await?)
+}
+
+async fn run_services(config: Config, which: &[ServiceName]) -> anyhow::Result<()> {
+    let store = Store::connect_and_migrate(config.database_url.expose_secret(), config.database_max_connections)
+        .await
+        .context("database")?;
+    let bus = connect_bus(&config, "custodian").await.context("NATS")?;
+    let clock = clock::system();
+    let shutdown = CancellationToken::new();
+    let mut registry = Registry::default();
+    let mut tasks = Supervisor::new(shutdown.clone());
+    tasks.spawn("signals", wait_for_signal(shutdown.clone()));
+
+    if which.contains(&ServiceName::Consent) {
+        let metrics = custodian_consent::ConsentMetrics::default();
+        metrics.register(&mut registry);
+        let deps = custodian_consent::Deps { store: store.clone(), bus: bus.clone(), clock: clock.clone(), metrics };
+        tasks.spawn("consent", custodian_consent::run(deps, config.consent.clone(), shutdown.clone()));
+    }
+    if which.contains(&ServiceName::Gateway) {
+        let listener = tokio::net::TcpListener::bind(config.gateway.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (CUSTODIAN_GATEWAY__LISTEN)", config.gateway.listen))?;
+        let deps = custodian_gateway::Deps { bus: bus.clone(), store: Some(store.clone()), clock: clock.clone(), listener, registry };
+        tasks.spawn("gateway", custodian_gateway::run(deps, config.gateway.clone(), shutdown.clone()));
+    }
+    tracing::info!(services = ?which, nats = %config.nats_url, "custodian running; Ctrl-C to stop");
+    tasks.wait().await?;
+    Ok(())
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) -> Result<(), std::io::Error> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = term.recv() => tracing::info!("terminated; shutting down"),
+        () = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! Who is calling. People present a bearer ID token (or JWT access token) from the OP,
+//! verified against its JWKS (signature, iss, aud, exp) — never a plain header. Machines
+//! present an opaque bearer token whose SHA-256 is configured with a role.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::RwLock;
+
+use crate::AppState;
+use crate::problem::Problem;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Platform,
+    Ops,
+    Responder,
+    Dpo,
+}
+
+/// A machine caller: `sha256` is the hex SHA-256 of its bearer token (the token itself is
+/// never configured or stored).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineToken {
+    pub name: String,
+    pub role: Role,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Person { issuer: String, subject: String },
+    Machine { name: String, role: Role },
+}
+
+impl Caller {
+    pub fn require_role(&self, role: Role) -> Result<(), Problem> {
+        match self {
+            Caller::Machine { role: r, .. } if *r == role => Ok(()),
+            _ => Err(Problem::forbidden(format!("requires the {role:?} role").to_lowercase())),
+        }
+    }
+
+    pub fn require_person(&self) -> Result<(&str, &str), Problem> {
+        match self {
+            Caller::Person { issuer, subject } => Ok((issuer, subject)),
+            Caller::Machine { .. } => Err(Problem::forbidden("this endpoint is for people signed in at the OpenID provider")),
+        }
+    }
+}
+
+/// The OP whose tokens identify people.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonAuthConfig {
+    pub issuer: String,
+    /// Our client_id: the token's `aud` must contain it.
+    pub audience: String,
+    /// Extra CA (PEM) to trust for the OP's TLS (the test OP's throwaway CA).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct Authenticator {
+    machines: HashMap<String, (String, Role)>,
+    person: Option<PersonVerifier>,
+}
+
+#[derive(Debug)]
+struct PersonVerifier {
+    config: PersonAuthConfig,
+    http: reqwest::Client,
+    keys: RwLock<Option<(JwkSet, Instant)>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+}
+
+const ALGORITHMS: [Algorithm; 7] =
+    [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512, Algorithm::PS256, Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA];
+/// Don't refetch the JWKS more often than this on an unknown key id.
+const JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
+
+impl Authenticator {
+    pub fn new(machines: &[MachineToken], person: Option<PersonAuthConfig>) -> Result<Self, crate::GatewayError> {
+        let machines = machines.iter().map(|m| (m.sha256.to_ascii_lowercase(), (m.name.clone(), m.role))).collect();
+        let person = match person {
+            None => None,
+            Some(config) => {
+                let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+                if let Some(ca) = &config.ca_file {
+                    let pem = std::fs::read(ca).map_err(|e| crate::GatewayError::Config(format!("cannot read oidc.ca_file {}: {e}", ca.display())))?;
+                    let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| crate::GatewayError::Config(format!("oidc.ca_file is not PEM: {e}")))?;
+                    builder = builder.tls_certs_merge([cert]);
+                }
+                let http = builder.build().map_err(|e| crate::GatewayError::Config(format!("HTTP client: {e}")))?;
+                Some(PersonVerifier { config, http, keys: RwLock::new(None) })
+            }
+        };
+        Ok(Self { machines, person })
+    }
+
+    pub async fn authenticate(&self, bearer: &str) -> Result<Caller, Problem> {
+        let digest = hex::encode(Sha256::digest(bearer.as_bytes()));
+        if let Some((name, role)) = self.machines.get(&digest) {
+            return Ok(Caller::Machine { name: name.clone(), role: *role });
+        }
+        let Some(person) = &self.person else {
+            return Err(Problem::unauthorized("unknown bearer token"));
+        };
+        person.verify(bearer).await
+    }
+}
+
+impl PersonVerifier {
+    async fn verify(&self, token: &str) -> Result<Caller, Problem> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Problem::unauthorized("unknown bearer token"))?;
+        if !ALGORITHMS.contains(&header.alg) {
+            return Err(Problem::unauthorized("unsupported token algorithm"));
+        }
+        let jwk = self.key_for(header.kid.as_deref()).await?;
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| Problem::unauthorized("the provider's key is unusable"))?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[&self.config.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 30;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            .map_err(|e| Problem::unauthorized(format!("token rejected: {}", token_error(&e))))?;
+        Ok(Caller::Person { issuer: data.claims.iss, subject: data.claims.sub })
+    }
+
+    async fn key_for(&self, kid: Option<&str>) -> Result<jsonwebtoken::jwk::Jwk, Problem> {
+        let find = |set: &JwkSet| match kid {
+            Some(kid) => set.find(kid).cloned(),
+            None => set.keys.first().cloned(),
+        };
+        if let Some((set, _)) = self.keys.read().await.as_ref() {
+            if let Some(jwk) = find(set) {
+                return Ok(jwk);
+            }
+        }
+        let mut guard = self.keys.write().await;
+        let fresh_enough = guard.as_ref().is_some_and(|(_, at)| at.elapsed() < JWKS_MIN_REFRESH);
+        if !fresh_enough || guard.is_none() {
+            let set = self.fetch_jwks().await?;
+            *guard = Some((set, Instant::now()));
+        }
+        guard.as_ref().and_then(|(set, _)| find(set)).ok_or_else(|| Problem::unauthorized("token signed by an unknown key"))
+    }
+
+    async fn fetch_jwks(&self) -> Result<JwkSet, Problem> {
+        #[derive(Deserialize)]
+        struct Discovery {
+            jwks_uri: String,
+        }
+        let unavailable = |e: reqwest::Error| {
+            tracing::warn!(error = %e, "cannot reach the OpenID provider for its keys");
+            Problem::unavailable("cannot reach the OpenID provider to verify the token")
+        };
+        let discovery: Discovery = self
+            .http
+            .get(format!("{}/.well-known/openid-configuration", self.config.issuer.trim_end_matches('/')))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(unavailable)?
+            .json()
+            .await
+            .map_err(unavailable)?;
+        self.http.get(discovery.jwks_uri).send().await.and_then(reqwest::Response::error_for_status).map_err(unavailable)?.json().await.map_err(unavailable)
+    }
+}
+
+fn token_error(e: &jsonwebtoken::errors::Error) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::ExpiredSignature => "expired",
+        ErrorKind::InvalidIssuer => "wrong issuer",
+        ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::MissingRequiredClaim(_) => "missing claim",
+        _ => "invalid token",
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let value = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Problem::unauthorized("missing Authorization: Bearer header"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Problem::unauthorized("Authorization must be a Bearer token"))?;
+        state.auth.authenticate(token).await
+    }
+}
+
+/// Hex SHA-256 of a machine token, as configured in `machine_tokens`.
+pub fn token_digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}

@@ -1,0 +1,115 @@
+//! The consent ledger as people and operators see it (asked of the consent service over
+//! NATS), and a person's revocation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use custodian_bus::QueryError;
+use custodian_events::queries::{self, ConsentQuery, ConsentReply, ConsentView};
+use custodian_events::{CloudEvent, ConsentRevokedV1, RevokeReason, subjects};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::auth::{Caller, Role};
+use crate::problem::Problem;
+
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn ask_ledger(state: &AppState, query: &ConsentQuery) -> Result<Vec<ConsentView>, Problem> {
+    match custodian_bus::query::<_, ConsentReply>(state.bus.client(), queries::CONSENTS, query, QUERY_TIMEOUT).await {
+        Ok(ConsentReply::Consents(views)) => Ok(views),
+        Ok(ConsentReply::Error(reason)) => Err(Problem::bad_request(reason)),
+        Err(e @ QueryError::NoAnswer { .. }) | Err(e @ QueryError::Failed { .. }) => {
+            tracing::warn!(error = %e, "consent ledger query failed");
+            Err(Problem::unavailable("the consent ledger did not answer"))
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConsentList {
+    pub consents: Vec<ConsentView>,
+}
+
+/// `GET /v1/me/consents`: every platform holding this person's consent.
+pub async fn mine(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Json<ConsentList>, Problem> {
+    let (issuer, subject) = caller.require_person()?;
+    let query = ConsentQuery { issuer: Some(issuer.to_owned()), subject: Some(subject.to_owned()), ..Default::default() };
+    Ok(Json(ConsentList { consents: ask_ledger(&state, &query).await? }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct RevocationAccepted {
+    pub revocation_id: String,
+    pub platform_id: String,
+}
+
+/// `DELETE /v1/me/consents/{platform_id}`: the person revokes; 202 with the revocation id.
+pub async fn revoke_mine(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(platform_id): Path<String>,
+) -> Result<(StatusCode, Json<RevocationAccepted>), Problem> {
+    let (issuer, subject) = caller.require_person()?;
+    let query = ConsentQuery {
+        issuer: Some(issuer.to_owned()),
+        subject: Some(subject.to_owned()),
+        platform_id: Some(platform_id.clone()),
+        ..Default::default()
+    };
+    if ask_ledger(&state, &query).await?.is_empty() {
+        return Err(Problem::not_found(format!("no consent for platform {platform_id}")));
+    }
+    let data = ConsentRevokedV1 {
+        issuer: issuer.to_owned(),
+        subject: subject.to_owned(),
+        platform_id: platform_id.clone(),
+        reason: RevokeReason::User,
+        actor: Some("person".to_owned()),
+    };
+    let mut event = CloudEvent::new(crate::SOURCE, state.clock.now(), data);
+    event.traceparent = custodian_telemetry::current_traceparent();
+    state.bus.publish_event(subjects::CONSENT_REVOKED, &event).await.map_err(|e| {
+        tracing::warn!(error = %e, "revocation not published");
+        Problem::unavailable("the revocation could not be recorded; nothing changed, please retry")
+    })?;
+    tracing::info!(revocation_id = %event.id, platform_id = %platform_id, "person revoked a consent");
+    Ok((StatusCode::ACCEPTED, Json(RevocationAccepted { revocation_id: event.id, platform_id })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerFilter {
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub platform_id: Option<String>,
+    pub state: Option<String>,
+    pub limit: Option<u64>,
+}
+
+/// `GET /v1/consents?issuer=&subject=&platform_id=&state=`: operators query the ledger.
+pub async fn ledger(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    filter: Result<Query<LedgerFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ConsentList>, Problem> {
+    caller.require_role(Role::Ops)?;
+    let Query(filter) = filter.map_err(|e| Problem::bad_request(e.body_text()))?;
+    if let Some(s) = &filter.state {
+        if !["granted", "revoked", "expired"].contains(&s.as_str()) {
+            return Err(Problem::bad_request("state must be granted, revoked or expired"));
+        }
+    }
+    let query = ConsentQuery {
+        issuer: filter.issuer,
+        subject: filter.subject,
+        platform_id: filter.platform_id,
+        state: filter.state,
+        with_history: false,
+        limit: filter.limit,
+    };
+    Ok(Json(ConsentList { consents: ask_ledger(&state, &query).await? }))
+}

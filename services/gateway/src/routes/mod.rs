@@ -1,0 +1,3 @@
+pub mod consents;
+pub mod events;
+pub mod health;

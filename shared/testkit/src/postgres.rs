@@ -1,0 +1,99 @@
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A PostgreSQL cluster for this test process: `CUSTODIAN_TEST_PG_URL` (a server the
+/// Makefile started, e.g. `postgres://postgres@127.0.0.1:5433`), else one started here with
+/// initdb in a temp dir (as the `postgres` user when run as root; the server refuses root).
+#[derive(Debug)]
+pub struct PgCluster {
+    /// `postgres://user@host:port` without a database name.
+    base_url: String,
+}
+
+static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
+
+impl PgCluster {
+    pub fn shared() -> &'static PgCluster {
+        CLUSTER.get_or_init(|| match std::env::var("CUSTODIAN_TEST_PG_URL") {
+            Ok(url) => PgCluster { base_url: url.trim_end_matches('/').to_owned() },
+            Err(_) => Self::start_private(),
+        })
+    }
+
+    fn start_private() -> PgCluster {
+        let dir = std::env::temp_dir().join(format!("custodian-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("pg dir");
+        let data = dir.join("data");
+        let dir_s = dir.display().to_string();
+        let data_s = data.display().to_string();
+        let as_postgres = crate::is_root();
+        if as_postgres {
+            let ok = Command::new("chown").args(["-R", "postgres:postgres", &dir_s]).status().map(|s| s.success()).unwrap_or(false);
+            assert!(ok, "chown of the PostgreSQL dir failed");
+        }
+        let initdb = format!("initdb -D {data_s} -U postgres --auth=trust --no-sync -E UTF8 >{dir_s}/initdb.log 2>&1");
+        let status = if as_postgres {
+            Command::new("runuser").args(["-u", "postgres", "--", "bash", "-c", &initdb]).status()
+        } else {
+            Command::new("bash").args(["-c", &initdb]).status()
+        };
+        assert!(status.map(|s| s.success()).unwrap_or(false), "initdb failed, see {dir_s}/initdb.log");
+        let port = crate::free_port();
+        // Durability off: these databases are thrown away (benchmarks start their own).
+        let cmd = format!(
+            "postgres -D {data_s} -p {port} -k {dir_s} -c listen_addresses=127.0.0.1 -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=400 >{dir_s}/postgres.log 2>&1; \
+             rm -rf {dir_s}"
+        );
+        let child = crate::spawn_with_watchdog(&cmd, as_postgres.then_some("postgres")).expect("start postgres");
+        std::mem::forget(child); // the watchdog outlives nothing: it ends with this process
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new("psql")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-tAc", "select 1"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "PostgreSQL did not start, see {dir_s}/postgres.log");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        PgCluster { base_url: format!("postgres://postgres@127.0.0.1:{port}") }
+    }
+
+    /// A new, empty database; returns its URL.
+    pub fn fresh_database(&self) -> String {
+        let name = format!("t_{}", uuid_like());
+        let url = format!("{}/postgres", self.base_url);
+        let out = Command::new("psql").args([&url, "-v", "ON_ERROR_STOP=1", "-qc", &format!("CREATE DATABASE {name}")]).output().expect("psql");
+        assert!(out.status.success(), "CREATE DATABASE failed: {}", String::from_utf8_lossy(&out.stderr));
+        format!("{}/{name}", self.base_url)
+    }
+}
+
+fn uuid_like() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..16).map(|_| char::from(b'a' + rng.random_range(0..26u8))).collect()
+}
+
+/// Which backend this test run uses: `CUSTODIAN_TEST_BACKEND` = `sqlite` (default) or
+/// `postgres`. `make test` runs the suite once with each.
+pub fn test_backend() -> &'static str {
+    match std::env::var("CUSTODIAN_TEST_BACKEND").as_deref() {
+        Ok("postgres") => "postgres",
+        _ => "sqlite",
+    }
+}
+
+/// A fresh, empty database for one test: a SQLite file in `dir`, or a new PostgreSQL database.
+pub fn test_database_url(dir: &std::path::Path) -> String {
+    match test_backend() {
+        "postgres" => PgCluster::shared().fresh_database(),
+        _ => format!("sqlite://{}/custodian.db", dir.display()),
+    }
+}
