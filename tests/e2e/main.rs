@@ -1,1 +1,9 @@
+//! End-to-end tests on real servers: nats-server, SQLite or PostgreSQL
+//! (`CUSTODIAN_TEST_BACKEND`), the OpenID provider. One binary, modules per capability.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod consent_ledger;
+mod gateway_api;
+mod reliability;
+mod support;

@@ -113,17 +113,18 @@ impl LedgerHandler {
             if !matches!(fact, Fact::Seen { .. }) || status_before != status_after {
                 history.push(persistence::history_row(&digest, event_id, delivery.event.event_type(), delivery.event.time(), status_after.as_str(), now));
             }
-            if let Transition::Ended(ending) = transition {
+            if let Transition::Ended { grant_event_id, ending } = transition {
                 let data = ConsentEndedV1 {
                     issuer: key.issuer.clone(),
                     subject: key.subject.clone(),
                     platform_id: key.platform_id.clone(),
                     reason: ending.reason,
-                    cause_event_id: event_id.to_owned(),
+                    cause_event_id: ending.event_id.clone(),
                 };
-                let mut event = CloudEvent::with_id(derived_event_id("consent.ended", event_id), SOURCE, ending.at, data);
+                // One `consent.ended` per ended grant, whatever the order facts arrived in.
+                let mut event = CloudEvent::with_id(derived_event_id("consent.ended", &grant_event_id), SOURCE, ending.at, data);
                 event.traceparent = custodian_telemetry::current_traceparent();
-                tracing::info!(reason = ?ending.reason, "consent ended");
+                tracing::debug!(reason = ?ending.reason, "consent ended");
                 outgoing.push(OutgoingEvent {
                     event_id: event.id.clone(),
                     subject: subjects::CONSENT_ENDED.to_owned(),

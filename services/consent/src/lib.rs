@@ -36,11 +36,13 @@ pub struct ConsentConfig {
     pub max_deliver: i64,
     /// Seconds between outbox re-drives when nothing wakes the relay.
     pub reconcile_every_secs: u64,
+    /// Seconds JetStream waits for an ack before redelivering (a crashed consumer's batch).
+    pub ack_wait_secs: u64,
 }
 
 impl Default for ConsentConfig {
     fn default() -> Self {
-        Self { batch: 1000, max_deliver: 10, reconcile_every_secs: 5 }
+        Self { batch: 1000, max_deliver: 10, reconcile_every_secs: 5, ack_wait_secs: 30 }
     }
 }
 
@@ -70,6 +72,7 @@ pub async fn run(deps: Deps, config: ConsentConfig, shutdown: CancellationToken)
     );
     spec.batch = config.batch.max(1);
     spec.max_deliver = config.max_deliver.max(1);
+    spec.ack_wait = std::time::Duration::from_secs(config.ack_wait_secs.max(1));
 
     let mut tasks = Supervisor::new(shutdown.clone());
     tasks.spawn("consent-relay", relay.run(shutdown.clone()));

@@ -1,0 +1,262 @@
+//! What must survive: bad input, crashes mid-batch, lost publishes, any delivery order.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use custodian_bus::{OutboxRelay, Outgoing};
+use custodian_consent::handler::fact_of;
+use custodian_consent::ledger::{self, Consent, Status};
+use custodian_events::queries::ConsentQuery;
+use custodian_events::*;
+use custodian_store::entities::{consent_history, inbox, outbox as outbox_entity};
+use custodian_store::outbox::{self, OutgoingEvent};
+use custodian_store::sea_orm::{EntityTrait, PaginatorTrait, TransactionTrait};
+use custodian_testkit::eventually;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::support::{Stack, at, unique};
+
+const ISSUER: &str = "https://op.example";
+
+fn grant_event(subject: &str, platform: &str, t: i64) -> LifecycleEvent {
+    LifecycleEvent::ConsentGranted(CloudEvent::new(
+        "urn:test",
+        at(t),
+        ConsentGrantedV1 { issuer: ISSUER.into(), subject: subject.into(), platform_id: platform.into(), scopes: vec!["openid".into()], acr: None },
+    ))
+}
+
+fn revoke_event(subject: &str, platform: &str, t: i64) -> LifecycleEvent {
+    LifecycleEvent::ConsentRevoked(CloudEvent::new(
+        "urn:test",
+        at(t),
+        ConsentRevokedV1 { issuer: ISSUER.into(), subject: subject.into(), platform_id: platform.into(), reason: RevokeReason::User, actor: None },
+    ))
+}
+
+fn seen_event(subject: &str, platform: &str, t: i64) -> LifecycleEvent {
+    LifecycleEvent::ActivitySeen(CloudEvent::new(
+        "urn:test",
+        at(t),
+        ActivitySeenV1 { issuer: ISSUER.into(), subject: subject.into(), platform_id: platform.into() },
+    ))
+}
+
+fn outgoing(event: &LifecycleEvent) -> Outgoing {
+    Outgoing {
+        subject: event.fixed_subject().expect("fixed subject").to_owned(),
+        event_id: event.id().to_owned(),
+        payload: Bytes::from(event.to_json()),
+        traceparent: None,
+    }
+}
+
+/// The state in-order processing gives, per (subject, platform).
+fn expected_states(events: &[LifecycleEvent]) -> HashMap<(String, String), Consent> {
+    let mut states: HashMap<(String, String), Consent> = HashMap::new();
+    for event in events {
+        let (key, fact) = fact_of(event).expect("a consent fact");
+        let consent = states.entry((key.subject.clone(), key.platform_id.clone())).or_insert_with(|| Consent::new(key));
+        ledger::apply(consent, &fact);
+    }
+    states
+}
+
+async fn inbox_count(stack: &Stack) -> u64 {
+    inbox::Entity::find().count(stack.store.db()).await.expect("inbox count")
+}
+
+#[tokio::test]
+async fn malformed_events_are_dead_lettered_with_a_reason_and_change_nothing() {
+    let stack = Stack::start().await;
+    let good = grant_event("dora", "tp", 0);
+    let mut unknown_field: serde_json::Value = serde_json::from_slice(&good.to_json()).unwrap();
+    unknown_field["data"]["diagnosis"] = "J45".into();
+    unknown_field["id"] = "bad-1".into();
+    let mut wrong_type: serde_json::Value = serde_json::from_slice(&good.to_json()).unwrap();
+    wrong_type["data"]["scopes"] = 42.into();
+    wrong_type["id"] = "bad-2".into();
+    let revoke_on_grant_subject = revoke_event("dora", "tp", 5).to_json();
+
+    stack.publish_raw(subjects::CONSENT_GRANTED, b"{ not json".to_vec()).await;
+    stack.publish_raw(subjects::CONSENT_GRANTED, serde_json::to_vec(&unknown_field).unwrap()).await;
+    stack.publish_raw(subjects::CONSENT_GRANTED, serde_json::to_vec(&wrong_type).unwrap()).await;
+    stack.publish_raw(subjects::CONSENT_GRANTED, revoke_on_grant_subject).await;
+
+    eventually("four dead letters", Duration::from_secs(10), || async {
+        (stack.count_on("lifecycle.deadletter.consent").await == 4).then_some(())
+    })
+    .await;
+    let letters = stack.messages_on("lifecycle.deadletter.consent").await;
+    let reasons: Vec<String> = letters.iter().map(|(_, v)| v["data"]["reason"].as_str().unwrap().to_owned()).collect();
+    assert!(reasons[0].contains("not a CloudEvents 1.0 JSON envelope"), "{reasons:?}");
+    assert!(reasons[1].contains("unknown field `diagnosis`"), "{reasons:?}");
+    assert!(reasons[2].contains("invalid data"), "{reasons:?}");
+    assert!(reasons[3].contains("does not belong on subject"), "{reasons:?}");
+    for (_, letter) in &letters {
+        assert_eq!(letter["type"], "custodian.deadletter.v1");
+        assert_eq!(letter["data"]["original_subject"], subjects::CONSENT_GRANTED);
+        let payload = base64::engine::general_purpose::STANDARD.decode(letter["data"]["payload_base64"].as_str().unwrap()).unwrap();
+        assert!(!payload.is_empty(), "the original payload is kept for inspection");
+    }
+    assert!(stack.ledger(ConsentQuery::default()).await.is_empty(), "nothing else changed");
+    assert_eq!(inbox_count(&stack).await, 0);
+
+    // The consumer is not stuck behind them.
+    stack.publish(subjects::CONSENT_GRANTED, match &good { LifecycleEvent::ConsentGranted(e) => e, _ => unreachable!() }).await;
+    eventually("the good grant", Duration::from_secs(10), || async { (stack.ledger(ConsentQuery::default()).await.len() == 1).then_some(()) }).await;
+}
+
+#[tokio::test]
+async fn a_consumer_crashed_mid_batch_applies_every_event_exactly_once_in_effect() {
+    let mut stack = Stack::infrastructure().await;
+    stack.consent_config.batch = 100;
+    let run = unique("crash");
+    // 4,000 consents granted, 4,000 activities, then 2,000 of them revoked.
+    let mut events = Vec::new();
+    for i in 0..4000 {
+        events.push(grant_event(&format!("{run}-{i}"), "tp", 0));
+    }
+    for i in 0..4000 {
+        events.push(seen_event(&format!("{run}-{i}"), "tp", 10));
+    }
+    for i in 0..2000 {
+        events.push(revoke_event(&format!("{run}-{i}"), "tp", 20));
+    }
+    let total = events.len() as u64;
+    let results = stack.bus.publish_all(&events.iter().map(outgoing).collect::<Vec<_>>(), 1024).await;
+    assert!(results.iter().all(Result::is_ok));
+
+    stack.start_consent();
+    let applied_at_crash = eventually("some batches applied", Duration::from_secs(30), || async {
+        let n = inbox_count(&stack).await;
+        (n > 0).then_some(n)
+    })
+    .await;
+    stack.crash_consent().await;
+    assert!(applied_at_crash < total, "the crash happened mid-stream ({applied_at_crash} of {total})");
+
+    stack.start_consent();
+    eventually("every event applied after restart", Duration::from_secs(120), || async {
+        (inbox_count(&stack).await == total).then_some(())
+    })
+    .await;
+    eventually("every consent.ended published", Duration::from_secs(30), || async {
+        let n = stack.count_on(subjects::CONSENT_ENDED).await;
+        (n >= 2000).then_some(())
+    })
+    .await;
+    // Let any straggling redelivery or relay pass run, then count effects.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(stack.count_on(subjects::CONSENT_ENDED).await, 2000, "each ending published once");
+    let history = consent_history::Entity::find().count(stack.store.db()).await.unwrap();
+    assert_eq!(history, 6000, "one history row per grant and revoke, none doubled");
+    let revoked = stack.ledger(ConsentQuery { state: Some("revoked".into()), limit: Some(10_000), ..Default::default() }).await;
+    let granted = stack.ledger(ConsentQuery { state: Some("granted".into()), limit: Some(10_000), ..Default::default() }).await;
+    assert_eq!((revoked.len(), granted.len()), (2000, 2000));
+    assert!(granted.iter().all(|v| v.last_seen_at == Some(at(10))));
+}
+
+#[tokio::test]
+async fn an_outbox_row_whose_publish_was_lost_is_re_driven() {
+    let mut stack = Stack::infrastructure().await;
+    let ended = CloudEvent::with_id(
+        derived_event_id("consent.ended", "cause-1"),
+        "urn:custodian:consent",
+        at(0),
+        ConsentEndedV1 { issuer: ISSUER.into(), subject: "erin".into(), platform_id: "tp".into(), reason: EndReason::Revoked, cause_event_id: "cause-1".into() },
+    );
+    // Committed with its state change, as the consent service does.
+    let txn = stack.store.db().begin().await.unwrap();
+    let row = OutgoingEvent {
+        event_id: ended.id.clone(),
+        subject: subjects::CONSENT_ENDED.into(),
+        payload: String::from_utf8(ended.to_json()).unwrap(),
+        traceparent: None,
+    };
+    outbox::enqueue(&txn, "consent", vec![row], at(0)).await.unwrap();
+    txn.commit().await.unwrap();
+
+    // NATS is down when the relay tries: the row stays, with the attempt counted.
+    stack.nats.kill();
+    let relay = OutboxRelay::new(stack.store.clone(), stack.bus.clone(), "consent", stack.clock.clone());
+    assert!(tokio::time::timeout(Duration::from_secs(20), relay.drain()).await.expect("drain gives up in time").is_err());
+    let stored = outbox_entity::Entity::find_by_id(ended.id.clone()).one(stack.store.db()).await.unwrap().unwrap();
+    assert!(stored.published_at.is_none());
+    assert_eq!(stored.attempts, 1);
+
+    // NATS comes back; the relay's reconcile pass publishes it without any wake-up.
+    stack.nats.restart();
+    let mut relay = OutboxRelay::new(stack.store.clone(), stack.bus.clone(), "consent", stack.clock.clone());
+    relay.reconcile_every = Duration::from_millis(200);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    eventually("the re-driven event in the stream", Duration::from_secs(30), || async {
+        (stack.count_on(subjects::CONSENT_ENDED).await == 1).then_some(())
+    })
+    .await;
+    eventually("the row marked published", Duration::from_secs(10), || async {
+        let row = outbox_entity::Entity::find_by_id(ended.id.clone()).one(stack.store.db()).await.unwrap().unwrap();
+        row.published_at.map(|_| ())
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let messages = stack.messages_on(subjects::CONSENT_ENDED).await;
+    assert_eq!(messages[0].1["id"], ended.id.as_str());
+}
+
+#[tokio::test]
+async fn any_shuffle_with_duplicates_ends_in_the_in_order_state() {
+    let stack = Stack::start().await;
+    for seed in [7_u64, 1_234, 99_999] {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let run = unique("shuffle");
+        let people: Vec<String> = (0..10).map(|i| format!("{run}-{i}")).collect();
+        let platforms = ["tp-a", "tp-b", "tp-c", "tp-d", "tp-e"];
+        let mut events = Vec::new();
+        for _ in 0..1000 {
+            let who = &people[rng.random_range(0..people.len())];
+            let platform = platforms[rng.random_range(0..platforms.len())];
+            let t = rng.random_range(0..50);
+            events.push(match rng.random_range(0..10) {
+                0..=3 => grant_event(who, platform, t),
+                4..=6 => revoke_event(who, platform, t),
+                _ => seen_event(who, platform, t),
+            });
+        }
+        let expected = expected_states(&events);
+        let mut delivered: Vec<Outgoing> = events.iter().map(outgoing).collect();
+        // Duplicates with the same id: some within the de-dup window, some re-sent under a
+        // new Msg-Id as a misbehaving publisher would (the inbox must catch those).
+        let dups: Vec<Outgoing> = delivered.iter().take(300).cloned().collect();
+        delivered.extend(dups);
+        delivered.shuffle(&mut rng);
+        let results = stack.bus.publish_all(&delivered, 256).await;
+        assert!(results.iter().all(Result::is_ok));
+        for out in delivered.iter().take(100) {
+            let ack = stack.bus.jetstream().publish(out.subject.clone(), out.payload.clone()).await.unwrap();
+            ack.await.unwrap();
+        }
+
+        let applied = eventually("every distinct event applied", Duration::from_secs(60), || async {
+            let views = stack.ledger(ConsentQuery { limit: Some(10_000), ..Default::default() }).await;
+            let mine: Vec<_> = views.into_iter().filter(|v| v.subject.starts_with(&run)).collect();
+            let done = mine.len() == expected.values().filter(|c| c.status() != Status::Unknown).count()
+                && mine.iter().all(|v| {
+                    let c = &expected[&(v.subject.clone(), v.platform_id.clone())];
+                    v.state == c.status().as_str() && v.last_seen_at == c.last_seen_at
+                });
+            done.then_some(mine)
+        })
+        .await;
+        for view in applied {
+            let c = &expected[&(view.subject.clone(), view.platform_id.clone())];
+            assert_eq!(view.granted_at, c.grant.as_ref().map(|g| g.at), "seed {seed}");
+            assert_eq!(view.ended_at, c.ended_at(), "seed {seed}");
+        }
+    }
+}

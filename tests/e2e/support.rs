@@ -1,0 +1,223 @@
+//! A whole Custodian stack for one test: a real nats-server, a fresh database (SQLite or
+//! PostgreSQL per `CUSTODIAN_TEST_BACKEND`), the consent service and the gateway running
+//! through the very `run` functions `custodian up` uses, and the shared OpenID provider.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::{DateTime, Utc};
+use custodian_bus::{Bus, StreamSettings};
+use custodian_consent::{ConsentConfig, ConsentMetrics};
+use custodian_events::queries::ConsentView;
+use custodian_events::{CloudEvent, EventData, subjects};
+use custodian_gateway::{GatewayConfig, MachineToken, PersonAuthConfig, Role, token_digest};
+use custodian_store::Store;
+use custodian_store::clock::{self, SharedClock};
+use custodian_testkit::{NatsServer, Provider, TEST_CLIENT_ID};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const PLATFORM_TOKEN: &str = "test-platform-token-0123456789";
+pub const OPS_TOKEN: &str = "test-ops-token-0123456789abcdef";
+
+pub struct Stack {
+    pub nats: NatsServer,
+    pub store: Store,
+    pub bus: Bus,
+    pub clock: SharedClock,
+    pub gateway_url: String,
+    pub http: reqwest::Client,
+    pub provider: &'static Provider,
+    consent: Option<(CancellationToken, JoinHandle<()>)>,
+    gateway: Option<(CancellationToken, JoinHandle<()>)>,
+    pub consent_config: ConsentConfig,
+    _dir: tempfile::TempDir,
+}
+
+pub fn test_consent_config() -> ConsentConfig {
+    ConsentConfig { batch: 500, max_deliver: 3, reconcile_every_secs: 1, ack_wait_secs: 2 }
+}
+
+impl Stack {
+    /// Everything running.
+    pub async fn start() -> Stack {
+        let mut stack = Self::infrastructure().await;
+        stack.start_consent();
+        stack.start_gateway().await;
+        stack
+    }
+
+    /// NATS, database (migrated), OP; no Custodian service yet.
+    pub async fn infrastructure() -> Stack {
+        custodian_telemetry::init_for_tests();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nats = NatsServer::start();
+        let url = custodian_testkit::test_database_url(dir.path());
+        let store = Store::connect_and_migrate(&url, 8).await.expect("database");
+        let bus = connect(&nats).await;
+        let provider = Provider::shared();
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("http");
+        Stack {
+            nats,
+            store,
+            bus,
+            clock: clock::system(),
+            gateway_url: String::new(),
+            http,
+            provider,
+            consent: None,
+            gateway: None,
+            consent_config: test_consent_config(),
+            _dir: dir,
+        }
+    }
+
+    pub fn start_consent(&mut self) {
+        let deps = custodian_consent::Deps {
+            store: self.store.clone(),
+            bus: self.bus.clone(),
+            clock: self.clock.clone(),
+            metrics: ConsentMetrics::default(),
+        };
+        let token = CancellationToken::new();
+        let config = self.consent_config.clone();
+        let run_token = token.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(e) = custodian_consent::run(deps, config, run_token).await {
+                tracing::error!(error = %e, "consent service stopped with an error");
+            }
+        });
+        self.consent = Some((token, handle));
+    }
+
+    /// Ends the consent service as a crash would: its task is dropped wherever it is.
+    pub async fn crash_consent(&mut self) {
+        if let Some((_, handle)) = self.consent.take() {
+            handle.abort();
+            let _ = handle.await;
+        }
+    }
+
+    pub async fn start_gateway(&mut self) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        self.gateway_url = format!("http://{}", listener.local_addr().expect("addr"));
+        let config = GatewayConfig {
+            listen: listener.local_addr().expect("addr"),
+            oidc: Some(PersonAuthConfig {
+                issuer: self.provider.issuer.clone(),
+                audience: TEST_CLIENT_ID.to_owned(),
+                ca_file: Some(self.provider.ca_file.clone()),
+            }),
+            machine_tokens: vec![
+                MachineToken { name: "test-platform".into(), role: Role::Platform, sha256: token_digest(PLATFORM_TOKEN) },
+                MachineToken { name: "test-ops".into(), role: Role::Ops, sha256: token_digest(OPS_TOKEN) },
+            ],
+        };
+        let deps = custodian_gateway::Deps {
+            bus: self.bus.clone(),
+            store: Some(self.store.clone()),
+            clock: self.clock.clone(),
+            listener,
+            registry: Default::default(),
+        };
+        let token = CancellationToken::new();
+        let run_token = token.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(e) = custodian_gateway::run(deps, config, run_token).await {
+                tracing::error!(error = %e, "gateway stopped with an error");
+            }
+        });
+        self.gateway = Some((token, handle));
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway_url)
+    }
+
+    /// Publishes straight onto JetStream, as a platform service would.
+    pub async fn publish<T: EventData>(&self, subject: &str, event: &CloudEvent<T>) {
+        self.bus.publish_event(subject, event).await.expect("publish");
+    }
+
+    pub async fn publish_raw(&self, subject: &str, payload: Vec<u8>) {
+        let ack = self.bus.jetstream().publish(subject.to_owned(), payload.into()).await.expect("publish raw");
+        ack.await.expect("raw publish ack");
+    }
+
+    /// The ledger as operators see it, straight from the consent service.
+    pub async fn ledger(&self, query: custodian_events::queries::ConsentQuery) -> Vec<ConsentView> {
+        let reply: custodian_events::queries::ConsentReply = custodian_bus::query(
+            self.bus.client(),
+            custodian_events::queries::CONSENTS,
+            &query,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("ledger query");
+        match reply {
+            custodian_events::queries::ConsentReply::Consents(v) => v,
+            custodian_events::queries::ConsentReply::Error(e) => panic!("ledger query refused: {e}"),
+        }
+    }
+
+    /// How many messages the stream holds on `subject` (wildcards allowed).
+    pub async fn count_on(&self, subject: &str) -> u64 {
+        count_on(self.bus.jetstream(), subject).await
+    }
+
+    /// Every message on `subject`, in stream order, as JSON.
+    pub async fn messages_on(&self, subject: &str) -> Vec<(String, serde_json::Value)> {
+        let stream = self.bus.jetstream().get_stream(subjects::STREAM).await.expect("stream");
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: subject.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .expect("ordered consumer");
+        let expected = self.count_on(subject).await as usize;
+        let mut out = Vec::new();
+        if expected == 0 {
+            return out;
+        }
+        use futures::StreamExt;
+        let mut messages = consumer.messages().await.expect("messages");
+        while out.len() < expected {
+            let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await.expect("message in time");
+            let message = next.expect("stream open").expect("message");
+            out.push((message.subject.to_string(), serde_json::from_slice(&message.payload).unwrap_or_default()));
+        }
+        out
+    }
+}
+
+pub async fn connect(nats: &NatsServer) -> Bus {
+    let client = custodian_bus::connect(&nats.url(), "custodian-test").await.expect("nats");
+    Bus::new(client, &StreamSettings::default()).await.expect("stream")
+}
+
+pub async fn count_on(js: &jetstream::Context, subject: &str) -> u64 {
+    let stream = js.get_stream(subjects::STREAM).await.expect("stream");
+    let info = stream.info_with_subjects(subject).await.expect("stream info");
+    use futures::TryStreamExt;
+    let counts: Vec<(String, usize)> = info.try_collect().await.expect("subject counts");
+    counts.into_iter().map(|(_, n)| n as u64).sum()
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for (token, handle) in [self.consent.take(), self.gateway.take()].into_iter().flatten() {
+            token.cancel();
+            handle.abort();
+        }
+    }
+}
+
+/// A unique person per test (tests share the OP).
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn at(offset_secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_795_000_000 + offset_secs, 0).expect("time")
+}
