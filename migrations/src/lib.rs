@@ -13,9 +13,6 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(m20261124_000001_bus_inbox_outbox::Migration),
-            Box::new(m20261124_000002_consents::Migration),
-        ]
+        vec![Box::new(m20261124_000001_bus_inbox_outbox::Migration), Box::new(m20261124_000002_consents::Migration)]
     }
 }

@@ -25,7 +25,8 @@ fn grant(issuer: &str, subject: &str, platform: &str, offset: i64) -> CloudEvent
 }
 
 async fn my_consents(stack: &Stack, token: &str) -> (StatusCode, Value) {
-    let response = stack.http.get(stack.url("/v1/me/consents")).bearer_auth(token).send().await.expect("GET /v1/me/consents");
+    let response =
+        stack.http.get(stack.url("/v1/me/consents")).bearer_auth(token).send().await.expect("GET /v1/me/consents");
     let status = response.status();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -63,12 +64,16 @@ async fn granted_consent_is_listed_for_the_person_and_revocation_ends_it_once() 
     assert_eq!(consent["subject"], person.as_str());
 
     // The person revokes.
-    let response = stack.http.delete(stack.url("/v1/me/consents/tp-health")).bearer_auth(&id_token).send().await.unwrap();
+    let response =
+        stack.http.delete(stack.url("/v1/me/consents/tp-health")).bearer_auth(&id_token).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let body: Value = response.json().await.unwrap();
     let revocation_id = body["revocation_id"].as_str().expect("revocation id").to_owned();
 
-    eventually("consent.ended", Duration::from_secs(10), || async { (stack.count_on(subjects::CONSENT_ENDED).await == 1).then_some(()) }).await;
+    eventually("consent.ended", Duration::from_secs(10), || async {
+        (stack.count_on(subjects::CONSENT_ENDED).await == 1).then_some(())
+    })
+    .await;
     let (_, body) = my_consents(&stack, &id_token).await;
     assert_eq!(body["consents"][0]["state"], "revoked");
 
@@ -79,7 +84,9 @@ async fn granted_consent_is_listed_for_the_person_and_revocation_ends_it_once() 
     let again = stack.http.delete(stack.url("/v1/me/consents/tp-health")).bearer_auth(&id_token).send().await.unwrap();
     assert_eq!(again.status(), StatusCode::ACCEPTED);
     eventually("both revocations applied", Duration::from_secs(10), || async {
-        let view = stack.ledger(ConsentQuery { subject: Some(person.clone()), with_history: true, ..Default::default() }).await;
+        let view = stack
+            .ledger(ConsentQuery { subject: Some(person.clone()), with_history: true, ..Default::default() })
+            .await;
         (view[0].history.len() == 3).then_some(())
     })
     .await;

@@ -22,7 +22,8 @@ async fn unauthenticated_and_forged_callers_are_refused() {
     problem(r, StatusCode::UNAUTHORIZED).await;
 
     // A JWT that is not signed by the OP.
-    let forged = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJtYWxsb3J5IiwiaXNzIjoiaHR0cHM6Ly9leGFtcGxlIn0.c2lnbmF0dXJl";
+    let forged =
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJtYWxsb3J5IiwiaXNzIjoiaHR0cHM6Ly9leGFtcGxlIn0.c2lnbmF0dXJl";
     let r = stack.http.get(stack.url("/v1/me/consents")).bearer_auth(forged).send().await.unwrap();
     problem(r, StatusCode::UNAUTHORIZED).await;
     let r = stack.http.get(stack.url("/v1/me/consents")).header("x-subject", "alice").send().await.unwrap();
@@ -70,7 +71,14 @@ async fn invalid_events_get_400_problem_json_and_publish_nothing() {
     }
     assert_eq!(stack.count_on("lifecycle.>").await, 0, "nothing reached the stream");
 
-    let r = stack.http.post(stack.url("/v1/events")).bearer_auth(PLATFORM_TOKEN).body(serde_json::to_vec(&valid).unwrap()).send().await.unwrap();
+    let r = stack
+        .http
+        .post(stack.url("/v1/events"))
+        .bearer_auth(PLATFORM_TOKEN)
+        .body(serde_json::to_vec(&valid).unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(stack.count_on("lifecycle.consent.granted").await, 1);
 
@@ -87,7 +95,10 @@ async fn probes_metrics_and_openapi_answer() {
     assert_eq!(stack.http.get(stack.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);
     let _ = stack.http.get(stack.url("/v1/me/consents")).send().await.unwrap();
     let metrics = stack.http.get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("custodian_http_requests_total{method=\"GET\",route=\"/v1/me/consents\",status=\"401\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("custodian_http_requests_total{method=\"GET\",route=\"/v1/me/consents\",status=\"401\"} 1"),
+        "{metrics}"
+    );
     let openapi: Value = stack.http.get(stack.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(openapi["openapi"], "3.1.0");
 }

@@ -25,7 +25,13 @@ fn grant_event(subject: &str, platform: &str, t: i64) -> LifecycleEvent {
     LifecycleEvent::ConsentGranted(CloudEvent::new(
         "urn:test",
         at(t),
-        ConsentGrantedV1 { issuer: ISSUER.into(), subject: subject.into(), platform_id: platform.into(), scopes: vec!["openid".into()], acr: None },
+        ConsentGrantedV1 {
+            issuer: ISSUER.into(),
+            subject: subject.into(),
+            platform_id: platform.into(),
+            scopes: vec!["openid".into()],
+            acr: None,
+        },
     ))
 }
 
@@ -33,7 +39,13 @@ fn revoke_event(subject: &str, platform: &str, t: i64) -> LifecycleEvent {
     LifecycleEvent::ConsentRevoked(CloudEvent::new(
         "urn:test",
         at(t),
-        ConsentRevokedV1 { issuer: ISSUER.into(), subject: subject.into(), platform_id: platform.into(), reason: RevokeReason::User, actor: None },
+        ConsentRevokedV1 {
+            issuer: ISSUER.into(),
+            subject: subject.into(),
+            platform_id: platform.into(),
+            reason: RevokeReason::User,
+            actor: None,
+        },
     ))
 }
 
@@ -99,15 +111,28 @@ async fn malformed_events_are_dead_lettered_with_a_reason_and_change_nothing() {
     for (_, letter) in &letters {
         assert_eq!(letter["type"], "custodian.deadletter.v1");
         assert_eq!(letter["data"]["original_subject"], subjects::CONSENT_GRANTED);
-        let payload = base64::engine::general_purpose::STANDARD.decode(letter["data"]["payload_base64"].as_str().unwrap()).unwrap();
+        let payload = base64::engine::general_purpose::STANDARD
+            .decode(letter["data"]["payload_base64"].as_str().unwrap())
+            .unwrap();
         assert!(!payload.is_empty(), "the original payload is kept for inspection");
     }
     assert!(stack.ledger(ConsentQuery::default()).await.is_empty(), "nothing else changed");
     assert_eq!(inbox_count(&stack).await, 0);
 
     // The consumer is not stuck behind them.
-    stack.publish(subjects::CONSENT_GRANTED, match &good { LifecycleEvent::ConsentGranted(e) => e, _ => unreachable!() }).await;
-    eventually("the good grant", Duration::from_secs(10), || async { (stack.ledger(ConsentQuery::default()).await.len() == 1).then_some(()) }).await;
+    stack
+        .publish(
+            subjects::CONSENT_GRANTED,
+            match &good {
+                LifecycleEvent::ConsentGranted(e) => e,
+                _ => unreachable!(),
+            },
+        )
+        .await;
+    eventually("the good grant", Duration::from_secs(10), || async {
+        (stack.ledger(ConsentQuery::default()).await.len() == 1).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -154,8 +179,10 @@ async fn a_consumer_crashed_mid_batch_applies_every_event_exactly_once_in_effect
     assert_eq!(stack.count_on(subjects::CONSENT_ENDED).await, 2000, "each ending published once");
     let history = consent_history::Entity::find().count(stack.store.db()).await.unwrap();
     assert_eq!(history, 6000, "one history row per grant and revoke, none doubled");
-    let revoked = stack.ledger(ConsentQuery { state: Some("revoked".into()), limit: Some(10_000), ..Default::default() }).await;
-    let granted = stack.ledger(ConsentQuery { state: Some("granted".into()), limit: Some(10_000), ..Default::default() }).await;
+    let revoked =
+        stack.ledger(ConsentQuery { state: Some("revoked".into()), limit: Some(10_000), ..Default::default() }).await;
+    let granted =
+        stack.ledger(ConsentQuery { state: Some("granted".into()), limit: Some(10_000), ..Default::default() }).await;
     assert_eq!((revoked.len(), granted.len()), (2000, 2000));
     assert!(granted.iter().all(|v| v.last_seen_at == Some(at(10))));
 }
@@ -167,7 +194,13 @@ async fn an_outbox_row_whose_publish_was_lost_is_re_driven() {
         derived_event_id("consent.ended", "cause-1"),
         "urn:custodian:consent",
         at(0),
-        ConsentEndedV1 { issuer: ISSUER.into(), subject: "erin".into(), platform_id: "tp".into(), reason: EndReason::Revoked, cause_event_id: "cause-1".into() },
+        ConsentEndedV1 {
+            issuer: ISSUER.into(),
+            subject: "erin".into(),
+            platform_id: "tp".into(),
+            reason: EndReason::Revoked,
+            cause_event_id: "cause-1".into(),
+        },
     );
     // Committed with its state change, as the consent service does.
     let txn = stack.store.db().begin().await.unwrap();
@@ -183,7 +216,9 @@ async fn an_outbox_row_whose_publish_was_lost_is_re_driven() {
     // NATS is down when the relay tries: the row stays, with the attempt counted.
     stack.nats.kill();
     let relay = OutboxRelay::new(stack.store.clone(), stack.bus.clone(), "consent", stack.clock.clone());
-    assert!(tokio::time::timeout(Duration::from_secs(20), relay.drain()).await.expect("drain gives up in time").is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(20), relay.drain()).await.expect("drain gives up in time").is_err()
+    );
     let stored = outbox_entity::Entity::find_by_id(ended.id.clone()).one(stack.store.db()).await.unwrap().unwrap();
     assert!(stored.published_at.is_none());
     assert_eq!(stored.attempts, 1);

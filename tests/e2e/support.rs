@@ -109,7 +109,11 @@ impl Stack {
                 ca_file: Some(self.provider.ca_file.clone()),
             }),
             machine_tokens: vec![
-                MachineToken { name: "test-platform".into(), role: Role::Platform, sha256: token_digest(PLATFORM_TOKEN) },
+                MachineToken {
+                    name: "test-platform".into(),
+                    role: Role::Platform,
+                    sha256: token_digest(PLATFORM_TOKEN),
+                },
                 MachineToken { name: "test-ops".into(), role: Role::Ops, sha256: token_digest(OPS_TOKEN) },
             ],
         };
@@ -156,7 +160,9 @@ impl Stack {
         .expect("ledger query");
         match reply {
             custodian_events::queries::ConsentReply::Consents(v) => v,
-            custodian_events::queries::ConsentReply::Error(e) => panic!("ledger query refused: {e}"),
+            custodian_events::queries::ConsentReply::Error(e) => {
+                panic!("ledger query refused: {e}")
+            }
         }
     }
 

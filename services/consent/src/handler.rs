@@ -28,7 +28,12 @@ pub fn fact_of(event: &LifecycleEvent) -> Option<(ConsentKey, Fact)> {
     match event {
         LifecycleEvent::ConsentGranted(e) => Some((
             ConsentKey::new(&e.data.issuer, &e.data.subject, &e.data.platform_id),
-            Fact::Granted(Grant { at: e.time, event_id: e.id.clone(), scopes: e.data.scopes.clone(), acr: e.data.acr.clone() }),
+            Fact::Granted(Grant {
+                at: e.time,
+                event_id: e.id.clone(),
+                scopes: e.data.scopes.clone(),
+                acr: e.data.acr.clone(),
+            }),
         )),
         LifecycleEvent::ConsentRevoked(e) => Some((
             ConsentKey::new(&e.data.issuer, &e.data.subject, &e.data.platform_id),
@@ -36,7 +41,12 @@ pub fn fact_of(event: &LifecycleEvent) -> Option<(ConsentKey, Fact)> {
         )),
         LifecycleEvent::ConsentExpire(e) => Some((
             ConsentKey::new(&e.data.issuer, &e.data.subject, &e.data.platform_id),
-            Fact::Expired(Expire { at: e.time, event_id: e.id.clone(), idle_since: e.data.idle_since, sweep_id: e.data.sweep_id.clone() }),
+            Fact::Expired(Expire {
+                at: e.time,
+                event_id: e.id.clone(),
+                idle_since: e.data.idle_since,
+                sweep_id: e.data.sweep_id.clone(),
+            }),
         )),
         LifecycleEvent::ActivitySeen(e) => {
             Some((ConsentKey::new(&e.data.issuer, &e.data.subject, &e.data.platform_id), Fact::Seen { at: e.time }))
@@ -103,7 +113,9 @@ impl LedgerHandler {
             let _entered = span.enter();
 
             let digest = persistence::digest(key);
-            let Some(consent) = consents.get_mut(&digest) else { continue };
+            let Some(consent) = consents.get_mut(&digest) else {
+                continue;
+            };
             let status_before = consent.status();
             let transition = ledger::apply(consent, fact);
             let status_after = consent.status();
@@ -111,7 +123,14 @@ impl LedgerHandler {
             *counts.entry(delivery.event.event_type()).or_default() += 1;
             // Activity is too frequent to keep each one; it is in history when it changes status.
             if !matches!(fact, Fact::Seen { .. }) || status_before != status_after {
-                history.push(persistence::history_row(&digest, event_id, delivery.event.event_type(), delivery.event.time(), status_after.as_str(), now));
+                history.push(persistence::history_row(
+                    &digest,
+                    event_id,
+                    delivery.event.event_type(),
+                    delivery.event.time(),
+                    status_after.as_str(),
+                    now,
+                ));
             }
             if let Transition::Ended { grant_event_id, ending } = transition {
                 let data = ConsentEndedV1 {
@@ -122,7 +141,8 @@ impl LedgerHandler {
                     cause_event_id: ending.event_id.clone(),
                 };
                 // One `consent.ended` per ended grant, whatever the order facts arrived in.
-                let mut event = CloudEvent::with_id(derived_event_id("consent.ended", &grant_event_id), SOURCE, ending.at, data);
+                let mut event =
+                    CloudEvent::with_id(derived_event_id("consent.ended", &grant_event_id), SOURCE, ending.at, data);
                 event.traceparent = custodian_telemetry::current_traceparent();
                 tracing::debug!(reason = ?ending.reason, "consent ended");
                 outgoing.push(OutgoingEvent {

@@ -130,7 +130,11 @@ impl Consent {
             reason: if r.reason == RevokeReason::Incident { EndReason::Incident } else { EndReason::Revoked },
             event_id: r.event_id.clone(),
         });
-        let expire = self.effective_expire().map(|e| Ending { at: e.at, reason: EndReason::Expired, event_id: e.event_id.clone() });
+        let expire = self.effective_expire().map(|e| Ending {
+            at: e.at,
+            reason: EndReason::Expired,
+            event_id: e.event_id.clone(),
+        });
         match (revoke, expire) {
             (Some(r), Some(e)) => Some(if e.at > r.at { e } else { r }),
             (r, e) => r.or(e),
@@ -138,7 +142,9 @@ impl Consent {
     }
 
     pub fn status(&self) -> Status {
-        let Some(grant) = &self.grant else { return Status::Unknown };
+        let Some(grant) = &self.grant else {
+            return Status::Unknown;
+        };
         match self.ending() {
             // A revoke wins over a grant with an earlier or equal time.
             Some(end) if end.at >= grant.at => match end.reason {
@@ -161,7 +167,10 @@ pub enum Transition {
     None,
     /// A grant that was (or, seen in time order, had been) honoured has ended: publish
     /// `consent.ended` for it.
-    Ended { grant_event_id: String, ending: Ending },
+    Ended {
+        grant_event_id: String,
+        ending: Ending,
+    },
 }
 
 impl Consent {
@@ -218,7 +227,9 @@ mod tests {
     fn revoke_after_grant_ends_the_consent_once() {
         let mut c = Consent::new(key());
         assert_eq!(apply(&mut c, &grant(0, "g")), Transition::None);
-        assert!(matches!(apply(&mut c, &revoke(10, "r")), Transition::Ended { ref ending, .. } if ending.reason == EndReason::Revoked && ending.event_id == "r"));
+        assert!(
+            matches!(apply(&mut c, &revoke(10, "r")), Transition::Ended { ref ending, .. } if ending.reason == EndReason::Revoked && ending.event_id == "r")
+        );
         assert_eq!(apply(&mut c, &revoke(10, "r")), Transition::None, "a duplicate ends nothing twice");
         assert_eq!(c.status(), Status::Revoked);
     }
@@ -227,7 +238,9 @@ mod tests {
     fn a_revocation_that_arrives_before_its_grant_still_ends_it_once() {
         let mut c = Consent::new(key());
         assert_eq!(apply(&mut c, &revoke(20, "r")), Transition::None);
-        assert!(matches!(apply(&mut c, &grant(0, "g")), Transition::Ended { ref grant_event_id, .. } if grant_event_id == "g"));
+        assert!(
+            matches!(apply(&mut c, &grant(0, "g")), Transition::Ended { ref grant_event_id, .. } if grant_event_id == "g")
+        );
         assert_eq!(apply(&mut c, &revoke(30, "r2")), Transition::None, "an ended grant ends once");
     }
 
@@ -255,7 +268,9 @@ mod tests {
         let mut c = Consent::new(key());
         apply(&mut c, &grant(0, "g"));
         apply(&mut c, &Fact::Seen { at: t(10) });
-        assert!(matches!(apply(&mut c, &expire(100, 50, "e")), Transition::Ended { ref ending, .. } if ending.reason == EndReason::Expired));
+        assert!(
+            matches!(apply(&mut c, &expire(100, 50, "e")), Transition::Ended { ref ending, .. } if ending.reason == EndReason::Expired)
+        );
         assert_eq!(c.status(), Status::Expired);
         // Activity after idle_since, even if it arrives after the expiry, cancels it.
         apply(&mut c, &Fact::Seen { at: t(60) });
@@ -273,7 +288,9 @@ mod tests {
         let mut c = Consent::new(key());
         apply(&mut c, &grant(0, "g"));
         let fact = Fact::Revoked(Revoke { at: t(1), event_id: "r".into(), reason: RevokeReason::Incident });
-        assert!(matches!(apply(&mut c, &fact), Transition::Ended { ref ending, .. } if ending.reason == EndReason::Incident));
+        assert!(
+            matches!(apply(&mut c, &fact), Transition::Ended { ref ending, .. } if ending.reason == EndReason::Incident)
+        );
     }
 
     #[test]

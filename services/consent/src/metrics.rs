@@ -12,8 +12,16 @@ pub struct ConsentMetrics {
 
 impl ConsentMetrics {
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("custodian_consent_events_applied", "Consent facts applied, by event type", self.applied.clone());
+        registry.register(
+            "custodian_consent_events_applied",
+            "Consent facts applied, by event type",
+            self.applied.clone(),
+        );
         registry.register("custodian_consent_ended", "Consents that stopped being honoured", self.ended.clone());
-        registry.register("custodian_consent_duplicates", "Redelivered events recognised by the inbox", self.duplicates.clone());
+        registry.register(
+            "custodian_consent_duplicates",
+            "Redelivered events recognised by the inbox",
+            self.duplicates.clone(),
+        );
     }
 }

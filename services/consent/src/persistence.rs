@@ -49,7 +49,9 @@ pub fn from_row(row: &consent::Model) -> Consent {
         _ => None,
     };
     let revoke = match (row.revoked_at, &row.revoke_event_id, &row.revoke_reason) {
-        (Some(at), Some(event_id), Some(reason)) => Some(Revoke { at, event_id: event_id.clone(), reason: parse_revoke_reason(reason) }),
+        (Some(at), Some(event_id), Some(reason)) => {
+            Some(Revoke { at, event_id: event_id.clone(), reason: parse_revoke_reason(reason) })
+        }
         _ => None,
     };
     let expire = match (row.expired_at, &row.expire_event_id, row.expire_idle_since, &row.expire_sweep_id) {
@@ -68,7 +70,8 @@ pub fn to_row(c: &Consent, now: DateTime<Utc>) -> consent::ActiveModel {
         subject: Set(c.key.subject.clone()),
         platform_id: Set(c.key.platform_id.clone()),
         state: Set(c.status().as_str().to_owned()),
-        scopes: Set(serde_json::to_string(&c.grant.as_ref().map(|g| g.scopes.clone()).unwrap_or_default()).unwrap_or_else(|_| "[]".into())),
+        scopes: Set(serde_json::to_string(&c.grant.as_ref().map(|g| g.scopes.clone()).unwrap_or_default())
+            .unwrap_or_else(|_| "[]".into())),
         acr: Set(c.grant.as_ref().and_then(|g| g.acr.clone())),
         granted_at: Set(c.grant.as_ref().map(|g| g.at)),
         grant_event_id: Set(c.grant.as_ref().map(|g| g.event_id.clone())),
@@ -146,14 +149,24 @@ pub async fn save_all<C: ConnectionTrait>(conn: &C, consents: Vec<&Consent>, now
     Ok(())
 }
 
-pub async fn append_history<C: ConnectionTrait>(conn: &C, rows: Vec<consent_history::ActiveModel>) -> Result<(), DbErr> {
+pub async fn append_history<C: ConnectionTrait>(
+    conn: &C,
+    rows: Vec<consent_history::ActiveModel>,
+) -> Result<(), DbErr> {
     for chunk in rows.chunks(1000) {
         consent_history::Entity::insert_many(chunk.to_vec()).exec_without_returning(conn).await?;
     }
     Ok(())
 }
 
-pub fn history_row(key_digest: &str, event_id: &str, event_type: &str, event_time: DateTime<Utc>, state_after: &str, now: DateTime<Utc>) -> consent_history::ActiveModel {
+pub fn history_row(
+    key_digest: &str,
+    event_id: &str,
+    event_type: &str,
+    event_time: DateTime<Utc>,
+    state_after: &str,
+    now: DateTime<Utc>,
+) -> consent_history::ActiveModel {
     consent_history::ActiveModel {
         id: Default::default(),
         consent_key: Set(key_digest.to_owned()),

@@ -8,14 +8,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::persistence;
 
-pub async fn serve(client: async_nats::Client, store: Store, shutdown: CancellationToken) -> Result<(), async_nats::SubscribeError> {
+pub async fn serve(
+    client: async_nats::Client,
+    store: Store,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::SubscribeError> {
     let mut requests = client.queue_subscribe(queries::CONSENTS, "consent".to_owned()).await?;
     loop {
         let request = tokio::select! {
             () = shutdown.cancelled() => break,
             next = requests.next() => match next { Some(r) => r, None => break },
         };
-        let Some(reply_to) = request.reply.clone() else { continue };
+        let Some(reply_to) = request.reply.clone() else {
+            continue;
+        };
         let reply = match serde_json::from_slice::<ConsentQuery>(&request.payload) {
             Err(e) => ConsentReply::Error(format!("invalid query: {e}")),
             Ok(query) => match persistence::query(store.db(), &query).await {

@@ -96,39 +96,77 @@ fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
 pub async fn consents(config: &Config, cmd: ConsentsCommand) -> anyhow::Result<()> {
     match cmd {
         ConsentsCommand::List { issuer, subject, platform, state, limit, json } => {
-            let query = ConsentQuery { issuer, subject, platform_id: platform, state, with_history: false, limit: Some(limit) };
+            let query =
+                ConsentQuery { issuer, subject, platform_id: platform, state, with_history: false, limit: Some(limit) };
             let views = ask(config, &query).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&views)?);
                 return Ok(());
             }
-            println!("{:<20} {:<8} {:<20} {:<19} {:<19} {:<19} ISSUER", "PLATFORM", "STATE", "SUBJECT", "GRANTED", "LAST SEEN", "ENDED");
+            println!(
+                "{:<20} {:<8} {:<20} {:<19} {:<19} {:<19} ISSUER",
+                "PLATFORM", "STATE", "SUBJECT", "GRANTED", "LAST SEEN", "ENDED"
+            );
             for v in &views {
                 println!(
                     "{:<20} {:<8} {:<20} {:<19} {:<19} {:<19} {}",
-                    v.platform_id, v.state, v.subject, time(v.granted_at), time(v.last_seen_at), time(v.ended_at), v.issuer
+                    v.platform_id,
+                    v.state,
+                    v.subject,
+                    time(v.granted_at),
+                    time(v.last_seen_at),
+                    time(v.ended_at),
+                    v.issuer
                 );
             }
             println!("{} consent(s)", views.len());
         }
         ConsentsCommand::Show { issuer, subject, platform, json } => {
-            let query = ConsentQuery { issuer: Some(issuer), subject: Some(subject), platform_id: Some(platform), with_history: true, ..Default::default() };
+            let query = ConsentQuery {
+                issuer: Some(issuer),
+                subject: Some(subject),
+                platform_id: Some(platform),
+                with_history: true,
+                ..Default::default()
+            };
             let Some(view) = ask(config, &query).await?.into_iter().next() else { bail!("no such consent") };
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
                 return Ok(());
             }
             println!("platform:   {}\nsubject:    {}\nissuer:     {}", view.platform_id, view.subject, view.issuer);
-            println!("state:      {}\nscopes:     {}\nacr:        {}", view.state, view.scopes.join(" "), view.acr.as_deref().unwrap_or("-"));
-            println!("granted:    {}\nlast seen:  {}\nended:      {}", time(view.granted_at), time(view.last_seen_at), time(view.ended_at));
+            println!(
+                "state:      {}\nscopes:     {}\nacr:        {}",
+                view.state,
+                view.scopes.join(" "),
+                view.acr.as_deref().unwrap_or("-")
+            );
+            println!(
+                "granted:    {}\nlast seen:  {}\nended:      {}",
+                time(view.granted_at),
+                time(view.last_seen_at),
+                time(view.ended_at)
+            );
             println!("\nhistory:");
             for h in &view.history {
-                println!("  {}  {:<32} -> {:<8} (event {})", time(Some(h.event_time)), h.event_type, h.state_after, h.event_id);
+                println!(
+                    "  {}  {:<32} -> {:<8} (event {})",
+                    time(Some(h.event_time)),
+                    h.event_type,
+                    h.state_after,
+                    h.event_id
+                );
             }
         }
         ConsentsCommand::Revoke { issuer, subject, platform, actor } => {
             let bus = connect_bus(config, "custodian-cli").await?;
-            let data = ConsentRevokedV1 { issuer, subject, platform_id: platform, reason: RevokeReason::Admin, actor: Some(actor) };
+            let data = ConsentRevokedV1 {
+                issuer,
+                subject,
+                platform_id: platform,
+                reason: RevokeReason::Admin,
+                actor: Some(actor),
+            };
             let event = CloudEvent::new("urn:custodian:cli", custodian_store::clock::SystemClock.now(), data);
             bus.publish_event(subjects::CONSENT_REVOKED, &event).await?;
             println!("revocation {} published", event.id);
@@ -141,11 +179,18 @@ pub async fn events(config: &Config, cmd: EventsCommand) -> anyhow::Result<()> {
     match cmd {
         EventsCommand::Publish { file } => {
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let event = LifecycleEvent::decode(None, &bytes).with_context(|| format!("{} is not a valid event", file.display()))?;
-            let subject = event.fixed_subject().context("routed commands (wipe, dead letter) are not published from the CLI")?;
+            let event = LifecycleEvent::decode(None, &bytes)
+                .with_context(|| format!("{} is not a valid event", file.display()))?;
+            let subject =
+                event.fixed_subject().context("routed commands (wipe, dead letter) are not published from the CLI")?;
             let bus = connect_bus(config, "custodian-cli").await?;
-            bus.publish(&Outgoing { subject: subject.to_owned(), event_id: event.id().to_owned(), payload: bytes.into(), traceparent: event.traceparent().map(str::to_owned) })
-                .await?;
+            bus.publish(&Outgoing {
+                subject: subject.to_owned(),
+                event_id: event.id().to_owned(),
+                payload: bytes.into(),
+                traceparent: event.traceparent().map(str::to_owned),
+            })
+            .await?;
             println!("published {} on {subject}", event.id());
         }
     }
@@ -159,7 +204,10 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             let bytes: [u8; 32] = rand::rng().random();
             let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
             println!("token (give it to the caller; it is not stored anywhere): {token}");
-            println!("\n# custodian.toml\n[[gateway.machine_tokens]]\nname = {name:?}\nrole = {role:?}\nsha256 = {:?}", custodian_gateway::token_digest(&token));
+            println!(
+                "\n# custodian.toml\n[[gateway.machine_tokens]]\nname = {name:?}\nrole = {role:?}\nsha256 = {:?}",
+                custodian_gateway::token_digest(&token)
+            );
         }
     }
     Ok(())

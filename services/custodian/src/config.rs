@@ -73,14 +73,16 @@ impl Config {
         for (key, value) in env.iter().filter(|(k, _)| !is_runtime_only(k)) {
             let (name, value) = match key.strip_suffix("_FILE") {
                 Some(name) => {
-                    let contents = std::fs::read_to_string(value).with_context(|| format!("{key}: cannot read {value}"))?;
+                    let contents =
+                        std::fs::read_to_string(value).with_context(|| format!("{key}: cannot read {value}"))?;
                     (name, contents.trim_end_matches(['\n', '\r']).to_owned())
                 }
                 None => (key.as_str(), value.clone()),
             };
             let dotted = name.trim_start_matches("CUSTODIAN_").to_lowercase().replace("__", ".");
             // Parsed like figment's Env provider: numbers, booleans, arrays and tables.
-            let parsed: figment::value::Value = value.parse().unwrap_or_else(|_| figment::value::Value::from(value.clone()));
+            let parsed: figment::value::Value =
+                value.parse().unwrap_or_else(|_| figment::value::Value::from(value.clone()));
             figment = figment.merge(Serialized::global(&dotted, parsed));
         }
         let config: Config = figment.extract().map_err(|e| anyhow::anyhow!(describe(e)))?;
@@ -97,9 +99,16 @@ impl Config {
             bail!("CUSTODIAN_DATABASE_URL / database_url must start with sqlite:// or postgres://");
         }
         if self.stream.duplicate_window_secs < 120 {
-            bail!("CUSTODIAN_STREAM__DUPLICATE_WINDOW_SECS must be at least 120 (the contract's de-duplication window)");
+            bail!(
+                "CUSTODIAN_STREAM__DUPLICATE_WINDOW_SECS must be at least 120 (the contract's de-duplication window)"
+            );
         }
-        if self.gateway.machine_tokens.iter().any(|t| t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit())) {
+        if self
+            .gateway
+            .machine_tokens
+            .iter()
+            .any(|t| t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
             bail!("gateway.machine_tokens[].sha256 must be 64 hex characters (see `custodian token new`)");
         }
         Ok(())
@@ -115,8 +124,13 @@ fn describe(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
             let key = e.path.join(".");
-            let env_name = format!("CUSTODIAN_{}", e.path.iter().map(|p| p.to_uppercase()).collect::<Vec<_>>().join("__"));
-            if key.is_empty() { format!("invalid configuration: {}", e.kind) } else { format!("invalid setting {key} ({env_name}): {}", e.kind) }
+            let env_name =
+                format!("CUSTODIAN_{}", e.path.iter().map(|p| p.to_uppercase()).collect::<Vec<_>>().join("__"));
+            if key.is_empty() {
+                format!("invalid configuration: {}", e.kind)
+            } else {
+                format!("invalid setting {key} ({env_name}): {}", e.kind)
+            }
         })
         .collect::<Vec<_>>()
         .join("; ")

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "custodian", version, about = "Keeps a trusted platform's promises about consent, tokens and sessions")]
+#[command(
+    name = "custodian",
+    version,
+    about = "Keeps a trusted platform's promises about consent, tokens and sessions"
+)]
 struct Cli {
     /// Configuration file (default: ./custodian.toml if present).
     #[arg(long, global = true, env = "CUSTODIAN_CONFIG")]

@@ -59,7 +59,13 @@ async fn run_services(config: Config, which: &[ServiceName]) -> anyhow::Result<(
         let listener = tokio::net::TcpListener::bind(config.gateway.listen)
             .await
             .with_context(|| format!("cannot listen on {} (CUSTODIAN_GATEWAY__LISTEN)", config.gateway.listen))?;
-        let deps = custodian_gateway::Deps { bus: bus.clone(), store: Some(store.clone()), clock: clock.clone(), listener, registry };
+        let deps = custodian_gateway::Deps {
+            bus: bus.clone(),
+            store: Some(store.clone()),
+            clock: clock.clone(),
+            listener,
+            registry,
+        };
         tasks.spawn("gateway", custodian_gateway::run(deps, config.gateway.clone(), shutdown.clone()));
     }
     tracing::info!(services = ?which, nats = %config.nats_url, "custodian running; Ctrl-C to stop");

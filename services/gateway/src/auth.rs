@@ -53,7 +53,9 @@ impl Caller {
     pub fn require_person(&self) -> Result<(&str, &str), Problem> {
         match self {
             Caller::Person { issuer, subject } => Ok((issuer, subject)),
-            Caller::Machine { .. } => Err(Problem::forbidden("this endpoint is for people signed in at the OpenID provider")),
+            Caller::Machine { .. } => {
+                Err(Problem::forbidden("this endpoint is for people signed in at the OpenID provider"))
+            }
         }
     }
 }
@@ -89,8 +91,15 @@ struct Claims {
     sub: String,
 }
 
-const ALGORITHMS: [Algorithm; 7] =
-    [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512, Algorithm::PS256, Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA];
+const ALGORITHMS: [Algorithm; 7] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
 /// Don't refetch the JWKS more often than this on an unknown key id.
 const JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
 
@@ -102,8 +111,11 @@ impl Authenticator {
             Some(config) => {
                 let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
                 if let Some(ca) = &config.ca_file {
-                    let pem = std::fs::read(ca).map_err(|e| crate::GatewayError::Config(format!("cannot read oidc.ca_file {}: {e}", ca.display())))?;
-                    let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| crate::GatewayError::Config(format!("oidc.ca_file is not PEM: {e}")))?;
+                    let pem = std::fs::read(ca).map_err(|e| {
+                        crate::GatewayError::Config(format!("cannot read oidc.ca_file {}: {e}", ca.display()))
+                    })?;
+                    let cert = reqwest::Certificate::from_pem(&pem)
+                        .map_err(|e| crate::GatewayError::Config(format!("oidc.ca_file is not PEM: {e}")))?;
                     builder = builder.tls_certs_merge([cert]);
                 }
                 let http = builder.build().map_err(|e| crate::GatewayError::Config(format!("HTTP client: {e}")))?;
@@ -148,10 +160,10 @@ impl PersonVerifier {
             Some(kid) => set.find(kid).cloned(),
             None => set.keys.first().cloned(),
         };
-        if let Some((set, _)) = self.keys.read().await.as_ref() {
-            if let Some(jwk) = find(set) {
-                return Ok(jwk);
-            }
+        if let Some((set, _)) = self.keys.read().await.as_ref()
+            && let Some(jwk) = find(set)
+        {
+            return Ok(jwk);
         }
         let mut guard = self.keys.write().await;
         let fresh_enough = guard.as_ref().is_some_and(|(_, at)| at.elapsed() < JWKS_MIN_REFRESH);
@@ -159,7 +171,10 @@ impl PersonVerifier {
             let set = self.fetch_jwks().await?;
             *guard = Some((set, Instant::now()));
         }
-        guard.as_ref().and_then(|(set, _)| find(set)).ok_or_else(|| Problem::unauthorized("token signed by an unknown key"))
+        guard
+            .as_ref()
+            .and_then(|(set, _)| find(set))
+            .ok_or_else(|| Problem::unauthorized("token signed by an unknown key"))
     }
 
     async fn fetch_jwks(&self) -> Result<JwkSet, Problem> {
@@ -181,7 +196,15 @@ impl PersonVerifier {
             .json()
             .await
             .map_err(unavailable)?;
-        self.http.get(discovery.jwks_uri).send().await.and_then(reqwest::Response::error_for_status).map_err(unavailable)?.json().await.map_err(unavailable)
+        self.http
+            .get(discovery.jwks_uri)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(unavailable)?
+            .json()
+            .await
+            .map_err(unavailable)
     }
 }
 

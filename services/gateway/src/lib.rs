@@ -103,7 +103,11 @@ async fn count_requests(State(state): State<Arc<AppState>>, request: Request, ne
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().to_string();
     let response = next.run(request).await;
-    let labels = vec![("method".to_owned(), method), ("route".to_owned(), route), ("status".to_owned(), response.status().as_u16().to_string())];
+    let labels = vec![
+        ("method".to_owned(), method),
+        ("route".to_owned(), route),
+        ("status".to_owned(), response.status().as_u16().to_string()),
+    ];
     state.metrics.requests.get_or_create(&labels).inc();
     response
 }
@@ -114,7 +118,11 @@ pub async fn run(deps: Deps, config: GatewayConfig, shutdown: CancellationToken)
     let metrics = GatewayMetrics::default();
     let mut registry = deps.registry;
     registry.register("custodian_http_requests", "HTTP requests by method, route and status", metrics.requests.clone());
-    registry.register("custodian_gateway_events_published", "Events accepted on POST /v1/events", metrics.events_published.clone());
+    registry.register(
+        "custodian_gateway_events_published",
+        "Events accepted on POST /v1/events",
+        metrics.events_published.clone(),
+    );
     let state = Arc::new(AppState { bus: deps.bus, store: deps.store, auth, clock: deps.clock, registry, metrics });
     let addr = deps.listener.local_addr().map_err(GatewayError::Serve)?;
     tracing::info!(%addr, "gateway listening");

@@ -48,7 +48,8 @@ impl Problem {
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "A dependency is unavailable; retry later").detail(detail)
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "A dependency is unavailable; retry later")
+            .detail(detail)
     }
 }
 

@@ -80,7 +80,8 @@ pub async fn run_consumer<H: BatchHandler>(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
-    let consumer_error = |e: &dyn std::fmt::Display| BusError::Consumer { durable: spec.durable.clone(), reason: e.to_string() };
+    let consumer_error =
+        |e: &dyn std::fmt::Display| BusError::Consumer { durable: spec.durable.clone(), reason: e.to_string() };
     let stream = bus.jetstream().get_stream(subjects::STREAM).await.map_err(|e| consumer_error(&e))?;
     let config = pull::Config {
         durable_name: Some(spec.durable.clone()),
@@ -91,10 +92,8 @@ pub async fn run_consumer<H: BatchHandler>(
         max_ack_pending: (spec.batch as i64 * 4).max(1000),
         ..Default::default()
     };
-    let consumer = stream
-        .get_or_create_consumer::<pull::Config>(&spec.durable, config)
-        .await
-        .map_err(|e| consumer_error(&e))?;
+    let consumer =
+        stream.get_or_create_consumer::<pull::Config>(&spec.durable, config).await.map_err(|e| consumer_error(&e))?;
     let messages = consumer
         .stream()
         .max_messages_per_batch(spec.batch)
@@ -119,7 +118,9 @@ pub async fn run_consumer<H: BatchHandler>(
             match item {
                 Ok(message) => messages.push(message),
                 // Missed heartbeats and the like: the stream reconnects by itself.
-                Err(e) => tracing::warn!(durable = %spec.durable, error = %e, "pull consumer hiccup"),
+                Err(e) => {
+                    tracing::warn!(durable = %spec.durable, error = %e, "pull consumer hiccup")
+                }
             }
         }
         process_batch(bus, &spec, &handler, &clock, messages).await;
@@ -128,7 +129,13 @@ pub async fn run_consumer<H: BatchHandler>(
     Ok(())
 }
 
-async fn process_batch<H: BatchHandler>(bus: &Bus, spec: &ConsumerSpec, handler: &H, clock: &SharedClock, messages: Vec<Message>) {
+async fn process_batch<H: BatchHandler>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    handler: &H,
+    clock: &SharedClock,
+    messages: Vec<Message>,
+) {
     let mut decoded = Vec::with_capacity(messages.len());
     let mut decoded_messages = Vec::with_capacity(messages.len());
     for message in messages {
@@ -157,19 +164,22 @@ async fn process_batch<H: BatchHandler>(bus: &Bus, spec: &ConsumerSpec, handler:
     let span = tracing::info_span!("handle_batch", durable = %spec.durable, size = decoded.len());
     let results = handler.handle(&decoded).instrument(span).await;
     for (i, (delivery, message)) in decoded.iter().zip(decoded_messages.iter()).enumerate() {
-        let result = results.get(i).cloned().unwrap_or_else(|| Err(HandlerError::Transient("handler gave no result".into())));
+        let result =
+            results.get(i).cloned().unwrap_or_else(|| Err(HandlerError::Transient("handler gave no result".into())));
         match result {
             Ok(()) => ack(message, AckKind::Ack).await,
             Err(HandlerError::Transient(reason)) if delivery.delivered >= spec.max_deliver => {
                 let reason = format!("gave up after {} deliveries: {reason}", delivery.delivered);
-                dead_letter(bus, spec, clock, message, Some(delivery.event.id()), delivery.stream_sequence, &reason).await;
+                dead_letter(bus, spec, clock, message, Some(delivery.event.id()), delivery.stream_sequence, &reason)
+                    .await;
             }
             Err(HandlerError::Transient(reason)) => {
                 tracing::warn!(event_id = delivery.event.id(), subject = %delivery.subject, %reason, "transient failure, will retry");
                 ack(message, AckKind::Nak(Some(spec.nak_delay))).await;
             }
             Err(HandlerError::Permanent(reason)) => {
-                dead_letter(bus, spec, clock, message, Some(delivery.event.id()), delivery.stream_sequence, &reason).await;
+                dead_letter(bus, spec, clock, message, Some(delivery.event.id()), delivery.stream_sequence, &reason)
+                    .await;
             }
         }
     }
@@ -208,7 +218,12 @@ async fn dead_letter(
     // Deterministic id: a retried dead-letter publish is de-duplicated by the stream.
     let id = derived_event_id("deadletter", &format!("{}:{stream_sequence}", spec.durable));
     let event = CloudEvent::with_id(id, format!("urn:custodian:{}", spec.service), clock.now(), data);
-    let out = Outgoing { subject: dl_subject, event_id: event.id.clone(), payload: Bytes::from(event.to_json()), traceparent: None };
+    let out = Outgoing {
+        subject: dl_subject,
+        event_id: event.id.clone(),
+        payload: Bytes::from(event.to_json()),
+        traceparent: None,
+    };
     match bus.publish(&out).await {
         Ok(()) => ack(message, AckKind::Term).await,
         Err(e) => {

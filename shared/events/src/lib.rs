@@ -11,7 +11,7 @@ pub mod payloads;
 pub mod queries;
 pub mod subjects;
 
-pub use envelope::{CloudEvent, EventData, LifecycleEvent, CONTENT_TYPE, DATA_CONTENT_TYPE, SPEC_VERSION};
+pub use envelope::{CONTENT_TYPE, CloudEvent, DATA_CONTENT_TYPE, EventData, LifecycleEvent, SPEC_VERSION};
 pub use error::DecodeError;
 pub use payloads::*;
 

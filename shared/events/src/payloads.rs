@@ -281,7 +281,9 @@ event_data!(TokenHokUsedV1, subjects::TOKEN_HOK_USED, "custodian.token.hok_used.
     check_id("caller_identity", &s.caller_identity)?;
     check_id("service", &s.service)?;
     check_id("assertion_id", &s.assertion_id)?;
-    for (field, v) in [("caller_organisation", &s.caller_organisation), ("subject", &s.subject), ("purpose", &s.purpose)] {
+    for (field, v) in
+        [("caller_organisation", &s.caller_organisation), ("subject", &s.subject), ("purpose", &s.purpose)]
+    {
         if let Some(v) = v {
             check_id(field, v)?;
         }

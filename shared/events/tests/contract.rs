@@ -1,5 +1,7 @@
 //! Pins the wire form of every payload (JSON snapshots) and the strictness of decoding.
 
+#![allow(clippy::unwrap_used)]
+
 use chrono::{DateTime, TimeZone, Utc};
 use custodian_events::*;
 
@@ -29,64 +31,139 @@ fn round_trip<T: EventData + std::fmt::Debug + PartialEq + Clone>(data: T) -> se
 
 #[test]
 fn every_payload_keeps_its_wire_form() {
-    insta::assert_json_snapshot!("consent_granted", round_trip(ConsentGrantedV1 {
-        issuer: ISSUER.into(), subject: "sub-1".into(), platform_id: "tp-1".into(),
-        scopes: vec!["openid".into(), "offline_access".into()], acr: Some("urn:acr:high".into()),
-    }));
-    insta::assert_json_snapshot!("consent_revoked", round_trip(ConsentRevokedV1 {
-        issuer: ISSUER.into(), subject: "sub-1".into(), platform_id: "tp-1".into(),
-        reason: RevokeReason::User, actor: None,
-    }));
-    insta::assert_json_snapshot!("activity_seen", round_trip(ActivitySeenV1 {
-        issuer: ISSUER.into(), subject: "sub-1".into(), platform_id: "tp-1".into(),
-    }));
-    insta::assert_json_snapshot!("consent_expire", round_trip(ConsentExpireV1 {
-        issuer: ISSUER.into(), subject: "sub-1".into(), platform_id: "tp-1".into(),
-        sweep_id: "sweep-1".into(), idle_since: at(-86_400),
-    }));
-    insta::assert_json_snapshot!("consent_ended", round_trip(ConsentEndedV1 {
-        issuer: ISSUER.into(), subject: "sub-1".into(), platform_id: "tp-1".into(),
-        reason: EndReason::Revoked, cause_event_id: "e-1".into(),
-    }));
-    insta::assert_json_snapshot!("session_opened", round_trip(SessionOpenedV1 {
-        session_id: "s-1".into(), view_id: "view-1".into(), issuer: ISSUER.into(),
-        subject: "sub-1".into(), platform_id: "tp-1".into(), expires_at: at(3600),
-    }));
-    insta::assert_json_snapshot!("session_closed", round_trip(SessionClosedV1 {
-        session_id: "s-1".into(), view_id: "view-1".into(),
-    }));
-    insta::assert_json_snapshot!("session_wipe", round_trip(SessionWipeV1 {
-        wipe_id: "w-1".into(), session_ids: vec!["s-1".into()], issuer: ISSUER.into(),
-        subject: "sub-1".into(), platform_id: "tp-1".into(), reason: WipeReason::ConsentEnded,
-    }));
-    insta::assert_json_snapshot!("session_wiped", round_trip(SessionWipedV1 {
-        wipe_id: "w-1".into(), view_id: "view-1".into(), session_ids: vec!["s-1".into()],
-    }));
-    insta::assert_json_snapshot!("token_revoked", round_trip(TokenRevokedV1 {
-        issuer: ISSUER.into(), subject: "sub-1".into(), platform_id: "tp-1".into(),
-        token_kind: TokenKind::Refresh, outcome: RevocationOutcome::AlreadyInvalid, cause_event_id: "e-1".into(),
-    }));
-    insta::assert_json_snapshot!("token_hok_used", round_trip(TokenHokUsedV1 {
-        platform_id: "tp-1".into(), caller_identity: "85073003328".into(),
-        caller_organisation: Some("nihii:12345".into()), subject: Some("sub-1".into()),
-        service: "https://services.example/recipe".into(), assertion_id: "_a1".into(),
-        token_type: HokTokenType::Saml1, valid_until: at(600), purpose: None,
-    }));
-    insta::assert_json_snapshot!("incident_reported", round_trip(IncidentReportedV1 {
-        incident_id: "inc-1".into(), kind: IncidentKind::PlatformCompromise, platform_id: "tp-1".into(),
-        subject: None, issuer: None, summary: "client secret found in a public repository".into(),
-        detected_at: at(-60), reporter: "soc@example".into(),
-    }));
-    insta::assert_json_snapshot!("credential_rotated", round_trip(CredentialRotatedV1 {
-        platform_id: "tp-1".into(), credential_version: 2, not_after_previous: at(0),
-    }));
-    insta::assert_json_snapshot!("dpo_notified", round_trip(DpoNotifiedV1 {
-        incident_id: "inc-1".into(), channel: DpoChannel::Email, delivered_at: at(1),
-    }));
-    insta::assert_json_snapshot!("deadletter", round_trip(DeadLetterV1 {
-        original_subject: "lifecycle.consent.granted".into(), original_id: Some("e-9".into()),
-        reason: "invalid data".into(), payload_base64: "e30=".into(),
-    }));
+    insta::assert_json_snapshot!(
+        "consent_granted",
+        round_trip(ConsentGrantedV1 {
+            issuer: ISSUER.into(),
+            subject: "sub-1".into(),
+            platform_id: "tp-1".into(),
+            scopes: vec!["openid".into(), "offline_access".into()],
+            acr: Some("urn:acr:high".into()),
+        })
+    );
+    insta::assert_json_snapshot!(
+        "consent_revoked",
+        round_trip(ConsentRevokedV1 {
+            issuer: ISSUER.into(),
+            subject: "sub-1".into(),
+            platform_id: "tp-1".into(),
+            reason: RevokeReason::User,
+            actor: None,
+        })
+    );
+    insta::assert_json_snapshot!(
+        "activity_seen",
+        round_trip(ActivitySeenV1 { issuer: ISSUER.into(), subject: "sub-1".into(), platform_id: "tp-1".into() })
+    );
+    insta::assert_json_snapshot!(
+        "consent_expire",
+        round_trip(ConsentExpireV1 {
+            issuer: ISSUER.into(),
+            subject: "sub-1".into(),
+            platform_id: "tp-1".into(),
+            sweep_id: "sweep-1".into(),
+            idle_since: at(-86_400),
+        })
+    );
+    insta::assert_json_snapshot!(
+        "consent_ended",
+        round_trip(ConsentEndedV1 {
+            issuer: ISSUER.into(),
+            subject: "sub-1".into(),
+            platform_id: "tp-1".into(),
+            reason: EndReason::Revoked,
+            cause_event_id: "e-1".into(),
+        })
+    );
+    insta::assert_json_snapshot!(
+        "session_opened",
+        round_trip(SessionOpenedV1 {
+            session_id: "s-1".into(),
+            view_id: "view-1".into(),
+            issuer: ISSUER.into(),
+            subject: "sub-1".into(),
+            platform_id: "tp-1".into(),
+            expires_at: at(3600),
+        })
+    );
+    insta::assert_json_snapshot!(
+        "session_closed",
+        round_trip(SessionClosedV1 { session_id: "s-1".into(), view_id: "view-1".into() })
+    );
+    insta::assert_json_snapshot!(
+        "session_wipe",
+        round_trip(SessionWipeV1 {
+            wipe_id: "w-1".into(),
+            session_ids: vec!["s-1".into()],
+            issuer: ISSUER.into(),
+            subject: "sub-1".into(),
+            platform_id: "tp-1".into(),
+            reason: WipeReason::ConsentEnded,
+        })
+    );
+    insta::assert_json_snapshot!(
+        "session_wiped",
+        round_trip(SessionWipedV1 { wipe_id: "w-1".into(), view_id: "view-1".into(), session_ids: vec!["s-1".into()] })
+    );
+    insta::assert_json_snapshot!(
+        "token_revoked",
+        round_trip(TokenRevokedV1 {
+            issuer: ISSUER.into(),
+            subject: "sub-1".into(),
+            platform_id: "tp-1".into(),
+            token_kind: TokenKind::Refresh,
+            outcome: RevocationOutcome::AlreadyInvalid,
+            cause_event_id: "e-1".into(),
+        })
+    );
+    insta::assert_json_snapshot!(
+        "token_hok_used",
+        round_trip(TokenHokUsedV1 {
+            platform_id: "tp-1".into(),
+            caller_identity: "85073003328".into(),
+            caller_organisation: Some("nihii:12345".into()),
+            subject: Some("sub-1".into()),
+            service: "https://services.example/recipe".into(),
+            assertion_id: "_a1".into(),
+            token_type: HokTokenType::Saml1,
+            valid_until: at(600),
+            purpose: None,
+        })
+    );
+    insta::assert_json_snapshot!(
+        "incident_reported",
+        round_trip(IncidentReportedV1 {
+            incident_id: "inc-1".into(),
+            kind: IncidentKind::PlatformCompromise,
+            platform_id: "tp-1".into(),
+            subject: None,
+            issuer: None,
+            summary: "client secret found in a public repository".into(),
+            detected_at: at(-60),
+            reporter: "soc@example".into(),
+        })
+    );
+    insta::assert_json_snapshot!(
+        "credential_rotated",
+        round_trip(CredentialRotatedV1 {
+            platform_id: "tp-1".into(),
+            credential_version: 2,
+            not_after_previous: at(0),
+        })
+    );
+    insta::assert_json_snapshot!(
+        "dpo_notified",
+        round_trip(DpoNotifiedV1 { incident_id: "inc-1".into(), channel: DpoChannel::Email, delivered_at: at(1) })
+    );
+    insta::assert_json_snapshot!(
+        "deadletter",
+        round_trip(DeadLetterV1 {
+            original_subject: "lifecycle.consent.granted".into(),
+            original_id: Some("e-9".into()),
+            reason: "invalid data".into(),
+            payload_base64: "e30=".into(),
+        })
+    );
 }
 
 fn granted_json() -> serde_json::Value {
@@ -162,9 +239,15 @@ fn a_subjectless_event_finds_its_subject_from_its_type() {
 #[test]
 fn the_caller_identity_never_shows_in_debug_output() {
     let used = TokenHokUsedV1 {
-        platform_id: "tp-1".into(), caller_identity: "85073003328".into(), caller_organisation: None,
-        subject: None, service: "svc".into(), assertion_id: "_a".into(), token_type: HokTokenType::Saml2,
-        valid_until: at(0), purpose: None,
+        platform_id: "tp-1".into(),
+        caller_identity: "85073003328".into(),
+        caller_organisation: None,
+        subject: None,
+        service: "svc".into(),
+        assertion_id: "_a".into(),
+        token_type: HokTokenType::Saml2,
+        valid_until: at(0),
+        purpose: None,
     };
     assert!(!format!("{used:?}").contains("85073003328"));
 }

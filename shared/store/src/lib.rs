@@ -59,9 +59,8 @@ impl Store {
             .connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(30))
             .sqlx_logging(false);
-        let db = Database::connect(options)
-            .await
-            .map_err(|source| StoreError::Connect { url: redact_url(&url), source })?;
+        let db =
+            Database::connect(options).await.map_err(|source| StoreError::Connect { url: redact_url(&url), source })?;
         if is_sqlite {
             // WAL lets readers run beside the single writer; busy_timeout makes writers wait
             // for each other instead of failing; foreign keys are off by default in SQLite.
@@ -105,13 +104,17 @@ fn prepare_url(url: &str) -> Result<String, StoreError> {
         return Err(StoreError::UnsupportedUrl(redact_url(url)));
     };
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
-    if path != ":memory:" {
-        if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| StoreError::CreateDir { path: dir.display().to_string(), source })?;
-        }
+    if let Some(dir) = std::path::Path::new(path).parent().filter(|d| path != ":memory:" && !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StoreError::CreateDir { path: dir.display().to_string(), source })?;
     }
-    let query = if query.contains("mode=") { query.to_owned() } else if query.is_empty() { "mode=rwc".to_owned() } else { format!("{query}&mode=rwc") };
+    let query = if query.contains("mode=") {
+        query.to_owned()
+    } else if query.is_empty() {
+        "mode=rwc".to_owned()
+    } else {
+        format!("{query}&mode=rwc")
+    };
     Ok(format!("sqlite://{path}?{query}"))
 }
 

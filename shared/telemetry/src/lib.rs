@@ -19,7 +19,8 @@ use tracing_subscriber::{EnvFilter, Layer};
 pub const TRACEPARENT: &str = "traceparent";
 
 /// Default filter: our crates at info, chatty dependencies (sqlx logs every statement) down.
-const DEFAULT_FILTER: &str = "info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn,async_nats=warn,hyper=warn,reqwest=warn,opentelemetry=warn";
+const DEFAULT_FILTER: &str =
+    "info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn,async_nats=warn,hyper=warn,reqwest=warn,opentelemetry=warn";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -61,7 +62,9 @@ impl LogFormat {
 /// Installs the global subscriber for a process. The filter comes from `CUSTODIAN_LOG`,
 /// else `RUST_LOG`, else [`DEFAULT_FILTER`].
 pub fn init(service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = std::env::var("CUSTODIAN_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| DEFAULT_OVERRIDE.get().cloned().unwrap_or_else(|| DEFAULT_FILTER.to_owned()));
+    let filter = std::env::var("CUSTODIAN_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| DEFAULT_OVERRIDE.get().cloned().unwrap_or_else(|| DEFAULT_FILTER.to_owned()));
     let filter = EnvFilter::builder().parse(filter).map_err(TelemetryError::Filter)?;
     let provider = tracer_provider(service_name)?;
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("custodian"));
@@ -92,7 +95,8 @@ fn tracer_provider(service_name: &str) -> Result<SdkTracerProvider, TelemetryErr
     // Spans always get ids (so trace context propagates); they leave the process only when
     // an OTLP endpoint is configured.
     let builder = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build().map_err(TelemetryError::Exporter)?;
+        let exporter =
+            opentelemetry_otlp::SpanExporter::builder().with_http().build().map_err(TelemetryError::Exporter)?;
         builder.with_batch_exporter(exporter)
     } else {
         builder
@@ -111,7 +115,9 @@ pub fn current_traceparent() -> Option<String> {
 /// Makes `span` a child of the remote span named by `traceparent` (from a NATS header or
 /// the CloudEvent attribute). A malformed value is ignored: tracing never fails work.
 pub fn adopt_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
-    let Some(traceparent) = traceparent else { return };
+    let Some(traceparent) = traceparent else {
+        return;
+    };
     let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
     let context = TraceContextPropagator::new().extract(&carrier);
     let _ = span.set_parent(context);

@@ -41,12 +41,14 @@ where
 
 /// Runs `cmd` in the background under a watchdog that kills it when this process exits.
 /// Returns the watchdog child (its stdout/stderr are the command's).
-fn spawn_with_watchdog(cmd: &str, run_as: Option<&str>) -> std::io::Result<std::process::Child> {
+/// `cmd` must be one simple command (so that `$!` is the server itself); `cleanup` runs
+/// after it has stopped.
+fn spawn_with_watchdog(cmd: &str, cleanup: &str, run_as: Option<&str>) -> std::io::Result<std::process::Child> {
     let me = std::process::id();
     let script = format!(
         "{cmd} & child=$!; trap 'kill $child 2>/dev/null' TERM INT; \
          while kill -0 {me} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.5; done; \
-         kill $child 2>/dev/null; wait $child"
+         kill $child 2>/dev/null; wait $child; {cleanup}"
     );
     let mut command = match run_as {
         Some(user) if is_root() => {
@@ -60,7 +62,11 @@ fn spawn_with_watchdog(cmd: &str, run_as: Option<&str>) -> std::io::Result<std::
             c
         }
     };
-    command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
 }
 
 fn is_root() -> bool {

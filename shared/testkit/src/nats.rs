@@ -44,18 +44,19 @@ impl NatsServer {
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
-                        if let Some(port) = rest.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) {
-                            let _ = tx.send(port);
-                            sent = true;
-                        }
-                    }
+                if !sent
+                    && let Some(rest) = line.split("Listening for client connections on ").nth(1)
+                    && let Some(port) = rest.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok())
+                {
+                    let _ = tx.send(port);
+                    sent = true;
                 }
             }
         });
         let deadline = Instant::now() + Duration::from_secs(15);
-        let found = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("nats-server did not report its port");
+        let found = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("nats-server did not report its port");
         self.port = found;
         self.child = Some(child);
         wait_for_jetstream(found);

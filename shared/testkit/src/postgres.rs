@@ -30,7 +30,11 @@ impl PgCluster {
         let data_s = data.display().to_string();
         let as_postgres = crate::is_root();
         if as_postgres {
-            let ok = Command::new("chown").args(["-R", "postgres:postgres", &dir_s]).status().map(|s| s.success()).unwrap_or(false);
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres", &dir_s])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
             assert!(ok, "chown of the PostgreSQL dir failed");
         }
         let initdb = format!("initdb -D {data_s} -U postgres --auth=trust --no-sync -E UTF8 >{dir_s}/initdb.log 2>&1");
@@ -44,15 +48,27 @@ impl PgCluster {
         // Durability off: these databases are thrown away (benchmarks start their own).
         let cmd = format!(
             "postgres -D {data_s} -p {port} -k {dir_s} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=400 >{dir_s}/postgres.log 2>&1; \
-             rm -rf {dir_s}"
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=400 >{dir_s}/postgres.log 2>&1"
         );
-        let child = crate::spawn_with_watchdog(&cmd, as_postgres.then_some("postgres")).expect("start postgres");
+        let cleanup = format!("rm -rf {dir_s}");
+        let child =
+            crate::spawn_with_watchdog(&cmd, &cleanup, as_postgres.then_some("postgres")).expect("start postgres");
         std::mem::forget(child); // the watchdog outlives nothing: it ends with this process
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ready = Command::new("psql")
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-tAc", "select 1"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-tAc",
+                    "select 1",
+                ])
                 .output()
                 .map(|o| o.status.success())
                 .unwrap_or(false);
@@ -69,7 +85,10 @@ impl PgCluster {
     pub fn fresh_database(&self) -> String {
         let name = format!("t_{}", uuid_like());
         let url = format!("{}/postgres", self.base_url);
-        let out = Command::new("psql").args([&url, "-v", "ON_ERROR_STOP=1", "-qc", &format!("CREATE DATABASE {name}")]).output().expect("psql");
+        let out = Command::new("psql")
+            .args([&url, "-v", "ON_ERROR_STOP=1", "-qc", &format!("CREATE DATABASE {name}")])
+            .output()
+            .expect("psql");
         assert!(out.status.success(), "CREATE DATABASE failed: {}", String::from_utf8_lossy(&out.stderr));
         format!("{}/{name}", self.base_url)
     }

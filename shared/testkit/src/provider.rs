@@ -58,7 +58,8 @@ impl Provider {
         std::fs::write(&clients_file, clients.to_string()).expect("clients file");
         let script = crate::repo_root().join("tests/provider/provider.mjs");
         let cmd = format!("node {} --dir {} --clients {}", script.display(), dir.display(), clients_file.display());
-        let mut child = crate::spawn_with_watchdog(&cmd, None).expect("node must be installed");
+        let cleanup = format!("rm -rf {}", dir.display());
+        let mut child = crate::spawn_with_watchdog(&cmd, &cleanup, None).expect("node must be installed");
         let stdout = child.stdout.take().expect("stdout");
         let mut stderr = child.stderr.take().expect("stderr");
         std::thread::spawn(move || {
@@ -154,7 +155,11 @@ impl Provider {
             .send()
             .await
             .expect("token request");
-        assert!(response.status().is_success(), "token endpoint refused: {}", response.text().await.unwrap_or_default());
+        assert!(
+            response.status().is_success(),
+            "token endpoint refused: {}",
+            response.text().await.unwrap_or_default()
+        );
         response.json().await.expect("token response")
     }
 }

@@ -37,7 +37,8 @@ pub struct ConsentList {
 /// `GET /v1/me/consents`: every platform holding this person's consent.
 pub async fn mine(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Json<ConsentList>, Problem> {
     let (issuer, subject) = caller.require_person()?;
-    let query = ConsentQuery { issuer: Some(issuer.to_owned()), subject: Some(subject.to_owned()), ..Default::default() };
+    let query =
+        ConsentQuery { issuer: Some(issuer.to_owned()), subject: Some(subject.to_owned()), ..Default::default() };
     Ok(Json(ConsentList { consents: ask_ledger(&state, &query).await? }))
 }
 
@@ -98,10 +99,10 @@ pub async fn ledger(
 ) -> Result<Json<ConsentList>, Problem> {
     caller.require_role(Role::Ops)?;
     let Query(filter) = filter.map_err(|e| Problem::bad_request(e.body_text()))?;
-    if let Some(s) = &filter.state {
-        if !["granted", "revoked", "expired"].contains(&s.as_str()) {
-            return Err(Problem::bad_request("state must be granted, revoked or expired"));
-        }
+    if let Some(s) = &filter.state
+        && !["granted", "revoked", "expired"].contains(&s.as_str())
+    {
+        return Err(Problem::bad_request("state must be granted, revoked or expired"));
     }
     let query = ConsentQuery {
         issuer: filter.issuer,

@@ -35,13 +35,18 @@ fn emitted_by_custodian_only(event: &LifecycleEvent) -> bool {
     )
 }
 
-pub async fn publish(State(state): State<Arc<AppState>>, caller: Caller, body: Bytes) -> Result<(StatusCode, Json<Accepted>), Problem> {
+pub async fn publish(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
     caller.require_role(Role::Platform)?;
     let event = LifecycleEvent::decode(None, &body).map_err(|e| Problem::bad_request(e.to_string()))?;
     if emitted_by_custodian_only(&event) {
         return Err(Problem::forbidden(format!("{} is emitted by Custodian only", event.event_type())));
     }
-    let subject = event.fixed_subject().ok_or_else(|| Problem::bad_request("routed commands cannot be published here"))?;
+    let subject =
+        event.fixed_subject().ok_or_else(|| Problem::bad_request("routed commands cannot be published here"))?;
     let out = Outgoing {
         subject: subject.to_owned(),
         event_id: event.id().to_owned(),

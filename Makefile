@@ -1,0 +1,41 @@
+# Custodian — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+ENV := source scripts/env.sh &&
+
+.PHONY: help install build run test test-unit test-sqlite test-postgres lint smoke bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+install: ## install what is missing (nats-server, the OP's npm packages, PostgreSQL); idempotent
+	@bash scripts/install.sh
+
+build: install ## build the custodian binary (debug)
+	$(CARGO) build --locked -p custodian
+
+run: build ## start NATS, the OpenID provider and every service on SQLite (.data/); Ctrl-C stops
+	@bash scripts/run.sh
+
+lint: ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+test-unit: install ## unit tests and end-to-end tests on SQLite
+	$(ENV) CUSTODIAN_TEST_BACKEND=sqlite $(CARGO) test --locked --workspace
+
+test-postgres: install ## end-to-end tests on PostgreSQL (a throwaway cluster on a free port)
+	$(ENV) CUSTODIAN_TEST_BACKEND=postgres $(CARGO) test --locked -p custodian-tests --test e2e
+
+smoke: build ## `make run` comes up and shows a published grant
+	@bash scripts/smoke-run.sh
+
+test: install lint test-unit test-postgres smoke ## everything CI runs: lint, all tests on both backends, the make-run smoke test
+
+bench: install ## benchmarks with raw baselines measured in the same run (see BENCHMARKS.md)
+	$(ENV) $(CARGO) run --locked --release -p custodian-tests --bin custodian-bench
+
+clean: ## remove build output and local data
+	$(CARGO) clean
+	rm -rf .data

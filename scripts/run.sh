@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# `make run`: nats-server with JetStream, the OpenID provider, migrations and `custodian up`
+# on the embedded default (SQLite in .data/). Everything it starts stops with it (Ctrl-C).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+
+DATA=.data
+NATS_PORT=${NATS_PORT:-4222}
+OP_PORT=${OP_PORT:-9443}
+GATEWAY_PORT=${GATEWAY_PORT:-8080}
+mkdir -p "$DATA/tokens" "$DATA/op"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+if port_open "$NATS_PORT"; then
+  echo "using the NATS server already on port $NATS_PORT"
+else
+  nats-server -js -a 127.0.0.1 -p "$NATS_PORT" --store_dir "$DATA/nats" >"$DATA/nats.log" 2>&1 &
+  pids+=($!)
+fi
+
+# The demo platform's client at the OP; its secret is made once and kept in .data/.
+[ -s "$DATA/op/client_secret" ] || openssl rand -hex 24 >"$DATA/op/client_secret"
+cat >"$DATA/op/clients.json" <<JSON
+[{"client_id":"custodian-demo","client_secret":"$(cat "$DATA/op/client_secret")",
+  "redirect_uris":["http://127.0.0.1:${GATEWAY_PORT}/callback","https://127.0.0.1/callback"],
+  "grant_types":["authorization_code","refresh_token"],"response_types":["code"],
+  "token_endpoint_auth_method":"client_secret_basic"}]
+JSON
+rm -f "$DATA/op/ready"
+node tests/provider/provider.mjs --dir "$DATA/op" --port "$OP_PORT" --clients "$DATA/op/clients.json" \
+  >"$DATA/op/ready" 2>"$DATA/op/provider.log" &
+pids+=($!)
+for _ in $(seq 1 100); do [ -s "$DATA/op/ready" ] && break; sleep 0.1; done
+[ -s "$DATA/op/ready" ] || { echo "the OpenID provider did not start; see $DATA/op/provider.log" >&2; exit 1; }
+ISSUER="https://127.0.0.1:${OP_PORT}"
+
+# Machine tokens for the tour (shown below); only their SHA-256 goes into the config.
+for role in platform ops; do
+  [ -s "$DATA/tokens/$role.token" ] || openssl rand -hex 24 >"$DATA/tokens/$role.token"
+done
+digest() { printf '%s' "$(cat "$1")" | sha256sum | cut -d' ' -f1; }
+cat >"$DATA/custodian.toml" <<TOML
+# Written by \`make run\`; edit custodian.toml at the top level for your own settings.
+database_url = "sqlite://$DATA/custodian.db"
+nats_url = "nats://127.0.0.1:${NATS_PORT}"
+
+[gateway]
+listen = "127.0.0.1:${GATEWAY_PORT}"
+
+[gateway.oidc]
+issuer = "$ISSUER"
+audience = "custodian-demo"
+ca_file = "$DATA/op/ca.pem"
+
+[[gateway.machine_tokens]]
+name = "demo-platform"
+role = "platform"
+sha256 = "$(digest "$DATA/tokens/platform.token")"
+
+[[gateway.machine_tokens]]
+name = "demo-ops"
+role = "ops"
+sha256 = "$(digest "$DATA/tokens/ops.token")"
+TOML
+export CUSTODIAN_CONFIG="$DATA/custodian.toml"
+
+target/debug/custodian migrate >/dev/null
+target/debug/custodian up &
+pids+=($!)
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:${GATEWAY_PORT}/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+
+cat <<TOUR
+
+  Custodian is up: gateway http://127.0.0.1:${GATEWAY_PORT}, NATS nats://127.0.0.1:${NATS_PORT},
+  OpenID provider ${ISSUER} (CA in $DATA/op/ca.pem), database $DATA/custodian.db.
+
+  Try, in another terminal at the top of the repository:
+    export CUSTODIAN_CONFIG=$DATA/custodian.toml
+    target/debug/custodian events publish examples/consent-granted.json
+    target/debug/custodian consents list
+    target/debug/custodian consents show --issuer https://op.example --subject demo-person --platform tp-demo
+    curl -s -H "Authorization: Bearer \$(cat $DATA/tokens/ops.token)" http://127.0.0.1:${GATEWAY_PORT}/v1/consents
+    curl -s http://127.0.0.1:${GATEWAY_PORT}/metrics | grep custodian_
+  Ctrl-C stops everything.
+
+TOUR
+wait "${pids[-1]}"
