@@ -90,10 +90,12 @@ impl LedgerHandler {
         }
 
         let txn = self.store.db().begin().await?;
-        let ids: Vec<&str> = facts.iter().map(|(d, _, _)| d.event.id()).collect();
-        let mut applied: HashSet<String> = inbox::already_applied(&txn, CONSUMER, &ids).await?;
+        // Write first: on SQLite the transaction then holds the write lock from its first
+        // statement (a read first could not upgrade once another writer committed).
         let keys: Vec<ConsentKey> = facts.iter().map(|(_, k, _)| k.clone()).collect();
         let mut consents = persistence::lock_and_load(&txn, &keys, now).await?;
+        let ids: Vec<&str> = facts.iter().map(|(d, _, _)| d.event.id()).collect();
+        let mut applied: HashSet<String> = inbox::already_applied(&txn, CONSUMER, &ids).await?;
 
         let mut changed: HashSet<String> = HashSet::new();
         let mut history = Vec::new();

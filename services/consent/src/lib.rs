@@ -32,7 +32,8 @@ pub const SOURCE: &str = "urn:custodian:consent";
 pub struct ConsentConfig {
     /// Messages fetched and applied per transaction.
     pub batch: usize,
-    /// Deliveries before a transiently failing event is dead-lettered.
+    /// Deliveries (with backed-off redelivery) before a transiently failing event is
+    /// dead-lettered; permanent failures are dead-lettered at once.
     pub max_deliver: i64,
     /// Seconds between outbox re-drives when nothing wakes the relay.
     pub reconcile_every_secs: u64,
@@ -42,7 +43,7 @@ pub struct ConsentConfig {
 
 impl Default for ConsentConfig {
     fn default() -> Self {
-        Self { batch: 1000, max_deliver: 10, reconcile_every_secs: 5, ack_wait_secs: 30 }
+        Self { batch: 1000, max_deliver: 50, reconcile_every_secs: 5, ack_wait_secs: 30 }
     }
 }
 

@@ -50,7 +50,7 @@ pub struct ConsumerSpec {
     pub service: String,
     pub durable: String,
     pub filter_subjects: Vec<String>,
-    /// After this many deliveries a transient failure becomes a dead letter.
+    /// After this many deliveries a transient failure becomes a dead letter (poison).
     pub max_deliver: i64,
     pub ack_wait: Duration,
     pub batch: usize,
@@ -64,10 +64,11 @@ impl ConsumerSpec {
             service: service.to_owned(),
             durable: format!("{service}-{purpose}"),
             filter_subjects: filter_subjects.iter().map(|s| (*s).to_owned()).collect(),
-            max_deliver: 10,
+            // ~45 minutes of backed-off retries before a transient failure is dead-lettered.
+            max_deliver: 50,
             ack_wait: Duration::from_secs(30),
             batch: 1000,
-            nak_delay: Duration::from_secs(2),
+            nak_delay: Duration::from_millis(500),
         }
     }
 }
@@ -174,8 +175,9 @@ async fn process_batch<H: BatchHandler>(
                     .await;
             }
             Err(HandlerError::Transient(reason)) => {
-                tracing::warn!(event_id = delivery.event.id(), subject = %delivery.subject, %reason, "transient failure, will retry");
-                ack(message, AckKind::Nak(Some(spec.nak_delay))).await;
+                let delay = backoff(spec.nak_delay, delivery.delivered);
+                tracing::debug!(event_id = delivery.event.id(), subject = %delivery.subject, %reason, ?delay, "transient failure, will retry");
+                ack(message, AckKind::Nak(Some(delay))).await;
             }
             Err(HandlerError::Permanent(reason)) => {
                 dead_letter(bus, spec, clock, message, Some(delivery.event.id()), delivery.stream_sequence, &reason)
@@ -183,6 +185,13 @@ async fn process_batch<H: BatchHandler>(
             }
         }
     }
+}
+
+/// Redelivery delay after the `delivered`-th failed attempt: doubles from `base`, capped at
+/// a minute, so a database outage is waited out instead of dead-lettering good events.
+fn backoff(base: Duration, delivered: i64) -> Duration {
+    let exponent = u32::try_from(delivered.clamp(1, 16) - 1).unwrap_or(0);
+    base.saturating_mul(2u32.saturating_pow(exponent)).min(Duration::from_secs(60))
 }
 
 async fn ack(message: &Message, kind: AckKind) {
@@ -230,5 +239,20 @@ async fn dead_letter(
             tracing::error!(error = %e, "dead letter not published; message will be redelivered");
             ack(message, AckKind::Nak(Some(spec.nak_delay))).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redelivery_backs_off_exponentially_up_to_a_minute() {
+        let base = Duration::from_millis(500);
+        assert_eq!(backoff(base, 1), Duration::from_millis(500));
+        assert_eq!(backoff(base, 2), Duration::from_secs(1));
+        assert_eq!(backoff(base, 4), Duration::from_secs(4));
+        assert_eq!(backoff(base, 10), Duration::from_secs(60));
+        assert_eq!(backoff(base, 10_000), Duration::from_secs(60));
     }
 }

@@ -86,7 +86,10 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
 /// For tests: like [`init`] but a second call is harmless.
 pub fn init_for_tests() {
     static ONCE: std::sync::OnceLock<Option<TelemetryGuard>> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| init("custodian-tests").ok());
+    ONCE.get_or_init(|| {
+        set_default_filter("warn");
+        init("custodian-tests").ok()
+    });
 }
 
 fn tracer_provider(service_name: &str) -> Result<SdkTracerProvider, TelemetryError> {

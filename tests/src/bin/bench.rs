@@ -1,1 +1,198 @@
-fn main() {}
+//! `make bench`: Custodian's throughput against raw baselines measured in the same run, on
+//! the same servers (these machines are shared and noisy: read the ratios).
+//!
+//! Consent ingest: N consent events published to JetStream and applied by the consent
+//! service into PostgreSQL, versus (a) raw JetStream publish + pull-consume of the same
+//! payloads and (b) raw batched PostgreSQL inserts of the same rows.
+//!
+//! `CUSTODIAN_BENCH_EVENTS` (default 200000) sets N.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{consumer::pull, stream};
+use bytes::Bytes;
+use custodian_bus::{Bus, Outgoing, StreamSettings};
+use custodian_consent::{ConsentConfig, ConsentMetrics, ledger::Consent, persistence};
+use custodian_events::*;
+use custodian_store::Store;
+use custodian_store::sea_orm::EntityTrait;
+use custodian_store::clock::{self, Clock as _};
+use custodian_testkit::{NatsServer, PgCluster};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+fn events(n: usize) -> Vec<LifecycleEvent> {
+    // Half the events grant distinct consents, 30% report activity, 20% revoke.
+    let consents = n / 2;
+    let t0 = chrono::DateTime::from_timestamp(1_795_000_000, 0).unwrap();
+    let key = |i: usize| (format!("person-{i:08}"), format!("tp-{}", i % 50));
+    let mut out = Vec::with_capacity(n);
+    for i in 0..consents {
+        let (subject, platform_id) = key(i);
+        out.push(LifecycleEvent::ConsentGranted(CloudEvent::new(
+            "urn:bench",
+            t0,
+            ConsentGrantedV1 { issuer: "https://op.example".into(), subject, platform_id, scopes: vec!["openid".into()], acr: None },
+        )));
+    }
+    for i in 0..(n * 3 / 10) {
+        let (subject, platform_id) = key(i % consents);
+        out.push(LifecycleEvent::ActivitySeen(CloudEvent::new(
+            "urn:bench",
+            t0 + chrono::Duration::seconds(60),
+            ActivitySeenV1 { issuer: "https://op.example".into(), subject, platform_id },
+        )));
+    }
+    while out.len() < n {
+        let (subject, platform_id) = key(out.len() % consents);
+        out.push(LifecycleEvent::ConsentRevoked(CloudEvent::new(
+            "urn:bench",
+            t0 + chrono::Duration::seconds(120),
+            ConsentRevokedV1 { issuer: "https://op.example".into(), subject, platform_id, reason: RevokeReason::User, actor: None },
+        )));
+    }
+    out
+}
+
+fn outgoing(events: &[LifecycleEvent], subject_prefix: Option<&str>) -> Vec<Outgoing> {
+    events
+        .iter()
+        .map(|e| Outgoing {
+            subject: match subject_prefix {
+                Some(p) => format!("{p}.{}", e.fixed_subject().unwrap().trim_start_matches("lifecycle.")),
+                None => e.fixed_subject().unwrap().to_owned(),
+            },
+            event_id: e.id().to_owned(),
+            payload: Bytes::from(e.to_json()),
+            traceparent: None,
+        })
+        .collect()
+}
+
+async fn raw_jetstream(bus: &Bus, events: &[LifecycleEvent]) -> (Duration, Duration) {
+    let js = bus.jetstream();
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: "BENCH".into(),
+            subjects: vec!["bench.>".into()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let out = outgoing(events, Some("bench"));
+    let start = Instant::now();
+    let results = bus.publish_all(&out, 1024).await;
+    assert!(results.iter().all(Result::is_ok));
+    let publish = start.elapsed();
+
+    let consumer = stream
+        .create_consumer(pull::Config { durable_name: Some("bench".into()), max_ack_pending: 20_000, ..Default::default() })
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut messages = consumer.stream().max_messages_per_batch(1000).messages().await.unwrap().ready_chunks(1000);
+    let mut seen = 0;
+    while seen < events.len() {
+        for m in messages.next().await.unwrap() {
+            let m = m.unwrap();
+            // Decode as the real consumer does, so the baseline does the same parsing work.
+            let _ = LifecycleEvent::decode(None, &m.payload).unwrap();
+            m.ack().await.unwrap();
+            seen += 1;
+        }
+    }
+    (publish, start.elapsed())
+}
+
+async fn raw_postgres(url: &str, events: &[LifecycleEvent]) -> Duration {
+    let store = Store::connect_and_migrate(url, 4).await.unwrap();
+    let now = clock::SystemClock.now();
+    let rows: Vec<_> = events
+        .iter()
+        .map(|e| {
+            let (key, fact) = custodian_consent::handler::fact_of(e).unwrap();
+            let mut c = Consent::new(key);
+            custodian_consent::ledger::apply(&mut c, &fact);
+            // A unique key per event: the baseline is pure insert throughput.
+            let mut row = persistence::to_row(&c, now);
+            row.consent_key = custodian_store::sea_orm::ActiveValue::Set(custodian_store::consent_key_digest(e.id()));
+            row
+        })
+        .collect();
+    let start = Instant::now();
+    for chunk in rows.chunks(1000) {
+        custodian_store::entities::consent::Entity::insert_many(chunk.to_vec())
+            .exec_without_returning(store.db())
+            .await
+            .unwrap();
+    }
+    start.elapsed()
+}
+
+async fn custodian_ingest(bus: &Bus, url: &str, events: &[LifecycleEvent]) -> (Duration, Duration) {
+    let store = Store::connect_and_migrate(url, 8).await.unwrap();
+    let out = outgoing(events, None);
+    let start = Instant::now();
+    let results = bus.publish_all(&out, 1024).await;
+    assert!(results.iter().all(Result::is_ok));
+    let publish = start.elapsed();
+
+    let metrics = ConsentMetrics::default();
+    let deps = custodian_consent::Deps { store: store.clone(), bus: bus.clone(), clock: clock::system(), metrics: metrics.clone() };
+    let shutdown = CancellationToken::new();
+    let start = Instant::now();
+    let task = tokio::spawn(custodian_consent::run(deps, ConsentConfig::default(), shutdown.clone()));
+    let total = events.len() as u64;
+    loop {
+        let applied: u64 = ["custodian.consent.granted.v1", "custodian.activity.seen.v1", "custodian.consent.revoked.v1"]
+            .iter()
+            .map(|t| metrics.applied.get_or_create(&vec![("type".to_owned(), (*t).to_owned())]).get())
+            .sum();
+        if applied >= total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let apply = start.elapsed();
+    shutdown.cancel();
+    let _ = task.await;
+    (publish, apply)
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("CUSTODIAN_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    println!("custodian bench: {n} consent events (50% grants, 30% activity, 20% revocations), 2 cores shared\n");
+    let nats = NatsServer::start();
+    let client = custodian_bus::connect(&nats.url(), "bench").await.unwrap();
+    let bus = Bus::new(client, &StreamSettings::default()).await.unwrap();
+    let pg = PgCluster::shared();
+    let events = events(n);
+
+    let (js_pub, js_cons) = raw_jetstream(&bus, &events).await;
+    let raw_js = rate(n, js_pub + js_cons);
+    println!("raw JetStream      publish {:>9.0}/s  consume+decode+ack {:>9.0}/s  together {:>9.0}/s", rate(n, js_pub), rate(n, js_cons), raw_js);
+
+    let pg_time = raw_postgres(&pg.fresh_database(), &events).await;
+    let raw_pg = rate(n, pg_time);
+    println!("raw PostgreSQL     insert_many x1000, 1 task                         {:>9.0}/s", raw_pg);
+
+    let (c_pub, c_apply) = custodian_ingest(&bus, &pg.fresh_database(), &events).await;
+    let ours = rate(n, c_pub + c_apply);
+    println!(
+        "custodian consent  publish {:>9.0}/s  consume+apply       {:>9.0}/s  together {:>9.0}/s",
+        rate(n, c_pub),
+        rate(n, c_apply),
+        ours
+    );
+    let slower = raw_js.min(raw_pg);
+    println!("\nratio to the slower baseline: {:.2} (target >= 0.50); absolute {:.0} events/s (target >= 30000)", ours / slower, ours);
+    println!("apply-only ratio (consume+apply vs raw consume): {:.2}", rate(n, c_apply) / rate(n, js_cons));
+}
