@@ -35,7 +35,7 @@ pub struct Stack {
 }
 
 pub fn test_consent_config() -> ConsentConfig {
-    ConsentConfig { batch: 500, max_deliver: 50, reconcile_every_secs: 1, ack_wait_secs: 2 }
+    ConsentConfig { batch: 500, max_deliver: 50, reconcile_every_secs: 1, ack_wait_secs: 2, workers: 2 }
 }
 
 impl Stack {

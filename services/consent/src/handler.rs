@@ -93,23 +93,24 @@ impl LedgerHandler {
         // Write first: on SQLite the transaction then holds the write lock from its first
         // statement (a read first could not upgrade once another writer committed).
         let keys: Vec<ConsentKey> = facts.iter().map(|(_, k, _)| k.clone()).collect();
-        let mut consents = persistence::lock_and_load(&txn, &keys, now).await?;
-        let ids: Vec<&str> = facts.iter().map(|(d, _, _)| d.event.id()).collect();
-        let mut applied: HashSet<String> = inbox::already_applied(&txn, CONSUMER, &ids).await?;
+        let persistence::Loaded { mut consents, new_keys } = persistence::lock_and_load(&txn, &keys, now).await?;
+        // Activity is an idempotent max with no history and no emission: a redelivered one
+        // changes nothing, so only facts with effects go through the inbox.
+        let ids: Vec<&str> =
+            facts.iter().filter(|(_, _, f)| !matches!(f, Fact::Seen { .. })).map(|(d, _, _)| d.event.id()).collect();
+        let mut new_ids: HashSet<String> = inbox::record_new(&txn, CONSUMER, &ids, now).await?;
 
         let mut changed: HashSet<String> = HashSet::new();
         let mut history = Vec::new();
         let mut outgoing = Vec::new();
-        let mut new_ids = Vec::new();
         let mut counts: HashMap<&str, u64> = HashMap::new();
         for (delivery, key, fact) in &facts {
             let event_id = delivery.event.id();
             // A redelivery, or the same event twice in one batch: its effect is already in.
-            if !applied.insert(event_id.to_owned()) {
+            if !matches!(fact, Fact::Seen { .. }) && !new_ids.remove(event_id) {
                 self.metrics.duplicates.inc();
                 continue;
             }
-            new_ids.push(event_id);
             let span = tracing::debug_span!("on_consent_fact", event_id, subject = %delivery.subject, platform_id = %key.platform_id);
             custodian_telemetry::adopt_remote_parent(&span, delivery.traceparent.as_deref());
             let _entered = span.enter();
@@ -158,13 +159,12 @@ impl LedgerHandler {
         }
 
         let to_save: Vec<&ledger::Consent> = changed.iter().filter_map(|d| consents.get(d)).collect();
-        persistence::save_all(&txn, to_save, now).await?;
+        persistence::save_all(&txn, to_save, &new_keys, now).await?;
         persistence::append_history(&txn, history).await?;
         let ended = outgoing.len() as u64;
         if !outgoing.is_empty() {
             outbox::enqueue(&txn, SERVICE, outgoing, now).await?;
         }
-        inbox::record(&txn, CONSUMER, new_ids, now).await?;
         txn.commit().await?;
 
         if ended > 0 {

@@ -39,11 +39,13 @@ pub struct ConsentConfig {
     pub reconcile_every_secs: u64,
     /// Seconds JetStream waits for an ack before redelivering (a crashed consumer's batch).
     pub ack_wait_secs: u64,
+    /// Batches applied concurrently (pullers sharing the durable consumer).
+    pub workers: usize,
 }
 
 impl Default for ConsentConfig {
     fn default() -> Self {
-        Self { batch: 1000, max_deliver: 50, reconcile_every_secs: 5, ack_wait_secs: 30 }
+        Self { batch: 1000, max_deliver: 50, reconcile_every_secs: 5, ack_wait_secs: 30, workers: 2 }
     }
 }
 
@@ -77,8 +79,13 @@ pub async fn run(deps: Deps, config: ConsentConfig, shutdown: CancellationToken)
 
     let mut tasks = Supervisor::new(shutdown.clone());
     tasks.spawn("consent-relay", relay.run(shutdown.clone()));
-    let (bus, clock, token) = (deps.bus.clone(), deps.clock.clone(), shutdown.clone());
-    tasks.spawn("consent-ledger", async move { custodian_bus::run_consumer(&bus, spec, handler, clock, token).await });
+    for worker in 0..config.workers.max(1) {
+        let (bus, clock, token) = (deps.bus.clone(), deps.clock.clone(), shutdown.clone());
+        let (spec, handler) = (spec.clone(), handler.clone());
+        tasks.spawn(&format!("consent-ledger-{worker}"), async move {
+            custodian_bus::run_consumer(&bus, spec, handler, clock, token).await
+        });
+    }
     tasks.spawn("consent-queries", queries::serve(deps.bus.client().clone(), deps.store.clone(), shutdown));
     tasks.wait().await
 }

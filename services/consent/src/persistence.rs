@@ -8,9 +8,10 @@ use custodian_events::queries::{ConsentQuery, ConsentView, HistoryEntry};
 use custodian_events::{ConsentKey, RevokeReason};
 use custodian_store::consent_key_digest;
 use custodian_store::entities::{consent, consent_history};
-use custodian_store::sea_orm::sea_query::{LockType, OnConflict};
+use custodian_store::sea_orm::sea_query::OnConflict;
 use custodian_store::sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Statement,
 };
 
 use crate::ledger::{Consent, Expire, Grant, Revoke};
@@ -88,58 +89,130 @@ pub fn to_row(c: &Consent, now: DateTime<Utc>) -> consent::ActiveModel {
     }
 }
 
-/// Loads (and on PostgreSQL locks) the rows of `keys`, creating empty ones first so that
-/// concurrent replicas serialise on the same rows instead of racing to insert them.
+/// Loads and locks the rows of `keys`; returns them with the digests that had no row.
+///
+/// PostgreSQL: one `SELECT … WHERE consent_key = ANY($1) ORDER BY consent_key FOR UPDATE`
+/// (one array parameter, row locks in key order so replicas never deadlock). New keys are
+/// inserted by [`save_all`] with `DO NOTHING`, which notices a replica that created the same
+/// row meanwhile. SQLite: an upsert with `RETURNING` creates missing rows and reads all, so
+/// the transaction's first statement is a write and it holds the single writer lock.
 pub async fn lock_and_load<C: ConnectionTrait>(
     conn: &C,
     keys: &[ConsentKey],
     now: DateTime<Utc>,
-) -> Result<HashMap<String, Consent>, DbErr> {
+) -> Result<Loaded, DbErr> {
     let mut sorted: Vec<(String, &ConsentKey)> = keys.iter().map(|k| (digest(k), k)).collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     sorted.dedup_by(|a, b| a.0 == b.0);
+    let mut loaded = Loaded::default();
+    if conn.get_database_backend() == DbBackend::Postgres {
+        let digests: Vec<String> = sorted.iter().map(|(d, _)| d.clone()).collect();
+        let statement = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT * FROM consents WHERE consent_key = ANY($1) ORDER BY consent_key FOR UPDATE",
+            [digests.into()],
+        );
+        for row in consent::Entity::find().from_raw_sql(statement).all(conn).await? {
+            loaded.consents.insert(row.consent_key.clone(), from_row(&row));
+        }
+        for (d, k) in sorted {
+            if !loaded.consents.contains_key(&d) {
+                loaded.consents.insert(d.clone(), Consent::new(k.clone()));
+                loaded.new_keys.insert(d);
+            }
+        }
+        return Ok(loaded);
+    }
     for chunk in sorted.chunks(500) {
         let rows = chunk.iter().map(|(_, k)| to_row(&Consent::new((*k).clone()), now));
-        consent::Entity::insert_many(rows)
-            .on_conflict_do_nothing_on([consent::Column::ConsentKey])
-            .exec_without_returning(conn)
-            .await?;
-    }
-    let mut loaded = HashMap::with_capacity(sorted.len());
-    for chunk in sorted.chunks(1000) {
-        let mut query = consent::Entity::find()
-            .filter(consent::Column::ConsentKey.is_in(chunk.iter().map(|(d, _)| d.clone())))
-            .order_by_asc(consent::Column::ConsentKey);
-        if conn.get_database_backend() == DbBackend::Postgres {
-            query = query.lock(LockType::Update);
-        }
-        for row in query.all(conn).await? {
-            loaded.insert(row.consent_key.clone(), from_row(&row));
+        let touch = OnConflict::column(consent::Column::ConsentKey).update_column(consent::Column::ConsentKey).to_owned();
+        for row in consent::Entity::insert_many(rows).on_conflict(touch).exec_with_returning(conn).await? {
+            loaded.consents.insert(row.consent_key.clone(), from_row(&row));
         }
     }
     Ok(loaded)
 }
 
-pub async fn save_all<C: ConnectionTrait>(conn: &C, consents: Vec<&Consent>, now: DateTime<Utc>) -> Result<(), DbErr> {
-    let on_conflict = OnConflict::column(consent::Column::ConsentKey)
-        .update_columns([
-            consent::Column::State,
-            consent::Column::Scopes,
-            consent::Column::Acr,
-            consent::Column::GrantedAt,
-            consent::Column::GrantEventId,
-            consent::Column::RevokedAt,
-            consent::Column::RevokeReason,
-            consent::Column::RevokeEventId,
-            consent::Column::ExpiredAt,
-            consent::Column::ExpireIdleSince,
-            consent::Column::ExpireEventId,
-            consent::Column::ExpireSweepId,
-            consent::Column::LastSeenAt,
-            consent::Column::EndedAt,
-            consent::Column::UpdatedAt,
-        ])
-        .to_owned();
+/// The consents a batch works on, by digest, and which of them are not yet stored.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub consents: HashMap<String, Consent>,
+    pub new_keys: std::collections::HashSet<String>,
+}
+
+const UPDATE_COLUMNS: [consent::Column; 15] = [
+    consent::Column::State,
+    consent::Column::Scopes,
+    consent::Column::Acr,
+    consent::Column::GrantedAt,
+    consent::Column::GrantEventId,
+    consent::Column::RevokedAt,
+    consent::Column::RevokeReason,
+    consent::Column::RevokeEventId,
+    consent::Column::ExpiredAt,
+    consent::Column::ExpireIdleSince,
+    consent::Column::ExpireEventId,
+    consent::Column::ExpireSweepId,
+    consent::Column::LastSeenAt,
+    consent::Column::EndedAt,
+    consent::Column::UpdatedAt,
+];
+
+fn to_model(c: &Consent, now: DateTime<Utc>) -> Result<consent::Model, DbErr> {
+    use custodian_store::sea_orm::TryIntoModel;
+    to_row(c, now).try_into_model()
+}
+
+/// Writes the changed consents. On PostgreSQL the rows travel as one JSON parameter per
+/// statement (`json_populate_recordset`): binding 19 parameters per row costs more than
+/// the writes themselves. A new key that a concurrent replica inserted first makes the
+/// batch fail (transient), so it is retried on the fresh row instead of overwriting it.
+pub async fn save_all<C: ConnectionTrait>(
+    conn: &C,
+    consents: Vec<&Consent>,
+    new_keys: &std::collections::HashSet<String>,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    if conn.get_database_backend() == DbBackend::Postgres {
+        let (mut inserts, mut updates) = (Vec::new(), Vec::new());
+        for c in consents {
+            let model = to_model(c, now)?;
+            if new_keys.contains(&model.consent_key) { inserts.push(model) } else { updates.push(model) }
+        }
+        if !inserts.is_empty() {
+            let expected = inserts.len() as u64;
+            let json = serde_json::to_string(&inserts).map_err(|e| DbErr::Custom(e.to_string()))?;
+            let res = conn
+                .execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "INSERT INTO consents SELECT * FROM json_populate_recordset(NULL::consents, $1::json) \
+                     ON CONFLICT (consent_key) DO NOTHING",
+                    [json.into()],
+                ))
+                .await?;
+            if res.rows_affected() != expected {
+                return Err(DbErr::Custom("a consent row was created concurrently; the batch will be retried".into()));
+            }
+        }
+        if !updates.is_empty() {
+            let json = serde_json::to_string(&updates).map_err(|e| DbErr::Custom(e.to_string()))?;
+            let set = UPDATE_COLUMNS
+                .iter()
+                .map(|c| {
+                    let name = custodian_store::sea_orm::IdenStatic::as_str(c);
+                    format!("{name} = r.{name}")
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE consents AS c SET {set} FROM json_populate_recordset(NULL::consents, $1::json) AS r \
+                 WHERE c.consent_key = r.consent_key"
+            );
+            conn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [json.into()])).await?;
+        }
+        return Ok(());
+    }
+    let on_conflict = OnConflict::column(consent::Column::ConsentKey).update_columns(UPDATE_COLUMNS).to_owned();
     for chunk in consents.chunks(500) {
         consent::Entity::insert_many(chunk.iter().map(|c| to_row(c, now)))
             .on_conflict(on_conflict.clone())
@@ -149,10 +222,30 @@ pub async fn save_all<C: ConnectionTrait>(conn: &C, consents: Vec<&Consent>, now
     Ok(())
 }
 
-pub async fn append_history<C: ConnectionTrait>(
-    conn: &C,
-    rows: Vec<consent_history::ActiveModel>,
-) -> Result<(), DbErr> {
+pub async fn append_history<C: ConnectionTrait>(conn: &C, rows: Vec<consent_history::ActiveModel>) -> Result<(), DbErr> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if conn.get_database_backend() == DbBackend::Postgres {
+        use custodian_store::sea_orm::TryIntoModel;
+        let models = rows
+            .into_iter()
+            .map(|mut r| {
+                r.id = Set(0);
+                r.try_into_model()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let json = serde_json::to_string(&models).map_err(|e| DbErr::Custom(e.to_string()))?;
+        conn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO consent_history (consent_key, event_id, event_type, event_time, state_after, recorded_at) \
+             SELECT consent_key, event_id, event_type, event_time, state_after, recorded_at \
+             FROM json_populate_recordset(NULL::consent_history, $1::json)",
+            [json.into()],
+        ))
+        .await?;
+        return Ok(());
+    }
     for chunk in rows.chunks(1000) {
         consent_history::Entity::insert_many(chunk.to_vec()).exec_without_returning(conn).await?;
     }

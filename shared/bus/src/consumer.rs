@@ -54,8 +54,10 @@ pub struct ConsumerSpec {
     pub max_deliver: i64,
     pub ack_wait: Duration,
     pub batch: usize,
-    /// Delay before a transiently failed message comes back.
+    /// Delay before a transiently failed message comes back (doubles per delivery).
     pub nak_delay: Duration,
+    /// How long to wait for more messages to fill a batch once the first has arrived.
+    pub linger: Duration,
 }
 
 impl ConsumerSpec {
@@ -69,6 +71,7 @@ impl ConsumerSpec {
             ack_wait: Duration::from_secs(30),
             batch: 1000,
             nak_delay: Duration::from_millis(500),
+            linger: Duration::from_millis(5),
         }
     }
 }
@@ -114,6 +117,17 @@ pub async fn run_consumer<H: BatchHandler>(
                 None => return Err(consumer_error(&"message stream ended")),
             },
         };
+        // A chunk holds what was ready at one poll (tokio's co-operative budget caps it at
+        // 128); linger briefly to fill the batch, since one transaction per batch is the
+        // cost that matters.
+        let mut chunk = chunk;
+        let linger_until = tokio::time::Instant::now() + spec.linger;
+        while chunk.len() < spec.batch {
+            match tokio::time::timeout_at(linger_until, chunks.next()).await {
+                Ok(Some(more)) => chunk.extend(more),
+                _ => break,
+            }
+        }
         let mut messages = Vec::with_capacity(chunk.len());
         for item in chunk {
             match item {
@@ -163,7 +177,9 @@ async fn process_batch<H: BatchHandler>(
         return;
     }
     let span = tracing::info_span!("handle_batch", durable = %spec.durable, size = decoded.len());
+    let started = std::time::Instant::now();
     let results = handler.handle(&decoded).instrument(span).await;
+    tracing::debug!(durable = %spec.durable, size = decoded.len(), elapsed_ms = started.elapsed().as_millis() as u64, "batch handled");
     for (i, (delivery, message)) in decoded.iter().zip(decoded_messages.iter()).enumerate() {
         let result =
             results.get(i).cloned().unwrap_or_else(|| Err(HandlerError::Transient("handler gave no result".into())));

@@ -39,7 +39,8 @@ where
     }
 }
 
-/// Runs `cmd` in the background under a watchdog that kills it when this process exits.
+/// Runs `cmd` in the background under a watchdog that kills it when this process exits
+/// (checked through /proc: `kill -0` fails across users when the server runs as postgres).
 /// Returns the watchdog child (its stdout/stderr are the command's).
 /// `cmd` must be one simple command (so that `$!` is the server itself); `cleanup` runs
 /// after it has stopped.
@@ -47,7 +48,7 @@ fn spawn_with_watchdog(cmd: &str, cleanup: &str, run_as: Option<&str>) -> std::i
     let me = std::process::id();
     let script = format!(
         "{cmd} & child=$!; trap 'kill $child 2>/dev/null' TERM INT; \
-         while kill -0 {me} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.5; done; \
+         while [ -d /proc/{me} ] && kill -0 $child 2>/dev/null; do sleep 0.5; done; \
          kill $child 2>/dev/null; wait $child; {cleanup}"
     );
     let mut command = match run_as {

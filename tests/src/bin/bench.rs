@@ -168,6 +168,8 @@ fn rate(n: usize, d: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    custodian_telemetry::set_default_filter("warn");
+    let _telemetry = custodian_telemetry::init("custodian-bench").ok();
     let n: usize = std::env::var("CUSTODIAN_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     println!("custodian bench: {n} consent events (50% grants, 30% activity, 20% revocations), 2 cores shared\n");
     let nats = NatsServer::start();

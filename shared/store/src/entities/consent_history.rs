@@ -1,7 +1,7 @@
 //! Owned by the consent service: one row per event applied to a consent.
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "consent_history")]
 pub struct Model {
     #[sea_orm(primary_key)]
