@@ -10,8 +10,8 @@ use custodian_store::consent_key_digest;
 use custodian_store::entities::{consent, consent_history};
 use custodian_store::sea_orm::sea_query::OnConflict;
 use custodian_store::sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Statement,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Statement,
 };
 
 use crate::ledger::{Consent, Expire, Grant, Revoke};
@@ -125,7 +125,8 @@ pub async fn lock_and_load<C: ConnectionTrait>(
     }
     for chunk in sorted.chunks(500) {
         let rows = chunk.iter().map(|(_, k)| to_row(&Consent::new((*k).clone()), now));
-        let touch = OnConflict::column(consent::Column::ConsentKey).update_column(consent::Column::ConsentKey).to_owned();
+        let touch =
+            OnConflict::column(consent::Column::ConsentKey).update_column(consent::Column::ConsentKey).to_owned();
         for row in consent::Entity::insert_many(rows).on_conflict(touch).exec_with_returning(conn).await? {
             loaded.consents.insert(row.consent_key.clone(), from_row(&row));
         }
@@ -222,7 +223,10 @@ pub async fn save_all<C: ConnectionTrait>(
     Ok(())
 }
 
-pub async fn append_history<C: ConnectionTrait>(conn: &C, rows: Vec<consent_history::ActiveModel>) -> Result<(), DbErr> {
+pub async fn append_history<C: ConnectionTrait>(
+    conn: &C,
+    rows: Vec<consent_history::ActiveModel>,
+) -> Result<(), DbErr> {
     if rows.is_empty() {
         return Ok(());
     }

@@ -17,8 +17,8 @@ use custodian_bus::{Bus, Outgoing, StreamSettings};
 use custodian_consent::{ConsentConfig, ConsentMetrics, ledger::Consent, persistence};
 use custodian_events::*;
 use custodian_store::Store;
-use custodian_store::sea_orm::EntityTrait;
 use custodian_store::clock::{self, Clock as _};
+use custodian_store::sea_orm::EntityTrait;
 use custodian_testkit::{NatsServer, PgCluster};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,13 @@ fn events(n: usize) -> Vec<LifecycleEvent> {
         out.push(LifecycleEvent::ConsentGranted(CloudEvent::new(
             "urn:bench",
             t0,
-            ConsentGrantedV1 { issuer: "https://op.example".into(), subject, platform_id, scopes: vec!["openid".into()], acr: None },
+            ConsentGrantedV1 {
+                issuer: "https://op.example".into(),
+                subject,
+                platform_id,
+                scopes: vec!["openid".into()],
+                acr: None,
+            },
         )));
     }
     for i in 0..(n * 3 / 10) {
@@ -50,7 +56,13 @@ fn events(n: usize) -> Vec<LifecycleEvent> {
         out.push(LifecycleEvent::ConsentRevoked(CloudEvent::new(
             "urn:bench",
             t0 + chrono::Duration::seconds(120),
-            ConsentRevokedV1 { issuer: "https://op.example".into(), subject, platform_id, reason: RevokeReason::User, actor: None },
+            ConsentRevokedV1 {
+                issuer: "https://op.example".into(),
+                subject,
+                platform_id,
+                reason: RevokeReason::User,
+                actor: None,
+            },
         )));
     }
     out
@@ -89,7 +101,11 @@ async fn raw_jetstream(bus: &Bus, events: &[LifecycleEvent]) -> (Duration, Durat
     let publish = start.elapsed();
 
     let consumer = stream
-        .create_consumer(pull::Config { durable_name: Some("bench".into()), max_ack_pending: 20_000, ..Default::default() })
+        .create_consumer(pull::Config {
+            durable_name: Some("bench".into()),
+            max_ack_pending: 20_000,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let start = Instant::now();
@@ -141,16 +157,22 @@ async fn custodian_ingest(bus: &Bus, url: &str, events: &[LifecycleEvent]) -> (D
     let publish = start.elapsed();
 
     let metrics = ConsentMetrics::default();
-    let deps = custodian_consent::Deps { store: store.clone(), bus: bus.clone(), clock: clock::system(), metrics: metrics.clone() };
+    let deps = custodian_consent::Deps {
+        store: store.clone(),
+        bus: bus.clone(),
+        clock: clock::system(),
+        metrics: metrics.clone(),
+    };
     let shutdown = CancellationToken::new();
     let start = Instant::now();
     let task = tokio::spawn(custodian_consent::run(deps, ConsentConfig::default(), shutdown.clone()));
     let total = events.len() as u64;
     loop {
-        let applied: u64 = ["custodian.consent.granted.v1", "custodian.activity.seen.v1", "custodian.consent.revoked.v1"]
-            .iter()
-            .map(|t| metrics.applied.get_or_create(&vec![("type".to_owned(), (*t).to_owned())]).get())
-            .sum();
+        let applied: u64 =
+            ["custodian.consent.granted.v1", "custodian.activity.seen.v1", "custodian.consent.revoked.v1"]
+                .iter()
+                .map(|t| metrics.applied.get_or_create(&vec![("type".to_owned(), (*t).to_owned())]).get())
+                .sum();
         if applied >= total {
             break;
         }
@@ -180,7 +202,12 @@ async fn main() {
 
     let (js_pub, js_cons) = raw_jetstream(&bus, &events).await;
     let raw_js = rate(n, js_pub + js_cons);
-    println!("raw JetStream      publish {:>9.0}/s  consume+decode+ack {:>9.0}/s  together {:>9.0}/s", rate(n, js_pub), rate(n, js_cons), raw_js);
+    println!(
+        "raw JetStream      publish {:>9.0}/s  consume+decode+ack {:>9.0}/s  together {:>9.0}/s",
+        rate(n, js_pub),
+        rate(n, js_cons),
+        raw_js
+    );
 
     let pg_time = raw_postgres(&pg.fresh_database(), &events).await;
     let raw_pg = rate(n, pg_time);
@@ -195,6 +222,10 @@ async fn main() {
         ours
     );
     let slower = raw_js.min(raw_pg);
-    println!("\nratio to the slower baseline: {:.2} (target >= 0.50); absolute {:.0} events/s (target >= 30000)", ours / slower, ours);
+    println!(
+        "\nratio to the slower baseline: {:.2} (target >= 0.50); absolute {:.0} events/s (target >= 30000)",
+        ours / slower,
+        ours
+    );
     println!("apply-only ratio (consume+apply vs raw consume): {:.2}", rate(n, c_apply) / rate(n, js_cons));
 }
