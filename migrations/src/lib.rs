@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_bus_inbox_outbox;
 mod m20261124_000002_consents;
+mod m20261124_000003_sweeps;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -13,6 +14,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261124_000001_bus_inbox_outbox::Migration), Box::new(m20261124_000002_consents::Migration)]
+        vec![
+            Box::new(m20261124_000001_bus_inbox_outbox::Migration),
+            Box::new(m20261124_000002_consents::Migration),
+            Box::new(m20261124_000003_sweeps::Migration),
+        ]
     }
 }

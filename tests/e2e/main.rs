@@ -7,3 +7,4 @@ mod consent_ledger;
 mod gateway_api;
 mod reliability;
 mod support;
+mod sweeps;

@@ -287,7 +287,10 @@ async fn any_shuffle_with_duplicates_ends_in_the_in_order_state() {
             let done = mine.len() == expected.values().filter(|c| c.status() != Status::Unknown).count()
                 && mine.iter().all(|v| {
                     let c = &expected[&(v.subject.clone(), v.platform_id.clone())];
-                    v.state == c.status().as_str() && v.last_seen_at == c.last_seen_at
+                    v.state == c.status().as_str()
+                        && v.last_seen_at == c.last_seen_at
+                        && v.granted_at == c.grant.as_ref().map(|g| g.at)
+                        && v.ended_at == c.ended_at()
                 });
             done.then_some(mine)
         })

@@ -31,7 +31,18 @@ pub struct Stack {
     consent: Option<(CancellationToken, JoinHandle<()>)>,
     gateway: Option<(CancellationToken, JoinHandle<()>)>,
     pub consent_config: ConsentConfig,
+    sweepers: Vec<(String, CancellationToken, JoinHandle<()>)>,
     _dir: tempfile::TempDir,
+}
+
+/// Sweeper settings for tests: no schedules, short leases, small pages.
+pub fn test_sweeper_config() -> custodian_sweeper::SweeperConfig {
+    custodian_sweeper::SweeperConfig {
+        schedules: Vec::new(),
+        batch: 50,
+        lease_ttl_secs: 2,
+        retention: custodian_sweeper::RetentionConfig { cron: String::new(), ..Default::default() },
+    }
 }
 
 pub fn test_consent_config() -> ConsentConfig {
@@ -68,6 +79,7 @@ impl Stack {
             consent: None,
             gateway: None,
             consent_config: test_consent_config(),
+            sweepers: Vec::new(),
             _dir: dir,
         }
     }
@@ -93,6 +105,34 @@ impl Stack {
     /// Ends the consent service as a crash would: its task is dropped wherever it is.
     pub async fn crash_consent(&mut self) {
         if let Some((_, handle)) = self.consent.take() {
+            handle.abort();
+            let _ = handle.await;
+        }
+    }
+
+    /// Starts a sweeper replica named `replica`.
+    pub fn start_sweeper(&mut self, replica: &str, config: custodian_sweeper::SweeperConfig) {
+        let deps = custodian_sweeper::Deps {
+            store: self.store.clone(),
+            bus: self.bus.clone(),
+            clock: self.clock.clone(),
+            metrics: Default::default(),
+            replica: replica.to_owned(),
+        };
+        let token = CancellationToken::new();
+        let run_token = token.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(e) = custodian_sweeper::run(deps, config, run_token).await {
+                tracing::error!(error = %e, "sweeper stopped with an error");
+            }
+        });
+        self.sweepers.push((replica.to_owned(), token, handle));
+    }
+
+    /// Ends a sweeper replica as a crash would.
+    pub async fn crash_sweeper(&mut self, replica: &str) {
+        if let Some(i) = self.sweepers.iter().position(|(name, _, _)| name == replica) {
+            let (_, _, handle) = self.sweepers.remove(i);
             handle.abort();
             let _ = handle.await;
         }
@@ -213,6 +253,10 @@ pub async fn count_on(js: &jetstream::Context, subject: &str) -> u64 {
 impl Drop for Stack {
     fn drop(&mut self) {
         for (token, handle) in [self.consent.take(), self.gateway.take()].into_iter().flatten() {
+            token.cancel();
+            handle.abort();
+        }
+        for (_, token, handle) in self.sweepers.drain(..) {
             token.cancel();
             handle.abort();
         }

@@ -12,6 +12,7 @@ pub mod ledger;
 mod metrics;
 pub mod persistence;
 mod queries;
+mod retention;
 
 use custodian_bus::{Bus, ConsumerSpec, OutboxRelay, Supervisor, SupervisorError};
 use custodian_events::subjects;
@@ -86,6 +87,13 @@ pub async fn run(deps: Deps, config: ConsentConfig, shutdown: CancellationToken)
             custodian_bus::run_consumer(&bus, spec, handler, clock, token).await
         });
     }
+    let mut retention_spec = ConsumerSpec::new(SERVICE, "retention", &[subjects::RETENTION_PURGE]);
+    retention_spec.batch = 10;
+    let (bus, clock, token) = (deps.bus.clone(), deps.clock.clone(), shutdown.clone());
+    let retention = retention::RetentionHandler { store: deps.store.clone() };
+    tasks.spawn("consent-retention", async move {
+        custodian_bus::run_consumer(&bus, retention_spec, retention, clock, token).await
+    });
     tasks.spawn("consent-queries", queries::serve(deps.bus.client().clone(), deps.store.clone(), shutdown));
     tasks.wait().await
 }

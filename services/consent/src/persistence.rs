@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use custodian_events::queries::{ConsentQuery, ConsentView, HistoryEntry};
+use custodian_events::queries::{ConsentQuery, ConsentView, HistoryEntry, IdleConsent, IdleQuery};
 use custodian_events::{ConsentKey, RevokeReason};
 use custodian_store::consent_key_digest;
 use custodian_store::entities::{consent, consent_history};
@@ -333,4 +333,71 @@ pub async fn query<C: ConnectionTrait>(conn: &C, q: &ConsentQuery) -> Result<Vec
         });
     }
     Ok(views)
+}
+
+/// One page of granted consents of `platform_id` last seen before `idle_before`, in
+/// `(last_seen_at, consent_key)` order after the cursor: a range scan of the
+/// `consents_idle_scan` index, so memory and time per page do not depend on the table size.
+pub async fn idle_page<C: ConnectionTrait>(conn: &C, q: &IdleQuery) -> Result<Vec<IdleConsent>, DbErr> {
+    use custodian_store::sea_orm::sea_query::{Expr, ExprTrait};
+    let mut find = consent::Entity::find()
+        .filter(consent::Column::PlatformId.eq(q.platform_id.as_str()))
+        .filter(consent::Column::LastSeenAt.lt(q.idle_before))
+        .filter(consent::Column::State.eq("granted"));
+    if let Some(after) = &q.after {
+        find = find.filter(
+            Expr::tuple([Expr::col(consent::Column::LastSeenAt), Expr::col(consent::Column::ConsentKey)])
+                .gt(Expr::tuple([Expr::value(after.last_seen_at), Expr::value(after.consent_key.clone())])),
+        );
+    }
+    let rows = find
+        .order_by_asc(consent::Column::LastSeenAt)
+        .order_by_asc(consent::Column::ConsentKey)
+        .limit(q.limit.clamp(1, MAX_QUERY_LIMIT))
+        .all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(IdleConsent {
+                last_seen_at: r.last_seen_at?,
+                consent_key: r.consent_key,
+                issuer: r.issuer,
+                subject: r.subject,
+                platform_id: r.platform_id,
+            })
+        })
+        .collect())
+}
+
+pub async fn idle_count<C: ConnectionTrait>(conn: &C, q: &IdleQuery) -> Result<u64, DbErr> {
+    use custodian_store::sea_orm::PaginatorTrait;
+    consent::Entity::find()
+        .filter(consent::Column::PlatformId.eq(q.platform_id.as_str()))
+        .filter(consent::Column::LastSeenAt.lt(q.idle_before))
+        .filter(consent::Column::State.eq("granted"))
+        .count(conn)
+        .await
+}
+
+/// Platforms with at least one granted consent.
+pub async fn platforms<C: ConnectionTrait>(conn: &C) -> Result<Vec<String>, DbErr> {
+    consent::Entity::find()
+        .select_only()
+        .column(consent::Column::PlatformId)
+        .filter(consent::Column::State.eq("granted"))
+        .distinct()
+        .order_by_asc(consent::Column::PlatformId)
+        .into_tuple()
+        .all(conn)
+        .await
+}
+
+/// Deletes history older than `before`.
+pub async fn purge_history<C: ConnectionTrait>(conn: &C, before: DateTime<Utc>) -> Result<u64, DbErr> {
+    let res = consent_history::Entity::delete_many()
+        .filter(consent_history::Column::RecordedAt.lt(before))
+        .exec(conn)
+        .await?;
+    Ok(res.rows_affected)
 }

@@ -1,7 +1,7 @@
 //! Answers read-only questions about the ledger over NATS request/reply, so the gateway and
 //! the CLI never read this service's tables.
 
-use custodian_events::queries::{self, ConsentQuery, ConsentReply};
+use custodian_events::queries::{self, ConsentQuery, ConsentReply, IdleQuery, IdleReply};
 use custodian_store::Store;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +13,10 @@ pub async fn serve(
     store: Store,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::SubscribeError> {
-    let mut requests = client.queue_subscribe(queries::CONSENTS, "consent".to_owned()).await?;
+    let consents = client.queue_subscribe(queries::CONSENTS, "consent".to_owned()).await?;
+    let idle = client.queue_subscribe(queries::IDLE_CONSENTS, "consent".to_owned()).await?;
+    let platforms = client.queue_subscribe(queries::PLATFORMS, "consent".to_owned()).await?;
+    let mut requests = futures::stream::select(consents, futures::stream::select(idle, platforms));
     loop {
         let request = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -22,20 +25,48 @@ pub async fn serve(
         let Some(reply_to) = request.reply.clone() else {
             continue;
         };
-        let reply = match serde_json::from_slice::<ConsentQuery>(&request.payload) {
-            Err(e) => ConsentReply::Error(format!("invalid query: {e}")),
-            Ok(query) => match persistence::query(store.db(), &query).await {
-                Ok(views) => ConsentReply::Consents(views),
-                Err(e) => {
-                    tracing::warn!(error = %e, "consent query failed");
-                    ConsentReply::Error("the consent ledger is unavailable".into())
-                }
-            },
-        };
-        let body = serde_json::to_vec(&reply).unwrap_or_default();
+        let body = match request.subject.as_str() {
+            queries::IDLE_CONSENTS => serde_json::to_vec(&answer_idle(&store, &request.payload).await),
+            queries::PLATFORMS => serde_json::to_vec(&match persistence::platforms(store.db()).await {
+                Ok(list) => IdleReply::Platforms(list),
+                Err(e) => unavailable(&e, IdleReply::Error),
+            }),
+            _ => serde_json::to_vec(&match serde_json::from_slice::<ConsentQuery>(&request.payload) {
+                Err(e) => ConsentReply::Error(format!("invalid query: {e}")),
+                Ok(query) => match persistence::query(store.db(), &query).await {
+                    Ok(views) => ConsentReply::Consents(views),
+                    Err(e) => unavailable(&e, ConsentReply::Error),
+                },
+            }),
+        }
+        .unwrap_or_default();
         if let Err(e) = client.publish(reply_to, body.into()).await {
             tracing::warn!(error = %e, "consent query reply not sent");
         }
     }
     Ok(())
+}
+
+async fn answer_idle(store: &Store, payload: &[u8]) -> IdleReply {
+    let query: IdleQuery = match serde_json::from_slice(payload) {
+        Ok(q) => q,
+        Err(e) => return IdleReply::Error(format!("invalid query: {e}")),
+    };
+    let total = if query.with_total {
+        match persistence::idle_count(store.db(), &query).await {
+            Ok(n) => Some(n),
+            Err(e) => return unavailable(&e, IdleReply::Error),
+        }
+    } else {
+        None
+    };
+    match persistence::idle_page(store.db(), &query).await {
+        Ok(consents) => IdleReply::Page { consents, total },
+        Err(e) => unavailable(&e, IdleReply::Error),
+    }
+}
+
+fn unavailable<T>(e: &custodian_store::sea_orm::DbErr, make: impl FnOnce(String) -> T) -> T {
+    tracing::warn!(error = %e, "consent query failed");
+    make("the consent ledger is unavailable".into())
 }

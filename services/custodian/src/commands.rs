@@ -65,6 +65,26 @@ pub enum EventsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SweepCommand {
+    /// Start an inactivity sweep now and follow it with a progress bar.
+    Run {
+        /// Only this platform (default: every platform).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Report what would expire; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, default_value_t = 90)]
+        inactivity_days: u32,
+        /// Print the sweep id and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show one sweep.
+    Show { sweep_id: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Make a new machine token and print the line that configures it.
     New {
@@ -208,6 +228,84 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 "\n# custodian.toml\n[[gateway.machine_tokens]]\nname = {name:?}\nrole = {role:?}\nsha256 = {:?}",
                 custodian_gateway::token_digest(&token)
             );
+        }
+    }
+    Ok(())
+}
+
+async fn sweep_view(client: &async_nats::Client, sweep_id: &str) -> anyhow::Result<Option<queries::SweepView>> {
+    let query = queries::SweepQuery { sweep_id: sweep_id.to_owned() };
+    match custodian_bus::query::<_, queries::SweepReply>(client, queries::SWEEPS, &query, Duration::from_secs(10))
+        .await?
+    {
+        queries::SweepReply::Sweep(view) => Ok(Some(view)),
+        queries::SweepReply::NotFound => Ok(None),
+        queries::SweepReply::Error(e) => bail!("the sweeper refused: {e}"),
+    }
+}
+
+fn print_sweep(v: &queries::SweepView) {
+    println!("sweep        {}", v.sweep_id);
+    println!("platform     {}", v.platform_id.as_deref().unwrap_or("(all)"));
+    println!("mode         {}", if v.dry_run { "dry run (nothing changed)" } else { "expire" });
+    println!("state        {}", v.state);
+    println!("idle before  {}", time(Some(v.idle_before)));
+    println!("scanned      {}", v.scanned);
+    println!(
+        "{}  {}",
+        if v.dry_run { "would expire" } else { "expired     " },
+        if v.dry_run { v.scanned } else { v.expired }
+    );
+    println!("requested by {}", v.requested_by);
+    println!("run by       {}", v.holder.as_deref().unwrap_or("-"));
+    println!("started      {}\nfinished     {}", time(v.started_at), time(v.finished_at));
+}
+
+pub async fn sweep(config: &Config, cmd: SweepCommand) -> anyhow::Result<()> {
+    let bus = connect_bus(config, "custodian-cli").await?;
+    match cmd {
+        SweepCommand::Show { sweep_id } => {
+            let Some(view) = sweep_view(bus.client(), &sweep_id).await? else { bail!("no sweep {sweep_id}") };
+            print_sweep(&view);
+        }
+        SweepCommand::Run { platform, dry_run, inactivity_days, no_wait } => {
+            let data = custodian_events::SweepRequestedV1 {
+                sweep_id: format!("sweep-{}", uuid::Uuid::new_v4().simple()),
+                platform_id: platform,
+                inactivity_days,
+                dry_run,
+                requested_by: "cli".into(),
+            };
+            custodian_events::EventData::validate(&data)?;
+            let event = CloudEvent::new("urn:custodian:cli", custodian_store::clock::SystemClock.now(), data);
+            bus.publish_event(subjects::SWEEP_REQUESTED, &event).await?;
+            let sweep_id = event.data.sweep_id.clone();
+            if no_wait {
+                println!("{sweep_id}");
+                return Ok(());
+            }
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {msg} [{bar:40}] {pos}/{len} idle consents ({per_sec}, eta {eta})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(sweep_id.clone());
+            let view = loop {
+                if let Some(view) = sweep_view(bus.client(), &sweep_id).await? {
+                    if let Some(total) = view.total {
+                        bar.set_length(total);
+                    }
+                    bar.set_position(view.scanned);
+                    if view.state == "finished" {
+                        break view;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            bar.finish_and_clear();
+            print_sweep(&view);
         }
     }
     Ok(())

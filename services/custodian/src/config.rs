@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use custodian_consent::ConsentConfig;
 use custodian_gateway::GatewayConfig;
+use custodian_sweeper::SweeperConfig;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
@@ -25,6 +26,9 @@ pub struct Config {
     pub stream: StreamConfig,
     pub consent: ConsentConfig,
     pub gateway: GatewayConfig,
+    pub sweeper: SweeperConfig,
+    /// This process's name in sweep leases (default: the host name and process id).
+    pub replica: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +54,8 @@ impl Default for Config {
             stream: StreamConfig::default(),
             consent: ConsentConfig::default(),
             gateway: GatewayConfig::default(),
+            sweeper: SweeperConfig::default(),
+            replica: None,
         }
     }
 }
@@ -103,6 +109,7 @@ impl Config {
                 "CUSTODIAN_STREAM__DUPLICATE_WINDOW_SECS must be at least 120 (the contract's de-duplication window)"
             );
         }
+        self.sweeper.validate()?;
         if self
             .gateway
             .machine_tokens
@@ -171,6 +178,23 @@ mod tests {
         assert_eq!(c.consent.batch, 250);
         assert_eq!(c.database_url.expose_secret(), "postgres://app:hunter2@db/custodian");
         assert!(!format!("{c:?}").contains("hunter2"), "Debug must redact secrets");
+    }
+
+    #[test]
+    fn a_bad_sweep_schedule_is_refused_at_start_naming_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("custodian.toml");
+        std::fs::write(
+            &file,
+            "[[sweeper.schedules]]\nname = \"nightly\"\ninactivity_days = 90\ncron = \"at midnight\"\n",
+        )
+        .unwrap();
+        let err = Config::load_from(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("sweeper.schedules[0].cron"), "{err}");
+        std::fs::write(&file, "[[sweeper.schedules]]\nname = \"n\"\ninactivity_days = 0\ncron = \"0 0 3 * * *\"\n")
+            .unwrap();
+        let err = Config::load_from(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("sweeper.schedules[0].inactivity_days"), "{err}");
     }
 
     #[test]

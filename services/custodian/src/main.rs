@@ -41,6 +41,9 @@ enum Command {
     /// Lifecycle events.
     #[command(subcommand)]
     Events(commands::EventsCommand),
+    /// Inactivity sweeps.
+    #[command(subcommand)]
+    Sweep(commands::SweepCommand),
     /// Machine bearer tokens for the gateway.
     #[command(subcommand)]
     Token(commands::TokenCommand),
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
             Command::Migrate => commands::migrate(&config).await,
             Command::Consents(cmd) => commands::consents(&config, cmd).await,
             Command::Events(cmd) => commands::events(&config, cmd).await,
+            Command::Sweep(cmd) => commands::sweep(&config, cmd).await,
             Command::Token(cmd) => commands::token(cmd),
         }
     });

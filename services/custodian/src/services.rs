@@ -15,10 +15,11 @@ use crate::config::Config;
 pub enum ServiceName {
     Consent,
     Gateway,
+    Sweeper,
 }
 
 pub async fn up(config: Config) -> anyhow::Result<()> {
-    run_services(config, &[ServiceName::Consent, ServiceName::Gateway]).await
+    run_services(config, &[ServiceName::Consent, ServiceName::Sweeper, ServiceName::Gateway]).await
 }
 
 pub async fn serve(config: Config, service: ServiceName) -> anyhow::Result<()> {
@@ -55,6 +56,14 @@ async fn run_services(config: Config, which: &[ServiceName]) -> anyhow::Result<(
         let deps = custodian_consent::Deps { store: store.clone(), bus: bus.clone(), clock: clock.clone(), metrics };
         tasks.spawn("consent", custodian_consent::run(deps, config.consent.clone(), shutdown.clone()));
     }
+    if which.contains(&ServiceName::Sweeper) {
+        let metrics = custodian_sweeper::SweeperMetrics::default();
+        metrics.register(&mut registry);
+        let replica = config.replica.clone().unwrap_or_else(default_replica);
+        let deps =
+            custodian_sweeper::Deps { store: store.clone(), bus: bus.clone(), clock: clock.clone(), metrics, replica };
+        tasks.spawn("sweeper", custodian_sweeper::run(deps, config.sweeper.clone(), shutdown.clone()));
+    }
     if which.contains(&ServiceName::Gateway) {
         let listener = tokio::net::TcpListener::bind(config.gateway.listen)
             .await
@@ -82,4 +91,9 @@ async fn wait_for_signal(shutdown: CancellationToken) -> Result<(), std::io::Err
     }
     shutdown.cancel();
     Ok(())
+}
+
+fn default_replica() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into());
+    format!("{host}-{}", std::process::id())
 }

@@ -90,6 +90,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/consents", get(routes::consents::ledger))
         .route("/v1/me/consents", get(routes::consents::mine))
         .route("/v1/me/consents/{platform_id}", delete(routes::consents::revoke_mine))
+        .route("/v1/sweeps", post(routes::sweeps::start))
+        .route("/v1/sweeps/{sweep_id}", get(routes::sweeps::show))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
@@ -142,6 +144,8 @@ mod tests {
             ("get", "/v1/consents"),
             ("get", "/v1/me/consents"),
             ("delete", "/v1/me/consents/{platform_id}"),
+            ("post", "/v1/sweeps"),
+            ("get", "/v1/sweeps/{sweep_id}"),
             ("get", "/healthz"),
             ("get", "/readyz"),
             ("get", "/metrics"),

@@ -177,6 +177,9 @@ lifecycle_events! {
     CredentialRotated(CredentialRotatedV1),
     DpoNotified(DpoNotifiedV1),
     DeadLetter(DeadLetterV1),
+    SweepRequested(SweepRequestedV1),
+    SweepFinished(SweepFinishedV1),
+    RetentionPurge(RetentionPurgeV1),
 }
 
 /// Routed subjects (`…wipe.<view>`, `…deadletter.<service>`) match their prefix plus one token.

@@ -391,3 +391,64 @@ pub struct DeadLetterV1 {
 event_data!(DeadLetterV1, subjects::DEADLETTER_PREFIX, "custodian.deadletter.v1", |s| {
     check_id("original_subject", &s.original_subject)
 });
+
+/// An inactivity sweep asked for by an operator (`POST /v1/sweeps`, `custodian sweep run`).
+/// Contract addition (v1): the sweeper consumes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepRequestedV1 {
+    pub sweep_id: String,
+    /// One platform, or every platform when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_id: Option<String>,
+    /// Consents idle for longer than this many days expire.
+    pub inactivity_days: u32,
+    /// Report what would expire; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    pub requested_by: String,
+}
+event_data!(SweepRequestedV1, subjects::SWEEP_REQUESTED, "custodian.sweep.requested.v1", |s| {
+    if !subjects::is_valid_token(&s.sweep_id) {
+        return Err(DecodeError::field("sweep_id", "must be letters, digits, '-' or '_'"));
+    }
+    if s.inactivity_days == 0 || s.inactivity_days > 3650 {
+        return Err(DecodeError::field("inactivity_days", "must be 1 to 3650"));
+    }
+    if let Some(p) = &s.platform_id {
+        check_id("platform_id", p)?;
+    }
+    check_id("requested_by", &s.requested_by)
+});
+
+/// A sweep completed. Contract addition (v1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepFinishedV1 {
+    pub sweep_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_id: Option<String>,
+    pub dry_run: bool,
+    /// Idle consents examined.
+    pub scanned: u64,
+    /// `consent.expire` commands issued (0 in a dry run).
+    pub expired: u64,
+}
+event_data!(SweepFinishedV1, subjects::SWEEP_FINISHED, "custodian.sweep.finished.v1", |s| {
+    check_id("sweep_id", &s.sweep_id)
+});
+
+/// Each service deletes its own records older than the given instants. Contract addition (v1):
+/// the sweeper's retention schedule publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPurgeV1 {
+    pub purge_id: String,
+    /// Consent history (and other domain history) older than this goes.
+    pub history_before: DateTime<Utc>,
+    /// Inbox rows and published outbox rows older than this go.
+    pub bus_records_before: DateTime<Utc>,
+}
+event_data!(RetentionPurgeV1, subjects::RETENTION_PURGE, "custodian.retention.purge.v1", |s| {
+    check_id("purge_id", &s.purge_id)
+});

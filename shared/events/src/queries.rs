@@ -58,3 +58,82 @@ pub enum ConsentReply {
     Consents(Vec<ConsentView>),
     Error(String),
 }
+
+/// Idle consents of one platform, for the inactivity sweep (answered by the consent service).
+pub const IDLE_CONSENTS: &str = "custodian.query.idle_consents";
+/// Platforms that have granted consents (answered by the consent service).
+pub const PLATFORMS: &str = "custodian.query.platforms";
+/// One sweep's progress (answered by the sweeper).
+pub const SWEEPS: &str = "custodian.query.sweeps";
+
+/// Keyset position in the `(platform_id, last_seen_at, consent_key)` index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdleCursor {
+    pub last_seen_at: DateTime<Utc>,
+    pub consent_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdleQuery {
+    pub platform_id: String,
+    /// Granted consents last seen before this instant.
+    pub idle_before: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<IdleCursor>,
+    pub limit: u64,
+    /// Also count every match (for a progress bar); costs one more index scan.
+    #[serde(default)]
+    pub with_total: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdleConsent {
+    pub consent_key: String,
+    pub issuer: String,
+    pub subject: String,
+    pub platform_id: String,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdleReply {
+    Page { consents: Vec<IdleConsent>, total: Option<u64> },
+    Platforms(Vec<String>),
+    Error(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepQuery {
+    pub sweep_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepView {
+    pub sweep_id: String,
+    pub platform_id: Option<String>,
+    pub dry_run: bool,
+    /// `pending`, `running`, `finished`.
+    pub state: String,
+    pub idle_before: DateTime<Utc>,
+    pub scanned: u64,
+    pub expired: u64,
+    /// Idle consents found when the sweep started (for progress).
+    pub total: Option<u64>,
+    pub requested_by: String,
+    pub holder: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SweepReply {
+    Sweep(SweepView),
+    NotFound,
+    Error(String),
+}

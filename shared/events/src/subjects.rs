@@ -19,6 +19,9 @@ pub const TOKEN_HOK_USED: &str = "lifecycle.token.hok_used";
 pub const INCIDENT_REPORTED: &str = "lifecycle.incident.reported";
 pub const CREDENTIAL_ROTATED: &str = "lifecycle.credential.rotated";
 pub const DPO_NOTIFIED: &str = "lifecycle.dpo.notified";
+pub const SWEEP_REQUESTED: &str = "lifecycle.sweep.requested";
+pub const SWEEP_FINISHED: &str = "lifecycle.sweep.finished";
+pub const RETENTION_PURGE: &str = "lifecycle.retention.purge";
 /// Prefix of `lifecycle.deadletter.<service>`; see [`deadletter`].
 pub const DEADLETTER_PREFIX: &str = "lifecycle.deadletter";
 

@@ -164,6 +164,34 @@ fn every_payload_keeps_its_wire_form() {
             payload_base64: "e30=".into(),
         })
     );
+    insta::assert_json_snapshot!(
+        "sweep_requested",
+        round_trip(SweepRequestedV1 {
+            sweep_id: "sweep-1".into(),
+            platform_id: Some("tp-1".into()),
+            inactivity_days: 90,
+            dry_run: true,
+            requested_by: "ops:alice".into(),
+        })
+    );
+    insta::assert_json_snapshot!(
+        "sweep_finished",
+        round_trip(SweepFinishedV1 {
+            sweep_id: "sweep-1".into(),
+            platform_id: None,
+            dry_run: false,
+            scanned: 10,
+            expired: 10
+        })
+    );
+    insta::assert_json_snapshot!(
+        "retention_purge",
+        round_trip(RetentionPurgeV1 {
+            purge_id: "purge-1".into(),
+            history_before: at(-86_400 * 365),
+            bus_records_before: at(-86_400 * 14),
+        })
+    );
 }
 
 fn granted_json() -> serde_json::Value {

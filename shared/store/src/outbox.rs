@@ -88,8 +88,17 @@ pub async fn record_failed_attempt<C: ConnectionTrait>(conn: &C, event_ids: Vec<
     Ok(())
 }
 
-/// Deletes published events older than `before` (they live on in the stream and the audit chain).
-pub async fn purge_published<C: ConnectionTrait>(conn: &C, before: DateTime<Utc>) -> Result<u64, sea_orm::DbErr> {
-    let res = outbox::Entity::delete_many().filter(outbox::Column::PublishedAt.lt(before)).exec(conn).await?;
+/// Deletes `publisher`'s published events older than `before` (they live on in the stream
+/// and the audit chain).
+pub async fn purge_published<C: ConnectionTrait>(
+    conn: &C,
+    publisher: &str,
+    before: DateTime<Utc>,
+) -> Result<u64, sea_orm::DbErr> {
+    let res = outbox::Entity::delete_many()
+        .filter(outbox::Column::Publisher.eq(publisher))
+        .filter(outbox::Column::PublishedAt.lt(before))
+        .exec(conn)
+        .await?;
     Ok(res.rows_affected)
 }

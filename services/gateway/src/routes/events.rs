@@ -21,7 +21,8 @@ pub struct Accepted {
     pub subject: String,
 }
 
-/// Events only Custodian itself emits; a platform publishing them could forge outcomes.
+/// Events only Custodian itself emits (or operators ask for through their own endpoints);
+/// a platform publishing them could forge outcomes.
 fn emitted_by_custodian_only(event: &LifecycleEvent) -> bool {
     matches!(
         event,
@@ -32,6 +33,9 @@ fn emitted_by_custodian_only(event: &LifecycleEvent) -> bool {
             | LifecycleEvent::CredentialRotated(_)
             | LifecycleEvent::DpoNotified(_)
             | LifecycleEvent::DeadLetter(_)
+            | LifecycleEvent::SweepRequested(_)
+            | LifecycleEvent::SweepFinished(_)
+            | LifecycleEvent::RetentionPurge(_)
     )
 }
 

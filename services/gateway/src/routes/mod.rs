@@ -1,3 +1,4 @@
 pub mod consents;
 pub mod events;
 pub mod health;
+pub mod sweeps;

@@ -5,3 +5,4 @@ pub mod consent;
 pub mod consent_history;
 pub mod inbox;
 pub mod outbox;
+pub mod sweep;
