@@ -34,7 +34,10 @@ smoke: build ## `make run` comes up and shows a published grant
 test: install lint test-unit test-postgres smoke ## everything CI runs: lint, all tests on both backends, the make-run smoke test
 
 bench: install ## benchmarks with raw baselines measured in the same run (see BENCHMARKS.md)
-	$(ENV) $(CARGO) run --locked --release -p custodian-tests --bin custodian-bench
+	$(ENV) $(CARGO) build --locked --release -p custodian-tests --bin custodian-bench
+	$(ENV) target/release/custodian-bench
+	$(ENV) target/release/custodian-bench sweep 100000
+	$(ENV) target/release/custodian-bench sweep 1000000
 
 clean: ## remove build output and local data
 	$(CARGO) clean

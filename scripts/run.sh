@@ -87,6 +87,7 @@ cat <<TOUR
     target/debug/custodian events publish examples/consent-granted.json
     target/debug/custodian consents list
     target/debug/custodian consents show --issuer https://op.example --subject demo-person --platform tp-demo
+    target/debug/custodian sweep run --dry-run
     curl -s -H "Authorization: Bearer \$(cat $DATA/tokens/ops.token)" http://127.0.0.1:${GATEWAY_PORT}/v1/consents
     curl -s http://127.0.0.1:${GATEWAY_PORT}/metrics | grep custodian_
   Ctrl-C stops everything.
