@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet};
 use custodian_bus::{BatchHandler, Delivery, HandlerError, RelayHandle};
 use custodian_events::{CloudEvent, ConsentEndedV1, ConsentKey, LifecycleEvent, derived_event_id, subjects};
 use custodian_store::clock::SharedClock;
-use custodian_store::outbox::OutgoingEvent;
 use custodian_store::sea_orm::{DbErr, TransactionTrait};
 use custodian_store::{Store, inbox, outbox};
 
@@ -148,12 +147,7 @@ impl LedgerHandler {
                     CloudEvent::with_id(derived_event_id("consent.ended", &grant_event_id), SOURCE, ending.at, data);
                 event.traceparent = custodian_telemetry::current_traceparent();
                 tracing::debug!(reason = ?ending.reason, "consent ended");
-                outgoing.push(OutgoingEvent {
-                    event_id: event.id.clone(),
-                    subject: subjects::CONSENT_ENDED.to_owned(),
-                    payload: String::from_utf8_lossy(&event.to_json()).into_owned(),
-                    traceparent: event.traceparent.clone(),
-                });
+                outgoing.push(custodian_bus::outbox_row(subjects::CONSENT_ENDED, &event));
             }
             debug_assert!(status_after != Status::Unknown || consent.grant.is_none());
         }

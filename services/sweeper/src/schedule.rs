@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use custodian_events::{CloudEvent, RetentionPurgeV1, derived_event_id, subjects};
-use custodian_store::outbox::{self, OutgoingEvent};
+use custodian_store::outbox;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::parse_cron;
@@ -79,12 +79,7 @@ async fn fire(sweeper: &Sweeper, job: &Job, at: DateTime<Utc>) -> Result<(), sea
                 bus_records_before: at - chrono::Duration::days(i64::from(r.bus_records_days)),
             };
             let event = CloudEvent::with_id(derived_event_id("retention.purge", &data.purge_id), SOURCE, at, data);
-            let out = OutgoingEvent {
-                event_id: event.id.clone(),
-                subject: subjects::RETENTION_PURGE.to_owned(),
-                payload: String::from_utf8_lossy(&event.to_json()).into_owned(),
-                traceparent: None,
-            };
+            let out = custodian_bus::outbox_row(subjects::RETENTION_PURGE, &event);
             outbox::enqueue(sweeper.store.db(), SERVICE, vec![out], now).await?;
             sweeper.relay.wake();
         }

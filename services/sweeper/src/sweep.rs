@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use custodian_events::queries::{self, IdleCursor, IdleQuery, IdleReply};
 use custodian_events::{CloudEvent, ConsentExpireV1, SweepFinishedV1, derived_event_id, subjects};
 use custodian_store::entities::sweep;
-use custodian_store::outbox::{self, OutgoingEvent};
+use custodian_store::outbox;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, TransactionTrait};
 
@@ -224,12 +224,7 @@ async fn write_page(
                 // Derived from (sweep, consent): a resumed or repeated page publishes nothing new.
                 let id = derived_event_id("consent.expire", &format!("{}:{}", row.sweep_id, c.consent_key));
                 let event = CloudEvent::with_id(id, SOURCE, now, data);
-                OutgoingEvent {
-                    event_id: event.id.clone(),
-                    subject: subjects::CONSENT_EXPIRE.to_owned(),
-                    payload: String::from_utf8_lossy(&event.to_json()).into_owned(),
-                    traceparent: None,
-                }
+                custodian_bus::outbox_row(subjects::CONSENT_EXPIRE, &event)
             })
             .collect();
         outbox::enqueue(&txn, SERVICE, events, now).await?;
@@ -265,12 +260,7 @@ async fn finish(sweeper: &Sweeper, sweep_id: &str) -> Result<(), SweepError> {
         expired: u64::try_from(row.expired).unwrap_or(0),
     };
     let event = CloudEvent::with_id(derived_event_id("sweep.finished", sweep_id), SOURCE, now, data);
-    let out = OutgoingEvent {
-        event_id: event.id.clone(),
-        subject: subjects::SWEEP_FINISHED.to_owned(),
-        payload: String::from_utf8_lossy(&event.to_json()).into_owned(),
-        traceparent: None,
-    };
+    let out = custodian_bus::outbox_row(subjects::SWEEP_FINISHED, &event);
     outbox::enqueue(&txn, SERVICE, vec![out], now).await?;
     txn.commit().await?;
     sweeper.relay.wake();

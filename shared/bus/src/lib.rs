@@ -208,3 +208,13 @@ pub async fn query<Q: serde::Serialize, R: serde::de::DeserializeOwned>(
         })?;
     serde_json::from_slice(&reply.payload).map_err(|e| failed(format!("unreadable answer: {e}")))
 }
+
+/// The outbox row for `event` on `subject` (written in the caller's transaction).
+pub fn outbox_row<T: EventData>(subject: &str, event: &CloudEvent<T>) -> custodian_store::outbox::OutgoingEvent {
+    custodian_store::outbox::OutgoingEvent {
+        event_id: event.id.clone(),
+        subject: subject.to_owned(),
+        payload: String::from_utf8_lossy(&event.to_json()).into_owned(),
+        traceparent: event.traceparent.clone(),
+    }
+}
