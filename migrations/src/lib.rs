@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261124_000001_bus_inbox_outbox;
 mod m20261124_000002_consents;
 mod m20261124_000003_sweeps;
+mod m20261124_000004_vault;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_bus_inbox_outbox::Migration),
             Box::new(m20261124_000002_consents::Migration),
             Box::new(m20261124_000003_sweeps::Migration),
+            Box::new(m20261124_000004_vault::Migration),
         ]
     }
 }

@@ -125,6 +125,11 @@ impl Authenticator {
         Ok(Self { machines, person })
     }
 
+    /// The OP whose people this gateway accepts, if configured.
+    pub fn person_issuer(&self) -> Option<&str> {
+        self.person.as_ref().map(|p| p.config.issuer.as_str())
+    }
+
     pub async fn authenticate(&self, bearer: &str) -> Result<Caller, Problem> {
         let digest = hex::encode(Sha256::digest(bearer.as_bytes()));
         if let Some((name, role)) = self.machines.get(&digest) {
@@ -224,11 +229,15 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Problem::unauthorized("missing Authorization: Bearer header"))?;
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        // A person signed in through /login carries a session cookie instead.
+        if header.is_none()
+            && let Some(cookie) = crate::routes::login::session_cookie(&parts.headers)
+        {
+            return crate::routes::login::person_of_cookie(state, &cookie).await;
+        }
+        let value = header
+            .ok_or_else(|| Problem::unauthorized("missing Authorization: Bearer header or session cookie"))?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))

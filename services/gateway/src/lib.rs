@@ -49,11 +49,39 @@ pub struct GatewayConfig {
     /// The OP whose ID tokens identify people; without it, person endpoints answer 401.
     pub oidc: Option<PersonAuthConfig>,
     pub machine_tokens: Vec<MachineToken>,
+    pub login: LoginConfig,
+}
+
+/// `[gateway.login]`: the person's sign-in (the code flow itself runs in the vault).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginConfig {
+    /// The gateway's public base URL; cookies are `Secure` when it is https.
+    pub public_url: String,
+    /// Where the browser lands after sign-in and sign-out.
+    pub after_login: String,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        Self { public_url: "http://127.0.0.1:8080".into(), after_login: "/".into() }
+    }
+}
+
+impl LoginConfig {
+    pub fn cookie_secure(&self) -> bool {
+        self.public_url.starts_with("https://")
+    }
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), oidc: None, machine_tokens: Vec::new() }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            oidc: None,
+            machine_tokens: Vec::new(),
+            login: LoginConfig::default(),
+        }
     }
 }
 
@@ -71,6 +99,7 @@ pub struct AppState {
     pub clock: SharedClock,
     pub registry: Registry,
     pub metrics: GatewayMetrics,
+    pub login: LoginConfig,
 }
 
 #[derive(Debug)]
@@ -92,6 +121,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/me/consents/{platform_id}", delete(routes::consents::revoke_mine))
         .route("/v1/sweeps", post(routes::sweeps::start))
         .route("/v1/sweeps/{sweep_id}", get(routes::sweeps::show))
+        .route("/v1/revocations/{revocation_id}", get(routes::revocations::show))
+        .route("/login", get(routes::login::login))
+        .route("/callback", get(routes::login::callback))
+        .route("/logout", get(routes::login::logout).post(routes::login::logout))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
@@ -125,7 +158,15 @@ pub async fn run(deps: Deps, config: GatewayConfig, shutdown: CancellationToken)
         "Events accepted on POST /v1/events",
         metrics.events_published.clone(),
     );
-    let state = Arc::new(AppState { bus: deps.bus, store: deps.store, auth, clock: deps.clock, registry, metrics });
+    let state = Arc::new(AppState {
+        bus: deps.bus,
+        store: deps.store,
+        auth,
+        clock: deps.clock,
+        registry,
+        metrics,
+        login: config.login.clone(),
+    });
     let addr = deps.listener.local_addr().map_err(GatewayError::Serve)?;
     tracing::info!(%addr, "gateway listening");
     axum::serve(deps.listener, router(state))
@@ -146,6 +187,10 @@ mod tests {
             ("delete", "/v1/me/consents/{platform_id}"),
             ("post", "/v1/sweeps"),
             ("get", "/v1/sweeps/{sweep_id}"),
+            ("get", "/v1/revocations/{revocation_id}"),
+            ("get", "/login"),
+            ("get", "/callback"),
+            ("get", "/logout"),
             ("get", "/healthz"),
             ("get", "/readyz"),
             ("get", "/metrics"),

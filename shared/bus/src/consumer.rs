@@ -58,6 +58,9 @@ pub struct ConsumerSpec {
     pub nak_delay: Duration,
     /// How long to wait for more messages to fill a batch once the first has arrived.
     pub linger: Duration,
+    /// A new durable starts at messages published from now on, not at the start of the
+    /// stream (e.g. a view: commands from before it existed are not for it).
+    pub deliver_new: bool,
 }
 
 impl ConsumerSpec {
@@ -72,6 +75,7 @@ impl ConsumerSpec {
             batch: 1000,
             nak_delay: Duration::from_millis(500),
             linger: Duration::from_millis(5),
+            deliver_new: false,
         }
     }
 }
@@ -94,6 +98,11 @@ pub async fn run_consumer<H: BatchHandler>(
         max_deliver: spec.max_deliver,
         ack_wait: spec.ack_wait,
         max_ack_pending: (spec.batch as i64 * 4).max(1000),
+        deliver_policy: if spec.deliver_new {
+            async_nats::jetstream::consumer::DeliverPolicy::New
+        } else {
+            async_nats::jetstream::consumer::DeliverPolicy::All
+        },
         ..Default::default()
     };
     let consumer =

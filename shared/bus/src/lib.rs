@@ -86,6 +86,18 @@ pub struct Outgoing {
     pub traceparent: Option<String>,
 }
 
+impl Outgoing {
+    /// `event` on `subject` (its own or a routed command subject), with its trace context.
+    pub fn event<T: EventData>(subject: &str, event: &CloudEvent<T>) -> Self {
+        Self {
+            subject: subject.to_owned(),
+            event_id: event.id.clone(),
+            payload: Bytes::from(event.to_json()),
+            traceparent: event.traceparent.clone().or_else(custodian_telemetry::current_traceparent),
+        }
+    }
+}
+
 impl Bus {
     /// Wraps `client` and creates the stream if it is missing (idempotent; an existing
     /// stream is left as configured by its operator).
@@ -145,13 +157,7 @@ impl Bus {
     /// Publishes a typed event on its own subject (or `subject` for routed commands),
     /// with the current trace context.
     pub async fn publish_event<T: EventData>(&self, subject: &str, event: &CloudEvent<T>) -> Result<(), BusError> {
-        self.publish(&Outgoing {
-            subject: subject.to_owned(),
-            event_id: event.id.clone(),
-            payload: Bytes::from(event.to_json()),
-            traceparent: event.traceparent.clone().or_else(custodian_telemetry::current_traceparent),
-        })
-        .await
+        self.publish(&Outgoing::event(subject, event)).await
     }
 
     /// Publishes every event with up to `in_flight` acks outstanding; returns, in input
@@ -217,4 +223,41 @@ pub fn outbox_row<T: EventData>(subject: &str, event: &CloudEvent<T>) -> custodi
         payload: String::from_utf8_lossy(&event.to_json()).into_owned(),
         traceparent: event.traceparent.clone(),
     }
+}
+
+/// Answers requests on `subject` (queue group `queue`, so replicas share them) until
+/// `shutdown`. Each request is handled in its own task: a slow one (an OP call) does not hold
+/// up the others. A request that does not parse is handed to `handler` as `Err(reason)`.
+pub async fn respond<Q, R, F, Fut>(
+    client: async_nats::Client,
+    subject: &str,
+    queue: &str,
+    shutdown: tokio_util::sync::CancellationToken,
+    handler: F,
+) -> Result<(), async_nats::SubscribeError>
+where
+    Q: serde::de::DeserializeOwned + Send + 'static,
+    R: serde::Serialize + Send + 'static,
+    F: Fn(Result<Q, String>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = R> + Send + 'static,
+{
+    let mut requests = client.queue_subscribe(subject.to_owned(), queue.to_owned()).await?;
+    loop {
+        let request = tokio::select! {
+            () = shutdown.cancelled() => break,
+            next = requests.next() => match next { Some(r) => r, None => break },
+        };
+        let Some(reply_to) = request.reply.clone() else { continue };
+        let (client, handler) = (client.clone(), handler.clone());
+        let subject = subject.to_owned();
+        tokio::spawn(async move {
+            let question = serde_json::from_slice::<Q>(&request.payload).map_err(|e| format!("invalid request: {e}"));
+            let answer = handler(question).await;
+            let body = serde_json::to_vec(&answer).unwrap_or_default();
+            if let Err(e) = client.publish(reply_to, body.into()).await {
+                tracing::warn!(%subject, error = %e, "reply not sent");
+            }
+        });
+    }
+    Ok(())
 }

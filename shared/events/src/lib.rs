@@ -10,6 +10,7 @@ mod error;
 pub mod payloads;
 pub mod queries;
 pub mod subjects;
+pub mod vault;
 
 pub use envelope::{CONTENT_TYPE, CloudEvent, DATA_CONTENT_TYPE, EventData, LifecycleEvent, SPEC_VERSION};
 pub use error::DecodeError;

@@ -1,8 +1,15 @@
 //! Hand-written sea-orm entities. Each table has one owning service (see ARCHITECTURE.md);
 //! the bus tables (outbox, inbox) are shared infrastructure, partitioned by service name.
 
+pub mod assertion;
 pub mod consent;
 pub mod consent_history;
 pub mod inbox;
+pub mod login_attempt;
 pub mod outbox;
+pub mod pending_wipe;
+pub mod revocation;
+pub mod revocation_token;
 pub mod sweep;
+pub mod view_session;
+pub mod web_session;

@@ -1,0 +1,347 @@
+//! Carries out revocations: revokes due tokens at the OP, sends due wipes to views, finishes
+//! revocations whose tokens and wipes are all settled. Work is claimed in the database
+//! (`next_attempt_at` moved forward in one conditional UPDATE), so replicas never do the same
+//! item at once and anything a crashed replica claimed comes due again by itself.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use custodian_bus::Outgoing;
+use custodian_events::{CloudEvent, RevocationOutcome, SessionWipeV1, TokenKind, WipeReason, derived_event_id, subjects};
+use custodian_store::entities::{assertion, pending_wipe, revocation, revocation_token};
+use custodian_store::outbox;
+use futures::StreamExt;
+use sea_orm::sea_query::{Expr, Query};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use tokio_util::sync::CancellationToken;
+
+use crate::{SOURCE, SERVICE, Vault, VaultError, assertions, handler};
+
+const CLAIM_BATCH: u64 = 500;
+
+pub(crate) async fn run(vault: Arc<Vault>, shutdown: CancellationToken) -> Result<(), VaultError> {
+    let period = Duration::from_millis(vault.config.reconcile_every_ms.max(10));
+    loop {
+        match round(&vault).await {
+            // More may be due right away (a full claim): go again without waiting.
+            Ok(done) if done >= CLAIM_BATCH as usize => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "revocation round failed; will retry"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = vault.work.notified() => {}
+            () = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+/// One pass over what is due. Returns how many items it handled.
+pub(crate) async fn round(vault: &Vault) -> Result<usize, VaultError> {
+    // Wipes first: they are cheap and the views are waiting; the OP calls follow.
+    let (wipes, mut touched) = send_due_wipes(vault).await?;
+    let (tokens, touched_tokens) = revoke_due_tokens(vault).await?;
+    touched.extend(touched_tokens);
+    if !touched.is_empty() {
+        let now = vault.clock.now();
+        let txn = vault.store.db().begin().await?;
+        finish_revocations(vault, &txn, &touched, now).await?;
+        txn.commit().await?;
+    }
+    Ok(wipes + tokens)
+}
+
+async fn send_due_wipes(vault: &Vault) -> Result<(usize, HashSet<String>), VaultError> {
+    let now = vault.clock.now();
+    let db = vault.store.db();
+    let due: Vec<pending_wipe::Model> = pending_wipe::Entity::find()
+        .filter(pending_wipe::Column::State.eq("pending"))
+        .filter(pending_wipe::Column::NextAttemptAt.lte(now))
+        .order_by_asc(pending_wipe::Column::NextAttemptAt)
+        .limit(CLAIM_BATCH)
+        .all(db)
+        .await?;
+    if due.is_empty() {
+        return Ok((0, HashSet::new()));
+    }
+    let mut touched = HashSet::new();
+    let mut outgoing = Vec::new();
+    let mut expired = Vec::new();
+    for wipe in due {
+        let next = now + vault.config.retry_delay(wipe.attempts);
+        // Claim: only the replica whose UPDATE matches the row as read sends it.
+        let claimed = pending_wipe::Entity::update_many()
+            .col_expr(pending_wipe::Column::NextAttemptAt, next.into())
+            .col_expr(pending_wipe::Column::Attempts, (wipe.attempts + 1).into())
+            .col_expr(pending_wipe::Column::SentAt, Some(now).into())
+            .filter(pending_wipe::Column::WipeId.eq(wipe.wipe_id.clone()))
+            .filter(pending_wipe::Column::State.eq("pending"))
+            .filter(pending_wipe::Column::Attempts.eq(wipe.attempts))
+            .exec(db)
+            .await?;
+        if claimed.rows_affected != 1 {
+            continue;
+        }
+        if let Some(id) = &wipe.revocation_id {
+            touched.insert(id.clone());
+        }
+        if wipe.expires_at <= now {
+            expired.push(wipe.wipe_id.clone());
+            continue;
+        }
+        match wipe_command(&wipe) {
+            Some(out) => outgoing.push(out),
+            None => tracing::error!(wipe_id = %wipe.wipe_id, "wipe not sendable (bad view id or session list)"),
+        }
+    }
+    if !expired.is_empty() {
+        vault.metrics.wipes_expired.inc_by(expired.len() as u64);
+        pending_wipe::Entity::update_many()
+            .col_expr(pending_wipe::Column::State, "expired_by_ttl".into())
+            .filter(pending_wipe::Column::WipeId.is_in(expired))
+            .filter(pending_wipe::Column::State.eq("pending"))
+            .exec(db)
+            .await?;
+    }
+    let sent = outgoing.len();
+    for (result, out) in vault.bus.publish_all(&outgoing, 256).await.into_iter().zip(&outgoing) {
+        match result {
+            Ok(()) => {
+                vault.metrics.wipes_sent.inc();
+            }
+            // Claimed but not sent: it comes due again after the retry delay.
+            Err(e) => tracing::warn!(subject = %out.subject, error = %e, "wipe not published; will resend"),
+        }
+    }
+    Ok((sent, touched))
+}
+
+fn wipe_command(wipe: &pending_wipe::Model) -> Option<Outgoing> {
+    let subject = subjects::session_wipe(&wipe.view_id)?;
+    let session_ids: Vec<String> = serde_json::from_str(&wipe.session_ids).ok()?;
+    let reason = match wipe.reason.as_str() {
+        "incident" => WipeReason::Incident,
+        "session_revoked" => WipeReason::SessionRevoked,
+        "assurance_dropped" => WipeReason::AssuranceDropped,
+        _ => WipeReason::ConsentEnded,
+    };
+    let data = SessionWipeV1 {
+        wipe_id: wipe.wipe_id.clone(),
+        session_ids,
+        issuer: wipe.issuer.clone(),
+        subject: wipe.subject.clone(),
+        platform_id: wipe.platform_id.clone(),
+        reason,
+    };
+    // Each send is a new message (its own id), the wipe id inside stays the same.
+    let id = derived_event_id("session.wipe.send", &format!("{}:{}", wipe.wipe_id, wipe.attempts));
+    let time = wipe.sent_at.unwrap_or(wipe.created_at);
+    let event = CloudEvent::with_id(id, SOURCE, time, data);
+    Some(Outgoing::event(&subject, &event))
+}
+
+struct Claimed {
+    token: revocation_token::Model,
+}
+
+async fn revoke_due_tokens(vault: &Vault) -> Result<(usize, HashSet<String>), VaultError> {
+    let now = vault.clock.now();
+    let db = vault.store.db();
+    let due: Vec<revocation_token::Model> = revocation_token::Entity::find()
+        .filter(revocation_token::Column::Outcome.eq("pending"))
+        .filter(revocation_token::Column::NextAttemptAt.lte(now))
+        .order_by_asc(revocation_token::Column::NextAttemptAt)
+        .limit(CLAIM_BATCH)
+        .all(db)
+        .await?;
+    if due.is_empty() {
+        return Ok((0, HashSet::new()));
+    }
+    let claim_until = now + chrono::Duration::seconds(vault.config.claim_secs.max(1) as i64);
+    let ids: Vec<String> = due.iter().map(|t| t.id.clone()).collect();
+    // One statement claims the lot; rows another replica claimed meanwhile no longer match.
+    let mut claimed = Vec::new();
+    for chunk in ids.chunks(500) {
+        let rows = revocation_token::Entity::update_many()
+            .col_expr(revocation_token::Column::NextAttemptAt, claim_until.into())
+            .filter(revocation_token::Column::Id.is_in(chunk.to_vec()))
+            .filter(revocation_token::Column::Outcome.eq("pending"))
+            .filter(revocation_token::Column::NextAttemptAt.lte(now))
+            .exec_with_returning(db)
+            .await?;
+        claimed.extend(rows.into_iter().map(|token| Claimed { token }));
+    }
+    let assertion_ids: HashSet<String> = claimed.iter().map(|c| c.token.assertion_id.clone()).collect();
+    let mut rows: HashMap<String, assertion::Model> = HashMap::new();
+    let list: Vec<String> = assertion_ids.into_iter().collect();
+    for chunk in list.chunks(500) {
+        for row in assertion::Entity::find().filter(assertion::Column::AssertionId.is_in(chunk.to_vec())).all(db).await? {
+            rows.insert(row.assertion_id.clone(), row);
+        }
+    }
+    let rows = Arc::new(rows);
+    let handled = claimed.len();
+    let outcomes: Vec<(revocation_token::Model, Result<RevocationOutcome, String>)> =
+        futures::stream::iter(claimed.into_iter().map(|c| {
+            let rows = rows.clone();
+            async move {
+                let outcome = revoke_one(vault, &c.token, rows.get(&c.token.assertion_id)).await;
+                (c.token, outcome)
+            }
+        }))
+        .buffer_unordered(vault.config.revoke_concurrency.max(1))
+        .collect()
+        .await;
+
+    let now = vault.clock.now();
+    let txn = vault.store.db().begin().await?;
+    let mut touched = HashSet::new();
+    let mut outgoing = Vec::new();
+    let mut settled_assertions = HashSet::new();
+    for (token, outcome) in outcomes {
+        touched.insert(token.revocation_id.clone());
+        match outcome {
+            Ok(outcome) => {
+                let label = match outcome {
+                    RevocationOutcome::Revoked => "revoked",
+                    RevocationOutcome::AlreadyInvalid => "already_invalid",
+                };
+                vault.metrics.revoked(label);
+                revocation_token::Entity::update_many()
+                    .col_expr(revocation_token::Column::Outcome, label.into())
+                    .col_expr(revocation_token::Column::DoneAt, Some(now).into())
+                    .col_expr(revocation_token::Column::Attempts, (token.attempts + 1).into())
+                    .col_expr(revocation_token::Column::LastError, Option::<String>::None.into())
+                    .filter(revocation_token::Column::Id.eq(token.id.clone()))
+                    .filter(revocation_token::Column::Outcome.eq("pending"))
+                    .exec(&txn)
+                    .await?;
+                if let Some(rev) = revocation::Entity::find_by_id(token.revocation_id.clone()).one(&txn).await? {
+                    let kind = if token.token_kind == "refresh" { TokenKind::Refresh } else { TokenKind::Access };
+                    outgoing.push(handler::token_revoked_event(
+                        &rev.issuer,
+                        &rev.subject,
+                        &rev.platform_id,
+                        &rev.revocation_id,
+                        &token.assertion_id,
+                        kind,
+                        outcome,
+                        now,
+                    ));
+                }
+                settled_assertions.insert(token.assertion_id.clone());
+            }
+            Err(reason) => {
+                vault.metrics.revoked("failed");
+                let next = now + vault.config.retry_delay(token.attempts);
+                tracing::warn!(revocation_id = %token.revocation_id, kind = %token.token_kind, attempts = token.attempts + 1, %reason, "token revocation failed; will retry");
+                revocation_token::Entity::update_many()
+                    .col_expr(revocation_token::Column::NextAttemptAt, next.into())
+                    .col_expr(revocation_token::Column::Attempts, (token.attempts + 1).into())
+                    .col_expr(revocation_token::Column::LastError, Some(reason.chars().take(500).collect::<String>()).into())
+                    .filter(revocation_token::Column::Id.eq(token.id.clone()))
+                    .filter(revocation_token::Column::Outcome.eq("pending"))
+                    .exec(&txn)
+                    .await?;
+            }
+        }
+    }
+    // The ciphertext goes as soon as none of its tokens is left to revoke.
+    for assertion_id in settled_assertions {
+        let left = revocation_token::Entity::find()
+            .filter(revocation_token::Column::AssertionId.eq(assertion_id.clone()))
+            .filter(revocation_token::Column::Outcome.eq("pending"))
+            .count_rows(&txn)
+            .await?;
+        if left == 0 {
+            assertion::Entity::delete_by_id(assertion_id).exec(&txn).await?;
+        }
+    }
+    if !outgoing.is_empty() {
+        outbox::enqueue(&txn, SERVICE, outgoing, now).await?;
+    }
+    txn.commit().await?;
+    vault.relay.wake();
+    Ok((handled, touched))
+}
+
+trait CountRows {
+    async fn count_rows<C: ConnectionTrait>(self, conn: &C) -> Result<u64, sea_orm::DbErr>;
+}
+
+impl CountRows for sea_orm::Select<revocation_token::Entity> {
+    async fn count_rows<C: ConnectionTrait>(self, conn: &C) -> Result<u64, sea_orm::DbErr> {
+        use sea_orm::PaginatorTrait;
+        self.count(conn).await
+    }
+}
+
+async fn revoke_one(
+    vault: &Vault,
+    token: &revocation_token::Model,
+    row: Option<&assertion::Model>,
+) -> Result<RevocationOutcome, String> {
+    let now = vault.clock.now();
+    // Gone (expired and purged) or past its life: nothing left to revoke at the OP.
+    let Some(row) = row else { return Ok(RevocationOutcome::AlreadyInvalid) };
+    if row.expires_at <= now || (token.token_kind == "access" && row.access_expires_at <= now) {
+        return Ok(RevocationOutcome::AlreadyInvalid);
+    }
+    let bundle = assertions::open(&vault.keyring, row).map_err(|e| e.to_string())?;
+    let (secret, kind) = if token.token_kind == "refresh" {
+        match bundle.refresh() {
+            Some(refresh) => (refresh, custodian_oidc::TokenKind::Refresh),
+            None => return Ok(RevocationOutcome::AlreadyInvalid),
+        }
+    } else {
+        (bundle.access(), custodian_oidc::TokenKind::Access)
+    };
+    drop(bundle);
+    let client = vault.clients.get(&row.platform_id).await.map_err(|e| e.to_string())?;
+    client.revoke(&secret, kind).await.map(|()| RevocationOutcome::Revoked).map_err(|e| e.to_string())
+}
+
+/// Marks done every touched revocation with no token and no wipe left pending.
+pub(crate) async fn finish_revocations<C: ConnectionTrait>(
+    vault: &Vault,
+    conn: &C,
+    touched: &HashSet<String>,
+    now: DateTime<Utc>,
+) -> Result<(), VaultError> {
+    if touched.is_empty() {
+        return Ok(());
+    }
+    use sea_orm::sea_query::ExprTrait as _;
+    let ids: Vec<String> = touched.iter().cloned().collect();
+    for chunk in ids.chunks(500) {
+        let pending_tokens = Query::select()
+            .column(revocation_token::Column::RevocationId)
+            .from(revocation_token::Entity)
+            .and_where(Expr::col(revocation_token::Column::Outcome).eq("pending"))
+            .and_where(Expr::col(revocation_token::Column::RevocationId).is_in(chunk.to_vec()))
+            .to_owned();
+        let pending_wipes = Query::select()
+            .column(pending_wipe::Column::RevocationId)
+            .from(pending_wipe::Entity)
+            .and_where(Expr::col(pending_wipe::Column::State).eq("pending"))
+            .and_where(Expr::col(pending_wipe::Column::RevocationId).is_in(chunk.to_vec()))
+            .to_owned();
+        let done = revocation::Entity::update_many()
+            .col_expr(revocation::Column::State, "done".into())
+            .col_expr(revocation::Column::FinishedAt, Some(now).into())
+            .col_expr(revocation::Column::UpdatedAt, now.into())
+            .filter(revocation::Column::RevocationId.is_in(chunk.to_vec()))
+            .filter(revocation::Column::State.eq("pending"))
+            .filter(revocation::Column::RevocationId.not_in_subquery(pending_tokens))
+            .filter(revocation::Column::RevocationId.not_in_subquery(pending_wipes))
+            .exec(conn)
+            .await?;
+        if done.rows_affected > 0 {
+            vault.metrics.revocations_done.inc_by(done.rows_affected);
+            tracing::debug!(count = done.rows_affected, "revocations finished");
+        }
+    }
+    Ok(())
+}

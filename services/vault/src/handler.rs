@@ -1,0 +1,429 @@
+//! The vault's lifecycle consumer: `consent.ended` (start a revocation), `session.opened`,
+//! `session.closed`, `session.wiped` (a view's ack). A batch is applied in one transaction;
+//! every effect is idempotent (keyed inserts, conditional updates), so redelivery is harmless.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use custodian_bus::{BatchHandler, Delivery, HandlerError};
+use custodian_events::{
+    CloudEvent, ConsentEndedV1, LifecycleEvent, RevocationOutcome, SessionOpenedV1, SessionWipedV1, TokenKind,
+    TokenRevokedV1, derived_event_id, subjects,
+};
+use custodian_store::entities::{assertion, pending_wipe, revocation, revocation_token, view_session};
+use custodian_store::outbox;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, TransactionTrait,
+};
+
+use crate::{SOURCE, SERVICE, Vault, VaultError, assertions};
+
+#[derive(Debug, Clone)]
+pub struct LifecycleHandler {
+    pub(crate) vault: Arc<Vault>,
+}
+
+impl BatchHandler for LifecycleHandler {
+    async fn handle(&self, batch: &[Delivery]) -> Vec<Result<(), HandlerError>> {
+        match self.apply(batch).await {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::warn!(error = %e, size = batch.len(), "vault batch not applied");
+                batch.iter().map(|_| Err(HandlerError::Transient(e.to_string()))).collect()
+            }
+        }
+    }
+}
+
+/// What a batch changed that needs a follow-up after commit.
+#[derive(Default)]
+struct Effects {
+    outgoing: Vec<custodian_store::outbox::OutgoingEvent>,
+    touched_revocations: HashSet<String>,
+    new_work: bool,
+}
+
+impl LifecycleHandler {
+    async fn apply(&self, batch: &[Delivery]) -> Result<Vec<Result<(), HandlerError>>, VaultError> {
+        let vault = &self.vault;
+        let now = vault.clock.now();
+        let txn = vault.store.db().begin().await?;
+        let mut effects = Effects::default();
+        let mut results = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            let span = tracing::debug_span!("vault_event", event_id = delivery.event.id(), subject = %delivery.subject);
+            custodian_telemetry::adopt_remote_parent(&span, delivery.traceparent.as_deref());
+            let _entered = span.enter();
+            let result = match &delivery.event {
+                LifecycleEvent::ConsentEnded(e) => start_revocation(vault, &txn, e, now, &mut effects).await.map(|_| ()),
+                LifecycleEvent::SessionOpened(e) => session_opened(vault, &txn, e, now, &mut effects).await,
+                LifecycleEvent::SessionClosed(e) => {
+                    view_session::Entity::update_many()
+                        .col_expr(view_session::Column::ClosedAt, Some(now).into())
+                        .filter(view_session::Column::SessionId.eq(e.data.session_id.clone()))
+                        .filter(view_session::Column::ViewId.eq(e.data.view_id.clone()))
+                        .filter(view_session::Column::ClosedAt.is_null())
+                        .exec(&txn)
+                        .await
+                        .map(|_| ())
+                        .map_err(VaultError::from)
+                }
+                LifecycleEvent::SessionWiped(e) => session_wiped(vault, &txn, &e.data, now, &mut effects).await,
+                other => {
+                    results.push(Err(HandlerError::Permanent(format!(
+                        "{} is not for the vault (consumer filter misconfigured?)",
+                        other.event_type()
+                    ))));
+                    continue;
+                }
+            };
+            match result {
+                Ok(()) => results.push(Ok(())),
+                // A database error aborts the whole batch (the transaction is unusable).
+                Err(VaultError::Db(e)) => return Err(VaultError::Db(e)),
+                Err(e) => results.push(Err(HandlerError::Permanent(e.to_string()))),
+            }
+        }
+        if !effects.outgoing.is_empty() {
+            outbox::enqueue(&txn, SERVICE, std::mem::take(&mut effects.outgoing), now).await?;
+            effects.new_work = true;
+        }
+        crate::driver::finish_revocations(vault, &txn, &effects.touched_revocations, now).await?;
+        txn.commit().await?;
+        if effects.new_work {
+            vault.relay.wake();
+            vault.work.notify_one();
+        }
+        Ok(results)
+    }
+}
+
+/// Takes over an ended consent: records the revocation, its tokens and its wipes. Returns
+/// false when this consent.ended was already taken over (a redelivery).
+async fn start_revocation(
+    vault: &Vault,
+    txn: &DatabaseTransaction,
+    event: &CloudEvent<ConsentEndedV1>,
+    now: DateTime<Utc>,
+    effects: &mut Effects,
+) -> Result<bool, VaultError> {
+    let data = &event.data;
+    let revocation_id = data.cause_event_id.clone();
+    let inserted = revocation::Entity::insert(revocation::ActiveModel {
+        revocation_id: Set(revocation_id.clone()),
+        ended_event_id: Set(event.id.clone()),
+        issuer: Set(data.issuer.clone()),
+        subject: Set(data.subject.clone()),
+        platform_id: Set(data.platform_id.clone()),
+        reason: Set(serde_json::to_value(data.reason).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
+        state: Set("pending".into()),
+        started_at: Set(now),
+        finished_at: Set(None),
+        updated_at: Set(now),
+    })
+    .on_conflict(OnConflict::column(revocation::Column::RevocationId).do_nothing().to_owned())
+    .exec_without_returning(txn)
+    .await?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    vault.metrics.revocations_started.inc();
+    tracing::info!(revocation_id = %revocation_id, platform_id = %data.platform_id, "revocation started");
+
+    // Tokens obtained before the consent ended (a later login is a new grant).
+    let rows = assertion::Entity::find()
+        .filter(assertion::Column::Issuer.eq(data.issuer.clone()))
+        .filter(assertion::Column::Subject.eq(data.subject.clone()))
+        .filter(assertion::Column::PlatformId.eq(data.platform_id.clone()))
+        .filter(assertion::Column::RevocationId.is_null())
+        .filter(assertion::Column::CreatedAt.lte(event.time.max(now)))
+        .all(txn)
+        .await?;
+    let mut token_rows = Vec::new();
+    let mut nothing_left = Vec::new();
+    for row in &rows {
+        let has_refresh = match assertions::open(&vault.keyring, row) {
+            Ok(bundle) => bundle.refresh_token.is_some(),
+            // Unreadable (key removed from the ring): the access token may still be live at the
+            // OP and we cannot revoke it; record the failure on the receipt.
+            Err(e) => {
+                tracing::error!(assertion_id = %row.assertion_id, error = %e, "sealed tokens unreadable");
+                true
+            }
+        };
+        let mut pending = 0;
+        for (kind, present) in [(TokenKind::Refresh, has_refresh), (TokenKind::Access, true)] {
+            if !present {
+                continue;
+            }
+            // An access token already past its expiry needs no call to the OP.
+            let expired = kind == TokenKind::Access && row.access_expires_at <= now;
+            if expired {
+                effects.outgoing.push(token_revoked_row(data, &revocation_id, &row.assertion_id, kind, RevocationOutcome::AlreadyInvalid, now));
+            } else {
+                pending += 1;
+            }
+            token_rows.push(revocation_token::ActiveModel {
+                id: Set(format!("{revocation_id}:{}:{}", row.assertion_id, kind_str(kind))),
+                revocation_id: Set(revocation_id.clone()),
+                assertion_id: Set(row.assertion_id.clone()),
+                token_kind: Set(kind_str(kind).into()),
+                outcome: Set(if expired { "already_invalid".into() } else { "pending".into() }),
+                attempts: Set(0),
+                last_error: Set(None),
+                next_attempt_at: Set(now),
+                done_at: Set(expired.then_some(now)),
+            });
+        }
+        if pending == 0 {
+            nothing_left.push(row.assertion_id.clone());
+        }
+    }
+    if !rows.is_empty() {
+        assertion::Entity::update_many()
+            .col_expr(assertion::Column::RevocationId, Some(revocation_id.clone()).into())
+            .col_expr(assertion::Column::UpdatedAt, now.into())
+            .filter(assertion::Column::AssertionId.is_in(rows.iter().map(|r| r.assertion_id.clone())))
+            .exec(txn)
+            .await?;
+    }
+    if !nothing_left.is_empty() {
+        assertion::Entity::delete_many().filter(assertion::Column::AssertionId.is_in(nothing_left)).exec(txn).await?;
+    }
+    for chunk in token_rows.chunks(500) {
+        revocation_token::Entity::insert_many(chunk.to_vec()).exec_without_returning(txn).await?;
+    }
+
+    let sessions = view_session::Entity::find()
+        .filter(view_session::Column::Issuer.eq(data.issuer.clone()))
+        .filter(view_session::Column::Subject.eq(data.subject.clone()))
+        .filter(view_session::Column::PlatformId.eq(data.platform_id.clone()))
+        .filter(view_session::Column::ClosedAt.is_null())
+        .filter(view_session::Column::WipedAt.is_null())
+        .filter(view_session::Column::WipeId.is_null())
+        .filter(view_session::Column::OpenedAt.lte(event.time.max(now)))
+        .all(txn)
+        .await?;
+    let reason = wipe_reason(data.reason);
+    schedule_wipes(txn, &revocation_id, &data.issuer, &data.subject, &data.platform_id, reason, sessions, now).await?;
+    effects.touched_revocations.insert(revocation_id);
+    effects.new_work = true;
+    Ok(true)
+}
+
+fn wipe_reason(reason: custodian_events::EndReason) -> &'static str {
+    match reason {
+        custodian_events::EndReason::Incident => "incident",
+        _ => "consent_ended",
+    }
+}
+
+pub(crate) fn kind_str(kind: TokenKind) -> &'static str {
+    match kind {
+        TokenKind::Refresh => "refresh",
+        TokenKind::Access => "access",
+    }
+}
+
+pub(crate) fn token_revoked_row(
+    data: &ConsentEndedV1,
+    revocation_id: &str,
+    assertion_id: &str,
+    kind: TokenKind,
+    outcome: RevocationOutcome,
+    at: DateTime<Utc>,
+) -> custodian_store::outbox::OutgoingEvent {
+    token_revoked_event(&data.issuer, &data.subject, &data.platform_id, revocation_id, assertion_id, kind, outcome, at)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn token_revoked_event(
+    issuer: &str,
+    subject: &str,
+    platform_id: &str,
+    revocation_id: &str,
+    assertion_id: &str,
+    kind: TokenKind,
+    outcome: RevocationOutcome,
+    at: DateTime<Utc>,
+) -> custodian_store::outbox::OutgoingEvent {
+    let data = TokenRevokedV1 {
+        issuer: issuer.to_owned(),
+        subject: subject.to_owned(),
+        platform_id: platform_id.to_owned(),
+        token_kind: kind,
+        outcome,
+        cause_event_id: revocation_id.to_owned(),
+    };
+    let id = derived_event_id("token.revoked", &format!("{revocation_id}:{assertion_id}:{}", kind_str(kind)));
+    let event = CloudEvent::with_id(id, SOURCE, at, data);
+    custodian_bus::outbox_row(subjects::TOKEN_REVOKED, &event)
+}
+
+/// One pending wipe per view for `sessions` (each session marked with its wipe).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn schedule_wipes<C: ConnectionTrait>(
+    conn: &C,
+    revocation_id: &str,
+    issuer: &str,
+    subject: &str,
+    platform_id: &str,
+    reason: &str,
+    sessions: Vec<view_session::Model>,
+    now: DateTime<Utc>,
+) -> Result<usize, VaultError> {
+    let mut by_view: BTreeMap<String, Vec<view_session::Model>> = BTreeMap::new();
+    for session in sessions {
+        by_view.entry(session.view_id.clone()).or_default().push(session);
+    }
+    let mut wipes = Vec::new();
+    for (view_id, sessions) in by_view {
+        let wipe_id = derived_event_id("session.wipe", &format!("{revocation_id}:{view_id}"));
+        let expires_at = sessions.iter().map(|s| s.expires_at).max().unwrap_or(now);
+        let ids: Vec<String> = sessions.iter().map(|s| s.session_id.clone()).collect();
+        for chunk in ids.chunks(500) {
+            view_session::Entity::update_many()
+                .col_expr(view_session::Column::WipeId, Some(wipe_id.clone()).into())
+                .filter(view_session::Column::SessionId.is_in(chunk.to_vec()))
+                .exec(conn)
+                .await?;
+        }
+        // Sessions already past their expiry hold nothing any more (the SDK evicted it).
+        let state = if expires_at <= now { "expired_by_ttl" } else { "pending" };
+        wipes.push(pending_wipe::ActiveModel {
+            wipe_id: Set(wipe_id),
+            revocation_id: Set(Some(revocation_id.to_owned())),
+            view_id: Set(view_id),
+            issuer: Set(issuer.to_owned()),
+            subject: Set(subject.to_owned()),
+            platform_id: Set(platform_id.to_owned()),
+            reason: Set(reason.to_owned()),
+            session_ids: Set(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into())),
+            expires_at: Set(expires_at),
+            state: Set(state.into()),
+            attempts: Set(0),
+            next_attempt_at: Set(now),
+            sent_at: Set(None),
+            acked_at: Set(None),
+            created_at: Set(now),
+        });
+    }
+    let count = wipes.len();
+    for wipe in wipes {
+        pending_wipe::Entity::insert(wipe)
+            .on_conflict(OnConflict::column(pending_wipe::Column::WipeId).do_nothing().to_owned())
+            .exec_without_returning(conn)
+            .await?;
+    }
+    Ok(count)
+}
+
+async fn session_opened(
+    _vault: &Vault,
+    txn: &DatabaseTransaction,
+    event: &CloudEvent<SessionOpenedV1>,
+    now: DateTime<Utc>,
+    effects: &mut Effects,
+) -> Result<(), VaultError> {
+    let data = &event.data;
+    let row = view_session::ActiveModel {
+        session_id: Set(data.session_id.clone()),
+        view_id: Set(data.view_id.clone()),
+        issuer: Set(data.issuer.clone()),
+        subject: Set(data.subject.clone()),
+        platform_id: Set(data.platform_id.clone()),
+        expires_at: Set(data.expires_at),
+        opened_at: Set(event.time),
+        closed_at: Set(None),
+        wipe_id: Set(None),
+        wiped_at: Set(None),
+    };
+    let inserted = view_session::Entity::insert(row.clone())
+        .on_conflict(OnConflict::column(view_session::Column::SessionId).do_nothing().to_owned())
+        .exec_without_returning(txn)
+        .await?;
+    if inserted == 0 {
+        return Ok(());
+    }
+    // Arriving after a revocation of this person that it predates (replicas, redelivery):
+    // it must be wiped too.
+    let late_for = revocation::Entity::find()
+        .filter(revocation::Column::Issuer.eq(data.issuer.clone()))
+        .filter(revocation::Column::Subject.eq(data.subject.clone()))
+        .filter(revocation::Column::PlatformId.eq(data.platform_id.clone()))
+        .filter(revocation::Column::StartedAt.gte(event.time))
+        .one(txn)
+        .await?;
+    if let Some(revocation) = late_for {
+        let model = view_session::Model {
+            session_id: data.session_id.clone(),
+            view_id: data.view_id.clone(),
+            issuer: data.issuer.clone(),
+            subject: data.subject.clone(),
+            platform_id: data.platform_id.clone(),
+            expires_at: data.expires_at,
+            opened_at: event.time,
+            closed_at: None,
+            wipe_id: None,
+            wiped_at: None,
+        };
+        // Its own wipe id (the revocation's per-view wipe may already be acked).
+        let late_id = format!("{}:late:{}", revocation.revocation_id, data.session_id);
+        schedule_wipes(txn, &late_id, &data.issuer, &data.subject, &data.platform_id, "consent_ended", vec![model], now)
+            .await?;
+        pending_wipe::Entity::update_many()
+            .col_expr(pending_wipe::Column::RevocationId, Some(revocation.revocation_id.clone()).into())
+            .filter(pending_wipe::Column::WipeId.eq(derived_event_id("session.wipe", &format!("{late_id}:{}", data.view_id))))
+            .exec(txn)
+            .await?;
+        revocation::Entity::update_many()
+            .col_expr(revocation::Column::State, "pending".into())
+            .col_expr(revocation::Column::FinishedAt, Option::<DateTime<Utc>>::None.into())
+            .filter(revocation::Column::RevocationId.eq(revocation.revocation_id.clone()))
+            .exec(txn)
+            .await?;
+        tracing::info!(revocation_id = %revocation.revocation_id, view_id = %data.view_id, "late session scheduled for wipe");
+        effects.new_work = true;
+    }
+    Ok(())
+}
+
+async fn session_wiped(
+    vault: &Vault,
+    txn: &DatabaseTransaction,
+    data: &SessionWipedV1,
+    now: DateTime<Utc>,
+    effects: &mut Effects,
+) -> Result<(), VaultError> {
+    let Some(wipe) = pending_wipe::Entity::find_by_id(data.wipe_id.clone()).one(txn).await? else {
+        // A wipe we never sent (another deployment, or purged long ago): nothing to record.
+        tracing::debug!(wipe_id = %data.wipe_id, "ack for an unknown wipe");
+        return Ok(());
+    };
+    if wipe.view_id != data.view_id {
+        return Err(VaultError::Invalid(format!("wipe {} was sent to view {}, not {}", wipe.wipe_id, wipe.view_id, data.view_id)));
+    }
+    if wipe.state != "acked" {
+        pending_wipe::Entity::update_many()
+            .col_expr(pending_wipe::Column::State, "acked".into())
+            .col_expr(pending_wipe::Column::AckedAt, Some(now).into())
+            .filter(pending_wipe::Column::WipeId.eq(wipe.wipe_id.clone()))
+            .exec(txn)
+            .await?;
+        vault.metrics.wipes_acked.inc();
+    }
+    for chunk in data.session_ids.chunks(500) {
+        view_session::Entity::update_many()
+            .col_expr(view_session::Column::WipedAt, Some(now).into())
+            .filter(view_session::Column::SessionId.is_in(chunk.to_vec()))
+            .filter(view_session::Column::WipedAt.is_null())
+            .exec(txn)
+            .await?;
+    }
+    if let Some(revocation_id) = wipe.revocation_id {
+        effects.touched_revocations.insert(revocation_id);
+    }
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! The token vault. Holds each person's tokens sealed at rest (envelope AEAD under a key
+//! ring), runs the login code flow for the gateway, hands platform services a valid access
+//! token (refreshing when needed, sealed to the requester), tracks view sessions, and carries
+//! out every ended consent: tokens revoked at the OP (RFC 7009), ciphertext deleted, a wipe
+//! command to each view holding a session, kept until the view acks — with a receipt.
+//!
+//! Invariants: a revocation is committed in the database (revocations, revocation_tokens,
+//! pending_wipes) before any of it is attempted, so a crash at any point is resumed by the
+//! driver; tokens never travel on NATS in clear; no token, cookie or code is ever logged.
+
+mod assertions;
+mod clients;
+mod driver;
+mod handler;
+mod login;
+mod maintenance;
+mod metrics;
+mod receipts;
+mod tokens;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use custodian_bus::{Bus, ConsumerSpec, OutboxRelay, Supervisor, SupervisorError};
+use custodian_crypto::KeyRing;
+use custodian_events::{subjects, vault};
+use custodian_oidc::ClientSettings;
+use custodian_store::Store;
+use custodian_store::clock::SharedClock;
+use serde::Deserialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use assertions::{TokenBundle, assertion_aad};
+pub use clients::Clients;
+pub use metrics::VaultMetrics;
+
+pub const SERVICE: &str = "vault";
+pub const SOURCE: &str = "urn:custodian:vault";
+
+/// `[vault]` in custodian.toml, `CUSTODIAN_VAULT__*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// Key-encryption keys; `custodian keys new` makes one. Required outside tests.
+    pub keyring: Option<custodian_crypto::KeyRingConfig>,
+    /// This platform's registrations at the OP (one per platform_id / client_id).
+    pub clients: Vec<ClientSettings>,
+    /// How long a login may take between `/login` and `/callback`.
+    pub login_ttl_secs: u64,
+    /// How long a person's web session at the gateway lasts.
+    pub web_session_ttl_secs: u64,
+    /// Refresh-token lifetime to assume when the OP's introspection does not say.
+    pub refresh_token_ttl_secs: u64,
+    /// Renew an access token this many seconds before it expires.
+    pub refresh_margin_secs: u64,
+    /// OP revocation calls in flight.
+    pub revoke_concurrency: usize,
+    /// First retry delay of a failed OP call or an unacked wipe; doubles up to `retry_max_secs`.
+    pub retry_initial_ms: u64,
+    pub retry_max_secs: u64,
+    /// How long a replica owns a token it is revoking before another may take it over.
+    pub claim_secs: u64,
+    /// The driver's re-drive period when nothing wakes it.
+    pub reconcile_every_ms: u64,
+    /// Purge of expired assertions, logins, sessions, and the KEK re-wrap.
+    pub maintenance_every_secs: u64,
+    pub batch: usize,
+    pub ack_wait_secs: u64,
+    pub max_deliver: i64,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            keyring: None,
+            clients: Vec::new(),
+            login_ttl_secs: 600,
+            web_session_ttl_secs: 8 * 3600,
+            refresh_token_ttl_secs: 14 * 24 * 3600,
+            refresh_margin_secs: 30,
+            revoke_concurrency: 32,
+            retry_initial_ms: 500,
+            retry_max_secs: 60,
+            claim_secs: 30,
+            reconcile_every_ms: 1000,
+            maintenance_every_secs: 60,
+            batch: 500,
+            ack_wait_secs: 30,
+            max_deliver: 50,
+        }
+    }
+}
+
+impl VaultConfig {
+    pub fn retry_delay(&self, attempts: i32) -> chrono::Duration {
+        let initial = self.retry_initial_ms.max(1) as i64;
+        let max = (self.retry_max_secs.max(1) * 1000) as i64;
+        let factor = 1i64 << attempts.clamp(0, 20);
+        chrono::Duration::milliseconds(initial.saturating_mul(factor).min(max))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("database: {0}")]
+    Db(#[from] sea_orm::DbErr),
+    #[error(transparent)]
+    Oidc(#[from] custodian_oidc::OidcError),
+    #[error(transparent)]
+    Crypto(#[from] custodian_crypto::CryptoError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What the service is given.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    pub store: Store,
+    pub bus: Bus,
+    pub clock: SharedClock,
+    pub keyring: KeyRing,
+    pub metrics: VaultMetrics,
+}
+
+/// Everything the vault's tasks share.
+#[derive(Debug)]
+pub(crate) struct Vault {
+    pub store: Store,
+    pub bus: Bus,
+    pub clock: SharedClock,
+    pub keyring: KeyRing,
+    pub clients: Clients,
+    pub config: VaultConfig,
+    pub metrics: VaultMetrics,
+    /// Wakes the driver when new work was committed.
+    pub work: Arc<Notify>,
+    pub relay: custodian_bus::RelayHandle,
+}
+
+/// Runs the vault until `shutdown`.
+pub async fn run(deps: Deps, config: VaultConfig, shutdown: CancellationToken) -> Result<(), SupervisorError> {
+    let mut relay = OutboxRelay::new(deps.store.clone(), deps.bus.clone(), SERVICE, deps.clock.clone());
+    relay.reconcile_every = Duration::from_millis(config.reconcile_every_ms.max(10));
+    let vault = Arc::new(Vault {
+        store: deps.store,
+        bus: deps.bus,
+        clock: deps.clock,
+        keyring: deps.keyring,
+        clients: Clients::new(&config.clients),
+        metrics: deps.metrics,
+        work: Arc::new(Notify::new()),
+        relay: relay.handle(),
+        config,
+    });
+
+    let mut tasks = Supervisor::new(shutdown.clone());
+    tasks.spawn("vault-relay", relay.run(shutdown.clone()));
+
+    let mut spec = ConsumerSpec::new(
+        SERVICE,
+        "lifecycle",
+        &[subjects::CONSENT_ENDED, subjects::SESSION_OPENED, subjects::SESSION_CLOSED, subjects::SESSION_WIPED],
+    );
+    spec.batch = vault.config.batch.max(1);
+    spec.max_deliver = vault.config.max_deliver.max(1);
+    spec.ack_wait = Duration::from_secs(vault.config.ack_wait_secs.max(1));
+    // A revocation is latency-sensitive: do not wait to fill batches.
+    spec.linger = Duration::ZERO;
+    let handler = handler::LifecycleHandler { vault: vault.clone() };
+    let (bus, clock, token) = (vault.bus.clone(), vault.clock.clone(), shutdown.clone());
+    tasks.spawn("vault-lifecycle", async move { custodian_bus::run_consumer(&bus, spec, handler, clock, token).await });
+
+    tasks.spawn("vault-driver", driver::run(vault.clone(), shutdown.clone()));
+    tasks.spawn("vault-maintenance", maintenance::run(vault.clone(), shutdown.clone()));
+
+    let client = vault.bus.client().clone();
+    let v = vault.clone();
+    tasks.spawn(
+        "vault-login-start",
+        custodian_bus::respond(client.clone(), vault::LOGIN_START, SERVICE, shutdown.clone(), move |q| {
+            let v = v.clone();
+            async move { login::start(&v, q).await }
+        }),
+    );
+    let v = vault.clone();
+    tasks.spawn(
+        "vault-login-finish",
+        custodian_bus::respond(client.clone(), vault::LOGIN_FINISH, SERVICE, shutdown.clone(), move |q| {
+            let v = v.clone();
+            async move { login::finish(&v, q).await }
+        }),
+    );
+    let v = vault.clone();
+    tasks.spawn(
+        "vault-whoami",
+        custodian_bus::respond(client.clone(), vault::WHOAMI, SERVICE, shutdown.clone(), move |q| {
+            let v = v.clone();
+            async move { login::whoami(&v, q).await }
+        }),
+    );
+    let v = vault.clone();
+    tasks.spawn(
+        "vault-logout",
+        custodian_bus::respond(client.clone(), vault::LOGOUT, SERVICE, shutdown.clone(), move |q| {
+            let v = v.clone();
+            async move { login::logout(&v, q).await }
+        }),
+    );
+    let v = vault.clone();
+    tasks.spawn(
+        "vault-token",
+        custodian_bus::respond(client.clone(), vault::TOKEN, SERVICE, shutdown.clone(), move |q| {
+            let v = v.clone();
+            async move { tokens::hand_out(&v, q).await }
+        }),
+    );
+    let v = vault.clone();
+    tasks.spawn(
+        "vault-receipts",
+        custodian_bus::respond(client, vault::REVOCATIONS, SERVICE, shutdown.clone(), move |q| {
+            let v = v.clone();
+            async move { receipts::answer(&v, q).await }
+        }),
+    );
+    tasks.wait().await
+}
+
+/// SHA-256, hex: how cookies and OAuth `state` values are stored (never in clear).
+pub fn digest(value: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(value.as_bytes()))
+}

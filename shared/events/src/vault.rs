@@ -1,0 +1,159 @@
+//! Request/reply with the vault over core NATS (not stored). No token, secret, cookie or
+//! PKCE verifier is ever in these messages: the gateway sends only the SHA-256 of a cookie,
+//! and a token handed out is sealed to a one-time public key of the requester.
+//! The authorization code does travel (login.finish): it is single-use, expires in a minute
+//! and is worthless without the PKCE verifier and the client secret, which never leave the vault.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const LOGIN_START: &str = "custodian.vault.login.start";
+pub const LOGIN_FINISH: &str = "custodian.vault.login.finish";
+pub const WHOAMI: &str = "custodian.vault.whoami";
+pub const LOGOUT: &str = "custodian.vault.logout";
+pub const TOKEN: &str = "custodian.vault.token";
+pub const REVOCATIONS: &str = "custodian.query.revocations";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginStart {
+    /// The platform (client_id) to log in to; the vault's only one when absent.
+    #[serde(default)]
+    pub platform_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginStartReply {
+    /// Send the browser to `authorize_url`; keep `state` in a cookie to check the callback.
+    Redirect { authorize_url: String, state: String },
+    Error(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginFinish {
+    pub state: String,
+    pub code: String,
+    /// SHA-256 (hex) of the session cookie the gateway will set.
+    pub session_digest: String,
+}
+
+/// Who a web session belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersonSession {
+    pub issuer: String,
+    pub subject: String,
+    pub platform_id: String,
+    pub acr: Option<String>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginFinishReply {
+    Person(PersonSession),
+    /// The login is not valid (unknown or expired state, code refused, ID token rejected).
+    Refused(String),
+    Error(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionLookup {
+    pub session_digest: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhoamiReply {
+    Person(PersonSession),
+    Unknown,
+    Error(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogoutReply {
+    /// Where to send the browser to end the session at the OP too (RP-initiated logout).
+    pub end_session_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    #[serde(default)]
+    pub issuer: Option<String>,
+    pub subject: String,
+    pub platform_id: String,
+    /// Base64 X25519 public key; the token comes back sealed to it.
+    pub reply_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenReply {
+    Token { sealed_access_token: String, expires_at: DateTime<Utc>, acr: Option<String>, issuer: String },
+    /// No valid token for this person at this platform (no consent, revoked, expired).
+    NotFound(String),
+    Error(String),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationQuery {
+    #[serde(default)]
+    pub revocation_id: Option<String>,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub platform_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationReply {
+    Receipts(Vec<Receipt>),
+    Error(String),
+}
+
+/// What a revocation did: every token and its OP outcome, every view and its ack, with times.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub revocation_id: String,
+    pub ended_event_id: String,
+    pub issuer: String,
+    pub subject: String,
+    pub platform_id: String,
+    pub reason: String,
+    /// `pending` or `done`.
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub tokens: Vec<TokenReceipt>,
+    pub views: Vec<ViewReceipt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenReceipt {
+    pub assertion_id: String,
+    pub token_kind: String,
+    /// `pending`, `revoked` or `already_invalid`.
+    pub outcome: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub done_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewReceipt {
+    pub view_id: String,
+    pub wipe_id: String,
+    pub session_ids: Vec<String>,
+    /// `pending`, `acked` or `expired_by_ttl`.
+    pub state: String,
+    pub attempts: i32,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub acked_at: Option<DateTime<Utc>>,
+}

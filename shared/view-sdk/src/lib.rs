@@ -1,0 +1,208 @@
+//! What a view embeds to keep Custodian's promises about data in memory:
+//!
+//! - [`MemoryStore`]: memory only; an entry may not outlive the token it was fetched under;
+//!   evicted at expiry; zeroed on drop.
+//! - [`View::open_session`] / [`View::close_session`]: `session.opened` / `session.closed`
+//!   (awaited JetStream acks), so the vault knows whom to wipe.
+//! - [`View::run`]: consumes `lifecycle.session.wipe.<view_id>` on a durable consumer (so a
+//!   view that was away gets its wipes when it is back), drops the named sessions, and acks
+//!   with `session.wiped` — also for sessions it no longer holds (a restart emptied memory).
+//! - [`View::access_token`]: asks the vault for a person's access token, which comes back
+//!   sealed to a one-time key.
+
+mod store;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use custodian_bus::{BatchHandler, Bus, BusError, ConsumerSpec, Delivery, HandlerError};
+use custodian_events::vault::{TokenReply, TokenRequest};
+use custodian_events::{
+    CloudEvent, LifecycleEvent, SessionClosedV1, SessionOpenedV1, SessionWipedV1, derived_event_id, subjects,
+};
+use custodian_store::clock::SharedClock;
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+pub use store::{MemoryStore, RetentionError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("view id {0:?} must be letters, digits, '-' or '_'")]
+    BadViewId(String),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("vault: {0}")]
+    Vault(String),
+    #[error("no valid token: {0}")]
+    NoToken(String),
+}
+
+/// A person's access token from the vault.
+#[derive(Debug)]
+pub struct AccessToken {
+    pub token: SecretString,
+    pub expires_at: DateTime<Utc>,
+    pub issuer: String,
+    pub acr: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct View {
+    view_id: String,
+    source: String,
+    bus: Bus,
+    clock: SharedClock,
+    store: MemoryStore,
+}
+
+impl View {
+    pub fn new(view_id: &str, bus: Bus, clock: SharedClock) -> Result<Self, ViewError> {
+        if !subjects::is_valid_token(view_id) {
+            return Err(ViewError::BadViewId(view_id.to_owned()));
+        }
+        Ok(Self {
+            view_id: view_id.to_owned(),
+            source: format!("urn:custodian:view:{view_id}"),
+            store: MemoryStore::new(clock.clone()),
+            bus,
+            clock,
+        })
+    }
+
+    pub fn view_id(&self) -> &str {
+        &self.view_id
+    }
+
+    pub fn store(&self) -> &MemoryStore {
+        &self.store
+    }
+
+    /// Opens a session for a person, bound to the token that expires at `token_expires_at`.
+    pub async fn open_session(
+        &self,
+        issuer: &str,
+        subject: &str,
+        platform_id: &str,
+        token_expires_at: DateTime<Utc>,
+    ) -> Result<String, ViewError> {
+        let session_id = uuid::Uuid::new_v4().to_string();
+        self.open_session_with_id(&session_id, issuer, subject, platform_id, token_expires_at).await?;
+        Ok(session_id)
+    }
+
+    pub async fn open_session_with_id(
+        &self,
+        session_id: &str,
+        issuer: &str,
+        subject: &str,
+        platform_id: &str,
+        token_expires_at: DateTime<Utc>,
+    ) -> Result<(), ViewError> {
+        // Known to the vault before any data is held: a revocation can always find it.
+        let data = SessionOpenedV1 {
+            session_id: session_id.to_owned(),
+            view_id: self.view_id.clone(),
+            issuer: issuer.to_owned(),
+            subject: subject.to_owned(),
+            platform_id: platform_id.to_owned(),
+            expires_at: token_expires_at,
+        };
+        let event = CloudEvent::new(&self.source, self.clock.now(), data);
+        self.bus.publish_event(subjects::SESSION_OPENED, &event).await?;
+        self.store.open_session(session_id, token_expires_at);
+        Ok(())
+    }
+
+    /// Ends a session: its data is dropped first, then the vault is told.
+    pub async fn close_session(&self, session_id: &str) -> Result<(), ViewError> {
+        self.store.wipe(&[session_id.to_owned()]);
+        let data = SessionClosedV1 { session_id: session_id.to_owned(), view_id: self.view_id.clone() };
+        let event = CloudEvent::new(&self.source, self.clock.now(), data);
+        self.bus.publish_event(subjects::SESSION_CLOSED, &event).await?;
+        Ok(())
+    }
+
+    /// A person's access token, sealed by the vault to a key made for this request.
+    pub async fn access_token(
+        &self,
+        issuer: Option<&str>,
+        subject: &str,
+        platform_id: &str,
+        timeout: Duration,
+    ) -> Result<AccessToken, ViewError> {
+        let key = custodian_crypto::ReplyKey::new();
+        let request = TokenRequest {
+            issuer: issuer.map(str::to_owned),
+            subject: subject.to_owned(),
+            platform_id: platform_id.to_owned(),
+            reply_key: key.public_base64(),
+        };
+        let reply: TokenReply =
+            custodian_bus::query(self.bus.client(), custodian_events::vault::TOKEN, &request, timeout)
+                .await
+                .map_err(|e| ViewError::Vault(e.to_string()))?;
+        match reply {
+            TokenReply::Token { sealed_access_token, expires_at, acr, issuer } => {
+                let plain = key.open(&sealed_access_token).map_err(|e| ViewError::Vault(e.to_string()))?;
+                let token = String::from_utf8(plain.to_vec()).map_err(|_| ViewError::Vault("token is not text".into()))?;
+                Ok(AccessToken { token: SecretString::from(token), expires_at, issuer, acr })
+            }
+            TokenReply::NotFound(reason) => Err(ViewError::NoToken(reason)),
+            TokenReply::Error(reason) => Err(ViewError::Vault(reason)),
+        }
+    }
+
+    /// Listens for wipe commands and evicts expired data until `shutdown`.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), BusError> {
+        let evictor = tokio::spawn(self.store.clone().run_evictor(shutdown.clone()));
+        let service = format!("view-{}", self.view_id);
+        let Some(subject) = subjects::session_wipe(&self.view_id) else {
+            return Err(BusError::Consumer { durable: service, reason: "invalid view id".into() });
+        };
+        let mut spec = ConsumerSpec::new(&service, "wipes", &[subject.as_str()]);
+        spec.batch = 100;
+        spec.linger = Duration::ZERO;
+        spec.deliver_new = true;
+        spec.ack_wait = Duration::from_secs(10);
+        let handler = WipeHandler { view: self.clone() };
+        let result = custodian_bus::run_consumer(&self.bus, spec, handler, self.clock.clone(), shutdown).await;
+        evictor.abort();
+        result
+    }
+}
+
+#[derive(Debug, Clone)]
+struct WipeHandler {
+    view: View,
+}
+
+impl BatchHandler for WipeHandler {
+    async fn handle(&self, batch: &[Delivery]) -> Vec<Result<(), HandlerError>> {
+        let mut results = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            let LifecycleEvent::SessionWipe(command) = &delivery.event else {
+                results.push(Err(HandlerError::Permanent(format!("{} is not a wipe command", delivery.event.event_type()))));
+                continue;
+            };
+            let held = self.view.store.wipe(&command.data.session_ids);
+            tracing::info!(view_id = %self.view.view_id, wipe_id = %command.data.wipe_id, sessions = command.data.session_ids.len(), held, "sessions wiped");
+            let ack = SessionWipedV1 {
+                wipe_id: command.data.wipe_id.clone(),
+                view_id: self.view.view_id.clone(),
+                session_ids: command.data.session_ids.clone(),
+            };
+            let id = derived_event_id("session.wiped", &format!("{}:{}", command.data.wipe_id, self.view.view_id));
+            let event = CloudEvent::with_id(id, &self.view.source, self.view.clock.now(), ack);
+            // Not acked by the stream: the command comes back and is wiped (harmlessly) again.
+            results.push(
+                self.view
+                    .bus
+                    .publish_event(subjects::SESSION_WIPED, &event)
+                    .await
+                    .map_err(|e| HandlerError::Transient(e.to_string())),
+            );
+        }
+        results
+    }
+}
