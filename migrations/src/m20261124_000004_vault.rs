@@ -249,9 +249,7 @@ impl MigrationTrait for Migration {
             )
             .await?;
         manager.create_index(index("pending_wipes_due", PendingWipes::Table, &["state", "next_attempt_at"])).await?;
-        manager
-            .create_index(index("pending_wipes_by_revocation", PendingWipes::Table, &["revocation_id"]))
-            .await?;
+        manager.create_index(index("pending_wipes_by_revocation", PendingWipes::Table, &["revocation_id"])).await?;
 
         manager
             .create_table(

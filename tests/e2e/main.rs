@@ -8,3 +8,4 @@ mod gateway_api;
 mod reliability;
 mod support;
 mod sweeps;
+mod vault;

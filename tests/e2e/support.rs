@@ -32,7 +32,24 @@ pub struct Stack {
     gateway: Option<(CancellationToken, JoinHandle<()>)>,
     pub consent_config: ConsentConfig,
     sweepers: Vec<(String, CancellationToken, JoinHandle<()>)>,
+    vault: Option<(CancellationToken, JoinHandle<()>)>,
+    views: Vec<(String, CancellationToken, JoinHandle<()>)>,
+    /// The vault's key ring, kept across vault restarts.
+    pub keyring: custodian_crypto::KeyRing,
     _dir: tempfile::TempDir,
+}
+
+/// Vault settings for tests: quick retries and re-drives.
+pub fn test_vault_config(clients: Vec<custodian_oidc::ClientSettings>) -> custodian_vault::VaultConfig {
+    custodian_vault::VaultConfig {
+        clients,
+        retry_initial_ms: 100,
+        retry_max_secs: 1,
+        reconcile_every_ms: 200,
+        claim_secs: 2,
+        ack_wait_secs: 2,
+        ..Default::default()
+    }
 }
 
 /// Sweeper settings for tests: no schedules, short leases, small pages.
@@ -80,6 +97,9 @@ impl Stack {
             gateway: None,
             consent_config: test_consent_config(),
             sweepers: Vec::new(),
+            vault: None,
+            views: Vec::new(),
+            keyring: custodian_crypto::KeyRing::ephemeral(),
             _dir: dir,
         }
     }
@@ -138,6 +158,106 @@ impl Stack {
         }
     }
 
+    /// Starts the vault with `config` (see [`test_vault_config`]).
+    pub fn start_vault(&mut self, config: custodian_vault::VaultConfig) {
+        let deps = custodian_vault::Deps {
+            store: self.store.clone(),
+            bus: self.bus.clone(),
+            clock: self.clock.clone(),
+            keyring: self.keyring.clone(),
+            metrics: Default::default(),
+        };
+        let token = CancellationToken::new();
+        let run_token = token.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(e) = custodian_vault::run(deps, config, run_token).await {
+                tracing::error!(error = %e, "vault stopped with an error");
+            }
+        });
+        self.vault = Some((token, handle));
+    }
+
+    /// Ends the vault as a crash would: its tasks are dropped wherever they are.
+    pub async fn crash_vault(&mut self) {
+        if let Some((_, handle)) = self.vault.take() {
+            handle.abort();
+            let _ = handle.await;
+        }
+    }
+
+    /// A view (the SDK) on its own NATS connection, listening for wipes.
+    pub async fn start_view(&mut self, view_id: &str) -> custodian_view_sdk::View {
+        let view = custodian_view_sdk::View::new(view_id, connect(&self.nats).await, self.clock.clone()).expect("view");
+        self.run_view(&view);
+        view
+    }
+
+    /// (Re)starts `view`'s wipe listener.
+    pub fn run_view(&mut self, view: &custodian_view_sdk::View) {
+        let token = CancellationToken::new();
+        let (run_token, running) = (token.clone(), view.clone());
+        let handle = tokio::spawn(async move {
+            if let Err(e) = running.run(run_token).await {
+                tracing::error!(error = %e, "view stopped with an error");
+            }
+        });
+        self.views.push((view.view_id().to_owned(), token, handle));
+    }
+
+    /// Stops `view_id`'s listener (the view is away); its memory stays as it is.
+    pub async fn pause_view(&mut self, view_id: &str) {
+        while let Some(i) = self.views.iter().position(|(id, _, _)| id == view_id) {
+            let (_, token, handle) = self.views.remove(i);
+            token.cancel();
+            handle.abort();
+            let _ = handle.await;
+        }
+    }
+
+    /// Registers a client at the OP whose redirect URI is this stack's gateway, and returns
+    /// vault client settings for it.
+    pub async fn register_platform(&self) -> (custodian_testkit::RegisteredClient, custodian_oidc::ClientSettings) {
+        let callback = self.url("/callback");
+        let client = self.provider.register_client(&[&callback]).await;
+        let settings = custodian_oidc::ClientSettings {
+            issuer: self.provider.issuer.clone(),
+            ca_file: Some(self.provider.ca_file.clone()),
+            client_id: client.client_id.clone(),
+            client_secret: client.client_secret.clone().into(),
+            redirect_uri: callback,
+            scopes: vec!["openid".into(), "offline_access".into()],
+            required_acr: None,
+            acr_order: Vec::new(),
+            timeout_secs: 10,
+        };
+        (client, settings)
+    }
+
+    /// Signs `username` in through the gateway's /login (the OP's real pages), returning the
+    /// browser (holding the session cookie) and the session cookie's value.
+    pub async fn login_through_gateway(&self, username: &str) -> (reqwest::Client, String, String) {
+        let browser = self.provider.browser();
+        let start = browser.get(self.url("/login")).send().await.expect("GET /login");
+        assert_eq!(start.status(), reqwest::StatusCode::SEE_OTHER, "{:?}", start.text().await);
+        let login_cookie = set_cookie_header(&start, "custodian_login").expect("login cookie");
+        assert!(login_cookie.contains("HttpOnly") && login_cookie.contains("SameSite=Lax"), "{login_cookie}");
+        let to_op = start.headers()[reqwest::header::LOCATION].to_str().expect("location").to_owned();
+        let back = self.provider.drive_interactions(&browser, to_op, username, &self.url("/callback")).await;
+        let code = reqwest::Url::parse(&back)
+            .expect("callback URL")
+            .query_pairs()
+            .find(|(k, _)| k == "code")
+            .map(|(_, v)| v.into_owned())
+            .expect("code in callback");
+        let done = browser.get(&back).send().await.expect("GET /callback");
+        assert_eq!(done.status(), reqwest::StatusCode::SEE_OTHER, "callback: {:?}", done.text().await);
+        let session = set_cookie_header(&done, "custodian_session").expect("session cookie");
+        assert!(session.contains("HttpOnly") && session.contains("SameSite=Lax"), "{session}");
+        let value =
+            session.split(';').next().and_then(|kv| kv.split_once('=')).map(|(_, v)| v.to_owned()).expect("value");
+        (browser, value, code)
+    }
+
     pub async fn start_gateway(&mut self) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         self.gateway_url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -156,6 +276,7 @@ impl Stack {
                 },
                 MachineToken { name: "test-ops".into(), role: Role::Ops, sha256: token_digest(OPS_TOKEN) },
             ],
+            login: custodian_gateway::LoginConfig { public_url: self.gateway_url.clone(), after_login: "/".into() },
         };
         let deps = custodian_gateway::Deps {
             bus: self.bus.clone(),
@@ -252,15 +373,25 @@ pub async fn count_on(js: &jetstream::Context, subject: &str) -> u64 {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for (token, handle) in [self.consent.take(), self.gateway.take()].into_iter().flatten() {
+        for (token, handle) in [self.consent.take(), self.gateway.take(), self.vault.take()].into_iter().flatten() {
             token.cancel();
             handle.abort();
         }
-        for (_, token, handle) in self.sweepers.drain(..) {
+        for (_, token, handle) in self.sweepers.drain(..).chain(self.views.drain(..)) {
             token.cancel();
             handle.abort();
         }
     }
+}
+
+fn set_cookie_header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
 }
 
 /// A unique person per test (tests share the OP).

@@ -236,8 +236,8 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         {
             return crate::routes::login::person_of_cookie(state, &cookie).await;
         }
-        let value = header
-            .ok_or_else(|| Problem::unauthorized("missing Authorization: Bearer header or session cookie"))?;
+        let value =
+            header.ok_or_else(|| Problem::unauthorized("missing Authorization: Bearer header or session cookie"))?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{Caller, MachineToken, PersonAuthConfig, Role, token_digest};
+pub use routes::login::{LOGIN_COOKIE, SESSION_COOKIE};
 
 pub const SOURCE: &str = "urn:custodian:gateway";
 /// The OpenAPI 3.1 description of this API (a test keeps it in step with the router).

@@ -9,15 +9,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use custodian_bus::Outgoing;
-use custodian_events::{CloudEvent, RevocationOutcome, SessionWipeV1, TokenKind, WipeReason, derived_event_id, subjects};
+use custodian_events::{
+    CloudEvent, RevocationOutcome, SessionWipeV1, TokenKind, WipeReason, derived_event_id, subjects,
+};
 use custodian_store::entities::{assertion, pending_wipe, revocation, revocation_token};
 use custodian_store::outbox;
 use futures::StreamExt;
 use sea_orm::sea_query::{Expr, Query};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio_util::sync::CancellationToken;
 
-use crate::{SOURCE, SERVICE, Vault, VaultError, assertions, handler};
+use crate::{SERVICE, SOURCE, Vault, VaultError, assertions, handler};
 
 const CLAIM_BATCH: u64 = 500;
 
@@ -46,7 +48,7 @@ pub(crate) async fn round(vault: &Vault) -> Result<usize, VaultError> {
     touched.extend(touched_tokens);
     if !touched.is_empty() {
         let now = vault.clock.now();
-        let txn = vault.store.db().begin().await?;
+        let txn = vault.store.begin_write().await?;
         finish_revocations(vault, &txn, &touched, now).await?;
         txn.commit().await?;
     }
@@ -177,7 +179,9 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<(usize, HashSet<String>), Va
     let mut rows: HashMap<String, assertion::Model> = HashMap::new();
     let list: Vec<String> = assertion_ids.into_iter().collect();
     for chunk in list.chunks(500) {
-        for row in assertion::Entity::find().filter(assertion::Column::AssertionId.is_in(chunk.to_vec())).all(db).await? {
+        for row in
+            assertion::Entity::find().filter(assertion::Column::AssertionId.is_in(chunk.to_vec())).all(db).await?
+        {
             rows.insert(row.assertion_id.clone(), row);
         }
     }
@@ -196,7 +200,7 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<(usize, HashSet<String>), Va
         .await;
 
     let now = vault.clock.now();
-    let txn = vault.store.db().begin().await?;
+    let txn = vault.store.begin_write().await?;
     let mut touched = HashSet::new();
     let mut outgoing = Vec::new();
     let mut settled_assertions = HashSet::new();
@@ -240,7 +244,10 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<(usize, HashSet<String>), Va
                 revocation_token::Entity::update_many()
                     .col_expr(revocation_token::Column::NextAttemptAt, next.into())
                     .col_expr(revocation_token::Column::Attempts, (token.attempts + 1).into())
-                    .col_expr(revocation_token::Column::LastError, Some(reason.chars().take(500).collect::<String>()).into())
+                    .col_expr(
+                        revocation_token::Column::LastError,
+                        Some(reason.chars().take(500).collect::<String>()).into(),
+                    )
                     .filter(revocation_token::Column::Id.eq(token.id.clone()))
                     .filter(revocation_token::Column::Outcome.eq("pending"))
                     .exec(&txn)

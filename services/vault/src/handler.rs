@@ -14,11 +14,9 @@ use custodian_events::{
 use custodian_store::entities::{assertion, pending_wipe, revocation, revocation_token, view_session};
 use custodian_store::outbox;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, TransactionTrait,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
 
-use crate::{SOURCE, SERVICE, Vault, VaultError, assertions};
+use crate::{SERVICE, SOURCE, Vault, VaultError, assertions};
 
 #[derive(Debug, Clone)]
 pub struct LifecycleHandler {
@@ -49,7 +47,7 @@ impl LifecycleHandler {
     async fn apply(&self, batch: &[Delivery]) -> Result<Vec<Result<(), HandlerError>>, VaultError> {
         let vault = &self.vault;
         let now = vault.clock.now();
-        let txn = vault.store.db().begin().await?;
+        let txn = vault.store.begin_write().await?;
         let mut effects = Effects::default();
         let mut results = Vec::with_capacity(batch.len());
         for delivery in batch {
@@ -57,19 +55,19 @@ impl LifecycleHandler {
             custodian_telemetry::adopt_remote_parent(&span, delivery.traceparent.as_deref());
             let _entered = span.enter();
             let result = match &delivery.event {
-                LifecycleEvent::ConsentEnded(e) => start_revocation(vault, &txn, e, now, &mut effects).await.map(|_| ()),
-                LifecycleEvent::SessionOpened(e) => session_opened(vault, &txn, e, now, &mut effects).await,
-                LifecycleEvent::SessionClosed(e) => {
-                    view_session::Entity::update_many()
-                        .col_expr(view_session::Column::ClosedAt, Some(now).into())
-                        .filter(view_session::Column::SessionId.eq(e.data.session_id.clone()))
-                        .filter(view_session::Column::ViewId.eq(e.data.view_id.clone()))
-                        .filter(view_session::Column::ClosedAt.is_null())
-                        .exec(&txn)
-                        .await
-                        .map(|_| ())
-                        .map_err(VaultError::from)
+                LifecycleEvent::ConsentEnded(e) => {
+                    start_revocation(vault, &txn, e, now, &mut effects).await.map(|_| ())
                 }
+                LifecycleEvent::SessionOpened(e) => session_opened(vault, &txn, e, now, &mut effects).await,
+                LifecycleEvent::SessionClosed(e) => view_session::Entity::update_many()
+                    .col_expr(view_session::Column::ClosedAt, Some(now).into())
+                    .filter(view_session::Column::SessionId.eq(e.data.session_id.clone()))
+                    .filter(view_session::Column::ViewId.eq(e.data.view_id.clone()))
+                    .filter(view_session::Column::ClosedAt.is_null())
+                    .exec(&txn)
+                    .await
+                    .map(|_| ())
+                    .map_err(VaultError::from),
                 LifecycleEvent::SessionWiped(e) => session_wiped(vault, &txn, &e.data, now, &mut effects).await,
                 other => {
                     results.push(Err(HandlerError::Permanent(format!(
@@ -117,7 +115,10 @@ async fn start_revocation(
         issuer: Set(data.issuer.clone()),
         subject: Set(data.subject.clone()),
         platform_id: Set(data.platform_id.clone()),
-        reason: Set(serde_json::to_value(data.reason).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
+        reason: Set(serde_json::to_value(data.reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()),
         state: Set("pending".into()),
         started_at: Set(now),
         finished_at: Set(None),
@@ -161,7 +162,14 @@ async fn start_revocation(
             // An access token already past its expiry needs no call to the OP.
             let expired = kind == TokenKind::Access && row.access_expires_at <= now;
             if expired {
-                effects.outgoing.push(token_revoked_row(data, &revocation_id, &row.assertion_id, kind, RevocationOutcome::AlreadyInvalid, now));
+                effects.outgoing.push(token_revoked_row(
+                    data,
+                    &revocation_id,
+                    &row.assertion_id,
+                    kind,
+                    RevocationOutcome::AlreadyInvalid,
+                    now,
+                ));
             } else {
                 pending += 1;
             }
@@ -371,11 +379,23 @@ async fn session_opened(
         };
         // Its own wipe id (the revocation's per-view wipe may already be acked).
         let late_id = format!("{}:late:{}", revocation.revocation_id, data.session_id);
-        schedule_wipes(txn, &late_id, &data.issuer, &data.subject, &data.platform_id, "consent_ended", vec![model], now)
-            .await?;
+        schedule_wipes(
+            txn,
+            &late_id,
+            &data.issuer,
+            &data.subject,
+            &data.platform_id,
+            "consent_ended",
+            vec![model],
+            now,
+        )
+        .await?;
         pending_wipe::Entity::update_many()
             .col_expr(pending_wipe::Column::RevocationId, Some(revocation.revocation_id.clone()).into())
-            .filter(pending_wipe::Column::WipeId.eq(derived_event_id("session.wipe", &format!("{late_id}:{}", data.view_id))))
+            .filter(
+                pending_wipe::Column::WipeId
+                    .eq(derived_event_id("session.wipe", &format!("{late_id}:{}", data.view_id))),
+            )
             .exec(txn)
             .await?;
         revocation::Entity::update_many()
@@ -403,7 +423,10 @@ async fn session_wiped(
         return Ok(());
     };
     if wipe.view_id != data.view_id {
-        return Err(VaultError::Invalid(format!("wipe {} was sent to view {}, not {}", wipe.wipe_id, wipe.view_id, data.view_id)));
+        return Err(VaultError::Invalid(format!(
+            "wipe {} was sent to view {}, not {}",
+            wipe.wipe_id, wipe.view_id, data.view_id
+        )));
     }
     if wipe.state != "acked" {
         pending_wipe::Entity::update_many()

@@ -6,13 +6,12 @@
 use chrono::{DateTime, Utc};
 use custodian_crypto::Envelope;
 use custodian_events::vault::{
-    LoginFinish, LoginFinishReply, LoginStart, LoginStartReply, LogoutReply, PersonSession, SessionLookup,
-    WhoamiReply,
+    LoginFinish, LoginFinishReply, LoginStart, LoginStartReply, LogoutReply, PersonSession, SessionLookup, WhoamiReply,
 };
 use custodian_events::{CloudEvent, ConsentGrantedV1, derived_event_id, subjects};
 use custodian_store::entities::{login_attempt, web_session};
 use custodian_store::outbox;
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -142,7 +141,7 @@ async fn finish_login(vault: &Vault, request: LoginFinish) -> Result<PersonSessi
     let bundle = TokenBundle::from_tokens(&tokens);
     let assertion_id = uuid::Uuid::new_v4().to_string();
     let session_expires = (now + chrono::Duration::seconds(vault.config.web_session_ttl_secs as i64)).min(expires_at);
-    let txn = vault.store.db().begin().await?;
+    let txn = vault.store.begin_write().await?;
     assertions::insert(
         &txn,
         &vault.keyring,

@@ -19,14 +19,38 @@ pub struct VaultMetrics {
 
 impl VaultMetrics {
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("custodian_vault_tokens_revoked", "Tokens revoked at the OP, by outcome", self.tokens_revoked.clone());
-        registry.register("custodian_vault_wipes_sent", "Wipe commands sent to views (resends included)", self.wipes_sent.clone());
+        registry.register(
+            "custodian_vault_tokens_revoked",
+            "Tokens revoked at the OP, by outcome",
+            self.tokens_revoked.clone(),
+        );
+        registry.register(
+            "custodian_vault_wipes_sent",
+            "Wipe commands sent to views (resends included)",
+            self.wipes_sent.clone(),
+        );
         registry.register("custodian_vault_wipes_acked", "Wipes acknowledged by views", self.wipes_acked.clone());
-        registry.register("custodian_vault_wipes_expired", "Wipes given up because the sessions expired (TTL)", self.wipes_expired.clone());
-        registry.register("custodian_vault_revocations_started", "Ended consents taken over", self.revocations_started.clone());
+        registry.register(
+            "custodian_vault_wipes_expired",
+            "Wipes given up because the sessions expired (TTL)",
+            self.wipes_expired.clone(),
+        );
+        registry.register(
+            "custodian_vault_revocations_started",
+            "Ended consents taken over",
+            self.revocations_started.clone(),
+        );
         registry.register("custodian_vault_revocations_done", "Revocations finished", self.revocations_done.clone());
-        registry.register("custodian_vault_tokens_handed_out", "Access tokens handed to platform services", self.tokens_handed_out.clone());
-        registry.register("custodian_vault_refreshes", "Access tokens renewed with a refresh token", self.refreshes.clone());
+        registry.register(
+            "custodian_vault_tokens_handed_out",
+            "Access tokens handed to platform services",
+            self.tokens_handed_out.clone(),
+        );
+        registry.register(
+            "custodian_vault_refreshes",
+            "Access tokens renewed with a refresh token",
+            self.refreshes.clone(),
+        );
         registry.register("custodian_vault_logins", "Logins completed", self.logins.clone());
     }
 

@@ -5,7 +5,6 @@
 use custodian_events::vault::{TokenReply, TokenRequest};
 use custodian_events::{ActivitySeenV1, CloudEvent, subjects};
 use custodian_store::outbox;
-use sea_orm::TransactionTrait;
 use secrecy::ExposeSecret;
 
 use crate::assertions::{self, TokenBundle};
@@ -70,7 +69,7 @@ async fn token_for(vault: &Vault, request: &TokenRequest) -> Result<TokenReply, 
         platform_id: row.platform_id.clone(),
     };
     let event = CloudEvent::new(SOURCE, now, seen);
-    let txn = db.begin().await?;
+    let txn = vault.store.begin_write().await?;
     outbox::enqueue(&txn, SERVICE, vec![custodian_bus::outbox_row(subjects::ACTIVITY_SEEN, &event)], now).await?;
     txn.commit().await?;
     vault.relay.wake();

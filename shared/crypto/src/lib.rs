@@ -249,7 +249,8 @@ impl ReplyKey {
 
 /// Seals `plaintext` so only the holder of the secret half of `public_base64` reads it.
 pub fn seal_to(public_base64: &str, plaintext: &[u8]) -> Result<String, CryptoError> {
-    let bytes = base64::engine::general_purpose::STANDARD.decode(public_base64).map_err(|_| CryptoError::BadPublicKey)?;
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(public_base64).map_err(|_| CryptoError::BadPublicKey)?;
     let array: [u8; 32] = bytes.as_slice().try_into().map_err(|_| CryptoError::BadPublicKey)?;
     let public = crypto_box::PublicKey::from(array);
     let sealed = public.seal(&mut OsRng, plaintext).map_err(|_| CryptoError::BadPublicKey)?;

@@ -26,7 +26,10 @@ pub struct LoginStart {
 #[serde(rename_all = "snake_case")]
 pub enum LoginStartReply {
     /// Send the browser to `authorize_url`; keep `state` in a cookie to check the callback.
-    Redirect { authorize_url: String, state: String },
+    Redirect {
+        authorize_url: String,
+        state: String,
+    },
     Error(String),
 }
 
@@ -92,7 +95,12 @@ pub struct TokenRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenReply {
-    Token { sealed_access_token: String, expires_at: DateTime<Utc>, acr: Option<String>, issuer: String },
+    Token {
+        sealed_access_token: String,
+        expires_at: DateTime<Utc>,
+        acr: Option<String>,
+        issuer: String,
+    },
     /// No valid token for this person at this platform (no consent, revoked, expired).
     NotFound(String),
     Error(String),

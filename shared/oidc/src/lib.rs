@@ -13,14 +13,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod,
-    CoreGrantType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
-    CoreResponseMode, CoreResponseType, CoreRevocableToken, CoreSubjectIdentifierType,
+    CoreGrantType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode,
+    CoreResponseType, CoreRevocableToken, CoreSubjectIdentifierType,
 };
 use openidconnect::{
     AccessToken, AdditionalProviderMetadata, AuthenticationContextClass, AuthorizationCode, ClientId, ClientSecret,
-    CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IntrospectionUrl, IssuerUrl, Nonce,
-    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, RefreshToken,
-    RequestTokenError, RevocationUrl, Scope, TokenIntrospectionResponse, TokenResponse, TokenUrl,
+    CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IntrospectionUrl, IssuerUrl, Nonce, OAuth2TokenResponse,
+    PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, RefreshToken, RequestTokenError, RevocationUrl,
+    Scope, TokenIntrospectionResponse, TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -286,8 +286,11 @@ impl OidcClient {
             .map_err(|e| OidcError::IdToken(e.to_string()))?;
         let acr = claims.auth_context_ref().map(|a| a.as_str().to_owned());
         self.check_acr(acr.as_deref())?;
-        let identity =
-            Identity { issuer: claims.issuer().as_str().to_owned(), subject: claims.subject().as_str().to_owned(), acr };
+        let identity = Identity {
+            issuer: claims.issuer().as_str().to_owned(),
+            subject: claims.subject().as_str().to_owned(),
+            acr,
+        };
         Ok(Tokens {
             access_token: SecretString::from(response.access_token().secret().clone()),
             refresh_token: response.refresh_token().map(|t| SecretString::from(t.secret().clone())),
@@ -343,20 +346,14 @@ impl OidcClient {
     /// RFC 7662, authenticated as this client.
     pub async fn introspect(&self, token: &SecretString, kind: TokenKind) -> Result<Introspection, OidcError> {
         let token = AccessToken::new(token.expose_secret().to_owned());
-        let response = self
-            .client
-            .introspect(&token)
-            .set_token_type_hint(kind.hint())
-            .request_async(&self.http)
-            .await
-            .map_err(|e| match e {
-                RequestTokenError::ServerResponse(r) => OidcError::Refused(r.error().to_string()),
-                other => OidcError::Unavailable(request_error_kind(&other)),
-            })?;
-        Ok(Introspection {
-            active: response.active(),
-            expires_at: response.exp().map(|e| DateTime::<Utc>::from(e)),
-        })
+        let response =
+            self.client.introspect(&token).set_token_type_hint(kind.hint()).request_async(&self.http).await.map_err(
+                |e| match e {
+                    RequestTokenError::ServerResponse(r) => OidcError::Refused(r.error().to_string()),
+                    other => OidcError::Unavailable(request_error_kind(&other)),
+                },
+            )?;
+        Ok(Introspection { active: response.active(), expires_at: response.exp() })
     }
 
     /// RP-initiated logout at the OP (OpenID Connect RP-Initiated Logout 1.0), if it offers it.

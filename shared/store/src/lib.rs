@@ -90,6 +90,18 @@ impl Store {
         self.db.get_database_backend()
     }
 
+    /// Begins a transaction that will write. On SQLite its first statement is a (no-op)
+    /// write, so it holds the write lock from the start: a transaction that reads first
+    /// cannot upgrade once another writer has committed (SQLITE_BUSY_SNAPSHOT).
+    pub async fn begin_write(&self) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
+        use sea_orm::{ConnectionTrait, TransactionTrait};
+        let txn = self.db.begin().await?;
+        if self.backend() == DbBackend::Sqlite {
+            txn.execute_unprepared("DELETE FROM inbox WHERE 1 = 0").await?;
+        }
+        Ok(txn)
+    }
+
     /// Readiness: can we run a trivial statement?
     pub async fn ping(&self) -> Result<(), StoreError> {
         Ok(self.db.ping().await?)

@@ -13,7 +13,7 @@ mod provider;
 
 pub use nats::NatsServer;
 pub use postgres::{PgCluster, test_backend, test_database_url};
-pub use provider::{Provider, TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_REDIRECT_URI, TokenSet};
+pub use provider::{Provider, RegisteredClient, TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_REDIRECT_URI, TokenSet};
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -122,27 +122,12 @@ impl Provider {
         ];
         params.extend_from_slice(extra);
         let auth = reqwest::Url::parse_with_params(&format!("{}/auth", self.issuer), &params).expect("auth URL");
-        let mut location = redirect_of(browser.get(auth).send().await.expect("GET /auth")).await;
-        let code = loop {
-            if location.starts_with(TEST_REDIRECT_URI) {
-                let url = reqwest::Url::parse(&location).expect("callback URL");
-                let query: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
-                assert_eq!(query.get("state"), Some(&state), "state must round-trip");
-                break query.get("code").cloned().unwrap_or_else(|| panic!("no code in {location}"));
-            }
-            let url = absolute(&self.issuer, &location);
-            location = if url.contains("/interaction/") {
-                let page = browser.get(&url).send().await.expect("interaction page").text().await.unwrap_or_default();
-                let form: &[(&str, &str)] = if page.contains("name=\"login\"") {
-                    &[("prompt", "login"), ("login", username), ("password", "any")]
-                } else {
-                    &[("prompt", "consent")]
-                };
-                redirect_of(browser.post(&url).form(form).send().await.expect("submit interaction")).await
-            } else {
-                redirect_of(browser.get(&url).send().await.expect("follow redirect")).await
-            };
-        };
+        let first = redirect_of(browser.get(auth).send().await.expect("GET /auth")).await;
+        let location = self.drive_interactions(&browser, first, username, TEST_REDIRECT_URI).await;
+        let url = reqwest::Url::parse(&location).expect("callback URL");
+        let query: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+        assert_eq!(query.get("state"), Some(&state), "state must round-trip");
+        let code = query.get("code").cloned().unwrap_or_else(|| panic!("no code in {location}"));
         let response = browser
             .post(format!("{}/token", self.issuer))
             .basic_auth(TEST_CLIENT_ID, Some(TEST_CLIENT_SECRET))
@@ -162,6 +147,84 @@ impl Provider {
         );
         response.json().await.expect("token response")
     }
+}
+
+impl Provider {
+    /// Follows the OP's redirects from `location`, filling its login form as `username`
+    /// and its consent form, until a redirect leaves for `stop_prefix` (the client's
+    /// redirect URI); returns that location (with `code` and `state`).
+    pub async fn drive_interactions(
+        &self,
+        browser: &reqwest::Client,
+        mut location: String,
+        username: &str,
+        stop_prefix: &str,
+    ) -> String {
+        for _ in 0..20 {
+            if location.starts_with(stop_prefix) {
+                return location;
+            }
+            let url = absolute(&self.issuer, &location);
+            location = if url.contains("/interaction/") {
+                let page = browser.get(&url).send().await.expect("interaction page").text().await.unwrap_or_default();
+                let form: &[(&str, &str)] = if page.contains("name=\"login\"") {
+                    &[("prompt", "login"), ("login", username), ("password", "any")]
+                } else {
+                    &[("prompt", "consent")]
+                };
+                redirect_of(browser.post(&url).form(form).send().await.expect("submit interaction")).await
+            } else {
+                redirect_of(browser.get(&url).send().await.expect("follow redirect")).await
+            };
+        }
+        panic!("the OP never redirected to {stop_prefix}; last location {location}")
+    }
+
+    /// Registers a new confidential client (RFC 7591, with the initial access token), e.g.
+    /// one whose redirect URI is a test's own gateway.
+    pub async fn register_client(&self, redirect_uris: &[&str]) -> RegisteredClient {
+        let response = self
+            .browser()
+            .post(format!("{}/reg", self.issuer))
+            .bearer_auth(&self.initial_access_token)
+            .json(&serde_json::json!({
+                "redirect_uris": redirect_uris,
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                "token_endpoint_auth_method": "client_secret_basic",
+                "post_logout_redirect_uris": redirect_uris,
+            }))
+            .send()
+            .await
+            .expect("registration request");
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert!(status.is_success(), "client registration refused ({status}): {body}");
+        serde_json::from_str(&body).expect("registration response")
+    }
+
+    /// RFC 7662 at the OP, as `client_id` — the OP's own word on whether a token still works.
+    pub async fn introspect(&self, client_id: &str, client_secret: &str, token: &str) -> serde_json::Value {
+        self.browser()
+            .post(format!("{}/token/introspection", self.issuer))
+            .basic_auth(client_id, Some(client_secret))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .expect("introspection request")
+            .json()
+            .await
+            .expect("introspection response")
+    }
+}
+
+/// What the registration endpoint answered (RFC 7591 / 7592).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct RegisteredClient {
+    pub client_id: String,
+    pub client_secret: String,
+    pub registration_access_token: Option<String>,
+    pub registration_client_uri: Option<String>,
 }
 
 async fn redirect_of(response: reqwest::Response) -> String {

@@ -145,7 +145,8 @@ impl View {
         match reply {
             TokenReply::Token { sealed_access_token, expires_at, acr, issuer } => {
                 let plain = key.open(&sealed_access_token).map_err(|e| ViewError::Vault(e.to_string()))?;
-                let token = String::from_utf8(plain.to_vec()).map_err(|_| ViewError::Vault("token is not text".into()))?;
+                let token =
+                    String::from_utf8(plain.to_vec()).map_err(|_| ViewError::Vault("token is not text".into()))?;
                 Ok(AccessToken { token: SecretString::from(token), expires_at, issuer, acr })
             }
             TokenReply::NotFound(reason) => Err(ViewError::NoToken(reason)),
@@ -182,7 +183,10 @@ impl BatchHandler for WipeHandler {
         let mut results = Vec::with_capacity(batch.len());
         for delivery in batch {
             let LifecycleEvent::SessionWipe(command) = &delivery.event else {
-                results.push(Err(HandlerError::Permanent(format!("{} is not a wipe command", delivery.event.event_type()))));
+                results.push(Err(HandlerError::Permanent(format!(
+                    "{} is not a wipe command",
+                    delivery.event.event_type()
+                ))));
                 continue;
             };
             let held = self.view.store.wipe(&command.data.session_ids);

@@ -14,7 +14,9 @@ use zeroize::Zeroizing;
 pub enum RetentionError {
     #[error("unknown or ended session {0:?}")]
     UnknownSession(String),
-    #[error("entry would outlive the token it was fetched under (token expires {token_expires_at}, entry {entry_expires_at})")]
+    #[error(
+        "entry would outlive the token it was fetched under (token expires {token_expires_at}, entry {entry_expires_at})"
+    )]
     PastTokenExpiry { token_expires_at: DateTime<Utc>, entry_expires_at: DateTime<Utc> },
 }
 

@@ -72,10 +72,7 @@ pub struct LoginParams {
 }
 
 /// `GET /login`: off to the OP.
-pub async fn login(
-    State(state): State<Arc<AppState>>,
-    Query(params): Query<LoginParams>,
-) -> Result<Response, Problem> {
+pub async fn login(State(state): State<Arc<AppState>>, Query(params): Query<LoginParams>) -> Result<Response, Problem> {
     let request = LoginStart { platform_id: params.platform_id };
     let reply: LoginStartReply = custodian_bus::query(state.bus.client(), vault::LOGIN_START, &request, VAULT_TIMEOUT)
         .await
@@ -120,8 +117,9 @@ pub async fn callback(
     let (Some(code), Some(oauth_state)) = (params.code, params.state) else {
         return Err(Problem::bad_request("the callback needs code and state"));
     };
-    let expected = cookie_value(&headers, LOGIN_COOKIE)
-        .ok_or_else(|| Problem::bad_request("no sign-in in progress in this browser (cookie missing); start at /login"))?;
+    let expected = cookie_value(&headers, LOGIN_COOKIE).ok_or_else(|| {
+        Problem::bad_request("no sign-in in progress in this browser (cookie missing); start at /login")
+    })?;
     if !constant_time_eq(expected.as_bytes(), oauth_state.as_bytes()) {
         return Err(Problem::bad_request("state does not match the sign-in started in this browser"));
     }
@@ -140,7 +138,9 @@ pub async fn callback(
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             Ok(response)
         }
-        LoginFinishReply::Refused(reason) => Err(Problem::new(StatusCode::FORBIDDEN, "login-refused", "Sign-in refused").detail(reason)),
+        LoginFinishReply::Refused(reason) => {
+            Err(Problem::new(StatusCode::FORBIDDEN, "login-refused", "Sign-in refused").detail(reason))
+        }
         LoginFinishReply::Error(reason) => Err(Problem::unavailable(format!("sign-in could not finish: {reason}"))),
     }
 }

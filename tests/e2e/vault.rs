@@ -1,0 +1,353 @@
+//! The token vault and the revocation fan-out, on the real OP (TLS), NATS and the database.
+
+use std::time::Duration;
+
+use custodian_crypto::Envelope;
+use custodian_events::vault::Receipt;
+use custodian_events::{CloudEvent, ConsentGrantedV1, ConsentRevokedV1, RevokeReason, subjects};
+use custodian_store::entities::assertion;
+use custodian_testkit::eventually;
+use custodian_vault::TokenBundle;
+use reqwest::StatusCode;
+use sea_orm::{ConnectionTrait, EntityTrait, Statement};
+use serde_json::Value;
+
+use crate::support::{OPS_TOKEN, Stack, test_vault_config, unique};
+
+/// Every assertion row, decrypted with the vault's key ring (what the tokens are).
+async fn stored_bundles(stack: &Stack) -> Vec<(assertion::Model, TokenBundle)> {
+    let rows = assertion::Entity::find().all(stack.store.db()).await.expect("assertions");
+    rows.into_iter()
+        .map(|row| {
+            let envelope = Envelope {
+                key_id: row.key_id.clone(),
+                wrapped_key: row.wrapped_key.clone(),
+                ciphertext: row.ciphertext.clone(),
+            };
+            let plain =
+                stack.keyring.open(&envelope, &custodian_vault::assertion_aad(&row.assertion_id)).expect("decrypts");
+            let bundle: TokenBundle = serde_json::from_slice(&plain).expect("bundle");
+            (row, bundle)
+        })
+        .collect()
+}
+
+/// Every byte the database holds for assertions, as text (a raw SELECT, no entity).
+async fn raw_assertion_bytes(stack: &Stack) -> String {
+    let backend = stack.store.backend();
+    let rows = stack
+        .store
+        .db()
+        .query_all_raw(Statement::from_string(backend, "SELECT * FROM assertions"))
+        .await
+        .expect("raw select");
+    let mut text = String::new();
+    for row in rows {
+        for column in ["assertion_id", "issuer", "subject", "platform_id", "scopes", "key_id"] {
+            text.push_str(&row.try_get::<String>("", column).unwrap_or_default());
+        }
+        for column in ["wrapped_key", "ciphertext"] {
+            let bytes = row.try_get::<Vec<u8>>("", column).unwrap_or_default();
+            text.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    text
+}
+
+async fn fetch_receipt(
+    stack: &Stack,
+    http: &reqwest::Client,
+    cookie: Option<&str>,
+    id: &str,
+) -> (StatusCode, Option<Receipt>) {
+    let mut request = http.get(stack.url(&format!("/v1/revocations/{id}")));
+    request = match cookie {
+        Some(c) => request.header("cookie", format!("custodian_session={c}")),
+        None => request.bearer_auth(OPS_TOKEN),
+    };
+    let response = request.send().await.expect("receipt request");
+    let status = response.status();
+    (status, if status.is_success() { response.json().await.ok() } else { None })
+}
+
+async fn done_receipt(stack: &Stack, cookie: Option<&str>, id: &str, timeout: Duration) -> Receipt {
+    let http = stack.http.clone();
+    eventually("the revocation to finish", timeout, || {
+        let http = http.clone();
+        async move {
+            match fetch_receipt(stack, &http, cookie, id).await {
+                (StatusCode::OK, Some(r)) if r.state == "done" => Some(r),
+                _ => None,
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_revocation_ends_every_token_at_the_op_and_every_view_session() {
+    let mut stack = Stack::start().await;
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    stack.start_vault(test_vault_config(vec![settings]));
+    let person = unique("alice");
+
+    // Login through the gateway, driving the OP's real pages; the grant reaches the ledger.
+    let (browser, cookie, _code) = stack.login_through_gateway(&person).await;
+    let mine = eventually("the login to grant consent", Duration::from_secs(15), || {
+        let browser = browser.clone();
+        let url = stack.url("/v1/me/consents");
+        async move {
+            let body: Value = browser.get(url).send().await.ok()?.json().await.ok()?;
+            let consents = body["consents"].as_array()?.clone();
+            (!consents.is_empty()).then_some(consents)
+        }
+    })
+    .await;
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0]["platform_id"], platform.as_str());
+    assert_eq!(mine[0]["state"], "granted");
+    assert_eq!(mine[0]["subject"], person.as_str());
+
+    // Tokens are sealed at rest: the raw rows hold none of them.
+    let bundles = stored_bundles(&stack).await;
+    assert_eq!(bundles.len(), 1, "one assertion for the login");
+    let (row, bundle) = &bundles[0];
+    let refresh = bundle.refresh_token.clone().expect("offline_access gives a refresh token");
+    let access = bundle.access_token.clone();
+    let raw = raw_assertion_bytes(&stack).await;
+    assert!(raw.contains(&row.assertion_id), "the raw select did read the row");
+    for secret in [&access, &refresh] {
+        assert!(!raw.contains(secret.as_str()), "a token is stored in clear");
+    }
+    assert!(!raw.contains(bundle.id_token.as_deref().unwrap_or("no id token")), "the ID token is stored in clear");
+
+    // Two views fetch the person's token from the vault (sealed to them) and hold data.
+    let mut views = Vec::new();
+    for name in ["view-a", "view-b"] {
+        let view = stack.start_view(&unique(name)).await;
+        let token =
+            view.access_token(None, &person, &platform, Duration::from_secs(10)).await.expect("token from vault");
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&token.token),
+            access.as_str(),
+            "the vault hands out the stored token"
+        );
+        let session = view.open_session(&token.issuer, &person, &platform, token.expires_at).await.expect("session");
+        view.store().put(&session, "labs", b"HbA1c 6.1%".to_vec(), Duration::from_secs(60)).expect("held");
+        views.push((view, session));
+    }
+    let issuer = stack.provider.issuer.clone();
+    for token in [&access, &refresh] {
+        let before = stack.provider.introspect(&client.client_id, &client.client_secret, token).await;
+        assert_eq!(before["active"], true, "the token works before the revocation");
+    }
+
+    // The person revokes.
+    let response = browser.delete(stack.url(&format!("/v1/me/consents/{platform}"))).send().await.expect("revoke");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted: Value = response.json().await.expect("body");
+    let revocation_id = accepted["revocation_id"].as_str().expect("revocation id").to_owned();
+
+    // The receipt (the person's own, via the cookie) says every token and view is done.
+    let receipt = done_receipt(&stack, Some(&cookie), &revocation_id, Duration::from_secs(20)).await;
+    assert_eq!(receipt.platform_id, platform);
+    assert_eq!(receipt.issuer, issuer);
+    let mut kinds: Vec<(&str, &str)> =
+        receipt.tokens.iter().map(|t| (t.token_kind.as_str(), t.outcome.as_str())).collect();
+    kinds.sort();
+    assert_eq!(kinds, vec![("access", "revoked"), ("refresh", "revoked")], "{receipt:?}");
+    assert_eq!(receipt.views.len(), 2, "{receipt:?}");
+    for (view, session) in &views {
+        let entry = receipt.views.iter().find(|v| v.view_id == view.view_id()).expect("view on the receipt");
+        assert_eq!(entry.state, "acked");
+        assert_eq!(entry.session_ids, vec![session.clone()]);
+        assert!(entry.acked_at.is_some());
+        // The data is gone from the view's memory.
+        assert!(view.store().get(session, "labs").is_none());
+        assert_eq!(view.store().counts(), (0, 0));
+    }
+
+    // The OP's own word: both tokens are dead.
+    for token in [&access, &refresh] {
+        let after = stack.provider.introspect(&client.client_id, &client.client_secret, token).await;
+        assert_eq!(after["active"], false, "token still active at the OP after revocation: {after}");
+    }
+    // The ciphertext is gone, the vault hands out nothing any more.
+    assert!(assertion::Entity::find().all(stack.store.db()).await.expect("rows").is_empty());
+    let refused = views[0].0.access_token(None, &person, &platform, Duration::from_secs(5)).await;
+    assert!(matches!(refused, Err(custodian_view_sdk::ViewError::NoToken(_))), "{refused:?}");
+    // One token.revoked per token, on the stream.
+    assert_eq!(stack.count_on(subjects::TOKEN_REVOKED).await, 2);
+
+    // Someone else cannot read this receipt; an operator can.
+    let (other_browser, other_cookie, _) = stack.login_through_gateway(&unique("mallory")).await;
+    drop(other_browser);
+    let (status, _) = fetch_receipt(&stack, &stack.http, Some(&other_cookie), &revocation_id).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, as_ops) = fetch_receipt(&stack, &stack.http, None, &revocation_id).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(as_ops.expect("receipt").revocation_id, revocation_id);
+}
+
+/// Grant + revoke published as a platform would (no tokens involved).
+async fn grant(stack: &Stack, person: &str, platform: &str) {
+    let data = ConsentGrantedV1 {
+        issuer: stack.provider.issuer.clone(),
+        subject: person.to_owned(),
+        platform_id: platform.to_owned(),
+        scopes: vec!["openid".into()],
+        acr: None,
+    };
+    stack.publish(subjects::CONSENT_GRANTED, &CloudEvent::new("urn:test", stack.clock.now(), data)).await;
+}
+
+async fn revoke(stack: &Stack, person: &str, platform: &str) -> String {
+    let data = ConsentRevokedV1 {
+        issuer: stack.provider.issuer.clone(),
+        subject: person.to_owned(),
+        platform_id: platform.to_owned(),
+        reason: RevokeReason::User,
+        actor: None,
+    };
+    let event = CloudEvent::new("urn:test", stack.clock.now(), data);
+    stack.publish(subjects::CONSENT_REVOKED, &event).await;
+    event.id
+}
+
+#[tokio::test]
+async fn a_view_that_was_away_is_wiped_when_it_comes_back_or_its_data_expired() {
+    let mut stack = Stack::start().await;
+    stack.start_vault(test_vault_config(Vec::new()));
+    let (person, platform) = (unique("bob"), unique("platform"));
+    let issuer = stack.provider.issuer.clone();
+    grant(&stack, &person, &platform).await;
+
+    // Two views hold data; the "short" one under a token that expires in 3 s.
+    let away = stack.start_view(&unique("away")).await;
+    let short = stack.start_view(&unique("short")).await;
+    let long_expiry = stack.clock.now() + chrono::Duration::seconds(300);
+    let short_expiry = stack.clock.now() + chrono::Duration::seconds(3);
+    let s_away = away.open_session(&issuer, &person, &platform, long_expiry).await.expect("session");
+    away.store().put(&s_away, "notes", b"x".to_vec(), Duration::from_secs(200)).expect("put");
+    let s_short = short.open_session(&issuer, &person, &platform, short_expiry).await.expect("session");
+    short.store().put(&s_short, "notes", b"y".to_vec(), Duration::from_secs(2)).expect("put");
+    // The SDK refuses to keep anything past the token.
+    assert!(short.store().put(&s_short, "more", b"z".to_vec(), Duration::from_secs(30)).is_err());
+
+    // Both views go away (their connections stay, their listeners stop); memory is kept.
+    stack.pause_view(away.view_id()).await;
+    stack.pause_view(short.view_id()).await;
+    let revocation_id = revoke(&stack, &person, &platform).await;
+
+    let pending = eventually("the wipes to be sent", Duration::from_secs(15), || {
+        let http = stack.http.clone();
+        let stack = &stack;
+        let id = revocation_id.clone();
+        async move {
+            let (_, r) = fetch_receipt(stack, &http, None, &id).await;
+            r.filter(|r| r.views.len() == 2 && r.views.iter().all(|v| v.attempts >= 1))
+        }
+    })
+    .await;
+    assert_eq!(pending.state, "pending", "nobody acked yet: {pending:?}");
+    assert!(away.store().get(&s_away, "notes").is_some(), "the away view still holds its data meanwhile");
+
+    // The short-lived data expires with its token, whether or not a wipe arrives.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(short.store().get(&s_short, "notes").is_none(), "never held past the token");
+    short.store().evict_expired();
+    assert_eq!(short.store().counts(), (0, 0));
+
+    // The away view comes back: it gets the wipe it missed and acks.
+    stack.run_view(&away);
+    let done = done_receipt(&stack, None, &revocation_id, Duration::from_secs(20)).await;
+    assert!(away.store().get(&s_away, "notes").is_none());
+    assert_eq!(away.store().counts(), (0, 0));
+    let away_entry = done.views.iter().find(|v| v.view_id == away.view_id()).expect("away on receipt");
+    assert_eq!(away_entry.state, "acked");
+    let short_entry = done.views.iter().find(|v| v.view_id == short.view_id()).expect("short on receipt");
+    assert_eq!(short_entry.state, "expired_by_ttl", "given up only after the session's expiry: {done:?}");
+}
+
+#[tokio::test]
+async fn a_vault_crash_in_the_middle_of_a_fan_out_of_1000_sessions_loses_nothing() {
+    let mut stack = Stack::start().await;
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    stack.start_vault(test_vault_config(vec![settings]));
+
+    // Ten people signed in (tokens at the OP), 100 sessions each across four views.
+    let mut people = Vec::new();
+    for i in 0..10 {
+        let person = unique(&format!("p{i}"));
+        let (_browser, _cookie, _code) = stack.login_through_gateway(&person).await;
+        people.push(person);
+    }
+    let mut views = Vec::new();
+    for v in 0..4 {
+        views.push(stack.start_view(&unique(&format!("fan{v}"))).await);
+    }
+    let issuer = stack.provider.issuer.clone();
+    let expiry = stack.clock.now() + chrono::Duration::seconds(600);
+    for (i, person) in people.iter().enumerate() {
+        for s in 0..100 {
+            let view = &views[(i + s) % views.len()];
+            let session = view.open_session(&issuer, person, &platform, expiry).await.expect("session");
+            view.store().put(&session, "k", vec![1; 16], Duration::from_secs(300)).expect("put");
+        }
+    }
+    let bundles = stored_bundles(&stack).await;
+    assert_eq!(bundles.len(), 10);
+    eventually("the ledger to hold 10 grants", Duration::from_secs(15), || async {
+        let q = custodian_events::queries::ConsentQuery { platform_id: Some(platform.clone()), ..Default::default() };
+        (stack.ledger(q).await.iter().filter(|c| c.state == "granted").count() == 10).then_some(())
+    })
+    .await;
+
+    // Everyone revokes; the vault is killed as soon as the fan-out has begun.
+    let mut revocations = Vec::new();
+    for person in &people {
+        revocations.push(revoke(&stack, person, &platform).await);
+    }
+    eventually("the fan-out to begin", Duration::from_secs(15), || async {
+        (stack.count_on(&format!("{}.>", subjects::SESSION_WIPE_PREFIX)).await > 0).then_some(())
+    })
+    .await;
+    stack.crash_vault().await;
+    let wiped_at_crash = stack.count_on(subjects::SESSION_WIPED).await;
+    let revoked_at_crash = stack.count_on(subjects::TOKEN_REVOKED).await;
+    eprintln!("at the crash: {wiped_at_crash} wipe acks, {revoked_at_crash} tokens revoked");
+
+    stack.start_vault(test_vault_config(vec![stack_settings(&stack, &client)]));
+    for id in &revocations {
+        let r = done_receipt(&stack, None, id, Duration::from_secs(60)).await;
+        assert!(r.tokens.iter().all(|t| t.outcome == "revoked"), "{r:?}");
+        assert!(r.views.iter().all(|v| v.state == "acked"), "{r:?}");
+        assert_eq!(r.views.iter().map(|v| v.session_ids.len()).sum::<usize>(), 100, "{r:?}");
+    }
+    for view in &views {
+        assert_eq!(view.store().counts(), (0, 0), "view {} still holds data", view.view_id());
+    }
+    for (_, bundle) in &bundles {
+        for token in [Some(&bundle.access_token), bundle.refresh_token.as_ref()].into_iter().flatten() {
+            let info = stack.provider.introspect(&client.client_id, &client.client_secret, token).await;
+            assert_eq!(info["active"], false, "a token survived the crash: {info}");
+        }
+    }
+    assert!(assertion::Entity::find().all(stack.store.db()).await.expect("rows").is_empty());
+}
+
+fn stack_settings(stack: &Stack, client: &custodian_testkit::RegisteredClient) -> custodian_oidc::ClientSettings {
+    custodian_oidc::ClientSettings {
+        issuer: stack.provider.issuer.clone(),
+        ca_file: Some(stack.provider.ca_file.clone()),
+        client_id: client.client_id.clone(),
+        client_secret: client.client_secret.clone().into(),
+        redirect_uri: stack.url("/callback"),
+        scopes: vec!["openid".into(), "offline_access".into()],
+        required_acr: None,
+        acr_order: Vec::new(),
+        timeout_secs: 10,
+    }
+}
