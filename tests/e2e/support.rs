@@ -14,6 +14,7 @@ use custodian_gateway::{GatewayConfig, MachineToken, PersonAuthConfig, Role, tok
 use custodian_store::Store;
 use custodian_store::clock::{self, SharedClock};
 use custodian_testkit::{NatsServer, Provider, TEST_CLIENT_ID};
+use sea_orm::EntityTrait;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -392,6 +393,26 @@ fn set_cookie_header(response: &reqwest::Response, name: &str) -> Option<String>
         .filter_map(|v| v.to_str().ok())
         .find(|v| v.starts_with(&format!("{name}=")))
         .map(str::to_owned)
+}
+
+/// Every assertion row, decrypted with the vault's key ring (what the tokens are).
+pub async fn stored_bundles(
+    stack: &Stack,
+) -> Vec<(custodian_store::entities::assertion::Model, custodian_vault::TokenBundle)> {
+    let rows = custodian_store::entities::assertion::Entity::find().all(stack.store.db()).await.expect("assertions");
+    rows.into_iter()
+        .map(|row| {
+            let envelope = custodian_crypto::Envelope {
+                key_id: row.key_id.clone(),
+                wrapped_key: row.wrapped_key.clone(),
+                ciphertext: row.ciphertext.clone(),
+            };
+            let plain =
+                stack.keyring.open(&envelope, &custodian_vault::assertion_aad(&row.assertion_id)).expect("decrypts");
+            let bundle: custodian_vault::TokenBundle = serde_json::from_slice(&plain).expect("bundle");
+            (row, bundle)
+        })
+        .collect()
 }
 
 /// A unique person per test (tests share the OP).

@@ -2,35 +2,15 @@
 
 use std::time::Duration;
 
-use custodian_crypto::Envelope;
 use custodian_events::vault::Receipt;
 use custodian_events::{CloudEvent, ConsentGrantedV1, ConsentRevokedV1, RevokeReason, subjects};
 use custodian_store::entities::assertion;
 use custodian_testkit::eventually;
-use custodian_vault::TokenBundle;
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, EntityTrait, Statement};
 use serde_json::Value;
 
-use crate::support::{OPS_TOKEN, Stack, test_vault_config, unique};
-
-/// Every assertion row, decrypted with the vault's key ring (what the tokens are).
-async fn stored_bundles(stack: &Stack) -> Vec<(assertion::Model, TokenBundle)> {
-    let rows = assertion::Entity::find().all(stack.store.db()).await.expect("assertions");
-    rows.into_iter()
-        .map(|row| {
-            let envelope = Envelope {
-                key_id: row.key_id.clone(),
-                wrapped_key: row.wrapped_key.clone(),
-                ciphertext: row.ciphertext.clone(),
-            };
-            let plain =
-                stack.keyring.open(&envelope, &custodian_vault::assertion_aad(&row.assertion_id)).expect("decrypts");
-            let bundle: TokenBundle = serde_json::from_slice(&plain).expect("bundle");
-            (row, bundle)
-        })
-        .collect()
-}
+use crate::support::{OPS_TOKEN, Stack, stored_bundles, test_vault_config, unique};
 
 /// Every byte the database holds for assertions, as text (a raw SELECT, no entity).
 async fn raw_assertion_bytes(stack: &Stack) -> String {
