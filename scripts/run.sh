@@ -9,6 +9,7 @@ DATA=.data
 NATS_PORT=${NATS_PORT:-4222}
 OP_PORT=${OP_PORT:-9443}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
+DEMO_VIEW_PORT=${DEMO_VIEW_PORT:-8081}
 mkdir -p "$DATA/tokens" "$DATA/op"
 pids=()
 cleanup() {
@@ -42,6 +43,9 @@ for _ in $(seq 1 100); do [ -s "$DATA/op/ready" ] && break; sleep 0.1; done
 [ -s "$DATA/op/ready" ] || { echo "the OpenID provider did not start; see $DATA/op/provider.log" >&2; exit 1; }
 ISSUER="https://127.0.0.1:${OP_PORT}"
 
+# The vault's key-encryption key, made once (tokens at rest are sealed under it).
+[ -s "$DATA/vault.key" ] || openssl rand -base64 32 >"$DATA/vault.key"
+
 # Machine tokens for the tour (shown below); only their SHA-256 goes into the config.
 for role in platform ops; do
   [ -s "$DATA/tokens/$role.token" ] || openssl rand -hex 24 >"$DATA/tokens/$role.token"
@@ -69,7 +73,29 @@ sha256 = "$(digest "$DATA/tokens/platform.token")"
 name = "demo-ops"
 role = "ops"
 sha256 = "$(digest "$DATA/tokens/ops.token")"
+
+[vault.keyring]
+current = "local-1"
+[[vault.keyring.keys]]
+id = "local-1"
+secret = "$(cat "$DATA/vault.key")"
+
+[[vault.clients]]
+issuer = "$ISSUER"
+ca_file = "$DATA/op/ca.pem"
+client_id = "custodian-demo"
+client_secret = "$(cat "$DATA/op/client_secret")"
+redirect_uri = "http://127.0.0.1:${GATEWAY_PORT}/callback"
+
+[demo_view]
+enabled = true
+listen = "127.0.0.1:${DEMO_VIEW_PORT}"
+view_id = "demo"
+platform_id = "custodian-demo"
+userinfo_url = "$ISSUER/me"
+ca_file = "$DATA/op/ca.pem"
 TOML
+chmod 600 "$DATA/custodian.toml"
 export CUSTODIAN_CONFIG="$DATA/custodian.toml"
 
 target/debug/custodian migrate >/dev/null
@@ -80,7 +106,15 @@ for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:${GATEWAY_PORT}/readyz" >/d
 cat <<TOUR
 
   Custodian is up: gateway http://127.0.0.1:${GATEWAY_PORT}, NATS nats://127.0.0.1:${NATS_PORT},
-  OpenID provider ${ISSUER} (CA in $DATA/op/ca.pem), database $DATA/custodian.db.
+  OpenID provider ${ISSUER} (CA in $DATA/op/ca.pem), database $DATA/custodian.db,
+  demo view http://127.0.0.1:${DEMO_VIEW_PORT}.
+
+  Watch a revocation (a browser; the OP's certificate is from a throwaway CA: accept it):
+    1. http://127.0.0.1:${GATEWAY_PORT}/login — sign in at the OP as anyone (any password), consent.
+    2. http://127.0.0.1:${DEMO_VIEW_PORT}/ — open a session for that name: the view fetches your
+       profile with a token from the vault and holds it in memory.
+    3. http://127.0.0.1:${GATEWAY_PORT}/ — revoke: the token is revoked at the OP, the view drops
+       the data and acks; the receipt link shows each step with its time.
 
   Try, in another terminal at the top of the repository:
     export CUSTODIAN_CONFIG=$DATA/custodian.toml

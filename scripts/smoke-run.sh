@@ -3,7 +3,7 @@
 # + `custodian consents list` show a grant. Uses its own ports and data dir copy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export NATS_PORT=14222 OP_PORT=19443 GATEWAY_PORT=18080
+export NATS_PORT=14222 OP_PORT=19443 GATEWAY_PORT=18080 DEMO_VIEW_PORT=18081
 rm -rf .data/nats .data/custodian.db*
 log=$(mktemp)
 bash scripts/run.sh >"$log" 2>&1 &
@@ -12,11 +12,15 @@ trap 'kill $run_pid 2>/dev/null; wait $run_pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do grep -q "Custodian is up" "$log" && break; sleep 0.1; done
 grep -q "Custodian is up" "$log" || { cat "$log"; echo "smoke: make run did not come up" >&2; exit 1; }
 export CUSTODIAN_CONFIG=.data/custodian.toml
+# The person's sign-in starts (the vault makes the authorization request), the demo view serves.
+login=$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' http://127.0.0.1:18080/login)
+case "$login" in "303 https://127.0.0.1:19443/auth?"*code_challenge_method=S256*) ;; *) cat "$log"; echo "smoke: /login gave $login" >&2; exit 1;; esac
+curl -fs http://127.0.0.1:18081/ | grep -q "View <code>demo</code>" || { cat "$log"; echo "smoke: demo view not serving" >&2; exit 1; }
 target/debug/custodian events publish examples/consent-granted.json
 for _ in $(seq 1 100); do
   if target/debug/custodian consents list | grep -q "tp-demo .*granted .*demo-person"; then
     target/debug/custodian consents list
-    echo "smoke: 1 passed, 0 failed"
+    echo "smoke: 3 passed, 0 failed"
     exit 0
   fi
   sleep 0.1

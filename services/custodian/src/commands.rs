@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use custodian_events::vault::{self, Receipt, RevocationQuery, RevocationReply};
+
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use clap::Subcommand;
@@ -85,6 +87,32 @@ pub enum SweepCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new key-encryption key for the vault's key ring and print its configuration.
+    New {
+        /// The key's id (stored beside every record it seals).
+        #[arg(long)]
+        id: String,
+    },
+}
+
+pub fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::New { id } => {
+            let secret = custodian_crypto::generate_key();
+            println!("# Add to custodian.toml (or CUSTODIAN_VAULT__KEYRING__... / a _FILE secret):");
+            println!(
+                "[vault.keyring]\ncurrent = \"{id}\"\n[[vault.keyring.keys]]\nid = \"{id}\"\nsecret = \"{secret}\""
+            );
+            println!(
+                "# To rotate: add the new key, make it current, keep the old one until the vault has re-wrapped every record."
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Make a new machine token and print the line that configures it.
     New {
@@ -106,6 +134,51 @@ async fn ask(config: &Config, query: &ConsentQuery) -> anyhow::Result<Vec<Consen
     match custodian_bus::query::<_, ConsentReply>(&client, queries::CONSENTS, query, Duration::from_secs(10)).await? {
         ConsentReply::Consents(views) => Ok(views),
         ConsentReply::Error(reason) => bail!("the consent service refused the query: {reason}"),
+    }
+}
+
+/// The vault's receipts for a consent (what its revocations did).
+async fn ask_receipts(config: &Config, view: &ConsentView) -> anyhow::Result<Vec<Receipt>> {
+    let client = custodian_bus::connect(&config.nats_url, "custodian-cli").await?;
+    let query = RevocationQuery {
+        revocation_id: None,
+        issuer: Some(view.issuer.clone()),
+        subject: Some(view.subject.clone()),
+        platform_id: Some(view.platform_id.clone()),
+    };
+    match custodian_bus::query::<_, RevocationReply>(&client, vault::REVOCATIONS, &query, Duration::from_secs(10))
+        .await?
+    {
+        RevocationReply::Receipts(list) => Ok(list),
+        RevocationReply::Error(reason) => bail!("the vault refused: {reason}"),
+    }
+}
+
+fn print_receipt(r: &Receipt) {
+    println!("\nrevocation {} ({}, reason {}): {}", r.revocation_id, time(Some(r.started_at)), r.reason, r.state);
+    if let Some(done) = r.finished_at {
+        println!("  finished {} ({} ms)", time(Some(done)), (done - r.started_at).num_milliseconds());
+    }
+    for t in &r.tokens {
+        let error = t.last_error.as_deref().map(|e| format!(" last error: {e}")).unwrap_or_default();
+        println!(
+            "  token   {:<7} {:<15} at the OP {}  (assertion {}, {} attempt(s)){error}",
+            t.token_kind,
+            t.outcome,
+            time(t.done_at),
+            t.assertion_id,
+            t.attempts
+        );
+    }
+    for v in &r.views {
+        println!(
+            "  view    {:<20} {:<14} acked {}  ({} session(s), {} send(s))",
+            v.view_id,
+            v.state,
+            time(v.acked_at),
+            v.session_ids.len(),
+            v.attempts
+        );
     }
 }
 
@@ -150,8 +223,13 @@ pub async fn consents(config: &Config, cmd: ConsentsCommand) -> anyhow::Result<(
                 ..Default::default()
             };
             let Some(view) = ask(config, &query).await?.into_iter().next() else { bail!("no such consent") };
+            let receipts = ask_receipts(config, &view).await;
             if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
+                let receipts = receipts.as_ref().map_or(serde_json::Value::Null, |r| serde_json::json!(r));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"consent": view, "revocations": receipts}))?
+                );
                 return Ok(());
             }
             println!("platform:   {}\nsubject:    {}\nissuer:     {}", view.platform_id, view.subject, view.issuer);
@@ -176,6 +254,15 @@ pub async fn consents(config: &Config, cmd: ConsentsCommand) -> anyhow::Result<(
                     h.state_after,
                     h.event_id
                 );
+            }
+            match receipts {
+                Ok(receipts) if receipts.is_empty() => println!("\nrevocations: none"),
+                Ok(receipts) => {
+                    for r in &receipts {
+                        print_receipt(r);
+                    }
+                }
+                Err(e) => println!("\nrevocations: unknown ({e})"),
             }
         }
         ConsentsCommand::Revoke { issuer, subject, platform, actor } => {

@@ -6,8 +6,10 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use custodian_consent::ConsentConfig;
+use custodian_demo_view::DemoViewConfig;
 use custodian_gateway::GatewayConfig;
 use custodian_sweeper::SweeperConfig;
+use custodian_vault::VaultConfig;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
@@ -27,6 +29,8 @@ pub struct Config {
     pub consent: ConsentConfig,
     pub gateway: GatewayConfig,
     pub sweeper: SweeperConfig,
+    pub vault: VaultConfig,
+    pub demo_view: DemoViewConfig,
     /// This process's name in sweep leases (default: the host name and process id).
     pub replica: Option<String>,
 }
@@ -55,6 +59,8 @@ impl Default for Config {
             consent: ConsentConfig::default(),
             gateway: GatewayConfig::default(),
             sweeper: SweeperConfig::default(),
+            vault: VaultConfig::default(),
+            demo_view: DemoViewConfig::default(),
             replica: None,
         }
     }

@@ -47,6 +47,9 @@ enum Command {
     /// Machine bearer tokens for the gateway.
     #[command(subcommand)]
     Token(commands::TokenCommand),
+    /// Key-encryption keys for the vault.
+    #[command(subcommand)]
+    Keys(commands::KeysCommand),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
             Command::Events(cmd) => commands::events(&config, cmd).await,
             Command::Sweep(cmd) => commands::sweep(&config, cmd).await,
             Command::Token(cmd) => commands::token(cmd),
+            Command::Keys(cmd) => commands::keys(cmd),
         }
     });
     match result {

@@ -16,10 +16,17 @@ pub enum ServiceName {
     Consent,
     Gateway,
     Sweeper,
+    Vault,
+    /// The demo view (a small web page holding data in memory through the view SDK).
+    DemoView,
 }
 
 pub async fn up(config: Config) -> anyhow::Result<()> {
-    run_services(config, &[ServiceName::Consent, ServiceName::Sweeper, ServiceName::Gateway]).await
+    let mut all = vec![ServiceName::Consent, ServiceName::Sweeper, ServiceName::Vault, ServiceName::Gateway];
+    if config.demo_view.enabled {
+        all.push(ServiceName::DemoView);
+    }
+    run_services(config, &all).await
 }
 
 pub async fn serve(config: Config, service: ServiceName) -> anyhow::Result<()> {
@@ -63,6 +70,25 @@ async fn run_services(config: Config, which: &[ServiceName]) -> anyhow::Result<(
         let deps =
             custodian_sweeper::Deps { store: store.clone(), bus: bus.clone(), clock: clock.clone(), metrics, replica };
         tasks.spawn("sweeper", custodian_sweeper::run(deps, config.sweeper.clone(), shutdown.clone()));
+    }
+    if which.contains(&ServiceName::Vault) {
+        let ring = config.vault.keyring.as_ref().context(
+            "vault.keyring is required (tokens are sealed under it): run `custodian keys new --id k1` and add its output to custodian.toml",
+        )?;
+        let keyring = custodian_crypto::KeyRing::from_config(ring).context("vault.keyring")?;
+        let metrics = custodian_vault::VaultMetrics::default();
+        metrics.register(&mut registry);
+        let deps =
+            custodian_vault::Deps { store: store.clone(), bus: bus.clone(), clock: clock.clone(), keyring, metrics };
+        tasks.spawn("vault", custodian_vault::run(deps, config.vault.clone(), shutdown.clone()));
+    }
+    if which.contains(&ServiceName::DemoView) {
+        let listener = tokio::net::TcpListener::bind(config.demo_view.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (CUSTODIAN_DEMO_VIEW__LISTEN)", config.demo_view.listen))?;
+        let view_bus = connect_bus(&config, "custodian-demo-view").await.context("NATS")?;
+        let deps = custodian_demo_view::Deps { bus: view_bus, clock: clock.clone(), listener };
+        tasks.spawn("demo-view", custodian_demo_view::run(deps, config.demo_view.clone(), shutdown.clone()));
     }
     if which.contains(&ServiceName::Gateway) {
         let listener = tokio::net::TcpListener::bind(config.gateway.listen)

@@ -123,6 +123,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/sweeps", post(routes::sweeps::start))
         .route("/v1/sweeps/{sweep_id}", get(routes::sweeps::show))
         .route("/v1/revocations/{revocation_id}", get(routes::revocations::show))
+        .route("/", get(routes::dashboard::page))
         .route("/login", get(routes::login::login))
         .route("/callback", get(routes::login::callback))
         .route("/logout", get(routes::login::logout).post(routes::login::logout))
@@ -189,6 +190,7 @@ mod tests {
             ("post", "/v1/sweeps"),
             ("get", "/v1/sweeps/{sweep_id}"),
             ("get", "/v1/revocations/{revocation_id}"),
+            ("get", "/"),
             ("get", "/login"),
             ("get", "/callback"),
             ("get", "/logout"),
