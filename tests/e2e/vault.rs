@@ -331,3 +331,76 @@ fn stack_settings(stack: &Stack, client: &custodian_testkit::RegisteredClient) -
         timeout_secs: 10,
     }
 }
+
+#[tokio::test]
+async fn rotating_the_key_encryption_key_rewraps_every_record_while_tokens_keep_flowing() {
+    use custodian_crypto::{KeyConfig, KeyRing, KeyRingConfig, generate_key};
+    let mut stack = Stack::start().await;
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    let (old_secret, new_secret) = (generate_key(), generate_key());
+    let ring = |current: &str, keys: &[(&str, &str)]| {
+        KeyRing::from_config(&KeyRingConfig {
+            current: current.into(),
+            keys: keys.iter().map(|(id, s)| KeyConfig { id: (*id).into(), secret: (*s).into() }).collect(),
+        })
+        .expect("ring")
+    };
+    stack.keyring = ring("old", &[("old", &old_secret)]);
+    let mut config = test_vault_config(vec![settings]);
+    config.maintenance_every_secs = 1;
+    stack.start_vault(config.clone());
+    let people = [unique("dora"), unique("eve")];
+    for person in &people {
+        stack.login_through_gateway(person).await;
+    }
+    let rows = assertion::Entity::find().all(stack.store.db()).await.expect("rows");
+    assert!(rows.len() == 2 && rows.iter().all(|r| r.key_id == "old"));
+    let ciphertexts: Vec<Vec<u8>> = rows.iter().map(|r| r.ciphertext.clone()).collect();
+
+    // New key current, old one still in the ring: the vault re-wraps in the background.
+    stack.crash_vault().await;
+    stack.keyring = ring("new", &[("old", &old_secret), ("new", &new_secret)]);
+    stack.start_vault(config.clone());
+    let view = stack.start_view(&unique("rot")).await;
+    let token = view.access_token(None, &people[0], &platform, Duration::from_secs(10)).await;
+    assert!(token.is_ok(), "tokens flow during the rotation: {token:?}");
+    eventually("every record re-wrapped under the new key", Duration::from_secs(15), || async {
+        let rows = assertion::Entity::find().all(stack.store.db()).await.ok()?;
+        rows.iter().all(|r| r.key_id == "new").then_some(rows)
+    })
+    .await
+    .iter()
+    .for_each(|r| assert!(ciphertexts.contains(&r.ciphertext), "only the data key's wrapping changed"));
+
+    // The old key can now leave the ring: every token is still readable.
+    stack.crash_vault().await;
+    stack.keyring = ring("new", &[("new", &new_secret)]);
+    stack.start_vault(config);
+    for person in &people {
+        let token = view.access_token(None, person, &platform, Duration::from_secs(10)).await;
+        assert!(token.is_ok(), "readable with the new key only: {token:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_record_is_deleted_when_its_longest_lived_token_expires() {
+    let mut stack = Stack::start().await;
+    let (_client, settings) = stack.register_platform().await;
+    let mut config = test_vault_config(vec![settings]);
+    config.maintenance_every_secs = 1;
+    stack.start_vault(config);
+    stack.login_through_gateway(&unique("fred")).await;
+    let row = assertion::Entity::find().one(stack.store.db()).await.expect("query").expect("a row");
+    assert!(row.expires_at > row.access_expires_at, "the refresh token outlives the access token");
+    // Time passes: both tokens are past their expiry (moved in the row, not the clock).
+    let past = stack.clock.now() - chrono::Duration::seconds(1);
+    let mut expired: assertion::ActiveModel = row.into();
+    expired.expires_at = sea_orm::ActiveValue::Set(past);
+    expired.access_expires_at = sea_orm::ActiveValue::Set(past);
+    sea_orm::ActiveModelTrait::update(expired, stack.store.db()).await.expect("update");
+    eventually("the expired record to be deleted", Duration::from_secs(10), || async {
+        assertion::Entity::find().all(stack.store.db()).await.ok()?.is_empty().then_some(())
+    })
+    .await;
+}

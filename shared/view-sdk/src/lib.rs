@@ -138,10 +138,18 @@ impl View {
             platform_id: platform_id.to_owned(),
             reply_key: key.public_base64(),
         };
-        let reply: TokenReply =
-            custodian_bus::query(self.bus.client(), custodian_events::vault::TOKEN, &request, timeout)
-                .await
-                .map_err(|e| ViewError::Vault(e.to_string()))?;
+        // A vault restarting has no responder for a moment: retry until the deadline.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let reply: TokenReply = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match custodian_bus::query(self.bus.client(), custodian_events::vault::TOKEN, &request, left).await {
+                Ok(reply) => break reply,
+                Err(custodian_bus::QueryError::NoAnswer { .. }) if left > Duration::from_millis(100) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(ViewError::Vault(e.to_string())),
+            }
+        };
         match reply {
             TokenReply::Token { sealed_access_token, expires_at, acr, issuer } => {
                 let plain = key.open(&sealed_access_token).map_err(|e| ViewError::Vault(e.to_string()))?;
