@@ -71,21 +71,30 @@ async fn send_due_wipes(vault: &Vault) -> Result<(usize, HashSet<String>), Vault
     let mut touched = HashSet::new();
     let mut outgoing = Vec::new();
     let mut expired = Vec::new();
-    for wipe in due {
-        let next = now + vault.config.retry_delay(wipe.attempts);
-        // Claim: only the replica whose UPDATE matches the row as read sends it.
-        let claimed = pending_wipe::Entity::update_many()
-            .col_expr(pending_wipe::Column::NextAttemptAt, next.into())
-            .col_expr(pending_wipe::Column::Attempts, (wipe.attempts + 1).into())
-            .col_expr(pending_wipe::Column::SentAt, Some(now).into())
-            .filter(pending_wipe::Column::WipeId.eq(wipe.wipe_id.clone()))
-            .filter(pending_wipe::Column::State.eq("pending"))
-            .filter(pending_wipe::Column::Attempts.eq(wipe.attempts))
-            .exec(db)
-            .await?;
-        if claimed.rows_affected != 1 {
-            continue;
+    // Claim: one conditional UPDATE per retry level; a row another replica claimed
+    // meanwhile (its attempts moved on) is not returned, so only one replica sends it.
+    let mut by_attempts: HashMap<i32, Vec<String>> = HashMap::new();
+    for wipe in &due {
+        by_attempts.entry(wipe.attempts).or_default().push(wipe.wipe_id.clone());
+    }
+    let mut claimed = Vec::new();
+    for (attempts, ids) in by_attempts {
+        let next = now + vault.config.retry_delay(attempts);
+        for chunk in ids.chunks(500) {
+            claimed.extend(
+                pending_wipe::Entity::update_many()
+                    .col_expr(pending_wipe::Column::NextAttemptAt, next.into())
+                    .col_expr(pending_wipe::Column::Attempts, (attempts + 1).into())
+                    .col_expr(pending_wipe::Column::SentAt, Some(now).into())
+                    .filter(pending_wipe::Column::WipeId.is_in(chunk.to_vec()))
+                    .filter(pending_wipe::Column::State.eq("pending"))
+                    .filter(pending_wipe::Column::Attempts.eq(attempts))
+                    .exec_with_returning(db)
+                    .await?,
+            );
         }
+    }
+    for wipe in claimed {
         if let Some(id) = &wipe.revocation_id {
             touched.insert(id.clone());
         }

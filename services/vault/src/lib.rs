@@ -231,3 +231,45 @@ pub fn digest(value: &str) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(value.as_bytes()))
 }
+
+/// Tokens obtained outside the vault's own login (a platform moving its existing sessions
+/// in; benchmarks), to be sealed and stored like any other.
+#[derive(Debug)]
+pub struct ImportedTokens {
+    pub issuer: String,
+    pub subject: String,
+    pub platform_id: String,
+    pub acr: Option<String>,
+    pub scopes: Vec<String>,
+    pub tokens: TokenBundle,
+    pub access_expires_at: chrono::DateTime<chrono::Utc>,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Seals and stores imported tokens; returns the assertion id.
+pub async fn import_tokens(
+    store: &Store,
+    keyring: &KeyRing,
+    imported: &ImportedTokens,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<String, VaultError> {
+    let assertion_id = uuid::Uuid::new_v4().to_string();
+    assertions::insert(
+        store.db(),
+        keyring,
+        assertions::NewAssertion {
+            assertion_id: assertion_id.clone(),
+            issuer: &imported.issuer,
+            subject: &imported.subject,
+            platform_id: &imported.platform_id,
+            acr: imported.acr.clone(),
+            scopes: &imported.scopes,
+            bundle: &imported.tokens,
+            access_expires_at: imported.access_expires_at,
+            expires_at: imported.expires_at,
+        },
+        now,
+    )
+    .await?;
+    Ok(assertion_id)
+}

@@ -44,6 +44,9 @@ pub trait BatchHandler: Send + Sync + 'static {
     fn handle(&self, batch: &[Delivery]) -> impl Future<Output = Vec<Result<(), HandlerError>>> + Send;
 }
 
+/// A chunk at least this big (tokio's budget caps one poll at 128) suggests more is queued.
+const LINGER_THRESHOLD: usize = 32;
+
 /// A durable pull consumer, named `<service>-<purpose>`.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
@@ -131,7 +134,10 @@ pub async fn run_consumer<H: BatchHandler>(
         // cost that matters.
         let mut chunk = chunk;
         let linger_until = tokio::time::Instant::now() + spec.linger;
-        while chunk.len() < spec.batch {
+        // A small chunk means nothing else was buffered: a lone event (a person's
+        // revocation) goes through at once; lingering pays off only under load.
+        let under_load = chunk.len() >= LINGER_THRESHOLD;
+        while under_load && chunk.len() < spec.batch {
             match tokio::time::timeout_at(linger_until, chunks.next()).await {
                 Ok(Some(more)) => chunk.extend(more),
                 _ => break,

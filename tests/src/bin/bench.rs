@@ -9,6 +9,9 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+#[path = "../revocation_bench.rs"]
+mod revocation_bench;
+
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{consumer::pull, stream};
@@ -362,6 +365,10 @@ async fn main() {
     custodian_telemetry::set_default_filter("warn");
     let _telemetry = custodian_telemetry::init("custodian-bench").ok();
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("revocation") {
+        revocation_bench::run().await;
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("sweep") {
         sweep_bench(args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1_000_000)).await;
         return;
