@@ -404,3 +404,66 @@ async fn a_record_is_deleted_when_its_longest_lived_token_expires() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn logout_ends_the_session_here_and_sends_the_browser_to_the_op() {
+    let mut stack = Stack::start().await;
+    let (client, settings) = stack.register_platform().await;
+    stack.start_vault(test_vault_config(vec![settings]));
+    let (browser, cookie, _) = stack.login_through_gateway(&unique("gina")).await;
+    let signed_in = browser.get(stack.url("/v1/me/consents")).send().await.expect("me");
+    assert_eq!(signed_in.status(), StatusCode::OK);
+
+    let out = browser.get(stack.url("/logout")).send().await.expect("logout");
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let location = out.headers()[reqwest::header::LOCATION].to_str().expect("location").to_owned();
+    assert!(location.starts_with(&format!("{}/session/end", stack.provider.issuer)), "{location}");
+    assert!(location.contains(&format!("client_id={}", client.client_id)), "{location}");
+    let cleared = out
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.starts_with("custodian_session=;") && v.contains("Max-Age=0")));
+    assert!(cleared, "the session cookie is cleared");
+
+    // The old cookie is dead server-side too (not just forgotten by the browser).
+    let replay = stack
+        .http
+        .get(stack.url("/v1/me/consents"))
+        .header("cookie", format!("custodian_session={cookie}"))
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
+    let problem: Value = replay.json().await.expect("problem+json");
+    assert!(problem["detail"].as_str().unwrap_or_default().contains("sign in again"), "{problem}");
+}
+
+#[tokio::test]
+async fn a_forged_or_replayed_callback_is_refused() {
+    let mut stack = Stack::start().await;
+    let (_client, settings) = stack.register_platform().await;
+    stack.start_vault(test_vault_config(vec![settings]));
+    // No login cookie: a callback not started in this browser.
+    let forged = stack.http.get(stack.url("/callback?code=abc&state=xyz")).send().await.expect("callback");
+    assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
+    // The OP reporting an error is shown as such.
+    let denied = stack.http.get(stack.url("/callback?error=access_denied&state=x")).send().await.expect("callback");
+    assert_eq!(denied.status(), StatusCode::BAD_REQUEST);
+    assert!(denied.text().await.unwrap_or_default().contains("access_denied"));
+    // A real callback used twice: the second is refused (single-use state and code).
+    let browser = stack.provider.browser();
+    let start = browser.get(stack.url("/login")).send().await.expect("login");
+    let to_op = start.headers()[reqwest::header::LOCATION].to_str().expect("location").to_owned();
+    let back = stack.provider.drive_interactions(&browser, to_op, &unique("hank"), &stack.url("/callback")).await;
+    assert_eq!(browser.get(&back).send().await.expect("first").status(), StatusCode::SEE_OTHER);
+    let login_state = reqwest::Url::parse(&back)
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("state");
+    let replay =
+        stack.http.get(&back).header("cookie", format!("custodian_login={login_state}")).send().await.expect("replay");
+    assert_eq!(replay.status(), StatusCode::FORBIDDEN, "{:?}", replay.text().await);
+}
