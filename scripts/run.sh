@@ -32,7 +32,7 @@ fi
 cat >"$DATA/op/clients.json" <<JSON
 [{"client_id":"custodian-demo","client_secret":"$(cat "$DATA/op/client_secret")",
   "redirect_uris":["http://127.0.0.1:${GATEWAY_PORT}/callback","https://127.0.0.1/callback"],
-  "grant_types":["authorization_code","refresh_token"],"response_types":["code"],
+  "grant_types":["authorization_code","refresh_token","urn:ietf:params:oauth:grant-type:token-exchange"],"response_types":["code"],
   "token_endpoint_auth_method":"client_secret_basic"}]
 JSON
 rm -f "$DATA/op/ready"

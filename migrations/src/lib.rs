@@ -8,6 +8,7 @@ mod m20261124_000001_bus_inbox_outbox;
 mod m20261124_000002_consents;
 mod m20261124_000003_sweeps;
 mod m20261124_000004_vault;
+mod m20261124_000005_audit;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_consents::Migration),
             Box::new(m20261124_000003_sweeps::Migration),
             Box::new(m20261124_000004_vault::Migration),
+            Box::new(m20261124_000005_audit::Migration),
         ]
     }
 }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit;
 mod consent_ledger;
 mod gateway_api;
 mod reliability;

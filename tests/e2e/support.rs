@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 pub const PLATFORM_TOKEN: &str = "test-platform-token-0123456789";
 pub const OPS_TOKEN: &str = "test-ops-token-0123456789abcdef";
+pub const DPO_TOKEN: &str = "test-dpo-token-0123456789abcdef";
 
 pub struct Stack {
     pub nats: NatsServer,
@@ -34,6 +35,9 @@ pub struct Stack {
     pub consent_config: ConsentConfig,
     sweepers: Vec<(String, CancellationToken, JoinHandle<()>)>,
     vault: Option<(CancellationToken, JoinHandle<()>)>,
+    audit: Option<(CancellationToken, JoinHandle<()>)>,
+    /// Signs the audit chain's checkpoints.
+    pub audit_signer: custodian_audit::Signer,
     views: Vec<(String, CancellationToken, JoinHandle<()>)>,
     /// The vault's key ring, kept across vault restarts.
     pub keyring: custodian_crypto::KeyRing,
@@ -99,6 +103,8 @@ impl Stack {
             consent_config: test_consent_config(),
             sweepers: Vec::new(),
             vault: None,
+            audit: None,
+            audit_signer: custodian_audit::Signer::generate("test-audit"),
             views: Vec::new(),
             keyring: custodian_crypto::KeyRing::ephemeral(),
             _dir: dir,
@@ -176,6 +182,26 @@ impl Stack {
             }
         });
         self.vault = Some((token, handle));
+    }
+
+    /// Starts the audit service (identities sealed under the stack's key ring).
+    pub fn start_audit(&mut self, config: custodian_audit::AuditConfig) {
+        let deps = custodian_audit::Deps {
+            store: self.store.clone(),
+            bus: self.bus.clone(),
+            clock: self.clock.clone(),
+            keyring: self.keyring.clone(),
+            signer: self.audit_signer.clone(),
+            metrics: Default::default(),
+        };
+        let token = CancellationToken::new();
+        let run_token = token.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(e) = custodian_audit::run(deps, config, run_token).await {
+                tracing::error!(error = %e, "audit stopped with an error");
+            }
+        });
+        self.audit = Some((token, handle));
     }
 
     /// Ends the vault as a crash would: its tasks are dropped wherever they are.
@@ -276,6 +302,7 @@ impl Stack {
                     sha256: token_digest(PLATFORM_TOKEN),
                 },
                 MachineToken { name: "test-ops".into(), role: Role::Ops, sha256: token_digest(OPS_TOKEN) },
+                MachineToken { name: "test-dpo".into(), role: Role::Dpo, sha256: token_digest(DPO_TOKEN) },
             ],
             login: custodian_gateway::LoginConfig { public_url: self.gateway_url.clone(), after_login: "/".into() },
         };
@@ -374,7 +401,9 @@ pub async fn count_on(js: &jetstream::Context, subject: &str) -> u64 {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for (token, handle) in [self.consent.take(), self.gateway.take(), self.vault.take()].into_iter().flatten() {
+        for (token, handle) in
+            [self.consent.take(), self.gateway.take(), self.vault.take(), self.audit.take()].into_iter().flatten()
+        {
             token.cancel();
             handle.abort();
         }

@@ -7,6 +7,7 @@
 // State lives in memory: a restart forgets clients, grants and tokens.
 
 import { execFileSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { join } from 'node:path';
@@ -113,6 +114,43 @@ const configuration = {
 
 const provider = new Provider(issuer, configuration);
 provider.proxy = false;
+// Unexpected failures, for the test log (see testkit: custodian-op-<pid>.log in the temp dir).
+provider.on('server_error', (ctx, err) => console.error('server_error', err));
+provider.on('grant.error', (ctx, err) => { if (!(err instanceof errors.OIDCProviderError)) console.error('grant.error', err); });
+
+// RFC 8693 token exchange for legacy SAML holder-of-key assertions (the Belgian eHealth STS
+// issues SAML 1.1): a person's access token in, a SAML assertion out. The assertion here is a
+// minimal unsigned stand-in with the fields Custodian reads (id, validity, subject, the
+// holder-of-key confirmation method).
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const SAML_TYPES = {
+  'urn:ietf:params:oauth:token-type:saml1': 'saml1',
+  'urn:ietf:params:oauth:token-type:saml2': 'saml2',
+};
+provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+  const { params, client } = ctx.oidc;
+  if (params.subject_token_type !== 'urn:ietf:params:oauth:token-type:access_token') {
+    throw new errors.InvalidRequest('subject_token_type must be urn:ietf:params:oauth:token-type:access_token');
+  }
+  const kind = SAML_TYPES[params.requested_token_type];
+  if (!kind) throw new errors.InvalidRequest('requested_token_type must be the saml1 or saml2 token type');
+  const subjectToken = await ctx.oidc.provider.AccessToken.find(params.subject_token);
+  if (!subjectToken || subjectToken.isExpired) throw new errors.InvalidGrant('subject_token is invalid or expired');
+  if (subjectToken.clientId !== client.clientId) throw new errors.InvalidGrant('subject_token belongs to another client');
+  const id = `_${randomUUID()}`;
+  const now = new Date();
+  const until = new Date(now.getTime() + 300 * 1000);
+  const who = subjectToken.accountId;
+  const xml = kind === 'saml1'
+    ? `<saml:Assertion xmlns:saml="urn:oasis:names:tc:SAML:1.0:assertion" MajorVersion="1" MinorVersion="1" AssertionID="${id}" Issuer="${issuer}" IssueInstant="${now.toISOString()}"><saml:Conditions NotBefore="${now.toISOString()}" NotOnOrAfter="${until.toISOString()}"/><saml:AuthenticationStatement AuthenticationInstant="${now.toISOString()}" AuthenticationMethod="urn:oasis:names:tc:SAML:1.0:am:unspecified"><saml:Subject><saml:NameIdentifier>${who}</saml:NameIdentifier><saml:SubjectConfirmation><saml:ConfirmationMethod>urn:oasis:names:tc:SAML:1.0:cm:holder-of-key</saml:ConfirmationMethod></saml:SubjectConfirmation></saml:Subject></saml:AuthenticationStatement></saml:Assertion>`
+    : `<saml2:Assertion xmlns:saml2="urn:oasis:names:tc:SAML:2.0:assertion" Version="2.0" ID="${id}" IssueInstant="${now.toISOString()}"><saml2:Issuer>${issuer}</saml2:Issuer><saml2:Subject><saml2:NameID>${who}</saml2:NameID><saml2:SubjectConfirmation Method="urn:oasis:names:tc:SAML:2.0:cm:holder-of-key"/></saml2:Subject><saml2:Conditions NotBefore="${now.toISOString()}" NotOnOrAfter="${until.toISOString()}"/></saml2:Assertion>`;
+  ctx.body = {
+    access_token: Buffer.from(xml).toString('base64url'),
+    issued_token_type: params.requested_token_type,
+    token_type: 'N_A',
+    expires_in: 300,
+  };
+}, new Set(['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'resource', 'scope']));
 handler = provider.callback();
 console.log(JSON.stringify({ issuer, ca_file: tls.ca, initial_access_token: args['initial-access-token'] }));
 

@@ -272,7 +272,7 @@ async fn raw_relay(bus: &Bus, n: usize) -> Vec<Duration> {
 
 pub async fn run() {
     let n: usize = std::env::var("CUSTODIAN_BENCH_REVOCATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
-    let n_op: usize = std::env::var("CUSTODIAN_BENCH_OP_REVOCATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let n_op: usize = std::env::var("CUSTODIAN_BENCH_OP_REVOCATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     println!("custodian revocation bench: PostgreSQL, {VIEWS} views, 2 cores shared\n");
     let nats = NatsServer::start();
     let provider = Provider::shared();

@@ -3,13 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use custodian_events::vault::{self, Receipt, RevocationQuery, RevocationReply};
-
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use clap::Subcommand;
 use custodian_bus::Outgoing;
 use custodian_events::queries::{self, ConsentQuery, ConsentReply, ConsentView};
+use custodian_events::vault::{self, Receipt, RevocationQuery, RevocationReply};
 use custodian_events::{CloudEvent, ConsentRevokedV1, LifecycleEvent, RevokeReason, subjects};
 use custodian_store::{Store, clock::Clock as _};
 use secrecy::ExposeSecret;
@@ -84,6 +83,140 @@ pub enum SweepCommand {
     },
     /// Show one sweep.
     Show { sweep_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain and the checkpoints; print the first broken link (exit 1 if any).
+    Verify {
+        /// Exported checkpoints (JSON lines); default: audit.checkpoint_file, else the table.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// The audit public key (base64); default: derived from audit.signing_key.
+        #[arg(long)]
+        public_key: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Holder-of-key token uses with the callers' identities (asks the audit service).
+    PrivacyLog {
+        #[arg(long)]
+        platform: Option<String>,
+        /// RFC 3339, inclusive.
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// RFC 3339, exclusive.
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a checkpoint signing key and an identity key ring for `[audit]`.
+    Keygen,
+}
+
+pub async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<()> {
+    match cmd {
+        AuditCommand::Keygen => {
+            let seed = base64::engine::general_purpose::STANDARD.encode(custodian_crypto::random_32().as_slice());
+            let signer = custodian_audit::Signer::from_base64("audit-1", &seed).map_err(anyhow::Error::msg)?;
+            println!(
+                "[audit]\nsigning_key_id = \"audit-1\"\nsigning_key = \"{seed}\"\n# public key (for `custodian audit verify --public-key`): {}",
+                signer.public_key_base64()
+            );
+            println!(
+                "[audit.keyring]\ncurrent = \"a1\"\n[[audit.keyring.keys]]\nid = \"a1\"\nsecret = \"{}\"",
+                custodian_crypto::generate_key()
+            );
+        }
+        AuditCommand::Verify { checkpoints, public_key, json } => {
+            let public_key = match public_key {
+                Some(k) => k,
+                None => {
+                    let seed = config
+                        .audit
+                        .signing_key
+                        .as_ref()
+                        .context("give --public-key, or configure audit.signing_key")?;
+                    custodian_audit::Signer::from_base64(&config.audit.signing_key_id, seed.expose_secret())
+                        .map_err(anyhow::Error::msg)?
+                        .public_key_base64()
+                }
+            };
+            let file = checkpoints.or_else(|| config.audit.checkpoint_file.clone().filter(|p| p.exists()));
+            let exported = match &file {
+                Some(path) => {
+                    let text =
+                        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                    Some(custodian_audit::read_checkpoints(&text).map_err(anyhow::Error::msg)?)
+                }
+                None => None,
+            };
+            let store = Store::connect(config.database_url.expose_secret(), 2).await?;
+            let report = custodian_audit::verify::verify(store.db(), &public_key, exported).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let source = file.map_or("the database".to_owned(), |p| p.display().to_string());
+                println!(
+                    "{} entries, last {}; {} checkpoint(s) from {source} checked",
+                    report.entries, report.last_seq, report.checkpoints_checked
+                );
+            }
+            if let Some(broken) = report.broken {
+                if !json {
+                    eprintln!("BROKEN: {broken}");
+                }
+                std::process::exit(1);
+            }
+            if !json {
+                println!("chain intact");
+            }
+        }
+        AuditCommand::PrivacyLog { platform, from, to, json } => {
+            let client = custodian_bus::connect(&config.nats_url, "custodian-cli").await?;
+            let key = custodian_crypto::ReplyKey::new();
+            let query = custodian_events::audit::PrivacyLogQuery {
+                platform_id: platform,
+                from,
+                to,
+                limit: Some(10_000),
+                asked_by: format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into())),
+                reply_key: key.public_base64(),
+            };
+            let reply: custodian_events::audit::PrivacyLogReply =
+                custodian_bus::query(&client, custodian_events::audit::PRIVACY_LOG, &query, Duration::from_secs(10))
+                    .await?;
+            let entries: Vec<custodian_events::audit::PrivacyLogEntry> = match reply {
+                custodian_events::audit::PrivacyLogReply::Sealed(sealed) => {
+                    serde_json::from_slice(&key.open(&sealed).map_err(|e| anyhow::anyhow!("{e}"))?)?
+                }
+                custodian_events::audit::PrivacyLogReply::Error(e) => bail!("the audit service refused: {e}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+                return Ok(());
+            }
+            println!(
+                "{:<19} {:<16} {:<20} {:<14} {:<6} {:<24} SERVICE",
+                "USED", "PLATFORM", "CALLER", "PERSON", "TYPE", "ASSERTION"
+            );
+            for e in &entries {
+                println!(
+                    "{:<19} {:<16} {:<20} {:<14} {:<6} {:<24} {}",
+                    time(Some(e.used_at)),
+                    e.platform_id,
+                    e.caller_identity,
+                    e.subject.as_deref().unwrap_or("-"),
+                    e.token_type,
+                    e.assertion_id,
+                    e.service
+                );
+            }
+            println!("{} use(s)", entries.len());
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]

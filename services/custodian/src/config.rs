@@ -30,6 +30,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub sweeper: SweeperConfig,
     pub vault: VaultConfig,
+    pub audit: custodian_audit::AuditConfig,
     pub demo_view: DemoViewConfig,
     /// This process's name in sweep leases (default: the host name and process id).
     pub replica: Option<String>,
@@ -60,6 +61,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             sweeper: SweeperConfig::default(),
             vault: VaultConfig::default(),
+            audit: custodian_audit::AuditConfig::default(),
             demo_view: DemoViewConfig::default(),
             replica: None,
         }

@@ -47,6 +47,9 @@ enum Command {
     /// Machine bearer tokens for the gateway.
     #[command(subcommand)]
     Token(commands::TokenCommand),
+    /// The audit chain and the privacy log.
+    #[command(subcommand)]
+    Audit(commands::AuditCommand),
     /// Key-encryption keys for the vault.
     #[command(subcommand)]
     Keys(commands::KeysCommand),
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
             Command::Sweep(cmd) => commands::sweep(&config, cmd).await,
             Command::Token(cmd) => commands::token(cmd),
             Command::Keys(cmd) => commands::keys(cmd),
+            Command::Audit(cmd) => commands::audit(&config, cmd).await,
         }
     });
     match result {

@@ -17,12 +17,14 @@ pub enum ServiceName {
     Gateway,
     Sweeper,
     Vault,
+    Audit,
     /// The demo view (a small web page holding data in memory through the view SDK).
     DemoView,
 }
 
 pub async fn up(config: Config) -> anyhow::Result<()> {
-    let mut all = vec![ServiceName::Consent, ServiceName::Sweeper, ServiceName::Vault, ServiceName::Gateway];
+    let mut all =
+        vec![ServiceName::Consent, ServiceName::Sweeper, ServiceName::Vault, ServiceName::Audit, ServiceName::Gateway];
     if config.demo_view.enabled {
         all.push(ServiceName::DemoView);
     }
@@ -81,6 +83,30 @@ async fn run_services(config: Config, which: &[ServiceName]) -> anyhow::Result<(
         let deps =
             custodian_vault::Deps { store: store.clone(), bus: bus.clone(), clock: clock.clone(), keyring, metrics };
         tasks.spawn("vault", custodian_vault::run(deps, config.vault.clone(), shutdown.clone()));
+    }
+    if which.contains(&ServiceName::Audit) {
+        let seed = config.audit.signing_key.as_ref().context(
+            "audit.signing_key is required (it signs the chain's checkpoints): run `custodian audit keygen`",
+        )?;
+        let signer = custodian_audit::Signer::from_base64(&config.audit.signing_key_id, seed.expose_secret())
+            .map_err(anyhow::Error::msg)?;
+        let ring = config
+            .audit
+            .keyring
+            .as_ref()
+            .context("audit.keyring is required (it seals caller identities): run `custodian audit keygen`")?;
+        let keyring = custodian_crypto::KeyRing::from_config(ring).context("audit.keyring")?;
+        let metrics = custodian_audit::AuditMetrics::default();
+        metrics.register(&mut registry);
+        let deps = custodian_audit::Deps {
+            store: store.clone(),
+            bus: bus.clone(),
+            clock: clock.clone(),
+            keyring,
+            signer,
+            metrics,
+        };
+        tasks.spawn("audit", custodian_audit::run(deps, config.audit.clone(), shutdown.clone()));
     }
     if which.contains(&ServiceName::DemoView) {
         let listener = tokio::net::TcpListener::bind(config.demo_view.listen)

@@ -123,6 +123,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/sweeps", post(routes::sweeps::start))
         .route("/v1/sweeps/{sweep_id}", get(routes::sweeps::show))
         .route("/v1/revocations/{revocation_id}", get(routes::revocations::show))
+        .route("/v1/privacy-log", get(routes::privacy::read))
         .route("/", get(routes::dashboard::page))
         .route("/login", get(routes::login::login))
         .route("/callback", get(routes::login::callback))
@@ -190,6 +191,7 @@ mod tests {
             ("post", "/v1/sweeps"),
             ("get", "/v1/sweeps/{sweep_id}"),
             ("get", "/v1/revocations/{revocation_id}"),
+            ("get", "/v1/privacy-log"),
             ("get", "/"),
             ("get", "/login"),
             ("get", "/callback"),

@@ -217,6 +217,14 @@ pub async fn run(deps: Deps, config: VaultConfig, shutdown: CancellationToken) -
     );
     let v = vault.clone();
     tasks.spawn(
+        "vault-hok",
+        custodian_bus::respond(client.clone(), vault::HOK, SERVICE, shutdown.clone(), move |q| {
+            let v = v.clone();
+            async move { tokens::hok(&v, q).await }
+        }),
+    );
+    let v = vault.clone();
+    tasks.spawn(
         "vault-receipts",
         custodian_bus::respond(client, vault::REVOCATIONS, SERVICE, shutdown.clone(), move |q| {
             let v = v.clone();

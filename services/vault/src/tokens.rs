@@ -1,11 +1,18 @@
 //! Hands a platform service a valid access token for (subject, platform): renewed with the
 //! refresh token when it is about to expire, sealed to the requester's one-time key (tokens
 //! never cross NATS in clear), and recorded as the person's activity (`activity.seen`).
+//!
+//! Also the RFC 8693 exchange for a legacy SAML holder-of-key token, one per use: the
+//! `token.hok_used` entry (with the real caller's identity) is committed to the outbox before
+//! the token is handed out, so a use cannot happen without its privacy-log entry.
 
-use custodian_events::vault::{TokenReply, TokenRequest};
-use custodian_events::{ActivitySeenV1, CloudEvent, subjects};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use custodian_events::vault::{HokReply, HokRequest, TokenReply, TokenRequest};
+use custodian_events::{ActivitySeenV1, CloudEvent, HokTokenType, TokenHokUsedV1, subjects};
+use custodian_store::entities::assertion;
 use custodian_store::outbox;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::assertions::{self, TokenBundle};
 use crate::{SERVICE, SOURCE, Vault, VaultError};
@@ -24,42 +31,56 @@ pub(crate) async fn hand_out(vault: &Vault, request: Result<TokenRequest, String
     }
 }
 
-async fn token_for(vault: &Vault, request: &TokenRequest) -> Result<TokenReply, VaultError> {
+/// A currently valid access token for the person at the platform, renewed if needed.
+/// `Err(reason)` inside `Ok` when there is none to give (no consent, revoked, expired).
+async fn valid_access(
+    vault: &Vault,
+    issuer: Option<&str>,
+    subject: &str,
+    platform_id: &str,
+) -> Result<Result<(assertion::Model, SecretString, DateTime<Utc>), String>, VaultError> {
     let now = vault.clock.now();
     let db = vault.store.db();
-    let Some(row) =
-        assertions::usable(db, request.issuer.as_deref(), &request.subject, &request.platform_id, now).await?
-    else {
-        return Ok(TokenReply::NotFound("no valid token for this person at this platform".into()));
+    let Some(row) = assertions::usable(db, issuer, subject, platform_id, now).await? else {
+        return Ok(Err("no valid token for this person at this platform".into()));
     };
     let bundle = assertions::open(&vault.keyring, &row)?;
     let margin = chrono::Duration::seconds(vault.config.refresh_margin_secs as i64);
-    let (access, expires_at) = if row.access_expires_at > now + margin {
-        (bundle.access(), row.access_expires_at)
-    } else {
-        let Some(refresh) = bundle.refresh() else {
-            return Ok(TokenReply::NotFound("the access token expired and there is no refresh token".into()));
-        };
-        let client = vault.clients.get(&row.platform_id).await?;
-        let renewed = client.refresh(&refresh).await?;
-        vault.metrics.refreshes.inc();
-        let next = TokenBundle {
-            access_token: renewed.access_token.expose_secret().to_owned(),
-            // The OP may rotate the refresh token; keep the old one if it did not.
-            refresh_token: renewed
-                .refresh_token
-                .as_ref()
-                .map(|t| t.expose_secret().to_owned())
-                .or_else(|| bundle.refresh_token.clone()),
-            id_token: bundle.id_token.clone(),
-        };
-        if !assertions::replace_tokens(db, &vault.keyring, &row, &next, renewed.access_expires_at, now).await? {
-            // Revoked while we were refreshing: do not hand out what is being revoked.
-            return Ok(TokenReply::NotFound("the consent ended".into()));
-        }
-        (next.access(), renewed.access_expires_at)
+    if row.access_expires_at > now + margin {
+        let access = bundle.access();
+        let expires_at = row.access_expires_at;
+        return Ok(Ok((row, access, expires_at)));
+    }
+    let Some(refresh) = bundle.refresh() else {
+        return Ok(Err("the access token expired and there is no refresh token".into()));
     };
-    drop(bundle);
+    let client = vault.clients.get(&row.platform_id).await?;
+    let renewed = client.refresh(&refresh).await?;
+    vault.metrics.refreshes.inc();
+    let next = TokenBundle {
+        access_token: renewed.access_token.expose_secret().to_owned(),
+        // The OP may rotate the refresh token; keep the old one if it did not.
+        refresh_token: renewed
+            .refresh_token
+            .as_ref()
+            .map(|t| t.expose_secret().to_owned())
+            .or_else(|| bundle.refresh_token.clone()),
+        id_token: bundle.id_token.clone(),
+    };
+    if !assertions::replace_tokens(db, &vault.keyring, &row, &next, renewed.access_expires_at, now).await? {
+        // Revoked while we were refreshing: do not hand out what is being revoked.
+        return Ok(Err("the consent ended".into()));
+    }
+    Ok(Ok((row, next.access(), renewed.access_expires_at)))
+}
+
+async fn token_for(vault: &Vault, request: &TokenRequest) -> Result<TokenReply, VaultError> {
+    let now = vault.clock.now();
+    let (row, access, expires_at) =
+        match valid_access(vault, request.issuer.as_deref(), &request.subject, &request.platform_id).await? {
+            Ok(found) => found,
+            Err(reason) => return Ok(TokenReply::NotFound(reason)),
+        };
     let sealed = custodian_crypto::seal_to(&request.reply_key, access.expose_secret().as_bytes())?;
 
     // A token handed out is the person's platform being used: activity for the ledger.
@@ -75,4 +96,110 @@ async fn token_for(vault: &Vault, request: &TokenRequest) -> Result<TokenReply, 
     vault.relay.wake();
     vault.metrics.tokens_handed_out.inc();
     Ok(TokenReply::Token { sealed_access_token: sealed, expires_at, acr: row.acr, issuer: row.issuer })
+}
+
+pub(crate) async fn hok(vault: &Vault, request: Result<HokRequest, String>) -> HokReply {
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => return HokReply::Error(e),
+    };
+    match exchange(vault, &request).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::warn!(platform_id = %request.platform_id, error = %e, "no holder-of-key token handed out");
+            HokReply::Error(e.to_string())
+        }
+    }
+}
+
+fn token_type_urn(kind: HokTokenType) -> &'static str {
+    match kind {
+        HokTokenType::Saml1 => "urn:ietf:params:oauth:token-type:saml1",
+        HokTokenType::Saml2 => "urn:ietf:params:oauth:token-type:saml2",
+    }
+}
+
+/// The assertion's id: `AssertionID` (SAML 1.1) or `ID` (SAML 2.0) on the root element.
+pub(crate) fn saml_assertion_id(xml: &str) -> Option<String> {
+    let root_end = xml.find('>')?;
+    let root = &xml[..root_end];
+    for attr in [" AssertionID=\"", " ID=\""] {
+        if let Some(start) = root.find(attr) {
+            let rest = &root[start + attr.len()..];
+            return rest.find('"').map(|end| rest[..end].to_owned()).filter(|id| !id.is_empty());
+        }
+    }
+    None
+}
+
+async fn exchange(vault: &Vault, request: &HokRequest) -> Result<HokReply, VaultError> {
+    let check = |field: &str, v: &str| {
+        if v.is_empty() || v.len() > 512 || v.chars().any(char::is_control) {
+            Err(VaultError::Invalid(format!("{field} must be a non-empty identifier")))
+        } else {
+            Ok(())
+        }
+    };
+    check("caller_identity", &request.caller_identity)?;
+    check("service", &request.service)?;
+    let (row, access, _) =
+        match valid_access(vault, request.issuer.as_deref(), &request.subject, &request.platform_id).await? {
+            Ok(found) => found,
+            Err(reason) => return Ok(HokReply::NotFound(reason)),
+        };
+    let client = vault.clients.get(&row.platform_id).await?;
+    let exchanged = client.exchange_token(&access, token_type_urn(request.token_type)).await?;
+    drop(access);
+    let xml = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(exchanged.token.expose_secret().trim_end_matches('='))
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| VaultError::Invalid("the OP's SAML assertion is not base64url XML".into()))?;
+    let assertion_id =
+        saml_assertion_id(&xml).ok_or_else(|| VaultError::Invalid("the OP's SAML assertion has no id".into()))?;
+
+    let now = vault.clock.now();
+    let used = TokenHokUsedV1 {
+        platform_id: row.platform_id.clone(),
+        caller_identity: request.caller_identity.clone(),
+        caller_organisation: request.caller_organisation.clone(),
+        subject: Some(row.subject.clone()),
+        service: request.service.clone(),
+        assertion_id: assertion_id.clone(),
+        token_type: request.token_type,
+        valid_until: exchanged.expires_at,
+        purpose: request.purpose.clone(),
+    };
+    let event = CloudEvent::new(SOURCE, now, used);
+    custodian_events::EventData::validate(&event.data).map_err(|e| VaultError::Invalid(e.to_string()))?;
+    // Logged (committed) before handed out.
+    let txn = vault.store.begin_write().await?;
+    outbox::enqueue(&txn, SERVICE, vec![custodian_bus::outbox_row(subjects::TOKEN_HOK_USED, &event)], now).await?;
+    txn.commit().await?;
+    vault.relay.wake();
+    let sealed = custodian_crypto::seal_to(&request.reply_key, exchanged.token.expose_secret().as_bytes())?;
+    tracing::info!(platform_id = %row.platform_id, assertion_id = %assertion_id, service = %request.service, "holder-of-key token handed out");
+    Ok(HokReply::Token {
+        sealed_assertion: sealed,
+        assertion_id,
+        valid_until: exchanged.expires_at,
+        event_id: event.id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::saml_assertion_id;
+
+    #[test]
+    fn reads_the_assertion_id_of_either_saml_version() {
+        assert_eq!(
+            saml_assertion_id(r#"<saml:Assertion MajorVersion="1" AssertionID="_abc" Issuer="x"><a ID="no"/>"#)
+                .as_deref(),
+            Some("_abc")
+        );
+        assert_eq!(saml_assertion_id(r#"<saml2:Assertion Version="2.0" ID="_def">"#).as_deref(), Some("_def"));
+        assert_eq!(saml_assertion_id(r#"<x><y ID="_nested"/></x>"#), None);
+        assert_eq!(saml_assertion_id(r#"<x ID="">"#), None);
+    }
 }

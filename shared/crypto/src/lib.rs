@@ -99,6 +99,14 @@ impl fmt::Debug for KeyRing {
     }
 }
 
+/// 32 random bytes from the OS (e.g. an Ed25519 seed).
+pub fn random_32() -> Zeroizing<[u8; KEY_LEN]> {
+    let key = XChaCha20Poly1305::generate_key(&mut OsRng);
+    let mut out = Zeroizing::new([0u8; KEY_LEN]);
+    out.copy_from_slice(&key);
+    out
+}
+
 /// A new random key, base64, for a key ring entry.
 pub fn generate_key() -> String {
     let key = XChaCha20Poly1305::generate_key(&mut OsRng);

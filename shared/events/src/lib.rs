@@ -5,6 +5,7 @@
 //! data field is an error, so nothing but identifiers can slip into storage (data
 //! minimisation beats tolerant readers here). A new field means a new `…V2` type.
 
+pub mod audit;
 mod envelope;
 mod error;
 pub mod payloads;

@@ -13,6 +13,8 @@ pub const WHOAMI: &str = "custodian.vault.whoami";
 pub const LOGOUT: &str = "custodian.vault.logout";
 pub const TOKEN: &str = "custodian.vault.token";
 pub const REVOCATIONS: &str = "custodian.query.revocations";
+/// A legacy SAML holder-of-key token for one use (RFC 8693 exchange); every use is logged.
+pub const HOK: &str = "custodian.vault.hok";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,4 +166,47 @@ pub struct ViewReceipt {
     pub attempts: i32,
     pub sent_at: Option<DateTime<Utc>>,
     pub acked_at: Option<DateTime<Utc>>,
+}
+
+/// One use of a holder-of-key token by a platform service on behalf of a caller (e.g. a
+/// physician consulting the person's record). The caller's identity goes to the privacy log.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HokRequest {
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The person whose token is exchanged.
+    pub subject: String,
+    pub platform_id: String,
+    pub token_type: crate::HokTokenType,
+    /// The service the token is for (URL or name).
+    pub service: String,
+    /// The real identity of the caller (e.g. national number).
+    pub caller_identity: String,
+    #[serde(default)]
+    pub caller_organisation: Option<String>,
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// Base64 X25519 public key; the assertion comes back sealed to it.
+    pub reply_key: String,
+}
+
+impl std::fmt::Debug for HokRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HokRequest")
+            .field("subject", &self.subject)
+            .field("platform_id", &self.platform_id)
+            .field("token_type", &self.token_type)
+            .field("service", &self.service)
+            .field("caller_identity", &"[REDACTED]")
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HokReply {
+    Token { sealed_assertion: String, assertion_id: String, valid_until: DateTime<Utc>, event_id: String },
+    NotFound(String),
+    Error(String),
 }

@@ -152,6 +152,14 @@ impl TokenKind {
     }
 }
 
+/// The result of an RFC 8693 exchange.
+#[derive(Debug)]
+pub struct ExchangedToken {
+    pub token: SecretString,
+    pub issued_token_type: String,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// What introspection says about a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Introspection {
@@ -354,6 +362,52 @@ impl OidcClient {
                 },
             )?;
         Ok(Introspection { active: response.active(), expires_at: response.exp() })
+    }
+
+    /// RFC 8693 token exchange at the token endpoint, authenticated as this client: the
+    /// person's access token for a token of `requested_token_type` (e.g. a SAML assertion).
+    pub async fn exchange_token(
+        &self,
+        subject_token: &SecretString,
+        requested_token_type: &str,
+    ) -> Result<ExchangedToken, OidcError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            access_token: String,
+            issued_token_type: Option<String>,
+            expires_in: Option<u64>,
+        }
+        #[derive(Deserialize)]
+        struct ErrorAnswer {
+            error: String,
+        }
+        let response = self
+            .http
+            .post(self.client.token_uri().as_str())
+            .basic_auth(&self.settings.client_id, Some(self.settings.client_secret.expose_secret()))
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                ("subject_token", subject_token.expose_secret()),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+                ("requested_token_type", requested_token_type),
+            ])
+            .send()
+            .await
+            .map_err(|e| OidcError::Unavailable(format!("token exchange: {}", describe(&e))))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| OidcError::Unavailable(format!("token exchange: {e}")))?;
+        if !status.is_success() {
+            let code =
+                serde_json::from_slice::<ErrorAnswer>(&body).map(|e| e.error).unwrap_or_else(|_| status.to_string());
+            return Err(if status.is_server_error() { OidcError::Unavailable(code) } else { OidcError::Refused(code) });
+        }
+        let answer: Answer = serde_json::from_slice(&body)
+            .map_err(|_| OidcError::Unavailable("token exchange: unparseable response".into()))?;
+        Ok(ExchangedToken {
+            token: SecretString::from(answer.access_token),
+            issued_token_type: answer.issued_token_type.unwrap_or_else(|| requested_token_type.to_owned()),
+            expires_at: expires_at(answer.expires_in.map(Duration::from_secs)),
+        })
     }
 
     /// RP-initiated logout at the OP (OpenID Connect RP-Initiated Logout 1.0), if it offers it.

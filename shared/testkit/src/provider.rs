@@ -50,7 +50,7 @@ impl Provider {
             "client_id": TEST_CLIENT_ID,
             "client_secret": TEST_CLIENT_SECRET,
             "redirect_uris": [TEST_REDIRECT_URI],
-            "grant_types": ["authorization_code", "refresh_token"],
+            "grant_types": ["authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:token-exchange"],
             "response_types": ["code"],
             "token_endpoint_auth_method": "client_secret_basic",
         }]);
@@ -63,8 +63,17 @@ impl Provider {
         let stdout = child.stdout.take().expect("stdout");
         let mut stderr = child.stderr.take().expect("stderr");
         std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = stderr.read_to_end(&mut sink);
+            // Kept for debugging a failing test: the OP's own errors (renderError prints them).
+            let log = std::env::temp_dir().join(format!("custodian-op-{}.log", std::process::id()));
+            match std::fs::File::create(&log) {
+                Ok(mut file) => {
+                    let _ = std::io::copy(&mut stderr, &mut file);
+                }
+                Err(_) => {
+                    let mut sink = Vec::new();
+                    let _ = stderr.read_to_end(&mut sink);
+                }
+            }
         });
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -189,7 +198,7 @@ impl Provider {
             .bearer_auth(&self.initial_access_token)
             .json(&serde_json::json!({
                 "redirect_uris": redirect_uris,
-                "grant_types": ["authorization_code", "refresh_token"],
+                "grant_types": ["authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:token-exchange"],
                 "response_types": ["code"],
                 "token_endpoint_auth_method": "client_secret_basic",
                 "post_logout_redirect_uris": redirect_uris,

@@ -47,6 +47,29 @@ pub struct AccessToken {
     pub acr: Option<String>,
 }
 
+/// One use of a holder-of-key token: for whom, by whom, for what.
+#[derive(Debug, Clone, Copy)]
+pub struct HokUse<'a> {
+    pub issuer: Option<&'a str>,
+    pub subject: &'a str,
+    pub platform_id: &'a str,
+    pub token_type: custodian_events::HokTokenType,
+    pub service: &'a str,
+    pub caller_identity: &'a str,
+    pub caller_organisation: Option<&'a str>,
+    pub purpose: Option<&'a str>,
+}
+
+/// A SAML assertion (base64url XML) for one use.
+#[derive(Debug)]
+pub struct HokToken {
+    pub token: SecretString,
+    pub assertion_id: String,
+    pub valid_until: DateTime<Utc>,
+    /// The `token.hok_used` event that logged this use.
+    pub event_id: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct View {
     view_id: String,
@@ -159,6 +182,37 @@ impl View {
             }
             TokenReply::NotFound(reason) => Err(ViewError::NoToken(reason)),
             TokenReply::Error(reason) => Err(ViewError::Vault(reason)),
+        }
+    }
+
+    /// A legacy SAML holder-of-key token for one use on behalf of `caller` (RFC 8693 exchange
+    /// by the vault); the use is in the privacy log before the token is handed out.
+    pub async fn holder_of_key_token(&self, request: HokUse<'_>, timeout: Duration) -> Result<HokToken, ViewError> {
+        let key = custodian_crypto::ReplyKey::new();
+        let question = custodian_events::vault::HokRequest {
+            issuer: request.issuer.map(str::to_owned),
+            subject: request.subject.to_owned(),
+            platform_id: request.platform_id.to_owned(),
+            token_type: request.token_type,
+            service: request.service.to_owned(),
+            caller_identity: request.caller_identity.to_owned(),
+            caller_organisation: request.caller_organisation.map(str::to_owned),
+            purpose: request.purpose.map(str::to_owned),
+            reply_key: key.public_base64(),
+        };
+        let reply: custodian_events::vault::HokReply =
+            custodian_bus::query(self.bus.client(), custodian_events::vault::HOK, &question, timeout)
+                .await
+                .map_err(|e| ViewError::Vault(e.to_string()))?;
+        match reply {
+            custodian_events::vault::HokReply::Token { sealed_assertion, assertion_id, valid_until, event_id } => {
+                let plain = key.open(&sealed_assertion).map_err(|e| ViewError::Vault(e.to_string()))?;
+                let token =
+                    String::from_utf8(plain.to_vec()).map_err(|_| ViewError::Vault("assertion is not text".into()))?;
+                Ok(HokToken { token: SecretString::from(token), assertion_id, valid_until, event_id })
+            }
+            custodian_events::vault::HokReply::NotFound(reason) => Err(ViewError::NoToken(reason)),
+            custodian_events::vault::HokReply::Error(reason) => Err(ViewError::Vault(reason)),
         }
     }
 

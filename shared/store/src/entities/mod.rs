@@ -2,12 +2,15 @@
 //! the bus tables (outbox, inbox) are shared infrastructure, partitioned by service name.
 
 pub mod assertion;
+pub mod audit_checkpoint;
+pub mod audit_entry;
 pub mod consent;
 pub mod consent_history;
 pub mod inbox;
 pub mod login_attempt;
 pub mod outbox;
 pub mod pending_wipe;
+pub mod privacy_entry;
 pub mod revocation;
 pub mod revocation_token;
 pub mod sweep;

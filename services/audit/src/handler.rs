@@ -1,0 +1,204 @@
+//! Appends each batch to the chain in one transaction, in stream order: skip event ids
+//! already chained, link each new entry to the tail, record holder-of-key uses in the privacy
+//! log with the caller identity sealed, and sign a checkpoint every `checkpoint_every` entries.
+//! On PostgreSQL an advisory lock serialises replicas (one chain, one tail).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use custodian_bus::{BatchHandler, Delivery, HandlerError};
+use custodian_events::LifecycleEvent;
+use custodian_store::entities::{audit_checkpoint, audit_entry, privacy_entry};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Statement,
+};
+
+use crate::{Audit, AuditError, chain};
+
+/// Arbitrary constant naming the chain's lock in `pg_advisory_xact_lock`.
+const CHAIN_LOCK: i64 = 0x6175_6469_7443_6861;
+/// What replaces the caller identity in the chained payload of `token.hok_used`.
+pub const SEALED_IDENTITY: &str = "[sealed in privacy_log]";
+
+#[derive(Debug, Clone)]
+pub struct ChainHandler {
+    pub(crate) audit: Arc<Audit>,
+}
+
+impl BatchHandler for ChainHandler {
+    async fn handle(&self, batch: &[Delivery]) -> Vec<Result<(), HandlerError>> {
+        match append(&self.audit, batch).await {
+            Ok(()) => batch.iter().map(|_| Ok(())).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, size = batch.len(), "audit batch not chained");
+                batch.iter().map(|_| Err(HandlerError::Transient(e.to_string()))).collect()
+            }
+        }
+    }
+}
+
+/// The payload as chained: the event itself, but a caller identity sealed away.
+fn recorded_payload(event: &LifecycleEvent) -> String {
+    let bytes = match event {
+        LifecycleEvent::TokenHokUsed(e) => {
+            let mut redacted = e.clone();
+            redacted.data.caller_identity = SEALED_IDENTITY.to_owned();
+            LifecycleEvent::TokenHokUsed(redacted).to_json()
+        }
+        other => other.to_json(),
+    };
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+pub(crate) async fn lock_chain<C: ConnectionTrait>(conn: &C) -> Result<(), sea_orm::DbErr> {
+    if conn.get_database_backend() == DbBackend::Postgres {
+        conn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [CHAIN_LOCK.into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn tail<C: ConnectionTrait>(conn: &C) -> Result<(i64, String), sea_orm::DbErr> {
+    Ok(audit_entry::Entity::find()
+        .order_by_desc(audit_entry::Column::Seq)
+        .limit(1)
+        .one(conn)
+        .await?
+        .map_or((0, chain::GENESIS.to_owned()), |e| (e.seq, e.hash)))
+}
+
+async fn append(audit: &Audit, batch: &[Delivery]) -> Result<(), AuditError> {
+    let now = audit.clock.now();
+    let txn = audit.store.begin_write().await?;
+    lock_chain(&txn).await?;
+    let ids: Vec<String> = batch.iter().map(|d| d.event.id().to_owned()).collect();
+    let mut seen: HashSet<String> = HashSet::new();
+    for chunk in ids.chunks(500) {
+        let existing: Vec<String> = audit_entry::Entity::find()
+            .select_only()
+            .column(audit_entry::Column::EventId)
+            .filter(audit_entry::Column::EventId.is_in(chunk.to_vec()))
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        seen.extend(existing);
+    }
+    let (mut seq, mut prev) = tail(&txn).await?;
+    let every = audit.config.checkpoint_every.max(1) as i64;
+    let mut due_checkpoints = Vec::new();
+    let mut rows = Vec::new();
+    let mut privacy = Vec::new();
+    for delivery in batch {
+        let event = &delivery.event;
+        if !seen.insert(event.id().to_owned()) {
+            continue;
+        }
+        seq += 1;
+        let payload = recorded_payload(event);
+        let digest = chain::digest(&payload);
+        let hash = chain::link_hash(&prev, seq, &delivery.subject, event.id(), &digest);
+        if let LifecycleEvent::TokenHokUsed(e) = event {
+            let sealed = audit.keyring.seal(e.data.caller_identity.as_bytes(), &crate::identity_aad(&e.id));
+            privacy.push(privacy_entry::ActiveModel {
+                id: Set(uuid::Uuid::new_v4().to_string()),
+                audit_seq: Set(seq),
+                event_id: Set(e.id.clone()),
+                used_at: Set(e.time),
+                platform_id: Set(e.data.platform_id.clone()),
+                caller_key_id: Set(sealed.key_id),
+                caller_wrapped_key: Set(sealed.wrapped_key),
+                caller_ciphertext: Set(sealed.ciphertext),
+                caller_organisation: Set(e.data.caller_organisation.clone()),
+                subject: Set(e.data.subject.clone()),
+                service: Set(e.data.service.clone()),
+                assertion_id: Set(e.data.assertion_id.clone()),
+                token_type: Set(serde_json::to_value(e.data.token_type)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()),
+                valid_until: Set(e.data.valid_until),
+                purpose: Set(e.data.purpose.clone()),
+            });
+        }
+        rows.push(audit_entry::ActiveModel {
+            seq: Set(seq),
+            recorded_at: Set(now),
+            subject: Set(delivery.subject.clone()),
+            event_id: Set(event.id().to_owned()),
+            event_type: Set(event.event_type().to_owned()),
+            event_time: Set(event.time()),
+            payload: Set(payload),
+            digest: Set(digest),
+            prev_hash: Set(prev.clone()),
+            hash: Set(hash.clone()),
+        });
+        if seq % every == 0 {
+            due_checkpoints.push((seq, hash.clone()));
+        }
+        prev = hash;
+    }
+    if rows.is_empty() {
+        txn.commit().await?;
+        return Ok(());
+    }
+    let appended = rows.len() as u64;
+    for chunk in rows.chunks(500) {
+        audit_entry::Entity::insert_many(chunk.to_vec()).exec_without_returning(&txn).await?;
+    }
+    for chunk in privacy.chunks(500) {
+        privacy_entry::Entity::insert_many(chunk.to_vec()).exec_without_returning(&txn).await?;
+    }
+    let mut checkpoints = Vec::with_capacity(due_checkpoints.len());
+    for (at, hash) in due_checkpoints {
+        checkpoints.push(write_checkpoint(audit, &txn, at, &hash, now).await?);
+    }
+    txn.commit().await?;
+    audit.metrics.appended.inc_by(appended);
+    for c in &checkpoints {
+        audit.export(c).await;
+    }
+    Ok(())
+}
+
+pub(crate) async fn last_checkpoint<C: ConnectionTrait>(conn: &C) -> Result<i64, sea_orm::DbErr> {
+    Ok(audit_checkpoint::Entity::find()
+        .order_by_desc(audit_checkpoint::Column::Seq)
+        .limit(1)
+        .one(conn)
+        .await?
+        .map_or(0, |c| c.seq))
+}
+
+pub(crate) async fn write_checkpoint<C: ConnectionTrait>(
+    audit: &Audit,
+    conn: &C,
+    seq: i64,
+    hash: &str,
+    now: DateTime<Utc>,
+) -> Result<audit_checkpoint::Model, sea_orm::DbErr> {
+    let model = audit_checkpoint::Model {
+        seq,
+        hash: hash.to_owned(),
+        key_id: audit.signer.key_id.clone(),
+        signature: audit.signer.sign(seq, hash),
+        created_at: now,
+    };
+    audit_checkpoint::Entity::insert(audit_checkpoint::ActiveModel {
+        seq: Set(model.seq),
+        hash: Set(model.hash.clone()),
+        key_id: Set(model.key_id.clone()),
+        signature: Set(model.signature.clone()),
+        created_at: Set(now),
+    })
+    .on_conflict(OnConflict::column(audit_checkpoint::Column::Seq).do_nothing().to_owned())
+    .exec_without_returning(conn)
+    .await?;
+    Ok(model)
+}

@@ -1,0 +1,272 @@
+//! The audit service. Chains every `lifecycle.>` event into `audit_log` — sequence, time,
+//! subject, event id, digest of the recorded event, previous hash, own hash (SHA-256) — which
+//! triggers keep append-only; signs checkpoints over (sequence, hash) with Ed25519 and exports
+//! them (a JSON line each) so that a truncated tail is detectable too; and keeps the privacy
+//! log of holder-of-key token uses (seed §1.5) with the caller's identity sealed under the
+//! audit key ring, readable by the DPO only (answers sealed to the asker).
+
+pub mod chain;
+mod handler;
+pub mod verify;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use custodian_bus::{Bus, ConsumerSpec, Supervisor, SupervisorError};
+use custodian_crypto::{Envelope, KeyRing};
+use custodian_events::audit::{PRIVACY_LOG, PrivacyLogEntry, PrivacyLogQuery, PrivacyLogReply};
+use custodian_events::subjects;
+use custodian_store::Store;
+use custodian_store::clock::SharedClock;
+use custodian_store::entities::{audit_checkpoint, privacy_entry};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use secrecy::SecretString;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+pub use chain::Signer;
+pub use handler::SEALED_IDENTITY;
+
+pub const SERVICE: &str = "audit";
+
+/// `[audit]` in custodian.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Ed25519 seed (32 bytes, base64) that signs checkpoints; `custodian audit keygen`.
+    pub signing_key: Option<SecretString>,
+    pub signing_key_id: String,
+    /// Seals caller identities in the privacy log.
+    pub keyring: Option<custodian_crypto::KeyRingConfig>,
+    /// A checkpoint every this many entries…
+    pub checkpoint_every: u64,
+    /// …and at least this often when the chain grew.
+    pub checkpoint_secs: u64,
+    /// Where checkpoints are exported (appended, one JSON line each); keep it off the database host.
+    pub checkpoint_file: Option<PathBuf>,
+    pub batch: usize,
+    pub ack_wait_secs: u64,
+    pub max_deliver: i64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            signing_key: None,
+            signing_key_id: "audit-1".into(),
+            keyring: None,
+            checkpoint_every: 1000,
+            checkpoint_secs: 60,
+            checkpoint_file: None,
+            batch: 1000,
+            ack_wait_secs: 30,
+            max_deliver: 50,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("database: {0}")]
+    Db(#[from] sea_orm::DbErr),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditMetrics {
+    pub appended: Counter,
+    pub checkpoints: Counter,
+    pub privacy_reads: Counter,
+}
+
+impl AuditMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("custodian_audit_appended", "Events appended to the hash chain", self.appended.clone());
+        registry.register("custodian_audit_checkpoints", "Checkpoints signed", self.checkpoints.clone());
+        registry.register("custodian_audit_privacy_reads", "Privacy-log reads by the DPO", self.privacy_reads.clone());
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Deps {
+    pub store: Store,
+    pub bus: Bus,
+    pub clock: SharedClock,
+    pub keyring: KeyRing,
+    pub signer: Signer,
+    pub metrics: AuditMetrics,
+}
+
+#[derive(Debug)]
+pub(crate) struct Audit {
+    pub store: Store,
+    pub clock: SharedClock,
+    pub keyring: KeyRing,
+    pub signer: Signer,
+    pub config: AuditConfig,
+    pub metrics: AuditMetrics,
+    export_lock: tokio::sync::Mutex<()>,
+}
+
+impl Audit {
+    /// Appends a checkpoint to the export file (best effort: the table keeps it too).
+    pub(crate) async fn export(&self, checkpoint: &audit_checkpoint::Model) {
+        self.metrics.checkpoints.inc();
+        let Some(path) = &self.config.checkpoint_file else { return };
+        let _guard = self.export_lock.lock().await;
+        let line = match serde_json::to_string(checkpoint) {
+            Ok(l) => l + "\n",
+            Err(_) => return,
+        };
+        let result = async {
+            use tokio::io::AsyncWriteExt as _;
+            let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await?;
+            file.write_all(line.as_bytes()).await?;
+            file.sync_data().await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(path = %path.display(), error = %e, "checkpoint not exported");
+        }
+    }
+}
+
+pub(crate) fn identity_aad(event_id: &str) -> Vec<u8> {
+    format!("custodian:privacy:{event_id}").into_bytes()
+}
+
+/// Reads exported checkpoints (one JSON object per line).
+pub fn read_checkpoints(text: &str) -> Result<Vec<audit_checkpoint::Model>, String> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("checkpoint line {}: {e}", i + 1)))
+        .collect()
+}
+
+pub async fn run(deps: Deps, config: AuditConfig, shutdown: CancellationToken) -> Result<(), SupervisorError> {
+    let audit = Arc::new(Audit {
+        store: deps.store,
+        clock: deps.clock,
+        keyring: deps.keyring,
+        signer: deps.signer,
+        metrics: deps.metrics,
+        export_lock: tokio::sync::Mutex::new(()),
+        config,
+    });
+    let mut tasks = Supervisor::new(shutdown.clone());
+    let mut spec = ConsumerSpec::new(SERVICE, "chain", &[subjects::ALL]);
+    spec.batch = audit.config.batch.max(1);
+    spec.max_deliver = audit.config.max_deliver.max(1);
+    spec.ack_wait = Duration::from_secs(audit.config.ack_wait_secs.max(1));
+    let handler = handler::ChainHandler { audit: audit.clone() };
+    let (bus, clock, token) = (deps.bus.clone(), audit.clock.clone(), shutdown.clone());
+    tasks.spawn("audit-chain", async move { custodian_bus::run_consumer(&bus, spec, handler, clock, token).await });
+    tasks.spawn("audit-checkpoints", periodic_checkpoints(audit.clone(), shutdown.clone()));
+    let a = audit.clone();
+    tasks.spawn(
+        "audit-privacy-log",
+        custodian_bus::respond(deps.bus.client().clone(), PRIVACY_LOG, SERVICE, shutdown, move |q| {
+            let a = a.clone();
+            async move { privacy_log(&a, q).await }
+        }),
+    );
+    tasks.wait().await
+}
+
+/// Signs the tail when it moved and no checkpoint covered it for `checkpoint_secs`.
+async fn periodic_checkpoints(audit: Arc<Audit>, shutdown: CancellationToken) -> Result<(), AuditError> {
+    let period = Duration::from_secs(audit.config.checkpoint_secs.max(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(period) => {}
+        }
+        if let Err(e) = checkpoint_now(&audit).await {
+            tracing::warn!(error = %e, "periodic checkpoint failed");
+        }
+    }
+}
+
+async fn checkpoint_now(audit: &Audit) -> Result<(), AuditError> {
+    let txn = audit.store.begin_write().await?;
+    handler::lock_chain(&txn).await?;
+    let (seq, hash) = handler::tail(&txn).await?;
+    if seq == 0 || handler::last_checkpoint(&txn).await? >= seq {
+        txn.commit().await?;
+        return Ok(());
+    }
+    let checkpoint = handler::write_checkpoint(audit, &txn, seq, &hash, audit.clock.now()).await?;
+    txn.commit().await?;
+    audit.export(&checkpoint).await;
+    Ok(())
+}
+
+async fn privacy_log(audit: &Audit, query: Result<PrivacyLogQuery, String>) -> PrivacyLogReply {
+    let query = match query {
+        Ok(q) => q,
+        Err(e) => return PrivacyLogReply::Error(e),
+    };
+    let mut select = privacy_entry::Entity::find();
+    if let Some(p) = &query.platform_id {
+        select = select.filter(privacy_entry::Column::PlatformId.eq(p.clone()));
+    }
+    if let Some(from) = query.from {
+        select = select.filter(privacy_entry::Column::UsedAt.gte(from));
+    }
+    if let Some(to) = query.to {
+        select = select.filter(privacy_entry::Column::UsedAt.lt(to));
+    }
+    let rows = match select
+        .order_by_asc(privacy_entry::Column::UsedAt)
+        .limit(query.limit.unwrap_or(1000).min(10_000))
+        .all(audit.store.db())
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "privacy log query failed");
+            return PrivacyLogReply::Error("the audit database is unavailable".into());
+        }
+    };
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows {
+        let envelope = Envelope {
+            key_id: row.caller_key_id.clone(),
+            wrapped_key: row.caller_wrapped_key.clone(),
+            ciphertext: row.caller_ciphertext.clone(),
+        };
+        let identity = match audit.keyring.open(&envelope, &identity_aad(&row.event_id)) {
+            Ok(plain) => String::from_utf8_lossy(&plain).into_owned(),
+            Err(e) => {
+                tracing::error!(event_id = %row.event_id, error = %e, "caller identity unreadable");
+                return PrivacyLogReply::Error(format!("entry {} cannot be decrypted: {e}", row.event_id));
+            }
+        };
+        entries.push(PrivacyLogEntry {
+            event_id: row.event_id,
+            audit_seq: row.audit_seq,
+            used_at: row.used_at,
+            platform_id: row.platform_id,
+            caller_identity: identity,
+            caller_organisation: row.caller_organisation,
+            subject: row.subject,
+            service: row.service,
+            assertion_id: row.assertion_id,
+            token_type: row.token_type,
+            valid_until: row.valid_until,
+            purpose: row.purpose,
+        });
+    }
+    audit.metrics.privacy_reads.inc();
+    tracing::info!(asked_by = %query.asked_by, entries = entries.len(), "privacy log read");
+    let json = zeroize::Zeroizing::new(serde_json::to_vec(&entries).unwrap_or_default());
+    match custodian_crypto::seal_to(&query.reply_key, &json) {
+        Ok(sealed) => PrivacyLogReply::Sealed(sealed),
+        Err(e) => PrivacyLogReply::Error(e.to_string()),
+    }
+}

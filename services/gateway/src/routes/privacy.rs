@@ -1,0 +1,67 @@
+//! `GET /v1/privacy-log?platform_id=&from=&to=&limit=`: the DPO reads the holder-of-key uses
+//! with the callers' identities decrypted (the audit service seals its answer to a one-time
+//! key of this request; the identities never cross NATS in clear).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use chrono::{DateTime, Utc};
+use custodian_events::audit::{PRIVACY_LOG, PrivacyLogEntry, PrivacyLogQuery, PrivacyLogReply};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::auth::{Caller, Role};
+use crate::problem::Problem;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    pub platform_id: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub limit: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub struct PrivacyLog {
+    pub entries: Vec<PrivacyLogEntry>,
+}
+
+pub async fn read(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    filter: Result<Query<Filter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PrivacyLog>, Problem> {
+    caller.require_role(Role::Dpo)?;
+    let Query(filter) = filter.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let asked_by = match &caller {
+        Caller::Machine { name, .. } => name.clone(),
+        Caller::Person { subject, .. } => subject.clone(),
+    };
+    let key = custodian_crypto::ReplyKey::new();
+    let query = PrivacyLogQuery {
+        platform_id: filter.platform_id,
+        from: filter.from,
+        to: filter.to,
+        limit: filter.limit,
+        asked_by,
+        reply_key: key.public_base64(),
+    };
+    let reply: PrivacyLogReply =
+        custodian_bus::query(state.bus.client(), PRIVACY_LOG, &query, Duration::from_secs(10)).await.map_err(|e| {
+            tracing::warn!(error = %e, "privacy log query failed");
+            Problem::unavailable("the audit service did not answer")
+        })?;
+    match reply {
+        PrivacyLogReply::Sealed(sealed) => {
+            let plain =
+                key.open(&sealed).map_err(|_| Problem::unavailable("the audit service's answer is unreadable"))?;
+            let entries = serde_json::from_slice(&plain)
+                .map_err(|_| Problem::unavailable("the audit service's answer is unreadable"))?;
+            Ok(Json(PrivacyLog { entries }))
+        }
+        PrivacyLogReply::Error(e) => Err(Problem::unavailable(e)),
+    }
+}

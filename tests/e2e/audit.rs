@@ -1,0 +1,288 @@
+//! The audit chain and the privacy log, on real NATS, the database and the OP.
+
+use std::time::Duration;
+
+use custodian_audit::verify::{Break, verify};
+use custodian_audit::{AuditConfig, chain};
+use custodian_events::{CloudEvent, ConsentGrantedV1, HokTokenType, subjects};
+use custodian_store::entities::audit_entry;
+use custodian_testkit::eventually;
+use custodian_view_sdk::HokUse;
+use reqwest::StatusCode;
+use sea_orm::{ActiveModelTrait, ConnectionTrait, DbBackend, EntityTrait, QueryOrder, Statement};
+use serde_json::Value;
+
+use crate::support::{DPO_TOKEN, OPS_TOKEN, Stack, test_vault_config, unique};
+
+fn audit_config(checkpoint_file: Option<std::path::PathBuf>) -> AuditConfig {
+    AuditConfig { checkpoint_every: 5, checkpoint_secs: 3600, checkpoint_file, ack_wait_secs: 2, ..Default::default() }
+}
+
+async fn chained(stack: &Stack) -> Vec<audit_entry::Model> {
+    audit_entry::Entity::find().order_by_asc(audit_entry::Column::Seq).all(stack.store.db()).await.expect("chain")
+}
+
+async fn wait_for_chain(stack: &Stack, at_least: usize) -> Vec<audit_entry::Model> {
+    eventually("the audit chain to catch up", Duration::from_secs(20), || async {
+        let rows = chained(stack).await;
+        (rows.len() >= at_least).then_some(rows)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn every_event_of_a_revocation_is_chained_once_in_stream_order() {
+    let mut stack = Stack::start().await;
+    let (client, settings) = stack.register_platform().await;
+    stack.start_vault(test_vault_config(vec![settings]));
+    stack.start_audit(audit_config(None));
+    let person = unique("ivan");
+    let (browser, cookie, _) = stack.login_through_gateway(&person).await;
+    eventually("the login's grant in the ledger", Duration::from_secs(15), || async {
+        let q = custodian_events::queries::ConsentQuery { subject: Some(person.clone()), ..Default::default() };
+        (!stack.ledger(q).await.is_empty()).then_some(())
+    })
+    .await;
+    let view = stack.start_view(&unique("aud")).await;
+    let token = view.access_token(None, &person, &client.client_id, Duration::from_secs(10)).await.expect("token");
+    let session =
+        view.open_session(&token.issuer, &person, &client.client_id, token.expires_at).await.expect("session");
+    view.store().put(&session, "k", b"v".to_vec(), Duration::from_secs(30)).expect("put");
+    let revoked =
+        browser.delete(stack.url(&format!("/v1/me/consents/{}", client.client_id))).send().await.expect("revoke");
+    assert_eq!(revoked.status(), StatusCode::ACCEPTED);
+    let revocation_id = revoked.json::<Value>().await.expect("body")["revocation_id"].as_str().expect("id").to_owned();
+    eventually("the revocation to finish", Duration::from_secs(20), || async {
+        let r = stack
+            .http
+            .get(stack.url(&format!("/v1/revocations/{revocation_id}")))
+            .header("cookie", format!("custodian_session={cookie}"))
+            .send()
+            .await
+            .ok()?;
+        (r.json::<Value>().await.ok()?["state"] == "done").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Everything the stream holds, in stream order, is the chain, once each, in that order.
+    let stream = stack.messages_on("lifecycle.>").await;
+    let stream_ids: Vec<String> = stream.iter().map(|(_, v)| v["id"].as_str().expect("id").to_owned()).collect();
+    let rows = wait_for_chain(&stack, stream_ids.len()).await;
+    let chain_ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+    assert_eq!(chain_ids, stream_ids, "the chain is the stream, in order, once each");
+    let types: Vec<&str> = rows.iter().map(|r| r.subject.as_str()).collect();
+    for expected in [
+        subjects::CONSENT_GRANTED,
+        subjects::SESSION_OPENED,
+        subjects::CONSENT_REVOKED,
+        subjects::CONSENT_ENDED,
+        subjects::TOKEN_REVOKED,
+        subjects::SESSION_WIPED,
+    ] {
+        assert!(types.contains(&expected), "{expected} missing from the chain: {types:?}");
+    }
+    assert!(types.iter().any(|t| t.starts_with("lifecycle.session.wipe.")), "the wipe command is chained");
+    let report = verify(stack.store.db(), &stack.audit_signer.public_key_base64(), None).await.expect("verify");
+    assert_eq!(report.broken, None, "{report:?}");
+    assert_eq!(report.entries as usize, stream_ids.len());
+}
+
+async fn publish_grants(stack: &Stack, n: usize) {
+    for i in 0..n {
+        let data = ConsentGrantedV1 {
+            issuer: "https://op.example".into(),
+            subject: format!("tamper-{i}"),
+            platform_id: "tp-audit".into(),
+            scopes: vec!["openid".into()],
+            acr: None,
+        };
+        stack.publish(subjects::CONSENT_GRANTED, &CloudEvent::new("urn:test", stack.clock.now(), data)).await;
+    }
+}
+
+async fn exec(stack: &Stack, sql: &str) -> Result<u64, sea_orm::DbErr> {
+    stack.store.db().execute_unprepared(sql).await.map(|r| r.rows_affected())
+}
+
+#[tokio::test]
+async fn changing_deleting_inserting_or_truncating_is_detected_at_its_position() {
+    let mut stack = Stack::infrastructure().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let export = dir.path().join("checkpoints.jsonl");
+    stack.start_audit(audit_config(Some(export.clone())));
+    publish_grants(&stack, 30).await;
+    let rows = wait_for_chain(&stack, 30).await;
+    let key = stack.audit_signer.public_key_base64();
+    let exported = || {
+        custodian_audit::read_checkpoints(&std::fs::read_to_string(&export).unwrap_or_default()).expect("checkpoints")
+    };
+    eventually("six checkpoints exported", Duration::from_secs(10), || async { (exported().len() == 6).then_some(()) })
+        .await;
+    let check = |expected: Option<Break>| {
+        let stack = &stack;
+        let key = key.clone();
+        let exported = exported();
+        async move {
+            let report = verify(stack.store.db(), &key, Some(exported)).await.expect("verify");
+            assert_eq!(report.broken, expected, "{report:?}");
+        }
+    };
+    check(None).await;
+
+    // The table refuses changes.
+    let refused = exec(&stack, "UPDATE audit_log SET payload = '{}' WHERE seq = 7").await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("append-only")), "UPDATE must fail");
+    assert!(exec(&stack, "DELETE FROM audit_log WHERE seq = 7").await.is_err(), "DELETE must fail");
+
+    // An attacker with the database's owner rights lifts the triggers.
+    match stack.store.backend() {
+        DbBackend::Postgres => {
+            exec(&stack, "ALTER TABLE audit_log DISABLE TRIGGER USER").await.expect("disable triggers");
+        }
+        _ => {
+            exec(&stack, "DROP TRIGGER audit_log_no_update").await.expect("drop");
+            exec(&stack, "DROP TRIGGER audit_log_no_delete").await.expect("drop");
+        }
+    }
+    let original = rows[6].clone();
+
+    // 1. One stored payload changed.
+    let mut changed: audit_entry::ActiveModel = original.clone().into();
+    changed.payload = sea_orm::ActiveValue::Set(original.payload.replace("tamper-6", "tamper-X"));
+    changed.update(stack.store.db()).await.expect("tamper");
+    check(Some(Break::PayloadChanged { seq: 7 })).await;
+    // …and its digest too: the link breaks instead.
+    let mut changed: audit_entry::ActiveModel = original.clone().into();
+    let forged = original.payload.replace("tamper-6", "tamper-X");
+    changed.digest = sea_orm::ActiveValue::Set(chain::digest(&forged));
+    changed.payload = sea_orm::ActiveValue::Set(forged);
+    changed.update(stack.store.db()).await.expect("tamper");
+    check(Some(Break::HashMismatch { seq: 7 })).await;
+    let restored: audit_entry::ActiveModel = original.clone().into();
+    restored.reset_all().update(stack.store.db()).await.expect("restore");
+    check(None).await;
+
+    // 2. A row deleted.
+    let ninth = rows[8].clone();
+    audit_entry::Entity::delete_by_id(9i64).exec(stack.store.db()).await.expect("delete");
+    check(Some(Break::Missing { seq: 9, found: 10 })).await;
+    audit_entry::Entity::insert(sea_orm::IntoActiveModel::into_active_model(ninth))
+        .exec(stack.store.db())
+        .await
+        .expect("restore");
+    check(None).await;
+
+    // 3. The tail truncated (checkpoint 30 was exported).
+    let tail: Vec<audit_entry::Model> = rows[27..].to_vec();
+    exec(&stack, "DELETE FROM audit_log WHERE seq > 27").await.expect("truncate");
+    check(Some(Break::Truncated { checkpoint: 30, last: 27 })).await;
+    for row in tail {
+        audit_entry::Entity::insert(sea_orm::IntoActiveModel::into_active_model(row))
+            .exec(stack.store.db())
+            .await
+            .expect("restore");
+    }
+    check(None).await;
+
+    // 4. A forged entry inserted at 13 (later ones renumbered), correctly linked to 12.
+    for seq in (13..=30).rev() {
+        exec(&stack, &format!("UPDATE audit_log SET seq = {} WHERE seq = {seq}", seq + 1)).await.expect("shift");
+    }
+    let prev = &rows[11];
+    let payload = r#"{"forged":true}"#;
+    let digest = chain::digest(payload);
+    let hash = chain::link_hash(&prev.hash, 13, "lifecycle.consent.revoked", "forged-1", &digest);
+    let forged = audit_entry::Model {
+        seq: 13,
+        recorded_at: prev.recorded_at,
+        subject: "lifecycle.consent.revoked".into(),
+        event_id: "forged-1".into(),
+        event_type: "custodian.consent.revoked.v1".into(),
+        event_time: prev.event_time,
+        payload: payload.into(),
+        digest,
+        prev_hash: prev.hash.clone(),
+        hash,
+    };
+    audit_entry::Entity::insert(sea_orm::IntoActiveModel::into_active_model(forged))
+        .exec(stack.store.db())
+        .await
+        .expect("insert");
+    check(Some(Break::LinkBroken { seq: 14 })).await;
+}
+
+#[tokio::test]
+async fn ten_holder_of_key_uses_make_ten_privacy_log_entries_readable_by_the_dpo_only() {
+    let mut stack = Stack::start().await;
+    let (client, settings) = stack.register_platform().await;
+    stack.start_vault(test_vault_config(vec![settings]));
+    stack.start_audit(audit_config(None));
+    let person = unique("julia");
+    stack.login_through_gateway(&person).await;
+    let view = stack.start_view(&unique("hok")).await;
+    let national_number = "85073003328";
+    let mut assertion_ids = Vec::new();
+    for i in 0..10 {
+        let token = view
+            .holder_of_key_token(
+                HokUse {
+                    issuer: None,
+                    subject: &person,
+                    platform_id: &client.client_id,
+                    token_type: if i % 2 == 0 { HokTokenType::Saml1 } else { HokTokenType::Saml2 },
+                    service: "https://services.ehealth.example/recipe/v1",
+                    caller_identity: national_number,
+                    caller_organisation: Some("nihii:19012345"),
+                    purpose: Some("prescription"),
+                },
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("holder-of-key token");
+        let xml = String::from_utf8(
+            base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                secrecy::ExposeSecret::expose_secret(&token.token),
+            )
+            .expect("base64url"),
+        )
+        .expect("xml");
+        assert!(xml.contains(&token.assertion_id) && xml.contains("holder-of-key"), "{xml}");
+        assertion_ids.push(token.assertion_id);
+    }
+    let entries = eventually("ten privacy-log entries", Duration::from_secs(20), || async {
+        let r = stack.http.get(stack.url("/v1/privacy-log")).bearer_auth(DPO_TOKEN).send().await.ok()?;
+        let body: Value = r.json().await.ok()?;
+        let entries = body["entries"].as_array()?.clone();
+        (entries.len() == 10).then_some(entries)
+    })
+    .await;
+    for (entry, assertion_id) in entries.iter().zip(&assertion_ids) {
+        assert_eq!(entry["caller_identity"], national_number, "the DPO sees the real caller");
+        assert_eq!(entry["caller_organisation"], "nihii:19012345");
+        assert_eq!(entry["subject"], person.as_str());
+        assert_eq!(entry["platform_id"], client.client_id.as_str());
+        assert_eq!(entry["service"], "https://services.ehealth.example/recipe/v1");
+        assert_eq!(&entry["assertion_id"], assertion_id);
+        assert!(entry["valid_until"].is_string() && entry["used_at"].is_string());
+    }
+    let as_ops = stack.http.get(stack.url("/v1/privacy-log")).bearer_auth(OPS_TOKEN).send().await.expect("ops");
+    assert_eq!(as_ops.status(), StatusCode::FORBIDDEN);
+    let anonymous = stack.http.get(stack.url("/v1/privacy-log")).send().await.expect("anonymous");
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
+    // At rest, the identity is nowhere in clear: neither the privacy log nor the chain.
+    for table in ["privacy_log", "audit_log"] {
+        let rows = stack
+            .store
+            .db()
+            .query_all_raw(Statement::from_string(stack.store.backend(), format!("SELECT * FROM {table}")))
+            .await
+            .expect("raw select");
+        assert!(!rows.is_empty());
+        let dump = format!("{rows:?}");
+        assert!(!dump.contains(national_number), "the caller identity is in clear in {table}");
+    }
+    assert_eq!(stack.count_on(subjects::TOKEN_HOK_USED).await, 10, "one event per use");
+}
