@@ -46,8 +46,12 @@ ISSUER="https://127.0.0.1:${OP_PORT}"
 # The vault's key-encryption key, made once (tokens at rest are sealed under it).
 [ -s "$DATA/vault.key" ] || openssl rand -base64 32 >"$DATA/vault.key"
 
+# The audit service's checkpoint signing key (Ed25519 seed) and identity key, made once.
+[ -s "$DATA/audit-signing.key" ] || openssl rand -base64 32 >"$DATA/audit-signing.key"
+[ -s "$DATA/audit-identity.key" ] || openssl rand -base64 32 >"$DATA/audit-identity.key"
+
 # Machine tokens for the tour (shown below); only their SHA-256 goes into the config.
-for role in platform ops; do
+for role in platform ops dpo; do
   [ -s "$DATA/tokens/$role.token" ] || openssl rand -hex 24 >"$DATA/tokens/$role.token"
 done
 digest() { printf '%s' "$(cat "$1")" | sha256sum | cut -d' ' -f1; }
@@ -74,6 +78,11 @@ name = "demo-ops"
 role = "ops"
 sha256 = "$(digest "$DATA/tokens/ops.token")"
 
+[[gateway.machine_tokens]]
+name = "demo-dpo"
+role = "dpo"
+sha256 = "$(digest "$DATA/tokens/dpo.token")"
+
 [vault.keyring]
 current = "local-1"
 [[vault.keyring.keys]]
@@ -86,6 +95,17 @@ ca_file = "$DATA/op/ca.pem"
 client_id = "custodian-demo"
 client_secret = "$(cat "$DATA/op/client_secret")"
 redirect_uri = "http://127.0.0.1:${GATEWAY_PORT}/callback"
+
+[audit]
+signing_key_id = "local-audit-1"
+signing_key = "$(cat "$DATA/audit-signing.key")"
+checkpoint_file = "$DATA/audit-checkpoints.jsonl"
+checkpoint_every = 100
+[audit.keyring]
+current = "local-a1"
+[[audit.keyring.keys]]
+id = "local-a1"
+secret = "$(cat "$DATA/audit-identity.key")"
 
 [demo_view]
 enabled = true

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NATS_PORT=14222 OP_PORT=19443 GATEWAY_PORT=18080 DEMO_VIEW_PORT=18081
-rm -rf .data/nats .data/custodian.db*
+rm -rf .data/nats .data/custodian.db* .data/audit-checkpoints.jsonl
 log=$(mktemp)
 bash scripts/run.sh >"$log" 2>&1 &
 run_pid=$!
@@ -20,7 +20,10 @@ target/debug/custodian events publish examples/consent-granted.json
 for _ in $(seq 1 100); do
   if target/debug/custodian consents list | grep -q "tp-demo .*granted .*demo-person"; then
     target/debug/custodian consents list
-    echo "smoke: 3 passed, 0 failed"
+    # The audit chain holds the grant and verifies (exit 0).
+    for _ in $(seq 1 50); do target/debug/custodian audit verify | grep -q "^[1-9][0-9]* entries" && break; sleep 0.1; done
+    target/debug/custodian audit verify
+    echo "smoke: 4 passed, 0 failed"
     exit 0
   fi
   sleep 0.1

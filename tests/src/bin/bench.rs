@@ -9,6 +9,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+#[path = "../audit_bench.rs"]
+mod audit_bench;
 #[path = "../revocation_bench.rs"]
 mod revocation_bench;
 
@@ -365,6 +367,11 @@ async fn main() {
     custodian_telemetry::set_default_filter("warn");
     let _telemetry = custodian_telemetry::init("custodian-bench").ok();
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("audit") {
+        let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(100_000);
+        audit_bench::run(events(n)).await;
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("revocation") {
         revocation_bench::run().await;
         return;
