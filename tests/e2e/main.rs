@@ -6,6 +6,7 @@
 mod audit;
 mod consent_ledger;
 mod gateway_api;
+mod incidents;
 mod reliability;
 mod support;
 mod sweeps;

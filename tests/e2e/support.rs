@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub const PLATFORM_TOKEN: &str = "test-platform-token-0123456789";
 pub const OPS_TOKEN: &str = "test-ops-token-0123456789abcdef";
 pub const DPO_TOKEN: &str = "test-dpo-token-0123456789abcdef";
+pub const RESPONDER_TOKEN: &str = "test-responder-token-0123456789";
 
 pub struct Stack {
     pub nats: NatsServer,
@@ -36,6 +37,7 @@ pub struct Stack {
     sweepers: Vec<(String, CancellationToken, JoinHandle<()>)>,
     vault: Option<(CancellationToken, JoinHandle<()>)>,
     audit: Option<(CancellationToken, JoinHandle<()>)>,
+    incident: Option<(CancellationToken, JoinHandle<()>)>,
     /// Signs the audit chain's checkpoints.
     pub audit_signer: custodian_audit::Signer,
     views: Vec<(String, CancellationToken, JoinHandle<()>)>,
@@ -104,6 +106,7 @@ impl Stack {
             sweepers: Vec::new(),
             vault: None,
             audit: None,
+            incident: None,
             audit_signer: custodian_audit::Signer::generate("test-audit"),
             views: Vec::new(),
             keyring: custodian_crypto::KeyRing::ephemeral(),
@@ -202,6 +205,33 @@ impl Stack {
             }
         });
         self.audit = Some((token, handle));
+    }
+
+    /// Starts the incident service (credentials sealed under the stack's key ring).
+    pub fn start_incident(&mut self, config: custodian_incident::IncidentConfig) {
+        let deps = custodian_incident::Deps {
+            store: self.store.clone(),
+            bus: self.bus.clone(),
+            clock: self.clock.clone(),
+            keyring: self.keyring.clone(),
+            metrics: Default::default(),
+        };
+        let token = CancellationToken::new();
+        let run_token = token.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(e) = custodian_incident::run(deps, config, run_token).await {
+                tracing::error!(error = %e, "incident service stopped with an error");
+            }
+        });
+        self.incident = Some((token, handle));
+    }
+
+    /// Ends the incident service as a crash would.
+    pub async fn crash_incident(&mut self) {
+        if let Some((_, handle)) = self.incident.take() {
+            handle.abort();
+            let _ = handle.await;
+        }
     }
 
     /// Ends the vault as a crash would: its tasks are dropped wherever they are.
@@ -303,6 +333,11 @@ impl Stack {
                 },
                 MachineToken { name: "test-ops".into(), role: Role::Ops, sha256: token_digest(OPS_TOKEN) },
                 MachineToken { name: "test-dpo".into(), role: Role::Dpo, sha256: token_digest(DPO_TOKEN) },
+                MachineToken {
+                    name: "test-responder".into(),
+                    role: Role::Responder,
+                    sha256: token_digest(RESPONDER_TOKEN),
+                },
             ],
             login: custodian_gateway::LoginConfig { public_url: self.gateway_url.clone(), after_login: "/".into() },
         };
@@ -402,7 +437,9 @@ pub async fn count_on(js: &jetstream::Context, subject: &str) -> u64 {
 impl Drop for Stack {
     fn drop(&mut self) {
         for (token, handle) in
-            [self.consent.take(), self.gateway.take(), self.vault.take(), self.audit.take()].into_iter().flatten()
+            [self.consent.take(), self.gateway.take(), self.vault.take(), self.audit.take(), self.incident.take()]
+                .into_iter()
+                .flatten()
         {
             token.cancel();
             handle.abort();

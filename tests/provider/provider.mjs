@@ -7,7 +7,7 @@
 // State lives in memory: a restart forgets clients, grants and tokens.
 
 import { execFileSync } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { join } from 'node:path';
@@ -19,7 +19,6 @@ const { values: args } = parseArgs({
     dir: { type: 'string' },
     port: { type: 'string', default: '0' },
     clients: { type: 'string' },
-    'initial-access-token': { type: 'string', default: 'custodian-dev-initial-access-token' },
   },
 });
 if (!args.dir) {
@@ -80,9 +79,13 @@ const configuration = {
     clientCredentials: { enabled: true },
     registration: {
       enabled: true,
-      initialAccessToken: args['initial-access-token'],
+      initialAccessToken: true,
       policies: {
-        'custodian-test': (ctx, properties) => properties,
+        // RFC 7592 PUT issues a new client_secret (the old one stops working at once): the
+        // client-secret rotation of incident response relies on it.
+        'custodian-rotate-on-update': (ctx, properties) => {
+          if (ctx.method === 'PUT') properties.client_secret = randomBytes(32).toString('base64url');
+        },
       },
     },
     registrationManagement: {
@@ -152,7 +155,10 @@ provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
   };
 }, new Set(['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'resource', 'scope']));
 handler = provider.callback();
-console.log(JSON.stringify({ issuer, ca_file: tls.ca, initial_access_token: args['initial-access-token'] }));
+// Clients registered with this token get the rotation policy (kept by their registration
+// access tokens for RFC 7592 updates).
+const initialAccessToken = await new provider.InitialAccessToken({ policies: ['custodian-rotate-on-update'] }).save();
+console.log(JSON.stringify({ issuer, ca_file: tls.ca, initial_access_token: initialAccessToken }));
 
 for (const signal of ['SIGINT', 'SIGTERM']) {
   process.on(signal, () => server.close(() => process.exit(0)));

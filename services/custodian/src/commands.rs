@@ -86,6 +86,111 @@ pub enum SweepCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum IncidentCommand {
+    /// Report an incident: the DPO is notified at once, containment and rotation follow.
+    Report {
+        #[arg(long, value_parser = ["data_leak", "credential_loss", "platform_compromise", "user_compromise"])]
+        kind: String,
+        #[arg(long)]
+        platform: String,
+        #[arg(long)]
+        summary: String,
+        /// The person concerned (user_compromise).
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        issuer: Option<String>,
+        /// Who reports (recorded in the register).
+        #[arg(long, default_value = "custodian-cli")]
+        reporter: String,
+    },
+    /// The incident's workflow: each step, its state, attempts, errors and times.
+    Show {
+        incident_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn incident(config: &Config, cmd: IncidentCommand) -> anyhow::Result<()> {
+    match cmd {
+        IncidentCommand::Report { kind, platform, summary, subject, issuer, reporter } => {
+            let kind: custodian_events::IncidentKind = serde_json::from_value(serde_json::Value::String(kind))?;
+            let bus = connect_bus(config, "custodian-cli").await?;
+            let now = custodian_store::clock::SystemClock.now();
+            let data = custodian_events::IncidentReportedV1 {
+                incident_id: format!("inc-{}", uuid::Uuid::new_v4()),
+                kind,
+                platform_id: platform,
+                subject,
+                issuer,
+                summary,
+                detected_at: now,
+                reporter,
+            };
+            custodian_events::EventData::validate(&data).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let id = custodian_events::derived_event_id("incident.reported", &data.incident_id);
+            let event = CloudEvent::with_id(id, "urn:custodian:cli", now, data);
+            bus.publish_event(subjects::INCIDENT_REPORTED, &event).await?;
+            println!(
+                "incident {} reported; follow it with `custodian incident show {}`",
+                event.data.incident_id, event.data.incident_id
+            );
+        }
+        IncidentCommand::Show { incident_id, json } => {
+            let client = custodian_bus::connect(&config.nats_url, "custodian-cli").await?;
+            let query = custodian_events::incident::IncidentQuery { incident_id: incident_id.clone() };
+            let reply: custodian_events::incident::IncidentReply =
+                custodian_bus::query(&client, custodian_events::incident::INCIDENTS, &query, Duration::from_secs(10))
+                    .await?;
+            let view = match reply {
+                custodian_events::incident::IncidentReply::Incident(v) => v,
+                custodian_events::incident::IncidentReply::NotFound => bail!("no incident {incident_id} (yet)"),
+                custodian_events::incident::IncidentReply::Error(e) => bail!("the incident service refused: {e}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+                return Ok(());
+            }
+            println!(
+                "incident:  {} ({})
+platform:  {}
+state:     {}",
+                view.incident_id, view.kind, view.platform_id, view.state
+            );
+            println!(
+                "summary:   {}
+detected:  {}
+reporter:  {}",
+                view.summary,
+                time(Some(view.detected_at)),
+                view.reporter
+            );
+            println!(
+                "
+{:<20} {:<8} {:>8} {:<19} {:<19} DETAIL",
+                "STEP", "STATE", "ATTEMPTS", "STARTED", "FINISHED"
+            );
+            for s in &view.steps {
+                let note = match &s.last_error {
+                    Some(e) if s.state == "pending" => format!("retrying ({e}), next {}", time(s.next_attempt_at)),
+                    _ => s.detail.to_string(),
+                };
+                println!(
+                    "{:<20} {:<8} {:>8} {:<19} {:<19} {note}",
+                    s.step,
+                    s.state,
+                    s.attempts,
+                    time(s.started_at),
+                    time(s.finished_at)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Walk the hash chain and the checkpoints; print the first broken link (exit 1 if any).
     Verify {

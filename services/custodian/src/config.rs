@@ -31,6 +31,7 @@ pub struct Config {
     pub sweeper: SweeperConfig,
     pub vault: VaultConfig,
     pub audit: custodian_audit::AuditConfig,
+    pub incident: custodian_incident::IncidentConfig,
     pub demo_view: DemoViewConfig,
     /// This process's name in sweep leases (default: the host name and process id).
     pub replica: Option<String>,
@@ -62,6 +63,7 @@ impl Default for Config {
             sweeper: SweeperConfig::default(),
             vault: VaultConfig::default(),
             audit: custodian_audit::AuditConfig::default(),
+            incident: custodian_incident::IncidentConfig::default(),
             demo_view: DemoViewConfig::default(),
             replica: None,
         }

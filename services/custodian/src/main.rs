@@ -47,6 +47,9 @@ enum Command {
     /// Machine bearer tokens for the gateway.
     #[command(subcommand)]
     Token(commands::TokenCommand),
+    /// Incident response.
+    #[command(subcommand)]
+    Incident(commands::IncidentCommand),
     /// The audit chain and the privacy log.
     #[command(subcommand)]
     Audit(commands::AuditCommand),
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
             Command::Token(cmd) => commands::token(cmd),
             Command::Keys(cmd) => commands::keys(cmd),
             Command::Audit(cmd) => commands::audit(&config, cmd).await,
+            Command::Incident(cmd) => commands::incident(&config, cmd).await,
         }
     });
     match result {

@@ -18,13 +18,15 @@ pub enum ServiceName {
     Sweeper,
     Vault,
     Audit,
+    Incident,
     /// The demo view (a small web page holding data in memory through the view SDK).
     DemoView,
 }
 
 pub async fn up(config: Config) -> anyhow::Result<()> {
     let mut all =
-        vec![ServiceName::Consent, ServiceName::Sweeper, ServiceName::Vault, ServiceName::Audit, ServiceName::Gateway];
+        vec![ServiceName::Consent, ServiceName::Sweeper, ServiceName::Vault, ServiceName::Audit, ServiceName::Incident];
+    all.push(ServiceName::Gateway);
     if config.demo_view.enabled {
         all.push(ServiceName::DemoView);
     }
@@ -107,6 +109,17 @@ async fn run_services(config: Config, which: &[ServiceName]) -> anyhow::Result<(
             metrics,
         };
         tasks.spawn("audit", custodian_audit::run(deps, config.audit.clone(), shutdown.clone()));
+    }
+    if which.contains(&ServiceName::Incident) {
+        let ring = config.incident.keyring.as_ref().or(config.vault.keyring.as_ref()).context(
+            "incident.keyring (or vault.keyring) is required: the platforms' client credentials are sealed under it",
+        )?;
+        let keyring = custodian_crypto::KeyRing::from_config(ring).context("incident.keyring")?;
+        let metrics = custodian_incident::IncidentMetrics::default();
+        metrics.register(&mut registry);
+        let deps =
+            custodian_incident::Deps { store: store.clone(), bus: bus.clone(), clock: clock.clone(), keyring, metrics };
+        tasks.spawn("incident", custodian_incident::run(deps, config.incident.clone(), shutdown.clone()));
     }
     if which.contains(&ServiceName::DemoView) {
         let listener = tokio::net::TcpListener::bind(config.demo_view.listen)

@@ -37,10 +37,10 @@ impl BatchHandler for LifecycleHandler {
 
 /// What a batch changed that needs a follow-up after commit.
 #[derive(Default)]
-struct Effects {
-    outgoing: Vec<custodian_store::outbox::OutgoingEvent>,
-    touched_revocations: HashSet<String>,
-    new_work: bool,
+pub(crate) struct Effects {
+    pub outgoing: Vec<custodian_store::outbox::OutgoingEvent>,
+    pub touched_revocations: HashSet<String>,
+    pub new_work: bool,
 }
 
 impl LifecycleHandler {
@@ -69,6 +69,8 @@ impl LifecycleHandler {
                     .map(|_| ())
                     .map_err(VaultError::from),
                 LifecycleEvent::SessionWiped(e) => session_wiped(vault, &txn, &e.data, now, &mut effects).await,
+                LifecycleEvent::IncidentContain(e) => crate::incident::contain(vault, &txn, e, now, &mut effects).await,
+                LifecycleEvent::CredentialRotated(e) => crate::incident::switch_secret(vault, &e.data).await,
                 other => {
                     results.push(Err(HandlerError::Permanent(format!(
                         "{} is not for the vault (consumer filter misconfigured?)",
@@ -81,6 +83,7 @@ impl LifecycleHandler {
                 Ok(()) => results.push(Ok(())),
                 // A database error aborts the whole batch (the transaction is unusable).
                 Err(VaultError::Db(e)) => return Err(VaultError::Db(e)),
+                Err(VaultError::Transient(e)) => results.push(Err(HandlerError::Transient(e))),
                 Err(e) => results.push(Err(HandlerError::Permanent(e.to_string()))),
             }
         }
@@ -98,8 +101,7 @@ impl LifecycleHandler {
     }
 }
 
-/// Takes over an ended consent: records the revocation, its tokens and its wipes. Returns
-/// false when this consent.ended was already taken over (a redelivery).
+/// Takes over an ended consent: records the revocation, its tokens and its wipes.
 async fn start_revocation(
     vault: &Vault,
     txn: &DatabaseTransaction,
@@ -108,17 +110,48 @@ async fn start_revocation(
     effects: &mut Effects,
 ) -> Result<bool, VaultError> {
     let data = &event.data;
-    let revocation_id = data.cause_event_id.clone();
+    let start = RevocationStart {
+        revocation_id: data.cause_event_id.clone(),
+        ended_event_id: event.id.clone(),
+        issuer: data.issuer.clone(),
+        subject: data.subject.clone(),
+        platform_id: data.platform_id.clone(),
+        reason: serde_json::to_value(data.reason).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        wipe_reason: wipe_reason(data.reason),
+        until: event.time.max(now),
+    };
+    begin_revocation(vault, txn, &start, now, effects).await
+}
+
+/// What to revoke: one person at one platform, everything obtained or opened until `until`.
+pub(crate) struct RevocationStart {
+    pub revocation_id: String,
+    pub ended_event_id: String,
+    pub issuer: String,
+    pub subject: String,
+    pub platform_id: String,
+    pub reason: String,
+    pub wipe_reason: &'static str,
+    pub until: DateTime<Utc>,
+}
+
+/// Records a revocation, its tokens and its wipes. Returns false when it already exists (a
+/// redelivery).
+pub(crate) async fn begin_revocation(
+    vault: &Vault,
+    txn: &DatabaseTransaction,
+    start: &RevocationStart,
+    now: DateTime<Utc>,
+    effects: &mut Effects,
+) -> Result<bool, VaultError> {
+    let revocation_id = start.revocation_id.clone();
     let inserted = revocation::Entity::insert(revocation::ActiveModel {
         revocation_id: Set(revocation_id.clone()),
-        ended_event_id: Set(event.id.clone()),
-        issuer: Set(data.issuer.clone()),
-        subject: Set(data.subject.clone()),
-        platform_id: Set(data.platform_id.clone()),
-        reason: Set(serde_json::to_value(data.reason)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default()),
+        ended_event_id: Set(start.ended_event_id.clone()),
+        issuer: Set(start.issuer.clone()),
+        subject: Set(start.subject.clone()),
+        platform_id: Set(start.platform_id.clone()),
+        reason: Set(start.reason.clone()),
         state: Set("pending".into()),
         started_at: Set(now),
         finished_at: Set(None),
@@ -131,15 +164,15 @@ async fn start_revocation(
         return Ok(false);
     }
     vault.metrics.revocations_started.inc();
-    tracing::info!(revocation_id = %revocation_id, platform_id = %data.platform_id, "revocation started");
+    tracing::info!(revocation_id = %revocation_id, platform_id = %start.platform_id, reason = %start.reason, "revocation started");
 
-    // Tokens obtained before the consent ended (a later login is a new grant).
+    // Tokens obtained before the end (a later login is a new grant).
     let rows = assertion::Entity::find()
-        .filter(assertion::Column::Issuer.eq(data.issuer.clone()))
-        .filter(assertion::Column::Subject.eq(data.subject.clone()))
-        .filter(assertion::Column::PlatformId.eq(data.platform_id.clone()))
+        .filter(assertion::Column::Issuer.eq(start.issuer.clone()))
+        .filter(assertion::Column::Subject.eq(start.subject.clone()))
+        .filter(assertion::Column::PlatformId.eq(start.platform_id.clone()))
         .filter(assertion::Column::RevocationId.is_null())
-        .filter(assertion::Column::CreatedAt.lte(event.time.max(now)))
+        .filter(assertion::Column::CreatedAt.lte(start.until))
         .all(txn)
         .await?;
     let mut token_rows = Vec::new();
@@ -162,8 +195,10 @@ async fn start_revocation(
             // An access token already past its expiry needs no call to the OP.
             let expired = kind == TokenKind::Access && row.access_expires_at <= now;
             if expired {
-                effects.outgoing.push(token_revoked_row(
-                    data,
+                effects.outgoing.push(token_revoked_event(
+                    &start.issuer,
+                    &start.subject,
+                    &start.platform_id,
                     &revocation_id,
                     &row.assertion_id,
                     kind,
@@ -205,17 +240,26 @@ async fn start_revocation(
     }
 
     let sessions = view_session::Entity::find()
-        .filter(view_session::Column::Issuer.eq(data.issuer.clone()))
-        .filter(view_session::Column::Subject.eq(data.subject.clone()))
-        .filter(view_session::Column::PlatformId.eq(data.platform_id.clone()))
+        .filter(view_session::Column::Issuer.eq(start.issuer.clone()))
+        .filter(view_session::Column::Subject.eq(start.subject.clone()))
+        .filter(view_session::Column::PlatformId.eq(start.platform_id.clone()))
         .filter(view_session::Column::ClosedAt.is_null())
         .filter(view_session::Column::WipedAt.is_null())
         .filter(view_session::Column::WipeId.is_null())
-        .filter(view_session::Column::OpenedAt.lte(event.time.max(now)))
+        .filter(view_session::Column::OpenedAt.lte(start.until))
         .all(txn)
         .await?;
-    let reason = wipe_reason(data.reason);
-    schedule_wipes(txn, &revocation_id, &data.issuer, &data.subject, &data.platform_id, reason, sessions, now).await?;
+    schedule_wipes(
+        txn,
+        &revocation_id,
+        &start.issuer,
+        &start.subject,
+        &start.platform_id,
+        start.wipe_reason,
+        sessions,
+        now,
+    )
+    .await?;
     effects.touched_revocations.insert(revocation_id);
     effects.new_work = true;
     Ok(true)
@@ -233,17 +277,6 @@ pub(crate) fn kind_str(kind: TokenKind) -> &'static str {
         TokenKind::Refresh => "refresh",
         TokenKind::Access => "access",
     }
-}
-
-pub(crate) fn token_revoked_row(
-    data: &ConsentEndedV1,
-    revocation_id: &str,
-    assertion_id: &str,
-    kind: TokenKind,
-    outcome: RevocationOutcome,
-    at: DateTime<Utc>,
-) -> custodian_store::outbox::OutgoingEvent {
-    token_revoked_event(&data.issuer, &data.subject, &data.platform_id, revocation_id, assertion_id, kind, outcome, at)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -12,6 +12,7 @@ mod assertions;
 mod clients;
 mod driver;
 mod handler;
+mod incident;
 mod login;
 mod maintenance;
 mod metrics;
@@ -111,6 +112,9 @@ pub enum VaultError {
     Crypto(#[from] custodian_crypto::CryptoError),
     #[error("{0}")]
     Invalid(String),
+    /// Worth retrying (a dependency is down).
+    #[error("{0}")]
+    Transient(String),
 }
 
 /// What the service is given.
@@ -160,7 +164,14 @@ pub async fn run(deps: Deps, config: VaultConfig, shutdown: CancellationToken) -
     let mut spec = ConsumerSpec::new(
         SERVICE,
         "lifecycle",
-        &[subjects::CONSENT_ENDED, subjects::SESSION_OPENED, subjects::SESSION_CLOSED, subjects::SESSION_WIPED],
+        &[
+            subjects::CONSENT_ENDED,
+            subjects::SESSION_OPENED,
+            subjects::SESSION_CLOSED,
+            subjects::SESSION_WIPED,
+            subjects::INCIDENT_CONTAIN,
+            subjects::CREDENTIAL_ROTATED,
+        ],
     );
     spec.batch = vault.config.batch.max(1);
     spec.max_deliver = vault.config.max_deliver.max(1);
@@ -222,6 +233,34 @@ pub async fn run(deps: Deps, config: VaultConfig, shutdown: CancellationToken) -
             let v = v.clone();
             async move { tokens::hok(&v, q).await }
         }),
+    );
+    let v = vault.clone();
+    tasks.spawn(
+        "vault-containment",
+        custodian_bus::respond(
+            client.clone(),
+            custodian_events::incident::CONTAINMENT,
+            SERVICE,
+            shutdown.clone(),
+            move |q| {
+                let v = v.clone();
+                async move { incident::containment(&v, q).await }
+            },
+        ),
+    );
+    let v = vault.clone();
+    tasks.spawn(
+        "vault-exposure",
+        custodian_bus::respond(
+            client.clone(),
+            custodian_events::incident::EXPOSURE,
+            SERVICE,
+            shutdown.clone(),
+            move |q| {
+                let v = v.clone();
+                async move { incident::exposure(&v, q).await }
+            },
+        ),
     );
     let v = vault.clone();
     tasks.spawn(

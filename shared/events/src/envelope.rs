@@ -180,6 +180,7 @@ lifecycle_events! {
     SweepRequested(SweepRequestedV1),
     SweepFinished(SweepFinishedV1),
     RetentionPurge(RetentionPurgeV1),
+    IncidentContain(IncidentContainV1),
 }
 
 /// Routed subjects (`…wipe.<view>`, `…deadletter.<service>`) match their prefix plus one token.

@@ -8,6 +8,7 @@
 pub mod audit;
 mod envelope;
 mod error;
+pub mod incident;
 pub mod payloads;
 pub mod queries;
 pub mod subjects;

@@ -452,3 +452,29 @@ pub struct RetentionPurgeV1 {
 event_data!(RetentionPurgeV1, subjects::RETENTION_PURGE, "custodian.retention.purge.v1", |s| {
     check_id("purge_id", &s.purge_id)
 });
+
+/// Containment of an incident, to the vault: revoke every token and wipe every view session
+/// of the platform, or of one person there. Contract addition (v1): the incident service
+/// publishes it; the vault's revocations for it have ids `incident:<incident_id>:…`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentContainV1 {
+    pub incident_id: String,
+    pub platform_id: String,
+    /// With `subject`: only that person (user_compromise); without: the whole platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+event_data!(IncidentContainV1, subjects::INCIDENT_CONTAIN, "custodian.incident.contain.v1", |s| {
+    check_id("incident_id", &s.incident_id)?;
+    check_id("platform_id", &s.platform_id)?;
+    if let Some(issuer) = &s.issuer {
+        check_issuer(issuer)?;
+    }
+    if let Some(subject) = &s.subject {
+        check_id("subject", subject)?;
+    }
+    Ok(())
+});

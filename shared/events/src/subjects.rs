@@ -17,6 +17,7 @@ pub const SESSION_WIPED: &str = "lifecycle.session.wiped";
 pub const TOKEN_REVOKED: &str = "lifecycle.token.revoked";
 pub const TOKEN_HOK_USED: &str = "lifecycle.token.hok_used";
 pub const INCIDENT_REPORTED: &str = "lifecycle.incident.reported";
+pub const INCIDENT_CONTAIN: &str = "lifecycle.incident.contain";
 pub const CREDENTIAL_ROTATED: &str = "lifecycle.credential.rotated";
 pub const DPO_NOTIFIED: &str = "lifecycle.dpo.notified";
 pub const SWEEP_REQUESTED: &str = "lifecycle.sweep.requested";

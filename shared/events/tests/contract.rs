@@ -192,6 +192,15 @@ fn every_payload_keeps_its_wire_form() {
             bus_records_before: at(-86_400 * 14),
         })
     );
+    insta::assert_json_snapshot!(
+        "incident_contain",
+        round_trip(IncidentContainV1 {
+            incident_id: "inc-1".into(),
+            platform_id: "tp-1".into(),
+            issuer: None,
+            subject: None,
+        })
+    );
 }
 
 fn granted_json() -> serde_json::Value {

@@ -34,6 +34,7 @@ fn emitted_by_custodian_only(event: &LifecycleEvent) -> bool {
             | LifecycleEvent::DpoNotified(_)
             | LifecycleEvent::DeadLetter(_)
             | LifecycleEvent::SweepRequested(_)
+            | LifecycleEvent::IncidentContain(_)
             | LifecycleEvent::SweepFinished(_)
             | LifecycleEvent::RetentionPurge(_)
     )

@@ -2,6 +2,7 @@ pub mod consents;
 pub mod dashboard;
 pub mod events;
 pub mod health;
+pub mod incidents;
 pub mod login;
 pub mod privacy;
 pub mod revocations;

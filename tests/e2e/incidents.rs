@@ -1,0 +1,276 @@
+//! Incident response on the real OP (RFC 7592 rotation, RFC 7009 revocation), a real SMTP
+//! server (aiosmtpd), NATS and the database.
+
+use std::time::Duration;
+
+use custodian_events::incident::IncidentView;
+use custodian_incident::{DpoConfig, IncidentConfig, PlatformRegistration};
+use custodian_store::entities::credential;
+use custodian_testkit::{RegisteredClient, SmtpServer, eventually};
+use reqwest::StatusCode;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::{Value, json};
+
+use crate::support::{RESPONDER_TOKEN, Stack, stored_bundles, test_vault_config, unique};
+
+fn incident_config(stack: &Stack, smtp: &SmtpServer, client: &RegisteredClient) -> IncidentConfig {
+    IncidentConfig {
+        dpo: DpoConfig {
+            to: vec!["dpo@platform.example".into()],
+            from: "custodian@platform.example".into(),
+            smtp_url: smtp.url(),
+            contact: "DPO, dpo@platform.example, +32 2 000 00 00".into(),
+            timeout_secs: 3,
+            ..Default::default()
+        },
+        platforms: vec![PlatformRegistration {
+            platform_id: client.client_id.clone(),
+            issuer: stack.provider.issuer.clone(),
+            ca_file: Some(stack.provider.ca_file.clone()),
+            registration_client_uri: client.registration_client_uri.clone().expect("registration_client_uri"),
+            registration_access_token: client
+                .registration_access_token
+                .clone()
+                .expect("registration_access_token")
+                .into(),
+            client_secret: client.client_secret.clone().into(),
+        }],
+        retry_initial_ms: 100,
+        retry_max_secs: 1,
+        poll_ms: 100,
+        ack_wait_secs: 2,
+        ..Default::default()
+    }
+}
+
+async fn report(stack: &Stack, kind: &str, platform: &str) -> String {
+    let response = stack
+        .http
+        .post(stack.url("/v1/incidents"))
+        .bearer_auth(RESPONDER_TOKEN)
+        .json(&json!({"kind": kind, "platform_id": platform, "summary": "client secret found in a public repository"}))
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    response.json::<Value>().await.expect("body")["incident_id"].as_str().expect("id").to_owned()
+}
+
+async fn incident(stack: &Stack, id: &str) -> Option<IncidentView> {
+    let r = stack.http.get(stack.url(&format!("/v1/incidents/{id}"))).bearer_auth(RESPONDER_TOKEN).send().await.ok()?;
+    if r.status() != StatusCode::OK {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+async fn closed(stack: &Stack, id: &str, timeout: Duration) -> IncidentView {
+    eventually("the incident to close", timeout, || async { incident(stack, id).await.filter(|i| i.state == "closed") })
+        .await
+}
+
+/// Signs `n` people in and opens two view sessions each; returns the views.
+async fn people_with_sessions(stack: &mut Stack, platform: &str, n: usize) -> Vec<custodian_view_sdk::View> {
+    let views = vec![stack.start_view(&unique("inc-a")).await, stack.start_view(&unique("inc-b")).await];
+    for _ in 0..n {
+        let person = unique("pat");
+        stack.login_through_gateway(&person).await;
+        for view in &views {
+            let token = view.access_token(None, &person, platform, Duration::from_secs(10)).await.expect("token");
+            let session = view.open_session(&token.issuer, &person, platform, token.expires_at).await.expect("session");
+            view.store().put(&session, "record", b"diagnosis".to_vec(), Duration::from_secs(120)).expect("put");
+        }
+    }
+    views
+}
+
+/// The current client secret, as stored (sealed) by the incident service.
+async fn stored_secrets(stack: &Stack, platform: &str) -> Vec<(i32, String, String)> {
+    let rows = credential::Entity::find()
+        .filter(credential::Column::PlatformId.eq(platform))
+        .all(stack.store.db())
+        .await
+        .expect("credentials");
+    rows.into_iter()
+        .map(|row| {
+            let envelope = custodian_crypto::Envelope {
+                key_id: row.key_id.clone(),
+                wrapped_key: row.wrapped_key.clone(),
+                ciphertext: row.ciphertext.clone(),
+            };
+            let aad = format!("custodian:credential:{platform}:{}", row.version).into_bytes();
+            let plain = stack.keyring.open(&envelope, &aad).expect("credential decrypts");
+            let json: Value = serde_json::from_slice(&plain).expect("json");
+            (row.version, row.state, json["client_secret"].as_str().expect("secret").to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_platform_compromise_notifies_the_dpo_contains_and_rotates_the_secret() {
+    let mut stack = Stack::start().await;
+    let smtp = SmtpServer::start();
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    stack.start_vault(test_vault_config(vec![settings]));
+    let views = people_with_sessions(&mut stack, &platform, 3).await;
+    let tokens: Vec<String> = stored_bundles(&stack)
+        .await
+        .into_iter()
+        .flat_map(|(_, b)| [Some(b.access_token.clone()), b.refresh_token.clone()])
+        .flatten()
+        .collect();
+    assert_eq!(tokens.len(), 6, "3 people x (access + refresh)");
+    eventually("three grants in the ledger", Duration::from_secs(15), || async {
+        let q = custodian_events::queries::ConsentQuery { platform_id: Some(platform.clone()), ..Default::default() };
+        (stack.ledger(q).await.len() == 3).then_some(())
+    })
+    .await;
+    stack.start_incident(incident_config(&stack, &smtp, &client));
+
+    let id = report(&stack, "platform_compromise", &platform).await;
+    let done = closed(&stack, &id, Duration::from_secs(60)).await;
+    let steps: Vec<(&str, &str)> = done.steps.iter().map(|s| (s.step.as_str(), s.state.as_str())).collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("notify_dpo", "done"),
+            ("contain", "done"),
+            ("report_containment", "done"),
+            ("rotate_credentials", "done"),
+            ("report_rotation", "done"),
+            ("final_report", "done"),
+        ]
+    );
+
+    // The DPO's e-mails: the first carries every point of Art. 33(3), with the counts.
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 4, "initial, containment, rotation, final");
+    let first = &mails[0];
+    for point in [
+        "dpo@platform.example",
+        "initial notification",
+        &id,
+        "(a) Nature of the breach",
+        "compromise of the platform",
+        "client secret found in a public repository",
+        "approximate number of data subjects",
+        "people holding a consent at the platform: 3",
+        "people with stored tokens or open view sessions: 3",
+        "stored token records (OpenID Connect access, refresh and ID tokens): 3",
+        "open view sessions (health data held in memory by views): 6",
+        "(b) Contact point",
+        "+32 2 000 00 00",
+        "(c) Likely consequences",
+        "(d) Measures taken or proposed",
+    ] {
+        assert!(first.contains(point), "the first e-mail lacks {point:?}:\n{first}");
+    }
+    assert!(mails[3].contains("final report") && mails[3].contains("rotate_credentials"), "{}", mails[3]);
+    assert!(first.find("Message-ID").is_some());
+
+    // Contained: every token dead at the OP, every view session wiped.
+    let secrets = stored_secrets(&stack, &platform).await;
+    let (_, _, new_secret) =
+        secrets.iter().find(|(_, state, _)| state == "current").expect("a current version").clone();
+    assert_eq!(secrets.iter().find(|(_, s, _)| s == "current").map(|(v, _, _)| *v), Some(2));
+    for token in &tokens {
+        let info = stack.provider.introspect(&platform, &new_secret, token).await;
+        assert_eq!(info["active"], false, "a token survived containment: {info}");
+    }
+    for view in &views {
+        assert_eq!(view.store().counts(), (0, 0));
+    }
+    // Rotated: the old secret is refused, the new one works.
+    let old = stack.provider.introspect(&platform, &client.client_secret, "anything").await;
+    assert_eq!(old["error"], "invalid_client", "{old}");
+    let new = stack.provider.introspect(&platform, &new_secret, "anything").await;
+    assert_eq!(new["active"], false, "authenticated with the new secret: {new}");
+    // The vault switched without restart: a new sign-in (code exchange with the secret) works.
+    stack.login_through_gateway(&unique("after")).await;
+    assert_eq!(stored_bundles(&stack).await.len(), 1, "the new login's tokens are stored");
+    assert_eq!(stack.count_on(custodian_events::subjects::CREDENTIAL_ROTATED).await, 1);
+    assert_eq!(stack.count_on(custodian_events::subjects::DPO_NOTIFIED).await, 4);
+}
+
+#[tokio::test]
+async fn an_incident_service_killed_after_each_step_resumes_without_doubling_anything() {
+    let mut stack = Stack::start().await;
+    let smtp = SmtpServer::start();
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    stack.start_vault(test_vault_config(vec![settings]));
+    people_with_sessions(&mut stack, &platform, 2).await;
+    // A pause between steps, so each kill lands after a step and before the next.
+    let config = IncidentConfig { step_pause_ms: 800, ..incident_config(&stack, &smtp, &client) };
+    stack.start_incident(config.clone());
+    let id = report(&stack, "credential_loss", &platform).await;
+
+    let mut crashes = 0;
+    let mut seen_done = 0;
+    loop {
+        let (view, done) = eventually("another step to finish", Duration::from_secs(30), || async {
+            let view = incident(&stack, &id).await?;
+            let done = view.steps.iter().filter(|s| s.state == "done").count();
+            (done > seen_done).then_some((view, done))
+        })
+        .await;
+        stack.crash_incident().await;
+        crashes += 1;
+        seen_done = done;
+        if view.state == "closed" {
+            break;
+        }
+        stack.start_incident(config.clone());
+    }
+    assert!(crashes >= 3, "killed after most steps ({crashes})");
+    let ids: Vec<String> = smtp
+        .messages()
+        .iter()
+        .filter_map(|m| m.lines().find(|l| l.to_ascii_lowercase().starts_with("message-id:")).map(str::to_owned))
+        .collect();
+    // Should a crash ever hit between the SMTP server's acceptance and our record of it, the
+    // re-sent message carries the same Message-ID (mail systems treat it as the same e-mail).
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 4, "four notifications: {ids:?}");
+    assert_eq!(ids.len(), 4, "one e-mail per notification, whatever the crashes: {ids:?}");
+    let secrets = stored_secrets(&stack, &platform).await;
+    assert_eq!(secrets.len(), 2, "one rotation: {:?}", secrets.iter().map(|(v, s, _)| (v, s)).collect::<Vec<_>>());
+    let (_, _, current) = secrets.iter().find(|(_, s, _)| s == "current").expect("current").clone();
+    let check = stack.provider.introspect(&platform, &current, "anything").await;
+    assert_eq!(check["active"], false, "the stored current secret is the one the OP accepts: {check}");
+}
+
+#[tokio::test]
+async fn with_the_smtp_server_down_the_notification_waits_and_containment_does_not() {
+    let mut stack = Stack::start().await;
+    let mut smtp = SmtpServer::reserve();
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    stack.start_vault(test_vault_config(vec![settings]));
+    let views = people_with_sessions(&mut stack, &platform, 1).await;
+    stack.start_incident(incident_config(&stack, &smtp, &client));
+    let id = report(&stack, "data_leak", &platform).await;
+
+    let pending =
+        eventually("the notification to be retried and containment to finish", Duration::from_secs(30), || async {
+            let view = incident(&stack, &id).await?;
+            let notify = view.steps.iter().find(|s| s.step == "notify_dpo")?;
+            let contain = view.steps.iter().find(|s| s.step == "contain")?;
+            (notify.state == "pending" && notify.attempts >= 2 && contain.state == "done").then_some(view)
+        })
+        .await;
+    let notify = pending.steps.iter().find(|s| s.step == "notify_dpo").expect("notify");
+    assert!(notify.last_error.as_deref().unwrap_or_default().contains("SMTP"), "{notify:?}");
+    assert!(notify.next_attempt_at.is_some());
+    assert_eq!(pending.state, "open");
+    for view in &views {
+        assert_eq!(view.store().counts(), (0, 0), "contained while the DPO's mail server was down");
+    }
+
+    smtp.restart();
+    let done = closed(&stack, &id, Duration::from_secs(30)).await;
+    assert_eq!(smtp.messages().len(), 3, "initial, containment, final (no rotation for a data leak)");
+    assert!(smtp.messages()[0].contains("initial notification"));
+    assert!(done.steps.iter().all(|s| s.state == "done"));
+}
