@@ -40,6 +40,7 @@ bench: install ## benchmarks with raw baselines measured in the same run (see BE
 	$(ENV) target/release/custodian-bench sweep 1000000
 	$(ENV) target/release/custodian-bench revocation
 	$(ENV) target/release/custodian-bench audit 100000
+	$(ENV) target/release/custodian-bench incident
 
 clean: ## remove build output and local data
 	$(CARGO) clean

@@ -90,7 +90,7 @@ pub async fn run(events: Vec<LifecycleEvent>) {
     }
     let ours = n as f64 / start.elapsed().as_secs_f64();
     shutdown.cancel();
-    let report = custodian_audit::verify::verify(store.db(), &"unused".to_owned(), Some(Vec::new())).await.unwrap();
+    let report = custodian_audit::verify::verify(store.db(), "unused", Some(Vec::new())).await.unwrap();
     assert!(report.broken.is_none() && report.entries as usize == n, "{report:?}");
     let verify_start = Instant::now();
     custodian_audit::verify::verify(store.db(), "unused", Some(Vec::new())).await.unwrap();

@@ -207,7 +207,12 @@ pub(crate) async fn send_email(
         builder = builder.to(to.parse().map_err(|e| format!("incident.dpo.to {to:?}: {e}"))?);
     }
     let email = builder.body(body).map_err(|e| format!("e-mail: {e}"))?;
-    mailer.send(email).await.map_err(|e| format!("SMTP: {e}"))?;
+    // A pooled connection the server has since closed fails at once: one immediate retry on a
+    // fresh connection, before the step's backoff.
+    if let Err(first) = mailer.send(email.clone()).await {
+        tracing::debug!(error = %first, "SMTP send failed; retrying once on a new connection");
+        mailer.send(email).await.map_err(|e| format!("SMTP: {e}"))?;
+    }
     #[allow(clippy::disallowed_methods)] // when the SMTP server accepted it
     let at = Utc::now();
     Ok(at)

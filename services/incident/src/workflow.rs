@@ -211,15 +211,17 @@ async fn record(
 ) -> Result<bool, IncidentError> {
     let now = incidents.clock.now();
     let started = step.started_at.unwrap_or(now);
-    let update = incident_step::Entity::update_many()
-        .col_expr(incident_step::Column::StartedAt, Some(started).into())
-        .col_expr(incident_step::Column::Attempts, (step.attempts + 1).into())
-        .filter(incident_step::Column::Id.eq(step.id.clone()))
-        .filter(incident_step::Column::State.eq("pending"));
+    let update = |attempts: i32| {
+        incident_step::Entity::update_many()
+            .col_expr(incident_step::Column::StartedAt, Some(started).into())
+            .col_expr(incident_step::Column::Attempts, attempts.into())
+            .filter(incident_step::Column::Id.eq(step.id.clone()))
+            .filter(incident_step::Column::State.eq("pending"))
+    };
     match outcome {
         Outcome::Done(detail) => {
             let txn = incidents.store.begin_write().await?;
-            update
+            update(step.attempts + 1)
                 .col_expr(incident_step::Column::State, "done".into())
                 .col_expr(incident_step::Column::FinishedAt, Some(now).into())
                 .col_expr(incident_step::Column::LastError, Option::<String>::None.into())
@@ -277,8 +279,8 @@ async fn record(
             Ok(true)
         }
         Outcome::Waiting(detail, after) => {
-            update
-                .col_expr(incident_step::Column::Attempts, step.attempts.into())
+            // Waiting is not a failed attempt.
+            update(step.attempts)
                 .col_expr(incident_step::Column::Detail, detail.to_string().into())
                 .col_expr(
                     incident_step::Column::NextAttemptAt,
@@ -291,7 +293,7 @@ async fn record(
         Outcome::Failed(error, detail) => {
             let next = now + incidents.config.retry_delay(step.attempts);
             tracing::warn!(incident_id = %incident.incident_id, step = %step.step, attempts = step.attempts + 1, %error, "incident step failed; will retry");
-            update
+            update(step.attempts + 1)
                 .col_expr(incident_step::Column::LastError, Some(error.chars().take(1000).collect::<String>()).into())
                 .col_expr(incident_step::Column::Detail, detail.to_string().into())
                 .col_expr(incident_step::Column::NextAttemptAt, next.into())

@@ -330,7 +330,9 @@ pub(crate) async fn finish_revocations<C: ConnectionTrait>(
         return Ok(());
     }
     use sea_orm::sea_query::ExprTrait as _;
-    let ids: Vec<String> = touched.iter().cloned().collect();
+    // Sorted: concurrent transactions then lock rows in the same order (no deadlock).
+    let mut ids: Vec<String> = touched.iter().cloned().collect();
+    ids.sort();
     for chunk in ids.chunks(500) {
         let pending_tokens = Query::select()
             .column(revocation_token::Column::RevocationId)

@@ -372,6 +372,10 @@ async fn main() {
         audit_bench::run(events(n)).await;
         return;
     }
+    if args.get(1).map(String::as_str) == Some("incident") {
+        revocation_bench::run_incident().await;
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("revocation") {
         revocation_bench::run().await;
         return;
