@@ -272,7 +272,7 @@ async fn raw_relay(bus: &Bus, n: usize) -> Vec<Duration> {
 
 pub async fn run() {
     let n: usize = std::env::var("CUSTODIAN_BENCH_REVOCATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
-    let n_op: usize = std::env::var("CUSTODIAN_BENCH_OP_REVOCATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let n_op: usize = std::env::var("CUSTODIAN_BENCH_OP_REVOCATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     println!("custodian revocation bench: PostgreSQL, {VIEWS} views, 2 cores shared\n");
     let nats = NatsServer::start();
     let provider = Provider::shared();
@@ -331,8 +331,10 @@ pub async fn run() {
         let start = Instant::now();
         bench.bus.publish_event(subjects::CONSENT_REVOKED, &event).await.unwrap();
         let views_done = bench.acks.all(&ids, Duration::from_secs(60)).await.expect("acks");
+        let deadline = Instant::now() + Duration::from_secs(60);
         let tokens_done = loop {
             use custodian_store::sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+            assert!(Instant::now() < deadline, "revocation {} not done within 60 s", event.id);
             let r = custodian_store::entities::revocation::Entity::find()
                 .filter(custodian_store::entities::revocation::Column::RevocationId.eq(event.id.clone()))
                 .one(bench.store.db())
@@ -341,7 +343,7 @@ pub async fn run() {
             if r.is_some_and(|r| r.state == "done") {
                 break Instant::now();
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         };
         done_times.push(views_done.max(tokens_done).saturating_duration_since(start));
     }
