@@ -286,3 +286,33 @@ async fn ten_holder_of_key_uses_make_ten_privacy_log_entries_readable_by_the_dpo
     }
     assert_eq!(stack.count_on(subjects::TOKEN_HOK_USED).await, 10, "one event per use");
 }
+
+#[tokio::test]
+async fn a_redelivered_or_republished_event_is_chained_once() {
+    let mut stack = Stack::infrastructure().await;
+    stack.start_audit(audit_config(None));
+    let data = ConsentGrantedV1 {
+        issuer: "https://op.example".into(),
+        subject: "dup".into(),
+        platform_id: "tp-audit".into(),
+        scopes: vec!["openid".into()],
+        acr: None,
+    };
+    let event = CloudEvent::new("urn:test", stack.clock.now(), data);
+    stack.publish(subjects::CONSENT_GRANTED, &event).await;
+    wait_for_chain(&stack, 1).await;
+    // The same CloudEvent again, without a Nats-Msg-Id: the stream cannot de-duplicate it.
+    stack.publish_raw(subjects::CONSENT_GRANTED, event.to_json()).await;
+    publish_grants(&stack, 3).await;
+    let rows = wait_for_chain(&stack, 4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rows_after = chained(&stack).await;
+    assert_eq!(
+        rows_after.len(),
+        4,
+        "the duplicate is not chained twice: {:?}",
+        rows.iter().map(|r| &r.event_id).collect::<Vec<_>>()
+    );
+    let report = verify(stack.store.db(), &stack.audit_signer.public_key_base64(), None).await.expect("verify");
+    assert_eq!(report.broken, None);
+}

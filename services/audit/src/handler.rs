@@ -74,11 +74,24 @@ pub(crate) async fn tail<C: ConnectionTrait>(conn: &C) -> Result<(i64, String), 
         .map_or((0, chain::GENESIS.to_owned()), |e| (e.seq, e.hash)))
 }
 
+/// Appends optimistically (a batch rarely holds an event already chained: only redeliveries
+/// do); if the unique index on `event_id` says otherwise, the batch is redone checking each id.
 async fn append(audit: &Audit, batch: &[Delivery]) -> Result<(), AuditError> {
+    match append_checked(audit, batch, false).await {
+        Err(AuditError::Db(e)) if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => {
+            tracing::debug!(size = batch.len(), "batch holds events already chained; skipping them");
+            append_checked(audit, batch, true).await
+        }
+        other => other,
+    }
+}
+
+async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool) -> Result<(), AuditError> {
     let now = audit.clock.now();
     let txn = audit.store.begin_write().await?;
     lock_chain(&txn).await?;
-    let ids: Vec<String> = batch.iter().map(|d| d.event.id().to_owned()).collect();
+    let ids: Vec<String> =
+        if check_existing { batch.iter().map(|d| d.event.id().to_owned()).collect() } else { Vec::new() };
     let mut seen: HashSet<String> = HashSet::new();
     for chunk in ids.chunks(500) {
         let existing: Vec<String> = audit_entry::Entity::find()
