@@ -8,6 +8,7 @@ mod consent_ledger;
 mod gateway_api;
 mod incidents;
 mod reliability;
+mod signals;
 mod support;
 mod sweeps;
 mod vault;

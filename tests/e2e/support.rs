@@ -41,6 +41,8 @@ pub struct Stack {
     /// Signs the audit chain's checkpoints.
     pub audit_signer: custodian_audit::Signer,
     views: Vec<(String, CancellationToken, JoinHandle<()>)>,
+    /// Platforms (client ids) besides the test client whose signals the gateway accepts.
+    pub extra_audiences: Vec<String>,
     /// The vault's key ring, kept across vault restarts.
     pub keyring: custodian_crypto::KeyRing,
     _dir: tempfile::TempDir,
@@ -110,6 +112,7 @@ impl Stack {
             audit_signer: custodian_audit::Signer::generate("test-audit"),
             views: Vec::new(),
             keyring: custodian_crypto::KeyRing::ephemeral(),
+            extra_audiences: Vec::new(),
             _dir: dir,
         }
     }
@@ -290,6 +293,24 @@ impl Stack {
         (client, settings)
     }
 
+    /// Vault client settings for a client registered by the test itself.
+    pub fn register_platform_settings(
+        &self,
+        client: &custodian_testkit::RegisteredClient,
+    ) -> custodian_oidc::ClientSettings {
+        custodian_oidc::ClientSettings {
+            issuer: self.provider.issuer.clone(),
+            ca_file: Some(self.provider.ca_file.clone()),
+            client_id: client.client_id.clone(),
+            client_secret: client.client_secret.clone().into(),
+            redirect_uri: self.url("/callback"),
+            scopes: vec!["openid".into(), "offline_access".into()],
+            required_acr: None,
+            acr_order: Vec::new(),
+            timeout_secs: 10,
+        }
+    }
+
     /// Signs `username` in through the gateway's /login (the OP's real pages), returning the
     /// browser (holding the session cookie) and the session cookie's value.
     pub async fn login_through_gateway(&self, username: &str) -> (reqwest::Client, String, String) {
@@ -315,8 +336,23 @@ impl Stack {
         (browser, value, code)
     }
 
+    /// Restarts the gateway on the same address (e.g. to accept a newly registered platform).
+    pub async fn restart_gateway(&mut self) {
+        if let Some((token, handle)) = self.gateway.take() {
+            token.cancel();
+            handle.abort();
+            let _ = handle.await;
+        }
+        let address = self.gateway_url.trim_start_matches("http://").to_owned();
+        self.start_gateway_on(&address).await;
+    }
+
     pub async fn start_gateway(&mut self) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        self.start_gateway_on("127.0.0.1:0").await;
+    }
+
+    async fn start_gateway_on(&mut self, address: &str) {
+        let listener = tokio::net::TcpListener::bind(address).await.expect("bind");
         self.gateway_url = format!("http://{}", listener.local_addr().expect("addr"));
         let config = GatewayConfig {
             listen: listener.local_addr().expect("addr"),
@@ -324,6 +360,13 @@ impl Stack {
                 issuer: self.provider.issuer.clone(),
                 audience: TEST_CLIENT_ID.to_owned(),
                 ca_file: Some(self.provider.ca_file.clone()),
+                extra_audiences: self.extra_audiences.clone(),
+                required_acr: Some("urn:custodian:acr:substantial".into()),
+                acr_order: vec![
+                    "urn:custodian:acr:low".into(),
+                    "urn:custodian:acr:substantial".into(),
+                    "urn:custodian:acr:high".into(),
+                ],
             }),
             machine_tokens: vec![
                 MachineToken {

@@ -7,7 +7,7 @@
 // State lives in memory: a restart forgets clients, grants and tokens.
 
 import { execFileSync } from 'node:child_process';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createPrivateKey, randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { join } from 'node:path';
@@ -50,6 +50,19 @@ function ensureCertificates(dir) {
 }
 
 const tls = ensureCertificates(args.dir);
+
+// The OP's signing key, as a PEM file tests can read: they sign security event tokens and
+// logout tokens "as the OP" to exercise Custodian's receivers with good and bad tokens.
+function ensureSigningKey(dir) {
+  const pem = join(dir, 'op-signing-key.pem');
+  if (!existsSync(pem)) {
+    execFileSync('openssl', ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-out', pem],
+      { stdio: ['ignore', 'ignore', 'pipe'] });
+  }
+  const jwk = createPrivateKey(readFileSync(pem)).export({ format: 'jwk' });
+  return { pem, jwk: { ...jwk, kid: 'custodian-test-op-rs256', use: 'sig', alg: 'RS256' } };
+}
+const signing = ensureSigningKey(args.dir);
 const clients = args.clients ? JSON.parse(readFileSync(args.clients, 'utf8')) : [];
 
 let handler = (req, res) => { res.statusCode = 503; res.end(); };
@@ -62,6 +75,7 @@ const issuer = `https://127.0.0.1:${server.address().port}`;
 
 const configuration = {
   clients,
+  jwks: { keys: [signing.jwk] },
   // Any login/password is accepted by the dev interactions; the login becomes `sub`.
   async findAccount(ctx, sub) {
     return { accountId: sub, async claims() { return { sub }; } };
@@ -107,7 +121,11 @@ const configuration = {
     && code.scopes.has('offline_access'),
   cookies: { keys: ['custodian-test-cookie-key'] },
   // Tests receive back-channel logout on 127.0.0.1, which the SSRF guard refuses by default.
-  fetch: (url, options) => globalThis.fetch(url, options),
+  fetch: (url, options) => {
+    // Without the SSRF-guarding dispatcher oidc-provider adds (it refuses 127.0.0.1).
+    const { dispatcher, ...rest } = options;
+    return globalThis.fetch(url, rest);
+  },
   renderError(ctx, out, error) {
     ctx.type = 'json';
     ctx.body = out;
@@ -119,6 +137,10 @@ const provider = new Provider(issuer, configuration);
 provider.proxy = false;
 // Unexpected failures, for the test log (see testkit: custodian-op-<pid>.log in the temp dir).
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
+provider.on('backchannel.error', (ctx, err, client) => console.error('backchannel.error', client?.clientId, err?.message, err?.cause));
+provider.on('backchannel.success', (ctx, client) => console.error('backchannel.success', client?.clientId));
+provider.on('end_session.success', () => console.error('end_session.success'));
+provider.on('end_session.error', (ctx, err) => console.error('end_session.error', err?.message));
 provider.on('grant.error', (ctx, err) => { if (!(err instanceof errors.OIDCProviderError)) console.error('grant.error', err); });
 
 // RFC 8693 token exchange for legacy SAML holder-of-key assertions (the Belgian eHealth STS
@@ -158,7 +180,9 @@ handler = provider.callback();
 // Clients registered with this token get the rotation policy (kept by their registration
 // access tokens for RFC 7592 updates).
 const initialAccessToken = await new provider.InitialAccessToken({ policies: ['custodian-rotate-on-update'] }).save();
-console.log(JSON.stringify({ issuer, ca_file: tls.ca, initial_access_token: initialAccessToken }));
+console.log(JSON.stringify({
+  issuer, ca_file: tls.ca, initial_access_token: initialAccessToken, signing_key_file: signing.pem,
+}));
 
 for (const signal of ['SIGINT', 'SIGTERM']) {
   process.on(signal, () => server.close(() => process.exit(0)));

@@ -70,6 +70,54 @@ pub struct PersonAuthConfig {
     /// Extra CA (PEM) to trust for the OP's TLS (the test OP's throwaway CA).
     #[serde(default)]
     pub ca_file: Option<std::path::PathBuf>,
+    /// Other client ids (platforms) whose logout tokens and security events are accepted.
+    #[serde(default)]
+    pub extra_audiences: Vec<String>,
+    /// The level of assurance the platform requires; a CAEP assurance-level-change below it
+    /// ends the person's sessions.
+    #[serde(default)]
+    pub required_acr: Option<String>,
+    /// Known levels, weakest first.
+    #[serde(default)]
+    pub acr_order: Vec<String>,
+}
+
+/// Why a signed token from the OP (logout token, security event token) was refused; the codes
+/// are RFC 8935's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalError {
+    InvalidRequest(String),
+    InvalidKey(String),
+    InvalidIssuer(String),
+    InvalidAudience(String),
+    Unavailable(String),
+}
+
+impl SignalError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) | Self::Unavailable(_) => "invalid_request",
+            Self::InvalidKey(_) => "invalid_key",
+            Self::InvalidIssuer(_) => "invalid_issuer",
+            Self::InvalidAudience(_) => "invalid_audience",
+        }
+    }
+
+    pub fn description(&self) -> &str {
+        match self {
+            Self::InvalidRequest(d) | Self::InvalidKey(d) | Self::InvalidIssuer(d) | Self::InvalidAudience(d) => d,
+            Self::Unavailable(d) => d,
+        }
+    }
+}
+
+/// A verified token's header `typ` and claims.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub typ: Option<String>,
+    pub claims: serde_json::Value,
+    /// The accepted audience it was addressed to (a platform's client id).
+    pub audience: String,
 }
 
 #[derive(Debug)]
@@ -130,6 +178,19 @@ impl Authenticator {
         self.person.as_ref().map(|p| p.config.issuer.as_str())
     }
 
+    /// Verifies a token the OP signed (signature by its JWKS, `iss`, `aud`, `iat`, `exp` if
+    /// present), classifying failures with RFC 8935's codes.
+    pub async fn verify_from_op(&self, token: &str) -> Result<Verified, SignalError> {
+        let person =
+            self.person.as_ref().ok_or_else(|| SignalError::Unavailable("no OpenID provider configured".into()))?;
+        person.verify_signal(token).await
+    }
+
+    /// The person verifier's settings, when configured.
+    pub fn person_config(&self) -> Option<&PersonAuthConfig> {
+        self.person.as_ref().map(|p| &p.config)
+    }
+
     pub async fn authenticate(&self, bearer: &str) -> Result<Caller, Problem> {
         let digest = hex::encode(Sha256::digest(bearer.as_bytes()));
         if let Some((name, role)) = self.machines.get(&digest) {
@@ -158,6 +219,74 @@ impl PersonVerifier {
         let data = jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map_err(|e| Problem::unauthorized(format!("token rejected: {}", token_error(&e))))?;
         Ok(Caller::Person { issuer: data.claims.iss, subject: data.claims.sub })
+    }
+
+    async fn verify_signal(&self, token: &str) -> Result<Verified, SignalError> {
+        use base64::Engine as _;
+        let bad = |d: &str| SignalError::InvalidRequest(d.to_owned());
+        let mut parts = token.split('.');
+        let header_b64 = parts.next().ok_or_else(|| bad("not a JWS"))?;
+        if parts.clone().count() != 2 {
+            return Err(bad("not a compact JWS (three parts)"));
+        }
+        let raw_header: serde_json::Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header_b64.trim_end_matches('='))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| bad("unreadable JOSE header"))?;
+        let alg = raw_header["alg"].as_str().unwrap_or_default();
+        if alg.eq_ignore_ascii_case("none") || alg.is_empty() {
+            return Err(SignalError::InvalidKey("unsigned tokens (alg none) are refused".into()));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| bad("unreadable JOSE header"))?;
+        if !ALGORITHMS.contains(&header.alg) {
+            return Err(SignalError::InvalidKey(format!("algorithm {alg} is not accepted")));
+        }
+        let jwk = self.key_for(header.kid.as_deref()).await.map_err(|p| {
+            if p.status == 503 {
+                SignalError::Unavailable("cannot reach the OpenID provider for its keys".into())
+            } else {
+                SignalError::InvalidKey("signed by a key the OpenID provider does not publish".into())
+            }
+        })?;
+        let key = DecodingKey::from_jwk(&jwk)
+            .map_err(|_| SignalError::InvalidKey("the provider's key is unusable".into()))?;
+        let mut validation = Validation::new(header.alg);
+        validation.validate_aud = false;
+        validation.validate_exp = false;
+        validation.required_spec_claims.clear();
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+            .map_err(|_| SignalError::InvalidKey("the signature does not verify".into()))?;
+        let claims = data.claims;
+        if claims["iss"].as_str().map(|i| i.trim_end_matches('/')) != Some(self.config.issuer.trim_end_matches('/')) {
+            return Err(SignalError::InvalidIssuer("iss is not our OpenID provider".into()));
+        }
+        let accepted: Vec<&str> = std::iter::once(self.config.audience.as_str())
+            .chain(self.config.extra_audiences.iter().map(String::as_str))
+            .collect();
+        let audiences: Vec<&str> = match &claims["aud"] {
+            serde_json::Value::String(a) => vec![a.as_str()],
+            serde_json::Value::Array(list) => list.iter().filter_map(|v| v.as_str()).collect(),
+            _ => Vec::new(),
+        };
+        let audience = audiences
+            .iter()
+            .find(|a| accepted.contains(a))
+            .ok_or_else(|| SignalError::InvalidAudience("aud does not name this receiver".into()))?
+            .to_string();
+        #[allow(clippy::disallowed_methods)] // token times are checked against the wall clock
+        let now = chrono::Utc::now().timestamp();
+        let iat = claims["iat"].as_i64().ok_or_else(|| bad("iat is missing"))?;
+        if iat > now + 60 {
+            return Err(bad("iat is in the future"));
+        }
+        if let Some(exp) = claims.get("exp") {
+            let exp = exp.as_i64().ok_or_else(|| bad("exp is not a number"))?;
+            if exp + 30 < now {
+                return Err(bad("the token has expired"));
+            }
+        }
+        Ok(Verified { typ: header.typ, claims, audience })
     }
 
     async fn key_for(&self, kid: Option<&str>) -> Result<jsonwebtoken::jwk::Jwk, Problem> {

@@ -124,6 +124,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/sweeps/{sweep_id}", get(routes::sweeps::show))
         .route("/v1/revocations/{revocation_id}", get(routes::revocations::show))
         .route("/v1/privacy-log", get(routes::privacy::read))
+        .route("/oidc/backchannel-logout", post(routes::signals::backchannel_logout))
+        .route("/ssf/events", post(routes::signals::security_event))
         .route("/v1/incidents", post(routes::incidents::report))
         .route("/v1/incidents/{incident_id}", get(routes::incidents::show))
         .route("/", get(routes::dashboard::page))
@@ -195,6 +197,8 @@ mod tests {
             ("get", "/v1/revocations/{revocation_id}"),
             ("get", "/v1/privacy-log"),
             ("post", "/v1/incidents"),
+            ("post", "/oidc/backchannel-logout"),
+            ("post", "/ssf/events"),
             ("get", "/v1/incidents/{incident_id}"),
             ("get", "/"),
             ("get", "/login"),

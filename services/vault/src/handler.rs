@@ -71,6 +71,7 @@ impl LifecycleHandler {
                 LifecycleEvent::SessionWiped(e) => session_wiped(vault, &txn, &e.data, now, &mut effects).await,
                 LifecycleEvent::IncidentContain(e) => crate::incident::contain(vault, &txn, e, now, &mut effects).await,
                 LifecycleEvent::CredentialRotated(e) => crate::incident::switch_secret(vault, &e.data).await,
+                LifecycleEvent::SessionRevoke(e) => end_sessions(vault, &txn, e, now, &mut effects).await,
                 other => {
                     results.push(Err(HandlerError::Permanent(format!(
                         "{} is not for the vault (consumer filter misconfigured?)",
@@ -481,5 +482,39 @@ async fn session_wiped(
     if let Some(revocation_id) = wipe.revocation_id {
         effects.touched_revocations.insert(revocation_id);
     }
+    Ok(())
+}
+
+/// The OP ended the person's session (back-channel logout, CAEP): tokens revoked and views
+/// wiped like a revocation, the consent untouched, and their web sessions here ended too.
+async fn end_sessions(
+    vault: &Vault,
+    txn: &DatabaseTransaction,
+    event: &CloudEvent<custodian_events::SessionRevokeV1>,
+    now: DateTime<Utc>,
+    effects: &mut Effects,
+) -> Result<(), VaultError> {
+    use custodian_events::SessionEndCause;
+    let data = &event.data;
+    let start = RevocationStart {
+        revocation_id: format!("session:{}", data.cause_id),
+        ended_event_id: event.id.clone(),
+        issuer: data.issuer.clone(),
+        subject: data.subject.clone(),
+        platform_id: data.platform_id.clone(),
+        reason: serde_json::to_value(data.cause).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        wipe_reason: match data.cause {
+            SessionEndCause::AssuranceDropped => "assurance_dropped",
+            _ => "session_revoked",
+        },
+        until: event.time.max(now),
+    };
+    begin_revocation(vault, txn, &start, now, effects).await?;
+    custodian_store::entities::web_session::Entity::delete_many()
+        .filter(custodian_store::entities::web_session::Column::Issuer.eq(data.issuer.clone()))
+        .filter(custodian_store::entities::web_session::Column::Subject.eq(data.subject.clone()))
+        .filter(custodian_store::entities::web_session::Column::PlatformId.eq(data.platform_id.clone()))
+        .exec(txn)
+        .await?;
     Ok(())
 }

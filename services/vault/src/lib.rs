@@ -171,6 +171,7 @@ pub async fn run(deps: Deps, config: VaultConfig, shutdown: CancellationToken) -
             subjects::SESSION_WIPED,
             subjects::INCIDENT_CONTAIN,
             subjects::CREDENTIAL_ROTATED,
+            subjects::SESSION_REVOKE,
         ],
     );
     spec.batch = vault.config.batch.max(1);

@@ -181,6 +181,7 @@ lifecycle_events! {
     SweepFinished(SweepFinishedV1),
     RetentionPurge(RetentionPurgeV1),
     IncidentContain(IncidentContainV1),
+    SessionRevoke(SessionRevokeV1),
 }
 
 /// Routed subjects (`…wipe.<view>`, `…deadletter.<service>`) match their prefix plus one token.

@@ -478,3 +478,39 @@ event_data!(IncidentContainV1, subjects::INCIDENT_CONTAIN, "custodian.incident.c
     }
     Ok(())
 });
+
+/// Why the OP (or Custodian) ended a person's sessions without ending their consent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionEndCause {
+    /// OpenID Connect Back-Channel Logout 1.0.
+    BackchannelLogout,
+    /// CAEP session-revoked.
+    CaepSessionRevoked,
+    /// CAEP assurance-level-change below the platform's required level.
+    AssuranceDropped,
+}
+
+/// Command to the vault: end a person's sessions at a platform — tokens revoked at the OP,
+/// views wiped — while the consent stays. Contract addition (v1): the gateway publishes it
+/// when the OP signals a logout or a session revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRevokeV1 {
+    pub issuer: String,
+    pub subject: String,
+    pub platform_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    pub cause: SessionEndCause,
+    /// The signal's own id (the logout token's or the SET's `jti`).
+    pub cause_id: String,
+}
+event_data!(SessionRevokeV1, subjects::SESSION_REVOKE, "custodian.session.revoke.v1", |s| {
+    check_key(&s.issuer, &s.subject, &s.platform_id)?;
+    check_id("cause_id", &s.cause_id)?;
+    if let Some(sid) = &s.sid {
+        check_id("sid", sid)?;
+    }
+    Ok(())
+});

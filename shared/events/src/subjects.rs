@@ -14,6 +14,7 @@ pub const SESSION_CLOSED: &str = "lifecycle.session.closed";
 /// Prefix of `lifecycle.session.wipe.<view_id>`; see [`session_wipe`].
 pub const SESSION_WIPE_PREFIX: &str = "lifecycle.session.wipe";
 pub const SESSION_WIPED: &str = "lifecycle.session.wiped";
+pub const SESSION_REVOKE: &str = "lifecycle.session.revoke";
 pub const TOKEN_REVOKED: &str = "lifecycle.token.revoked";
 pub const TOKEN_HOK_USED: &str = "lifecycle.token.hok_used";
 pub const INCIDENT_REPORTED: &str = "lifecycle.incident.reported";

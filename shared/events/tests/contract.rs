@@ -193,6 +193,17 @@ fn every_payload_keeps_its_wire_form() {
         })
     );
     insta::assert_json_snapshot!(
+        "session_revoke",
+        round_trip(SessionRevokeV1 {
+            issuer: "https://op.example".into(),
+            subject: "person-1".into(),
+            platform_id: "tp-1".into(),
+            sid: Some("sid-1".into()),
+            cause: SessionEndCause::BackchannelLogout,
+            cause_id: "jti-1".into(),
+        })
+    );
+    insta::assert_json_snapshot!(
         "incident_contain",
         round_trip(IncidentContainV1 {
             incident_id: "inc-1".into(),

@@ -293,7 +293,15 @@ impl OidcClient {
             .claims(&self.client.id_token_verifier(), &Nonce::new(nonce.expose_secret().to_owned()))
             .map_err(|e| OidcError::IdToken(e.to_string()))?;
         let acr = claims.auth_context_ref().map(|a| a.as_str().to_owned());
-        self.check_acr(acr.as_deref())?;
+        if let Err(refused) = self.check_acr(acr.as_deref()) {
+            // Not kept, and not left alive at the OP either.
+            let access = SecretString::from(response.access_token().secret().clone());
+            let _ = self.revoke(&access, TokenKind::Access).await;
+            if let Some(refresh) = response.refresh_token() {
+                let _ = self.revoke(&SecretString::from(refresh.secret().clone()), TokenKind::Refresh).await;
+            }
+            return Err(refused);
+        }
         let identity = Identity {
             issuer: claims.issuer().as_str().to_owned(),
             subject: claims.subject().as_str().to_owned(),

@@ -14,7 +14,9 @@ mod smtp;
 
 pub use nats::NatsServer;
 pub use postgres::{PgCluster, test_backend, test_database_url};
-pub use provider::{Provider, RegisteredClient, TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_REDIRECT_URI, TokenSet};
+pub use provider::{
+    Provider, RegisteredClient, TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_OP_KID, TEST_REDIRECT_URI, TokenSet,
+};
 pub use smtp::SmtpServer;
 
 use std::path::PathBuf;

@@ -18,7 +18,12 @@ pub struct Provider {
     pub issuer: String,
     pub ca_file: PathBuf,
     pub initial_access_token: String,
+    /// The OP's RSA signing key (PEM, kid `custodian-test-op-rs256`): tests sign tokens as the OP.
+    pub signing_key_file: PathBuf,
 }
+
+/// The `kid` of the test OP's signing key.
+pub const TEST_OP_KID: &str = "custodian-test-op-rs256";
 
 /// What the token endpoint answered.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -36,6 +41,7 @@ struct Ready {
     issuer: String,
     ca_file: PathBuf,
     initial_access_token: String,
+    signing_key_file: PathBuf,
 }
 
 impl Provider {
@@ -88,7 +94,12 @@ impl Provider {
             .expect("the OpenID provider did not start (did `make test` run npm install in tests/provider?)");
         std::mem::forget(child);
         let ready: Ready = serde_json::from_str(&line).expect("provider's ready line");
-        Provider { issuer: ready.issuer, ca_file: ready.ca_file, initial_access_token: ready.initial_access_token }
+        Provider {
+            issuer: ready.issuer,
+            ca_file: ready.ca_file,
+            initial_access_token: ready.initial_access_token,
+            signing_key_file: ready.signing_key_file,
+        }
     }
 
     pub fn ca_pem(&self) -> Vec<u8> {
@@ -192,17 +203,26 @@ impl Provider {
     /// Registers a new confidential client (RFC 7591, with the initial access token), e.g.
     /// one whose redirect URI is a test's own gateway.
     pub async fn register_client(&self, redirect_uris: &[&str]) -> RegisteredClient {
-        let response = self
-            .browser()
-            .post(format!("{}/reg", self.issuer))
-            .bearer_auth(&self.initial_access_token)
-            .json(&serde_json::json!({
+        self.register_client_with(redirect_uris, serde_json::json!({})).await
+    }
+
+    /// As [`Provider::register_client`], with extra client metadata (e.g. `backchannel_logout_uri`).
+    pub async fn register_client_with(&self, redirect_uris: &[&str], extra: serde_json::Value) -> RegisteredClient {
+        let mut metadata = serde_json::json!({
                 "redirect_uris": redirect_uris,
                 "grant_types": ["authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:token-exchange"],
                 "response_types": ["code"],
                 "token_endpoint_auth_method": "client_secret_basic",
                 "post_logout_redirect_uris": redirect_uris,
-            }))
+        });
+        if let (Some(m), Some(e)) = (metadata.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        let response = self
+            .browser()
+            .post(format!("{}/reg", self.issuer))
+            .bearer_auth(&self.initial_access_token)
+            .json(&metadata)
             .send()
             .await
             .expect("registration request");

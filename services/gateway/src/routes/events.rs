@@ -35,6 +35,7 @@ fn emitted_by_custodian_only(event: &LifecycleEvent) -> bool {
             | LifecycleEvent::DeadLetter(_)
             | LifecycleEvent::SweepRequested(_)
             | LifecycleEvent::IncidentContain(_)
+            | LifecycleEvent::SessionRevoke(_)
             | LifecycleEvent::SweepFinished(_)
             | LifecycleEvent::RetentionPurge(_)
     )

@@ -6,4 +6,5 @@ pub mod incidents;
 pub mod login;
 pub mod privacy;
 pub mod revocations;
+pub mod signals;
 pub mod sweeps;

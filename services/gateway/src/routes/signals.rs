@@ -1,0 +1,313 @@
+//! Signals from the OpenID provider:
+//! - `POST /oidc/backchannel-logout` (OpenID Connect Back-Channel Logout 1.0): a logout token
+//!   ends the person's sessions at the platform (views wiped, tokens revoked; consent kept).
+//! - `POST /ssf/events` (RFC 8935 push of RFC 8417 Security Event Tokens, subjects per RFC
+//!   9493): CAEP session-revoked ends sessions; CAEP credential-change and RISC
+//!   credential-compromise / account-disabled / account-credential-change-required end the
+//!   person's consents (reason `provider`); CAEP assurance-level-change below the platform's
+//!   level ends sessions; other event types are accepted and logged.
+//!
+//! Every token is verified against the OP's keys (no `alg: none`), its `jti` recorded in a
+//! NATS KV bucket shared by gateway replicas: a replayed logout token is refused, a repeated
+//! SET is acknowledged without effect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use custodian_events::queries::{self, ConsentQuery, ConsentReply};
+use custodian_events::{CloudEvent, ConsentRevokedV1, RevokeReason, SessionEndCause, SessionRevokeV1, subjects};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::{SignalError, Verified};
+
+pub const JTI_BUCKET: &str = "custodian_gateway_seen_jti";
+const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
+const RISC: &str = "https://schemas.openid.net/secevent/risc/event-type/";
+
+/// Records `jti` once; false if it was seen before (within the bucket's max age).
+async fn first_time(state: &AppState, kind: &str, jti: &str) -> Result<bool, SignalError> {
+    let js = state.bus.jetstream();
+    let kv = match js.get_key_value(JTI_BUCKET).await {
+        Ok(kv) => kv,
+        Err(_) => js
+            .create_key_value(async_nats::jetstream::kv::Config {
+                bucket: JTI_BUCKET.to_owned(),
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                history: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| SignalError::Unavailable(format!("jti store: {e}")))?,
+    };
+    let key = format!("{kind}.{}", crate::auth::token_digest(jti));
+    match kv.create(&key, Bytes::from_static(b"1")).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(SignalError::Unavailable(format!("jti store: {e}"))),
+    }
+}
+
+async fn publish_session_revoke(state: &AppState, data: SessionRevokeV1) -> Result<(), SignalError> {
+    custodian_events::EventData::validate(&data).map_err(|e| SignalError::InvalidRequest(e.to_string()))?;
+    let event = CloudEvent::with_id(
+        custodian_events::derived_event_id("session.revoke", &data.cause_id),
+        crate::SOURCE,
+        state.clock.now(),
+        data,
+    );
+    state
+        .bus
+        .publish_event(subjects::SESSION_REVOKE, &event)
+        .await
+        .map_err(|e| SignalError::Unavailable(format!("not recorded: {e}")))
+}
+
+fn logout_error(e: &SignalError) -> Response {
+    tracing::info!(error = e.code(), description = e.description(), "logout token refused");
+    let status = if matches!(e, SignalError::Unavailable(_)) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    let body = json!({"error": "invalid_request", "error_description": e.description()});
+    let mut response = (status, Json(body)).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `POST /oidc/backchannel-logout` with `logout_token=<JWT>` (form).
+pub async fn backchannel_logout(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let token = url::form_urlencoded::parse(&body).find(|(k, _)| k == "logout_token").map(|(_, v)| v.into_owned());
+    let Some(token) = token else {
+        return logout_error(&SignalError::InvalidRequest("logout_token is missing".into()));
+    };
+    match handle_logout(&state, &token).await {
+        Ok(()) => {
+            let mut response = StatusCode::OK.into_response();
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(e) => logout_error(&e),
+    }
+}
+
+async fn handle_logout(state: &AppState, token: &str) -> Result<(), SignalError> {
+    let Verified { typ, claims, audience } = state.auth.verify_from_op(token).await?;
+    let bad = |d: &str| SignalError::InvalidRequest(d.to_owned());
+    if let Some(typ) = typ
+        && !typ.eq_ignore_ascii_case("logout+jwt")
+        && !typ.eq_ignore_ascii_case("JWT")
+    {
+        return Err(bad("typ must be logout+jwt"));
+    }
+    if claims.get("nonce").is_some() {
+        return Err(bad("a logout token must not carry a nonce"));
+    }
+    if claims["events"].get(BACKCHANNEL_LOGOUT_EVENT).is_none() {
+        return Err(bad("events lacks the back-channel logout event"));
+    }
+    let sub = claims["sub"].as_str().map(str::to_owned);
+    let sid = claims["sid"].as_str().map(str::to_owned);
+    if sub.is_none() && sid.is_none() {
+        return Err(bad("a logout token needs sub or sid"));
+    }
+    let jti = claims["jti"].as_str().ok_or_else(|| bad("jti is missing"))?;
+    if claims["exp"].as_i64().is_none() {
+        return Err(bad("exp is missing"));
+    }
+    let Some(subject) = sub else {
+        // Sessions are tracked per person here; a sid-only token names none we can match.
+        return Err(bad("this receiver needs sub in logout tokens"));
+    };
+    if !first_time(state, "logout", jti).await? {
+        return Err(bad("logout token replayed (jti already used)"));
+    }
+    let issuer = claims["iss"].as_str().unwrap_or_default().to_owned();
+    tracing::info!(platform_id = %audience, "back-channel logout");
+    publish_session_revoke(
+        state,
+        SessionRevokeV1 {
+            issuer,
+            subject,
+            platform_id: audience,
+            sid,
+            cause: SessionEndCause::BackchannelLogout,
+            cause_id: jti.to_owned(),
+        },
+    )
+    .await
+}
+
+fn set_error(e: &SignalError) -> Response {
+    tracing::info!(error = e.code(), description = e.description(), "security event token refused");
+    let status = if matches!(e, SignalError::Unavailable(_)) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    (status, Json(json!({"err": e.code(), "description": e.description()}))).into_response()
+}
+
+/// `POST /ssf/events`, body: the SET (`application/secevent+jwt`).
+pub async fn security_event(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !content_type.starts_with("application/secevent+jwt") {
+        return set_error(&SignalError::InvalidRequest("Content-Type must be application/secevent+jwt".into()));
+    }
+    let Ok(token) = std::str::from_utf8(&body) else {
+        return set_error(&SignalError::InvalidRequest("the body is not a JWT".into()));
+    };
+    match handle_set(&state, token.trim()).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => set_error(&e),
+    }
+}
+
+/// The person an RFC 9493 subject identifier names (formats `iss_sub`, or `opaque` at our OP).
+fn person_of(subject: &Value, issuer: &str) -> Option<(String, String)> {
+    match subject["format"].as_str()? {
+        "iss_sub" => Some((subject["iss"].as_str()?.to_owned(), subject["sub"].as_str()?.to_owned())),
+        "opaque" => Some((issuer.to_owned(), subject["id"].as_str()?.to_owned())),
+        _ => None,
+    }
+}
+
+async fn handle_set(state: &AppState, token: &str) -> Result<(), SignalError> {
+    let Verified { typ, claims, audience } = state.auth.verify_from_op(token).await?;
+    let bad = |d: &str| SignalError::InvalidRequest(d.to_owned());
+    match typ {
+        Some(t) if t.eq_ignore_ascii_case("secevent+jwt") || t.eq_ignore_ascii_case("application/secevent+jwt") => {}
+        _ => return Err(bad("typ must be secevent+jwt (RFC 8417)")),
+    }
+    let jti = claims["jti"].as_str().ok_or_else(|| bad("jti is missing"))?.to_owned();
+    let events = claims["events"].as_object().ok_or_else(|| bad("events is missing"))?;
+    if events.len() != 1 {
+        return Err(bad("a SET here carries exactly one event"));
+    }
+    let (event_type, event) =
+        events.iter().next().map(|(k, v)| (k.clone(), v.clone())).ok_or_else(|| bad("events is empty"))?;
+    let issuer = claims["iss"].as_str().unwrap_or_default().to_owned();
+    let subject = claims.get("sub_id").or_else(|| event.get("subject")).cloned().unwrap_or(Value::Null);
+    let Some((person_issuer, person)) = person_of(&subject, &issuer) else {
+        return Err(bad("sub_id must be an iss_sub or opaque subject identifier (RFC 9493)"));
+    };
+    if !first_time(state, "set", &jti).await? {
+        tracing::info!(event_type = %event_type, "security event already received; acknowledged again");
+        return Ok(());
+    }
+    let name = event_type
+        .strip_prefix(CAEP)
+        .map(|n| ("caep", n))
+        .or_else(|| event_type.strip_prefix(RISC).map(|n| ("risc", n)));
+    match name {
+        Some(("caep", "session-revoked")) => {
+            publish_session_revoke(
+                state,
+                SessionRevokeV1 {
+                    issuer: person_issuer,
+                    subject: person,
+                    platform_id: audience,
+                    sid: None,
+                    cause: SessionEndCause::CaepSessionRevoked,
+                    cause_id: jti,
+                },
+            )
+            .await
+        }
+        Some(("caep", "credential-change"))
+        | Some(("risc", "credential-compromise"))
+        | Some(("risc", "account-disabled"))
+        | Some(("risc", "account-credential-change-required")) => {
+            end_consents(state, &person_issuer, &person, &event_type, &jti).await
+        }
+        Some(("caep", "assurance-level-change")) => {
+            let current = event["current_level"].as_str().unwrap_or_default();
+            let below = state.auth.person_config().and_then(|c| {
+                c.required_acr.as_ref().map(|required| !custodian_oidc_acr(&c.acr_order, required, current))
+            });
+            if below == Some(true) {
+                publish_session_revoke(
+                    state,
+                    SessionRevokeV1 {
+                        issuer: person_issuer,
+                        subject: person,
+                        platform_id: audience,
+                        sid: None,
+                        cause: SessionEndCause::AssuranceDropped,
+                        cause_id: jti,
+                    },
+                )
+                .await
+            } else {
+                tracing::info!(current_level = %current, "assurance level change that still meets the requirement");
+                Ok(())
+            }
+        }
+        _ => {
+            tracing::info!(event_type = %event_type, "security event of a type we do not act on; accepted");
+            Ok(())
+        }
+    }
+}
+
+/// `got` at least `required` in `order` (weakest first); unknown values must match exactly.
+fn custodian_oidc_acr(order: &[String], required: &str, got: &str) -> bool {
+    let rank = |v: &str| order.iter().position(|a| a == v);
+    match (rank(got), rank(required)) {
+        (Some(g), Some(r)) => g >= r,
+        _ => got == required,
+    }
+}
+
+/// The OP says the person's credentials are not to be trusted: every consent of theirs ends.
+async fn end_consents(
+    state: &AppState,
+    issuer: &str,
+    subject: &str,
+    event_type: &str,
+    jti: &str,
+) -> Result<(), SignalError> {
+    let query = ConsentQuery {
+        issuer: Some(issuer.to_owned()),
+        subject: Some(subject.to_owned()),
+        state: Some("granted".into()),
+        ..Default::default()
+    };
+    let consents = match custodian_bus::query::<_, ConsentReply>(
+        state.bus.client(),
+        queries::CONSENTS,
+        &query,
+        Duration::from_secs(5),
+    )
+    .await
+    {
+        Ok(ConsentReply::Consents(list)) => list,
+        Ok(ConsentReply::Error(e)) => return Err(SignalError::Unavailable(e)),
+        Err(e) => return Err(SignalError::Unavailable(e.to_string())),
+    };
+    tracing::info!(event_type = %event_type, consents = consents.len(), "the OP distrusts a person's credentials; ending their consents");
+    for consent in consents {
+        let data = ConsentRevokedV1 {
+            issuer: consent.issuer.clone(),
+            subject: consent.subject.clone(),
+            platform_id: consent.platform_id.clone(),
+            reason: RevokeReason::Provider,
+            actor: Some("ssf".into()),
+        };
+        let id = custodian_events::derived_event_id("ssf.consent.revoked", &format!("{jti}:{}", consent.platform_id));
+        let event = CloudEvent::with_id(id, crate::SOURCE, state.clock.now(), data);
+        state
+            .bus
+            .publish_event(subjects::CONSENT_REVOKED, &event)
+            .await
+            .map_err(|e| SignalError::Unavailable(format!("not recorded: {e}")))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,325 @@
+//! Signals from the OP: back-channel logout (the real OP sends the logout token), and
+//! RFC 8935 pushes of security event tokens built here with the OP's key and with bad ones.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use custodian_events::subjects;
+use custodian_testkit::{TEST_OP_KID, eventually};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{OPS_TOKEN, Stack, test_vault_config, unique};
+
+/// A stack whose gateway accepts a freshly registered platform's signals; returns its client.
+async fn stack_with_platform() -> (Stack, custodian_testkit::RegisteredClient) {
+    let mut stack = Stack::start().await;
+    let logout_uri = stack.url("/oidc/backchannel-logout");
+    let callback = stack.url("/callback");
+    let client = stack.provider.register_client_with(&[&callback], json!({"backchannel_logout_uri": logout_uri})).await;
+    stack.extra_audiences.push(client.client_id.clone());
+    stack.restart_gateway().await;
+    let mut settings = stack.register_platform_settings(&client);
+    settings.redirect_uri = callback;
+    stack.start_vault(test_vault_config(vec![settings]));
+    (stack, client)
+}
+
+fn now() -> i64 {
+    custodian_store::clock::Clock::now(&custodian_store::clock::SystemClock).timestamp()
+}
+
+fn op_key(stack: &Stack) -> EncodingKey {
+    EncodingKey::from_rsa_pem(&std::fs::read(&stack.provider.signing_key_file).expect("OP key")).expect("RSA PEM")
+}
+
+fn sign(key: &EncodingKey, typ: Option<&str>, claims: &Value) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.typ = typ.map(str::to_owned);
+    header.kid = Some(TEST_OP_KID.into());
+    jsonwebtoken::encode(&header, claims, key).expect("sign")
+}
+
+async fn person_with_a_view(stack: &mut Stack, platform: &str) -> (String, custodian_view_sdk::View, String) {
+    let person = unique("sig");
+    stack.login_through_gateway(&person).await;
+    eventually("the grant in the ledger", Duration::from_secs(15), || async {
+        let q = custodian_events::queries::ConsentQuery { subject: Some(person.clone()), ..Default::default() };
+        stack.ledger(q).await.iter().any(|c| c.state == "granted").then_some(())
+    })
+    .await;
+    let view = stack.start_view(&unique("sigview")).await;
+    let token = view.access_token(None, &person, platform, Duration::from_secs(10)).await.expect("token");
+    let session = view.open_session(&token.issuer, &person, platform, token.expires_at).await.expect("session");
+    view.store().put(&session, "k", b"v".to_vec(), Duration::from_secs(60)).expect("put");
+    (person, view, session)
+}
+
+#[tokio::test]
+async fn logout_at_the_op_ends_the_sessions_and_a_replayed_logout_token_is_refused() {
+    let (mut stack, client) = stack_with_platform().await;
+    let platform = client.client_id.clone();
+    let person = unique("lou");
+    let (browser, _cookie, _) = stack.login_through_gateway(&person).await;
+    eventually("the grant in the ledger", Duration::from_secs(15), || async {
+        let q = custodian_events::queries::ConsentQuery { subject: Some(person.clone()), ..Default::default() };
+        (!stack.ledger(q).await.is_empty()).then_some(())
+    })
+    .await;
+    let view = stack.start_view(&unique("bcl")).await;
+    let token = view.access_token(None, &person, &platform, Duration::from_secs(10)).await.expect("token");
+    let session = view.open_session(&token.issuer, &person, &platform, token.expires_at).await.expect("session");
+    view.store().put(&session, "k", b"v".to_vec(), Duration::from_secs(60)).expect("put");
+    let access = secrecy::ExposeSecret::expose_secret(&token.token).to_owned();
+
+    // The person signs out at the OP (RP-initiated logout page, confirmed in the browser).
+    let end = browser
+        .get(format!("{}/session/end?client_id={}", stack.provider.issuer, platform))
+        .send()
+        .await
+        .expect("end session")
+        .text()
+        .await
+        .expect("page");
+    let xsrf =
+        end.split("name=\"xsrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("xsrf in the logout form");
+    let confirmed = browser
+        .post(format!("{}/session/end/confirm", stack.provider.issuer))
+        .form(&[("xsrf", xsrf), ("logout", "yes")])
+        .send()
+        .await
+        .expect("confirm");
+    assert!(confirmed.status().is_redirection() || confirmed.status().is_success(), "{}", confirmed.status());
+
+    // The OP's logout token reached the gateway: sessions wiped, token revoked, consent kept.
+    eventually("the view to be wiped", Duration::from_secs(20), || async {
+        (view.store().counts() == (0, 0)).then_some(())
+    })
+    .await;
+    let info = eventually("the access token to be revoked", Duration::from_secs(20), || async {
+        let info = stack.provider.introspect(&platform, &client.client_secret, &access).await;
+        (info["active"] == false).then_some(info)
+    })
+    .await;
+    assert_eq!(info["active"], false);
+    let commands = stack.messages_on(subjects::SESSION_REVOKE).await;
+    assert_eq!(commands.len(), 1);
+    assert_eq!(commands[0].1["data"]["cause"], "backchannel_logout");
+    let q = custodian_events::queries::ConsentQuery { subject: Some(person.clone()), ..Default::default() };
+    assert_eq!(stack.ledger(q).await[0].state, "granted", "a logout is not a withdrawal of consent");
+
+    // A logout token (ours, signed with the OP's key) works once; its replay is refused.
+    let claims = json!({
+        "iss": stack.provider.issuer, "aud": platform, "iat": now(), "exp": now() + 120,
+        "jti": unique("jti"), "sub": person,
+        "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+    });
+    let logout_token = sign(&op_key(&stack), Some("logout+jwt"), &claims);
+    let post = || {
+        stack.http.post(stack.url("/oidc/backchannel-logout")).form(&[("logout_token", logout_token.as_str())]).send()
+    };
+    let first = post().await.expect("first");
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["cache-control"], "no-store");
+    let replay = post().await.expect("replay");
+    assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(replay.headers()["cache-control"], "no-store");
+    let body: Value = replay.json().await.expect("json");
+    assert_eq!(body["error"], "invalid_request");
+    assert!(body["error_description"].as_str().unwrap_or_default().contains("replayed"), "{body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stack.count_on(subjects::SESSION_REVOKE).await, 2, "the replay changed nothing");
+
+    // Malformed logout tokens: with a nonce, without the event, without sub.
+    for (claims, why) in [
+        (
+            json!({"iss": stack.provider.issuer, "aud": platform, "iat": now(), "exp": now() + 60, "jti": unique("j"), "sub": person, "nonce": "n", "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
+            "nonce",
+        ),
+        (
+            json!({"iss": stack.provider.issuer, "aud": platform, "iat": now(), "exp": now() + 60, "jti": unique("j"), "sub": person, "events": {}}),
+            "events",
+        ),
+        (
+            json!({"iss": stack.provider.issuer, "aud": platform, "iat": now(), "exp": now() + 60, "jti": unique("j"), "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
+            "sub",
+        ),
+    ] {
+        let token = sign(&op_key(&stack), Some("logout+jwt"), &claims);
+        let r = stack
+            .http
+            .post(stack.url("/oidc/backchannel-logout"))
+            .form(&[("logout_token", token.as_str())])
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{why}");
+    }
+    assert_eq!(stack.count_on(subjects::SESSION_REVOKE).await, 2);
+}
+
+async fn push(stack: &Stack, token: &str) -> (StatusCode, Value) {
+    let r = stack
+        .http
+        .post(stack.url("/ssf/events"))
+        .header("content-type", "application/secevent+jwt")
+        .body(token.to_owned())
+        .send()
+        .await
+        .expect("push");
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn set_claims(stack: &Stack, aud: &str, person: &str, event: &str, body: Value) -> Value {
+    json!({
+        "iss": stack.provider.issuer, "aud": aud, "iat": now(), "jti": unique("set"),
+        "sub_id": {"format": "iss_sub", "iss": stack.provider.issuer, "sub": person},
+        "events": {event: body},
+    })
+}
+
+const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
+const RISC: &str = "https://schemas.openid.net/secevent/risc/event-type/";
+
+#[tokio::test]
+async fn security_event_tokens_are_verified_and_acted_on_and_errors_change_nothing() {
+    let (mut stack, client) = stack_with_platform().await;
+    let platform = client.client_id.clone();
+    let (person, view, _session) = person_with_a_view(&mut stack, &platform).await;
+    let key = op_key(&stack);
+
+    // Refused, with RFC 8935's codes, and nothing changes.
+    let other_key_pem = {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("k.pem");
+        let ok = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+            .arg(&path)
+            .output()
+            .expect("openssl");
+        assert!(ok.status.success());
+        std::fs::read(&path).expect("pem")
+    };
+    let wrong_key = EncodingKey::from_rsa_pem(&other_key_pem).expect("pem");
+    let revoked = set_claims(&stack, &platform, &person, &format!("{CAEP}session-revoked"), json!({}));
+    let alg_none = format!(
+        "{}.{}.",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"secevent+jwt"}"#),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(revoked.to_string())
+    );
+    let mut wrong_aud = revoked.clone();
+    wrong_aud["aud"] = json!("someone-else");
+    let mut wrong_iss = revoked.clone();
+    wrong_iss["iss"] = json!("https://evil.example");
+    let mut expired = revoked.clone();
+    expired["exp"] = json!(now() - 3600);
+    for (token, code) in [
+        (sign(&wrong_key, Some("secevent+jwt"), &revoked), "invalid_key"),
+        (alg_none, "invalid_key"),
+        (sign(&key, Some("secevent+jwt"), &wrong_aud), "invalid_audience"),
+        (sign(&key, Some("secevent+jwt"), &wrong_iss), "invalid_issuer"),
+        (sign(&key, None, &revoked), "invalid_request"),
+        (sign(&key, Some("secevent+jwt"), &expired), "invalid_request"),
+        ("not-a-jwt".to_owned(), "invalid_request"),
+    ] {
+        let (status, body) = push(&stack, &token).await;
+        assert_eq!((status, body["err"].as_str()), (StatusCode::BAD_REQUEST, Some(code)), "{body}");
+        assert!(body["description"].is_string());
+    }
+    // An event type we do not act on: accepted, no effect.
+    let (status, _) = push(
+        &stack,
+        &sign(
+            &key,
+            Some("secevent+jwt"),
+            &set_claims(&stack, &platform, &person, &format!("{CAEP}device-compliance-change"), json!({})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stack.count_on(subjects::SESSION_REVOKE).await, 0);
+    assert_eq!(view.store().counts().0, 1, "nothing changed on errors");
+
+    // CAEP session-revoked: sessions end; the same SET again is acknowledged without effect.
+    let good = sign(&key, Some("secevent+jwt"), &revoked);
+    assert_eq!(push(&stack, &good).await.0, StatusCode::ACCEPTED);
+    assert_eq!(push(&stack, &good).await.0, StatusCode::ACCEPTED);
+    eventually("the view to be wiped", Duration::from_secs(20), || async {
+        (view.store().counts() == (0, 0)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stack.count_on(subjects::SESSION_REVOKE).await, 1, "de-duplicated on jti");
+
+    // Assurance dropped below the platform's level: sessions end; still high enough: nothing.
+    let (person2, view2, _) = person_with_a_view(&mut stack, &platform).await;
+    let level = |l: &str| {
+        sign(
+            &key,
+            Some("secevent+jwt"),
+            &set_claims(
+                &stack,
+                &platform,
+                &person2,
+                &format!("{CAEP}assurance-level-change"),
+                json!({"namespace": "custom", "current_level": l, "previous_level": "urn:custodian:acr:high", "change_direction": "decrease"}),
+            ),
+        )
+    };
+    assert_eq!(push(&stack, &level("urn:custodian:acr:high")).await.0, StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(view2.store().counts().0, 1, "still at the required level");
+    assert_eq!(push(&stack, &level("urn:custodian:acr:low")).await.0, StatusCode::ACCEPTED);
+    eventually("the view to be wiped", Duration::from_secs(20), || async {
+        (view2.store().counts() == (0, 0)).then_some(())
+    })
+    .await;
+
+    // RISC account-disabled: the person's consents end (reason provider).
+    let disabled = sign(
+        &key,
+        Some("secevent+jwt"),
+        &set_claims(&stack, &platform, &person, &format!("{RISC}account-disabled"), json!({"reason": "hijacking"})),
+    );
+    assert_eq!(push(&stack, &disabled).await.0, StatusCode::ACCEPTED);
+    let ended = eventually("the consent to end", Duration::from_secs(15), || async {
+        let q = custodian_events::queries::ConsentQuery {
+            subject: Some(person.clone()),
+            with_history: true,
+            ..Default::default()
+        };
+        stack.ledger(q).await.into_iter().find(|c| c.state == "revoked")
+    })
+    .await;
+    assert_eq!(ended.platform_id, platform);
+    let revokes = stack.messages_on(subjects::CONSENT_REVOKED).await;
+    assert!(revokes.iter().any(|(_, e)| e["data"]["reason"] == "provider"), "{revokes:?}");
+    let _ = OPS_TOKEN;
+}
+
+#[tokio::test]
+async fn a_login_below_the_platforms_level_of_assurance_is_refused() {
+    let mut stack = Stack::start().await;
+    let (_client, mut settings) = stack.register_platform().await;
+    settings.required_acr = Some("urn:custodian:acr:high".into());
+    settings.acr_order =
+        vec!["urn:custodian:acr:low".into(), "urn:custodian:acr:substantial".into(), "urn:custodian:acr:high".into()];
+    stack.start_vault(test_vault_config(vec![settings]));
+    let browser = stack.provider.browser();
+    let start = browser.get(stack.url("/login")).send().await.expect("login");
+    let to_op = start.headers()[reqwest::header::LOCATION].to_str().expect("location").to_owned();
+    assert!(to_op.contains("acr_values=urn%3Acustodian%3Aacr%3Ahigh"), "the login asks for the level: {to_op}");
+    let back = stack.provider.drive_interactions(&browser, to_op, &unique("low"), &stack.url("/callback")).await;
+    let refused = browser.get(&back).send().await.expect("callback");
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let problem: Value = refused.json().await.expect("problem");
+    assert!(problem["detail"].as_str().unwrap_or_default().contains("acr"), "{problem}");
+    assert!(stored_bundles_empty(&stack).await, "no token kept from a refused login");
+}
+
+async fn stored_bundles_empty(stack: &Stack) -> bool {
+    crate::support::stored_bundles(stack).await.is_empty()
+}
