@@ -323,3 +323,88 @@ async fn a_login_below_the_platforms_level_of_assurance_is_refused() {
 async fn stored_bundles_empty(stack: &Stack) -> bool {
     crate::support::stored_bundles(stack).await.is_empty()
 }
+
+#[tokio::test]
+async fn ended_consents_are_pushed_to_receivers_as_signed_caep_session_revoked_sets() {
+    use std::sync::{Arc, Mutex};
+    // A receiver that is down for the first push, then accepts.
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/events",
+        axum::routing::post(move |body: String| {
+            let store = store.clone();
+            async move {
+                let mut seen = store.lock().expect("lock");
+                seen.push(body);
+                if seen.len() == 1 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::ACCEPTED }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let receiver_url = format!("http://{}/events", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut stack = Stack::infrastructure().await;
+    let seed = base64::engine::general_purpose::STANDARD.encode(custodian_crypto::random_32().as_slice());
+    stack.ssf_transmitter = Some(custodian_gateway::transmit::TransmitterConfig {
+        issuer: "https://custodian.example".into(),
+        signing_key: seed.into(),
+        key_id: "custodian-ssf-test".into(),
+        receivers: vec![custodian_gateway::transmit::Receiver {
+            url: receiver_url,
+            audience: "https://receiver.example".into(),
+            bearer_token: None,
+        }],
+    });
+    stack.start_consent();
+    stack.start_gateway().await;
+    let person = unique("set");
+    let grant = custodian_events::ConsentGrantedV1 {
+        issuer: stack.provider.issuer.clone(),
+        subject: person.clone(),
+        platform_id: "tp-ssf".into(),
+        scopes: vec!["openid".into()],
+        acr: None,
+    };
+    stack
+        .publish(subjects::CONSENT_GRANTED, &custodian_events::CloudEvent::new("urn:test", stack.clock.now(), grant))
+        .await;
+    let revoke = custodian_events::ConsentRevokedV1 {
+        issuer: stack.provider.issuer.clone(),
+        subject: person.clone(),
+        platform_id: "tp-ssf".into(),
+        reason: custodian_events::RevokeReason::User,
+        actor: None,
+    };
+    let later = stack.clock.now() + chrono::Duration::seconds(1);
+    stack.publish(subjects::CONSENT_REVOKED, &custodian_events::CloudEvent::new("urn:test", later, revoke)).await;
+
+    let sets = eventually("the SET to be delivered after a retry", Duration::from_secs(20), || async {
+        let seen = received.lock().expect("lock").clone();
+        (seen.len() >= 2).then_some(seen)
+    })
+    .await;
+    assert_eq!(sets[0], sets[1], "the same SET (same jti) is re-sent");
+
+    // Verify it as a receiver would: our JWKS, EdDSA, typ, iss, aud, the CAEP event, the subject.
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        stack.http.get(stack.url("/.well-known/jwks.json")).send().await.expect("jwks").json().await.expect("json");
+    let header = jsonwebtoken::decode_header(&sets[1]).expect("header");
+    assert_eq!(header.typ.as_deref(), Some("secevent+jwt"));
+    assert_eq!(header.alg, Algorithm::EdDSA);
+    let jwk = jwks.find(header.kid.as_deref().expect("kid")).expect("key published");
+    let mut validation = jsonwebtoken::Validation::new(Algorithm::EdDSA);
+    validation.set_audience(&["https://receiver.example"]);
+    validation.set_issuer(&["https://custodian.example"]);
+    validation.required_spec_claims = ["iss", "aud", "iat"].iter().map(|s| s.to_string()).collect();
+    validation.validate_exp = false;
+    let claims =
+        jsonwebtoken::decode::<Value>(&sets[1], &jsonwebtoken::DecodingKey::from_jwk(jwk).expect("key"), &validation)
+            .expect("signature and claims verify")
+            .claims;
+    assert!(claims["events"][format!("{CAEP}session-revoked")].is_object(), "{claims}");
+    assert_eq!(claims["sub_id"]["format"], "iss_sub");
+    assert_eq!(claims["sub_id"]["sub"], person.as_str());
+    assert!(claims["jti"].is_string());
+}

@@ -41,6 +41,8 @@ pub struct Stack {
     /// Signs the audit chain's checkpoints.
     pub audit_signer: custodian_audit::Signer,
     views: Vec<(String, CancellationToken, JoinHandle<()>)>,
+    /// The gateway's SSF transmitter, if a test wants one.
+    pub ssf_transmitter: Option<custodian_gateway::transmit::TransmitterConfig>,
     /// Platforms (client ids) besides the test client whose signals the gateway accepts.
     pub extra_audiences: Vec<String>,
     /// The vault's key ring, kept across vault restarts.
@@ -113,6 +115,7 @@ impl Stack {
             views: Vec::new(),
             keyring: custodian_crypto::KeyRing::ephemeral(),
             extra_audiences: Vec::new(),
+            ssf_transmitter: None,
             _dir: dir,
         }
     }
@@ -383,6 +386,7 @@ impl Stack {
                 },
             ],
             login: custodian_gateway::LoginConfig { public_url: self.gateway_url.clone(), after_login: "/".into() },
+            ssf_transmitter: self.ssf_transmitter.clone(),
         };
         let deps = custodian_gateway::Deps {
             bus: self.bus.clone(),

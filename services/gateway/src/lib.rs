@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod problem;
 mod routes;
+pub mod transmit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub struct GatewayConfig {
     pub oidc: Option<PersonAuthConfig>,
     pub machine_tokens: Vec<MachineToken>,
     pub login: LoginConfig,
+    /// Push CAEP session-revoked SETs to these receivers when consents or sessions end.
+    pub ssf_transmitter: Option<transmit::TransmitterConfig>,
 }
 
 /// `[gateway.login]`: the person's sign-in (the code flow itself runs in the vault).
@@ -82,6 +85,7 @@ impl Default for GatewayConfig {
             oidc: None,
             machine_tokens: Vec::new(),
             login: LoginConfig::default(),
+            ssf_transmitter: None,
         }
     }
 }
@@ -101,6 +105,7 @@ pub struct AppState {
     pub registry: Registry,
     pub metrics: GatewayMetrics,
     pub login: LoginConfig,
+    pub transmitter: Option<transmit::Transmitter>,
 }
 
 #[derive(Debug)]
@@ -125,6 +130,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/revocations/{revocation_id}", get(routes::revocations::show))
         .route("/v1/privacy-log", get(routes::privacy::read))
         .route("/oidc/backchannel-logout", post(routes::signals::backchannel_logout))
+        .route("/.well-known/jwks.json", get(jwks))
         .route("/ssf/events", post(routes::signals::security_event))
         .route("/v1/incidents", post(routes::incidents::report))
         .route("/v1/incidents/{incident_id}", get(routes::incidents::show))
@@ -139,6 +145,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { problem::Problem::not_found("no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
+}
+
+/// Custodian's public keys (the SSF transmitter's SET signing key).
+async fn jwks(State(state): State<Arc<AppState>>) -> axum::Json<serde_json::Value> {
+    axum::Json(state.transmitter.as_ref().map_or_else(|| serde_json::json!({"keys": []}), transmit::Transmitter::jwks))
 }
 
 async fn count_requests(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
@@ -173,13 +184,39 @@ pub async fn run(deps: Deps, config: GatewayConfig, shutdown: CancellationToken)
         registry,
         metrics,
         login: config.login.clone(),
+        transmitter: config.ssf_transmitter.clone().map(transmit::Transmitter::new).transpose()?,
     });
+    // SETs out to subscribed receivers, on a durable consumer (retries with backoff).
+    let transmitting = match (&state.transmitter, &config.ssf_transmitter) {
+        (Some(t), Some(c)) if !c.receivers.is_empty() => {
+            let mut spec = custodian_bus::ConsumerSpec::new(
+                "gateway",
+                "ssf-transmit",
+                &[custodian_events::subjects::CONSENT_ENDED, custodian_events::subjects::SESSION_REVOKE],
+            );
+            spec.batch = 50;
+            spec.linger = std::time::Duration::ZERO;
+            spec.nak_delay = std::time::Duration::from_millis(200);
+            let (bus, clock, token) = (state.bus.clone(), state.clock.clone(), shutdown.clone());
+            let handler = transmit::TransmitHandler { transmitter: t.clone() };
+            Some(tokio::spawn(async move {
+                if let Err(e) = custodian_bus::run_consumer(&bus, spec, handler, clock, token).await {
+                    tracing::error!(error = %e, "SSF transmitter stopped");
+                }
+            }))
+        }
+        _ => None,
+    };
     let addr = deps.listener.local_addr().map_err(GatewayError::Serve)?;
     tracing::info!(%addr, "gateway listening");
-    axum::serve(deps.listener, router(state))
+    let served = axum::serve(deps.listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
-        .map_err(GatewayError::Serve)
+        .map_err(GatewayError::Serve);
+    if let Some(t) = transmitting {
+        t.abort();
+    }
+    served
 }
 
 #[cfg(test)]
@@ -199,6 +236,7 @@ mod tests {
             ("post", "/v1/incidents"),
             ("post", "/oidc/backchannel-logout"),
             ("post", "/ssf/events"),
+            ("get", "/.well-known/jwks.json"),
             ("get", "/v1/incidents/{incident_id}"),
             ("get", "/"),
             ("get", "/login"),
