@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 ENV := source scripts/env.sh &&
 
-.PHONY: help install build run test test-unit test-sqlite test-postgres lint smoke bench clean
+.PHONY: help install build run test test-unit test-sqlite test-postgres lint smoke bench fuzz clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -41,6 +41,12 @@ bench: install ## benchmarks with raw baselines measured in the same run (see BE
 	$(ENV) target/release/custodian-bench revocation
 	$(ENV) target/release/custodian-bench audit 100000
 	$(ENV) target/release/custodian-bench incident
+
+FUZZ_SECONDS ?= 60
+fuzz: ## fuzz the CloudEvent, logout-token and SET decoders for FUZZ_SECONDS each (nightly; not in CI)
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) +nightly install cargo-fuzz --locked
+	cd fuzz && $(CARGO) +nightly fuzz run decode_cloudevent -- -max_total_time=$(FUZZ_SECONDS)
+	cd fuzz && $(CARGO) +nightly fuzz run signal_tokens -- -max_total_time=$(FUZZ_SECONDS)
 
 clean: ## remove build output and local data
 	$(CARGO) clean

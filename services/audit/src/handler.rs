@@ -40,17 +40,17 @@ impl BatchHandler for ChainHandler {
     }
 }
 
-/// The payload as chained: the event itself, but a caller identity sealed away.
-fn recorded_payload(event: &LifecycleEvent) -> String {
-    let bytes = match event {
+/// The payload as chained: the event exactly as it was on the wire, except that a caller
+/// identity is sealed away (that event is re-encoded without it).
+fn recorded_payload(delivery: &Delivery) -> String {
+    match &delivery.event {
         LifecycleEvent::TokenHokUsed(e) => {
             let mut redacted = e.clone();
             redacted.data.caller_identity = SEALED_IDENTITY.to_owned();
-            LifecycleEvent::TokenHokUsed(redacted).to_json()
+            String::from_utf8_lossy(&LifecycleEvent::TokenHokUsed(redacted).to_json()).into_owned()
         }
-        other => other.to_json(),
-    };
-    String::from_utf8_lossy(&bytes).into_owned()
+        _ => String::from_utf8_lossy(&delivery.raw).into_owned(),
+    }
 }
 
 pub(crate) async fn lock_chain<C: ConnectionTrait>(conn: &C) -> Result<(), sea_orm::DbErr> {
@@ -114,7 +114,7 @@ async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool)
             continue;
         }
         seq += 1;
-        let payload = recorded_payload(event);
+        let payload = recorded_payload(delivery);
         let digest = chain::digest(&payload);
         let hash = chain::link_hash(&prev, seq, &delivery.subject, event.id(), &digest);
         if let LifecycleEvent::TokenHokUsed(e) = event {

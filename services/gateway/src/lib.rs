@@ -8,7 +8,7 @@
 
 pub mod auth;
 pub mod problem;
-mod routes;
+pub mod routes;
 pub mod transmit;
 
 use std::net::SocketAddr;

@@ -36,6 +36,8 @@ pub struct Delivery {
     pub stream_sequence: u64,
     /// W3C trace context from the NATS header, else from the CloudEvent attribute.
     pub traceparent: Option<String>,
+    /// The message exactly as it was on the wire (the audit chain digests these bytes).
+    pub raw: Bytes,
 }
 
 /// A service's event handler. It gets whole batches so it can apply them in one database
@@ -182,7 +184,8 @@ async fn process_batch<H: BatchHandler>(
                     .and_then(|h| h.get(custodian_telemetry::TRACEPARENT))
                     .map(|v| v.as_str().to_owned());
                 let traceparent = header_tp.or_else(|| event.traceparent().map(str::to_owned));
-                decoded.push(Delivery { subject, event, delivered, stream_sequence, traceparent });
+                let raw = message.payload.clone();
+                decoded.push(Delivery { subject, event, raw, delivered, stream_sequence, traceparent });
                 decoded_messages.push(message);
             }
             Err(e) => dead_letter(bus, spec, clock, &message, None, stream_sequence, &e.to_string()).await,

@@ -24,7 +24,7 @@ pub struct Filter {
     pub limit: Option<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct PrivacyLog {
     pub entries: Vec<PrivacyLogEntry>,
 }

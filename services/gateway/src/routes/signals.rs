@@ -98,8 +98,16 @@ pub async fn backchannel_logout(State(state): State<Arc<AppState>>, body: Bytes)
     }
 }
 
-async fn handle_logout(state: &AppState, token: &str) -> Result<(), SignalError> {
-    let Verified { typ, claims, audience } = state.auth.verify_from_op(token).await?;
+/// What a valid logout token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogoutClaims {
+    pub subject: String,
+    pub sid: Option<String>,
+    pub jti: String,
+}
+
+/// The checks of Back-Channel Logout 1.0 §2.6 beyond signature, iss, aud, iat. Pure: fuzzed.
+pub fn logout_token_claims(typ: Option<&str>, claims: &Value) -> Result<LogoutClaims, SignalError> {
     let bad = |d: &str| SignalError::InvalidRequest(d.to_owned());
     if let Some(typ) = typ
         && !typ.eq_ignore_ascii_case("logout+jwt")
@@ -110,7 +118,7 @@ async fn handle_logout(state: &AppState, token: &str) -> Result<(), SignalError>
     if claims.get("nonce").is_some() {
         return Err(bad("a logout token must not carry a nonce"));
     }
-    if claims["events"].get(BACKCHANNEL_LOGOUT_EVENT).is_none() {
+    if claims["events"].get(BACKCHANNEL_LOGOUT_EVENT).is_none_or(|e| !e.is_object()) {
         return Err(bad("events lacks the back-channel logout event"));
     }
     let sub = claims["sub"].as_str().map(str::to_owned);
@@ -118,14 +126,20 @@ async fn handle_logout(state: &AppState, token: &str) -> Result<(), SignalError>
     if sub.is_none() && sid.is_none() {
         return Err(bad("a logout token needs sub or sid"));
     }
-    let jti = claims["jti"].as_str().ok_or_else(|| bad("jti is missing"))?;
+    let jti = claims["jti"].as_str().filter(|j| !j.is_empty()).ok_or_else(|| bad("jti is missing"))?.to_owned();
     if claims["exp"].as_i64().is_none() {
         return Err(bad("exp is missing"));
     }
-    let Some(subject) = sub else {
-        // Sessions are tracked per person here; a sid-only token names none we can match.
-        return Err(bad("this receiver needs sub in logout tokens"));
-    };
+    // Sessions are tracked per person here; a sid-only token names none we can match.
+    let subject = sub.ok_or_else(|| bad("this receiver needs sub in logout tokens"))?;
+    Ok(LogoutClaims { subject, sid, jti })
+}
+
+async fn handle_logout(state: &AppState, token: &str) -> Result<(), SignalError> {
+    let Verified { typ, claims, audience } = state.auth.verify_from_op(token).await?;
+    let LogoutClaims { subject, sid, jti } = logout_token_claims(typ.as_deref(), &claims)?;
+    let jti = jti.as_str();
+    let bad = |d: &str| SignalError::InvalidRequest(d.to_owned());
     if !first_time(state, "logout", jti).await? {
         return Err(bad("logout token replayed (jti already used)"));
     }
@@ -179,14 +193,24 @@ fn person_of(subject: &Value, issuer: &str) -> Option<(String, String)> {
     }
 }
 
-async fn handle_set(state: &AppState, token: &str) -> Result<(), SignalError> {
-    let Verified { typ, claims, audience } = state.auth.verify_from_op(token).await?;
+/// What a valid security event token says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetClaims {
+    pub jti: String,
+    pub event_type: String,
+    pub event: Value,
+    pub person_issuer: String,
+    pub person: String,
+}
+
+/// RFC 8417 / 9493 checks beyond signature, iss, aud, iat. Pure: fuzzed.
+pub fn security_event_claims(typ: Option<&str>, claims: &Value) -> Result<SetClaims, SignalError> {
     let bad = |d: &str| SignalError::InvalidRequest(d.to_owned());
     match typ {
         Some(t) if t.eq_ignore_ascii_case("secevent+jwt") || t.eq_ignore_ascii_case("application/secevent+jwt") => {}
         _ => return Err(bad("typ must be secevent+jwt (RFC 8417)")),
     }
-    let jti = claims["jti"].as_str().ok_or_else(|| bad("jti is missing"))?.to_owned();
+    let jti = claims["jti"].as_str().filter(|j| !j.is_empty()).ok_or_else(|| bad("jti is missing"))?.to_owned();
     let events = claims["events"].as_object().ok_or_else(|| bad("events is missing"))?;
     if events.len() != 1 {
         return Err(bad("a SET here carries exactly one event"));
@@ -195,9 +219,14 @@ async fn handle_set(state: &AppState, token: &str) -> Result<(), SignalError> {
         events.iter().next().map(|(k, v)| (k.clone(), v.clone())).ok_or_else(|| bad("events is empty"))?;
     let issuer = claims["iss"].as_str().unwrap_or_default().to_owned();
     let subject = claims.get("sub_id").or_else(|| event.get("subject")).cloned().unwrap_or(Value::Null);
-    let Some((person_issuer, person)) = person_of(&subject, &issuer) else {
-        return Err(bad("sub_id must be an iss_sub or opaque subject identifier (RFC 9493)"));
-    };
+    let (person_issuer, person) = person_of(&subject, &issuer)
+        .ok_or_else(|| bad("sub_id must be an iss_sub or opaque subject identifier (RFC 9493)"))?;
+    Ok(SetClaims { jti, event_type, event, person_issuer, person })
+}
+
+async fn handle_set(state: &AppState, token: &str) -> Result<(), SignalError> {
+    let Verified { typ, claims, audience } = state.auth.verify_from_op(token).await?;
+    let SetClaims { jti, event_type, event, person_issuer, person } = security_event_claims(typ.as_deref(), &claims)?;
     if !first_time(state, "set", &jti).await? {
         tracing::info!(event_type = %event_type, "security event already received; acknowledged again");
         return Ok(());
@@ -310,4 +339,70 @@ async fn end_consents(
             .map_err(|e| SignalError::Unavailable(format!("not recorded: {e}")))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn logout_tokens_are_checked_per_back_channel_logout_1_0() {
+        let good = json!({"sub": "p", "sid": "s", "jti": "j", "exp": 1, "events": {BACKCHANNEL_LOGOUT_EVENT: {}}});
+        let ok = logout_token_claims(Some("logout+jwt"), &good).unwrap();
+        assert_eq!((ok.subject.as_str(), ok.sid.as_deref(), ok.jti.as_str()), ("p", Some("s"), "j"));
+        let mut with_nonce = good.clone();
+        with_nonce["nonce"] = json!("n");
+        for (typ, claims) in [
+            (Some("JWT"), with_nonce),
+            (Some("secevent+jwt"), good.clone()),
+            (None, json!({"sub": "p", "jti": "j", "exp": 1, "events": {}})),
+            (None, json!({"sub": "p", "jti": "j", "exp": 1, "events": {BACKCHANNEL_LOGOUT_EVENT: "x"}})),
+            (None, json!({"jti": "j", "exp": 1, "events": {BACKCHANNEL_LOGOUT_EVENT: {}}})),
+            (None, json!({"sub": "p", "exp": 1, "events": {BACKCHANNEL_LOGOUT_EVENT: {}}})),
+            (None, json!({"sub": "p", "jti": "j", "events": {BACKCHANNEL_LOGOUT_EVENT: {}}})),
+        ] {
+            assert!(logout_token_claims(typ, &claims).is_err(), "{typ:?} {claims}");
+        }
+    }
+
+    #[test]
+    fn security_events_need_one_event_and_a_known_subject_format() {
+        let good = json!({"iss": "https://op", "jti": "j", "sub_id": {"format": "iss_sub", "iss": "https://op", "sub": "p"},
+                          "events": {"https://schemas.openid.net/secevent/caep/event-type/session-revoked": {}}});
+        let ok = security_event_claims(Some("secevent+jwt"), &good).unwrap();
+        assert_eq!(ok.person, "p");
+        let opaque =
+            json!({"iss": "https://op", "jti": "j", "sub_id": {"format": "opaque", "id": "p2"}, "events": {"x": {}}});
+        assert_eq!(security_event_claims(Some("secevent+jwt"), &opaque).unwrap().person_issuer, "https://op");
+        let two = json!({"iss": "https://op", "jti": "j", "sub_id": good["sub_id"], "events": {"a": {}, "b": {}}});
+        assert!(security_event_claims(Some("secevent+jwt"), &two).is_err());
+        let email = json!({"iss": "https://op", "jti": "j", "sub_id": {"format": "email", "email": "a@b"}, "events": {"a": {}}});
+        assert!(security_event_claims(Some("secevent+jwt"), &email).is_err());
+        assert!(security_event_claims(None, &good).is_err());
+    }
+
+    proptest::proptest! {
+        // The quick in-CI cousin of the fuzz target (`make fuzz`): no input makes them panic.
+        #[test]
+        fn arbitrary_tokens_and_claims_never_panic(text in ".{0,300}", json in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = crate::auth::signed_alg(&text);
+            let _ = crate::auth::signed_alg(&format!("{text}.{text}.{text}"));
+            if let Ok(claims) = serde_json::from_slice::<Value>(&json) {
+                let _ = crate::auth::check_standard_claims(&claims, "https://op", &["tp"], i64::MAX);
+                let _ = logout_token_claims(Some("logout+jwt"), &claims);
+                let _ = security_event_claims(Some("secevent+jwt"), &claims);
+            }
+        }
+    }
+
+    #[test]
+    fn acr_levels_compare_by_rank() {
+        let order = vec!["low".to_owned(), "substantial".to_owned(), "high".to_owned()];
+        assert!(custodian_oidc_acr(&order, "substantial", "high"));
+        assert!(!custodian_oidc_acr(&order, "substantial", "low"));
+        assert!(!custodian_oidc_acr(&order, "substantial", "unknown"));
+    }
 }
