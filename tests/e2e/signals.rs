@@ -408,3 +408,105 @@ async fn ended_consents_are_pushed_to_receivers_as_signed_caep_session_revoked_s
     assert_eq!(claims["sub_id"]["sub"], person.as_str());
     assert!(claims["jti"].is_string());
 }
+
+#[tokio::test]
+async fn the_receiver_sets_up_a_poll_stream_handles_polled_sets_and_acknowledges_them() {
+    use std::sync::{Arc, Mutex};
+    let (mut stack, client) = stack_with_platform().await;
+    let platform = client.client_id.clone();
+    let (person, view, _) = person_with_a_view(&mut stack, &platform).await;
+
+    // The transmitter's side (no SSF transmitter is installable here: it lives in the test).
+    #[derive(Default)]
+    struct Transmitter {
+        streams: Vec<Value>,
+        verifications: Vec<Value>,
+        polls: Vec<Value>,
+        pending: Vec<(String, String)>,
+    }
+    let state: Arc<Mutex<Transmitter>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let set = sign(
+        &op_key(&stack),
+        Some("secevent+jwt"),
+        &set_claims(&stack, &platform, &person, &format!("{CAEP}session-revoked"), json!({})),
+    );
+    let set_jti = jsonwebtoken::dangerous::insecure_decode::<Value>(&set)
+        .map(|d| d.claims["jti"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    state.lock().expect("lock").pending.push((set_jti.clone(), set));
+    let (s1, s2, s3, b1, b2) = (state.clone(), state.clone(), state.clone(), base.clone(), base.clone());
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/ssf-configuration",
+            axum::routing::get(move || {
+                let base = b1.clone();
+                async move {
+                    axum::Json(json!({"issuer": base, "configuration_endpoint": format!("{base}/streams"),
+                        "verification_endpoint": format!("{base}/verify"),
+                        "delivery_methods_supported": ["urn:ietf:rfc:8935", "urn:ietf:rfc:8936"]}))
+                }
+            }),
+        )
+        .route(
+            "/streams",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let (state, base) = (s1.clone(), b2.clone());
+                async move {
+                    state.lock().expect("lock").streams.push(body.clone());
+                    axum::Json(json!({"stream_id": "stream-1", "delivery": {"method": body["delivery"]["method"], "endpoint_url": format!("{base}/poll")}, "events_delivered": body["events_requested"]}))
+                }
+            }),
+        )
+        .route(
+            "/verify",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let state = s2.clone();
+                async move {
+                    state.lock().expect("lock").verifications.push(body);
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        )
+        .route(
+            "/poll",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let state = s3.clone();
+                async move {
+                    let mut t = state.lock().expect("lock");
+                    t.polls.push(body);
+                    let sets: serde_json::Map<String, Value> = t.pending.drain(..).map(|(j, s)| (j, json!(s))).collect();
+                    axum::Json(json!({"sets": sets, "moreAvailable": false}))
+                }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    stack.ssf_receiver = Some(custodian_gateway::ssf_receiver::SsfReceiverConfig {
+        transmitter: base,
+        bearer_token: Some("receiver-token".to_owned().into()),
+        mode: "poll".into(),
+        push_url: None,
+        poll_every_secs: 1,
+        events_requested: vec![format!("{CAEP}session-revoked")],
+        ca_file: None,
+    });
+    stack.restart_gateway().await;
+
+    eventually("the polled session-revoked SET to wipe the view", Duration::from_secs(20), || async {
+        (view.store().counts() == (0, 0)).then_some(())
+    })
+    .await;
+    let acked = eventually("the SET to be acknowledged in the next poll", Duration::from_secs(10), || async {
+        let t = state.lock().expect("lock");
+        t.polls.iter().find(|p| p["ack"].as_array().is_some_and(|a| a.iter().any(|j| j == set_jti.as_str()))).cloned()
+    })
+    .await;
+    assert!(acked["setErrs"].as_object().is_some_and(|e| e.is_empty()), "{acked}");
+    let t = state.lock().expect("lock");
+    assert_eq!(t.streams.len(), 1);
+    assert_eq!(t.streams[0]["delivery"]["method"], "urn:ietf:rfc:8936");
+    assert_eq!(t.verifications.len(), 1, "a verification event was requested");
+    assert_eq!(t.verifications[0]["stream_id"], "stream-1");
+}

@@ -43,6 +43,8 @@ pub struct Stack {
     views: Vec<(String, CancellationToken, JoinHandle<()>)>,
     /// The gateway's SSF transmitter, if a test wants one.
     pub ssf_transmitter: Option<custodian_gateway::transmit::TransmitterConfig>,
+    /// The gateway's SSF receiver set-up, if a test wants one.
+    pub ssf_receiver: Option<custodian_gateway::ssf_receiver::SsfReceiverConfig>,
     /// Platforms (client ids) besides the test client whose signals the gateway accepts.
     pub extra_audiences: Vec<String>,
     /// The vault's key ring, kept across vault restarts.
@@ -116,6 +118,7 @@ impl Stack {
             keyring: custodian_crypto::KeyRing::ephemeral(),
             extra_audiences: Vec::new(),
             ssf_transmitter: None,
+            ssf_receiver: None,
             _dir: dir,
         }
     }
@@ -387,6 +390,7 @@ impl Stack {
             ],
             login: custodian_gateway::LoginConfig { public_url: self.gateway_url.clone(), after_login: "/".into() },
             ssf_transmitter: self.ssf_transmitter.clone(),
+            ssf_receiver: self.ssf_receiver.clone(),
         };
         let deps = custodian_gateway::Deps {
             bus: self.bus.clone(),

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod problem;
 pub mod routes;
+pub mod ssf_receiver;
 pub mod transmit;
 
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub struct GatewayConfig {
     pub login: LoginConfig,
     /// Push CAEP session-revoked SETs to these receivers when consents or sessions end.
     pub ssf_transmitter: Option<transmit::TransmitterConfig>,
+    /// Receive SETs from a transmitter: stream set-up, push or poll.
+    pub ssf_receiver: Option<ssf_receiver::SsfReceiverConfig>,
 }
 
 /// `[gateway.login]`: the person's sign-in (the code flow itself runs in the vault).
@@ -86,6 +89,7 @@ impl Default for GatewayConfig {
             machine_tokens: Vec::new(),
             login: LoginConfig::default(),
             ssf_transmitter: None,
+            ssf_receiver: None,
         }
     }
 }
@@ -209,12 +213,14 @@ pub async fn run(deps: Deps, config: GatewayConfig, shutdown: CancellationToken)
     };
     let addr = deps.listener.local_addr().map_err(GatewayError::Serve)?;
     tracing::info!(%addr, "gateway listening");
+    let receiving =
+        config.ssf_receiver.clone().map(|c| tokio::spawn(ssf_receiver::run(state.clone(), c, shutdown.clone())));
     let served = axum::serve(deps.listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .map_err(GatewayError::Serve);
-    if let Some(t) = transmitting {
-        t.abort();
+    for task in [transmitting, receiving].into_iter().flatten() {
+        task.abort();
     }
     served
 }

@@ -178,7 +178,7 @@ pub async fn security_event(State(state): State<Arc<AppState>>, headers: HeaderM
     let Ok(token) = std::str::from_utf8(&body) else {
         return set_error(&SignalError::InvalidRequest("the body is not a JWT".into()));
     };
-    match handle_set(&state, token.trim()).await {
+    match receive(&state, token.trim()).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => set_error(&e),
     }
@@ -224,11 +224,16 @@ pub fn security_event_claims(typ: Option<&str>, claims: &Value) -> Result<SetCla
     Ok(SetClaims { jti, event_type, event, person_issuer, person })
 }
 
-async fn handle_set(state: &AppState, token: &str) -> Result<(), SignalError> {
+/// Handles one SET, pushed (RFC 8935) or polled (RFC 8936).
+pub async fn receive(state: &AppState, token: &str) -> Result<(), SignalError> {
     let Verified { typ, claims, audience } = state.auth.verify_from_op(token).await?;
     let SetClaims { jti, event_type, event, person_issuer, person } = security_event_claims(typ.as_deref(), &claims)?;
     if !first_time(state, "set", &jti).await? {
         tracing::info!(event_type = %event_type, "security event already received; acknowledged again");
+        return Ok(());
+    }
+    if event_type == "https://schemas.openid.net/secevent/ssf/event-type/verification" {
+        tracing::info!(state = %event["state"], "SSF verification event received");
         return Ok(());
     }
     let name = event_type
