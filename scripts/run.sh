@@ -39,7 +39,9 @@ cat >"$DATA/op/clients.json" <<JSON
 [{"client_id":"custodian-demo","client_secret":"$(cat "$DATA/op/client_secret")",
   "redirect_uris":["http://127.0.0.1:${GATEWAY_PORT}/callback","https://127.0.0.1/callback"],
   "grant_types":["authorization_code","refresh_token","urn:ietf:params:oauth:grant-type:token-exchange"],"response_types":["code"],
-  "token_endpoint_auth_method":"client_secret_basic"}]
+  "token_endpoint_auth_method":"client_secret_basic",
+  "backchannel_logout_uri":"http://127.0.0.1:${GATEWAY_PORT}/oidc/backchannel-logout",
+  "post_logout_redirect_uris":["http://127.0.0.1:${GATEWAY_PORT}/"]}]
 JSON
 rm -f "$DATA/op/ready"
 node tests/provider/provider.mjs --dir "$DATA/op" --port "$OP_PORT" --clients "$DATA/op/clients.json" \

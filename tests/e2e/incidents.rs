@@ -274,3 +274,41 @@ async fn with_the_smtp_server_down_the_notification_waits_and_containment_does_n
     assert!(smtp.messages()[0].contains("initial notification"));
     assert!(done.steps.iter().all(|s| s.state == "done"));
 }
+
+#[tokio::test]
+async fn a_planned_rotation_replaces_the_secret_without_downtime() {
+    let mut stack = Stack::start().await;
+    let smtp = SmtpServer::start();
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    stack.start_vault(test_vault_config(vec![settings]));
+    stack.start_incident(incident_config(&stack, &smtp, &client));
+    let request =
+        custodian_events::incident::RotateRequest { platform_id: platform.clone(), requested_by: "test".into() };
+    let reply: custodian_events::incident::RotateReply =
+        eventually("the incident service to answer", Duration::from_secs(10), || async {
+            custodian_bus::query(
+                stack.bus.client(),
+                custodian_events::incident::ROTATE,
+                &request,
+                Duration::from_secs(2),
+            )
+            .await
+            .ok()
+        })
+        .await;
+    let custodian_events::incident::RotateReply::Started { rotation_id } = reply else { panic!("refused: {reply:?}") };
+    let done = closed(&stack, &rotation_id, Duration::from_secs(30)).await;
+    assert_eq!(done.kind, "planned_rotation");
+    assert_eq!(done.steps.len(), 1);
+    assert_eq!(done.steps[0].detail["new_secret_authenticates"], true);
+    assert_eq!(done.steps[0].detail["old_secret_refused"], true);
+    assert!(smtp.messages().is_empty(), "a planned rotation is not a breach: no DPO e-mail");
+    let secrets = stored_secrets(&stack, &platform).await;
+    let (_, _, current) =
+        secrets.iter().find(|(v, s, _)| *v == 2 && s == "current").expect("version 2 current").clone();
+    assert_eq!(stack.provider.introspect(&platform, &client.client_secret, "x").await["error"], "invalid_client");
+    assert_eq!(stack.provider.introspect(&platform, &current, "x").await["active"], false);
+    // The vault switched without restart: a sign-in (code exchange with the secret) works.
+    stack.login_through_gateway(&unique("after-rotation")).await;
+}

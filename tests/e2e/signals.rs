@@ -285,6 +285,30 @@ async fn security_event_tokens_are_verified_and_acted_on_and_errors_change_nothi
         &set_claims(&stack, &platform, &person, &format!("{RISC}account-disabled"), json!({"reason": "hijacking"})),
     );
     assert_eq!(push(&stack, &disabled).await.0, StatusCode::ACCEPTED);
+    // With a push token required: none → authentication_failed, a wrong one → access_denied.
+    stack.ssf_push_token = Some("transmitter-token-0123456789".into());
+    stack.restart_gateway().await;
+    let no_token = stack
+        .http
+        .post(stack.url("/ssf/events"))
+        .header("content-type", "application/secevent+jwt")
+        .body(disabled.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(no_token.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(no_token.json::<Value>().await.expect("json")["err"], "authentication_failed");
+    let wrong = stack
+        .http
+        .post(stack.url("/ssf/events"))
+        .header("content-type", "application/secevent+jwt")
+        .bearer_auth("nope")
+        .body(disabled.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
+    assert_eq!(wrong.json::<Value>().await.expect("json")["err"], "access_denied");
     let ended = eventually("the consent to end", Duration::from_secs(15), || async {
         let q = custodian_events::queries::ConsentQuery {
             subject: Some(person.clone()),

@@ -43,6 +43,8 @@ pub struct Stack {
     views: Vec<(String, CancellationToken, JoinHandle<()>)>,
     /// The gateway's SSF transmitter, if a test wants one.
     pub ssf_transmitter: Option<custodian_gateway::transmit::TransmitterConfig>,
+    /// The bearer token transmitters must present on `POST /ssf/events`, if any.
+    pub ssf_push_token: Option<String>,
     /// The gateway's SSF receiver set-up, if a test wants one.
     pub ssf_receiver: Option<custodian_gateway::ssf_receiver::SsfReceiverConfig>,
     /// Platforms (client ids) besides the test client whose signals the gateway accepts.
@@ -119,6 +121,7 @@ impl Stack {
             extra_audiences: Vec::new(),
             ssf_transmitter: None,
             ssf_receiver: None,
+            ssf_push_token: None,
             _dir: dir,
         }
     }
@@ -373,6 +376,7 @@ impl Stack {
                     "urn:custodian:acr:substantial".into(),
                     "urn:custodian:acr:high".into(),
                 ],
+                ssf_push_token_sha256: self.ssf_push_token.as_deref().map(token_digest),
             }),
             machine_tokens: vec![
                 MachineToken {

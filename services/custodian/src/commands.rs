@@ -86,6 +86,59 @@ pub enum SweepCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum CredentialsCommand {
+    /// Rotate a platform's client secret at the OP (RFC 7592), planned: verified, switched
+    /// without restart, the old one retired.
+    Rotate {
+        #[arg(long)]
+        platform: String,
+        /// Wait until it is done and print the outcome.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+pub async fn credentials(config: &Config, cmd: CredentialsCommand) -> anyhow::Result<()> {
+    match cmd {
+        CredentialsCommand::Rotate { platform, wait } => {
+            let client = custodian_bus::connect(&config.nats_url, "custodian-cli").await?;
+            let request = custodian_events::incident::RotateRequest {
+                platform_id: platform,
+                requested_by: format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into())),
+            };
+            let reply: custodian_events::incident::RotateReply =
+                custodian_bus::query(&client, custodian_events::incident::ROTATE, &request, Duration::from_secs(10))
+                    .await?;
+            let id = match reply {
+                custodian_events::incident::RotateReply::Started { rotation_id } => rotation_id,
+                custodian_events::incident::RotateReply::Error(e) => bail!("the incident service refused: {e}"),
+            };
+            println!("rotation {id} started; `custodian incident show {id}` follows it");
+            if wait {
+                for _ in 0..600 {
+                    let query = custodian_events::incident::IncidentQuery { incident_id: id.clone() };
+                    if let Ok(custodian_events::incident::IncidentReply::Incident(view)) = custodian_bus::query(
+                        &client,
+                        custodian_events::incident::INCIDENTS,
+                        &query,
+                        Duration::from_secs(5),
+                    )
+                    .await
+                        && view.state == "closed"
+                    {
+                        println!("done: {}", view.steps.first().map(|s| s.detail.to_string()).unwrap_or_default());
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                bail!("rotation {id} not done after 5 minutes; see `custodian incident show {id}`");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
 pub enum IncidentCommand {
     /// Report an incident: the DPO is notified at once, containment and rotation follow.
     Report {

@@ -47,6 +47,9 @@ enum Command {
     /// Machine bearer tokens for the gateway.
     #[command(subcommand)]
     Token(commands::TokenCommand),
+    /// The platforms' client credentials.
+    #[command(subcommand)]
+    Credentials(commands::CredentialsCommand),
     /// Incident response.
     #[command(subcommand)]
     Incident(commands::IncidentCommand),
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
             Command::Keys(cmd) => commands::keys(cmd),
             Command::Audit(cmd) => commands::audit(&config, cmd).await,
             Command::Incident(cmd) => commands::incident(&config, cmd).await,
+            Command::Credentials(cmd) => commands::credentials(&config, cmd).await,
         }
     });
     match result {

@@ -80,6 +80,10 @@ pub struct PersonAuthConfig {
     /// Known levels, weakest first.
     #[serde(default)]
     pub acr_order: Vec<String>,
+    /// SHA-256 (hex) of the bearer token a transmitter must present on `POST /ssf/events`
+    /// (RFC 8935 §2.3); when unset, the SET's signature is the only authentication.
+    #[serde(default)]
+    pub ssf_push_token_sha256: Option<String>,
 }
 
 /// Why a signed token from the OP (logout token, security event token) was refused; the codes
@@ -90,6 +94,10 @@ pub enum SignalError {
     InvalidKey(String),
     InvalidIssuer(String),
     InvalidAudience(String),
+    /// The push came without the credentials this receiver requires (RFC 8935 §2.3).
+    AuthenticationFailed(String),
+    /// The credentials are valid but not allowed to push here.
+    AccessDenied(String),
     Unavailable(String),
 }
 
@@ -100,12 +108,19 @@ impl SignalError {
             Self::InvalidKey(_) => "invalid_key",
             Self::InvalidIssuer(_) => "invalid_issuer",
             Self::InvalidAudience(_) => "invalid_audience",
+            Self::AuthenticationFailed(_) => "authentication_failed",
+            Self::AccessDenied(_) => "access_denied",
         }
     }
 
     pub fn description(&self) -> &str {
         match self {
-            Self::InvalidRequest(d) | Self::InvalidKey(d) | Self::InvalidIssuer(d) | Self::InvalidAudience(d) => d,
+            Self::InvalidRequest(d)
+            | Self::InvalidKey(d)
+            | Self::InvalidIssuer(d)
+            | Self::InvalidAudience(d)
+            | Self::AuthenticationFailed(d)
+            | Self::AccessDenied(d) => d,
             Self::Unavailable(d) => d,
         }
     }

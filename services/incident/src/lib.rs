@@ -232,6 +232,20 @@ pub async fn run(deps: Deps, config: IncidentConfig, shutdown: CancellationToken
     );
     let i = incidents.clone();
     tasks.spawn(
+        "incident-rotate",
+        custodian_bus::respond(
+            client.clone(),
+            custodian_events::incident::ROTATE,
+            SERVICE,
+            shutdown.clone(),
+            move |q| {
+                let i = i.clone();
+                async move { workflow::planned_rotation(&i, q).await }
+            },
+        ),
+    );
+    let i = incidents.clone();
+    tasks.spawn(
         "incident-credentials",
         custodian_bus::respond(client, custodian_events::incident::CREDENTIAL, SERVICE, shutdown.clone(), move |q| {
             let i = i.clone();

@@ -40,7 +40,74 @@ pub(crate) fn plan(kind: &str) -> &'static [&'static str] {
         "credential_loss" | "platform_compromise" => {
             &["notify_dpo", "contain", "report_containment", "rotate_credentials", "report_rotation", "final_report"]
         }
+        // A planned rotation: no breach, nothing to tell the DPO, nothing to contain.
+        "planned_rotation" => &["rotate_credentials"],
         _ => &["notify_dpo", "contain", "report_containment", "final_report"],
+    }
+}
+
+/// `custodian credentials rotate`: a planned rotation, run and recorded like an incident's step.
+pub(crate) async fn planned_rotation(
+    incidents: &Incidents,
+    request: Result<custodian_events::incident::RotateRequest, String>,
+) -> custodian_events::incident::RotateReply {
+    use custodian_events::incident::RotateReply;
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => return RotateReply::Error(e),
+    };
+    if !incidents.config.platforms.iter().any(|p| p.platform_id == request.platform_id) {
+        return RotateReply::Error(format!(
+            "no [[incident.platforms]] registration (RFC 7592) for {}",
+            request.platform_id
+        ));
+    }
+    let now = incidents.clock.now();
+    let rotation_id = format!("rot-{}", uuid::Uuid::new_v4());
+    let result = async {
+        let txn = incidents.store.begin_write().await?;
+        incident::Entity::insert(incident::ActiveModel {
+            incident_id: Set(rotation_id.clone()),
+            kind: Set("planned_rotation".into()),
+            platform_id: Set(request.platform_id.clone()),
+            issuer: Set(None),
+            subject: Set(None),
+            summary: Set("planned client-secret rotation".into()),
+            detected_at: Set(now),
+            reporter: Set(request.requested_by.clone()),
+            reported_event_id: Set(rotation_id.clone()),
+            state: Set("open".into()),
+            created_at: Set(now),
+            updated_at: Set(now),
+            closed_at: Set(None),
+        })
+        .exec_without_returning(&txn)
+        .await?;
+        incident_step::Entity::insert(incident_step::ActiveModel {
+            id: Set(format!("{rotation_id}:rotate_credentials")),
+            incident_id: Set(rotation_id.clone()),
+            position: Set(0),
+            step: Set("rotate_credentials".into()),
+            state: Set("pending".into()),
+            attempts: Set(0),
+            next_attempt_at: Set(now),
+            last_error: Set(None),
+            started_at: Set(None),
+            finished_at: Set(None),
+            detail: Set("{}".into()),
+        })
+        .exec_without_returning(&txn)
+        .await?;
+        txn.commit().await
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            incidents.work.notify_one();
+            tracing::info!(rotation_id = %rotation_id, platform_id = %request.platform_id, "planned rotation registered");
+            RotateReply::Started { rotation_id }
+        }
+        Err(e) => RotateReply::Error(e.to_string()),
     }
 }
 

@@ -127,3 +127,23 @@ pub enum ExposureReply {
     Exposure(ExposureView),
     Error(String),
 }
+
+/// The incident service: rotate a platform's client secret as planned (no incident).
+pub const ROTATE: &str = "custodian.incident.rotate";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    pub platform_id: String,
+    pub requested_by: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RotateReply {
+    /// Registered; follow it like an incident (`custodian incident show <id>`).
+    Started {
+        rotation_id: String,
+    },
+    Error(String),
+}

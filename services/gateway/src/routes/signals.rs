@@ -171,6 +171,26 @@ fn set_error(e: &SignalError) -> Response {
 
 /// `POST /ssf/events`, body: the SET (`application/secevent+jwt`).
 pub async fn security_event(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(expected) = state.auth.person_config().and_then(|c| c.ssf_push_token_sha256.clone()) {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        match presented {
+            None => {
+                let mut response = set_error(&SignalError::AuthenticationFailed("a bearer token is required".into()));
+                *response.status_mut() = StatusCode::UNAUTHORIZED;
+                return response;
+            }
+            Some(token) if !crate::auth::token_digest(token.trim()).eq_ignore_ascii_case(&expected) => {
+                let mut response =
+                    set_error(&SignalError::AccessDenied("this token may not push security events".into()));
+                *response.status_mut() = StatusCode::FORBIDDEN;
+                return response;
+            }
+            Some(_) => {}
+        }
+    }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     if !content_type.starts_with("application/secevent+jwt") {
         return set_error(&SignalError::InvalidRequest("Content-Type must be application/secevent+jwt".into()));
