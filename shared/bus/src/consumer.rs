@@ -95,7 +95,6 @@ pub async fn run_consumer<H: BatchHandler>(
 ) -> Result<(), BusError> {
     let consumer_error =
         |e: &dyn std::fmt::Display| BusError::Consumer { durable: spec.durable.clone(), reason: e.to_string() };
-    let stream = bus.jetstream().get_stream(subjects::STREAM).await.map_err(|e| consumer_error(&e))?;
     let config = pull::Config {
         durable_name: Some(spec.durable.clone()),
         filter_subjects: spec.filter_subjects.clone(),
@@ -110,16 +109,39 @@ pub async fn run_consumer<H: BatchHandler>(
         },
         ..Default::default()
     };
-    let consumer =
-        stream.get_or_create_consumer::<pull::Config>(&spec.durable, config).await.map_err(|e| consumer_error(&e))?;
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(spec.batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| consumer_error(&e))?;
+    // A busy or restarting server can refuse the set-up for a while: retry rather than take
+    // the whole service down with it.
+    let mut attempt = 0u32;
+    let messages = loop {
+        let started = async {
+            let stream = bus.jetstream().get_stream(subjects::STREAM).await.map_err(|e| consumer_error(&e))?;
+            let consumer = stream
+                .get_or_create_consumer::<pull::Config>(&spec.durable, config.clone())
+                .await
+                .map_err(|e| consumer_error(&e))?;
+            consumer
+                .stream()
+                .max_messages_per_batch(spec.batch)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+                .map_err(|e| consumer_error(&e))
+        }
+        .await;
+        match started {
+            Ok(messages) => break messages,
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(durable = %spec.durable, error = %e, attempt, "consumer not started; will retry");
+                let wait = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5)));
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    };
     let mut chunks = messages.ready_chunks(spec.batch);
     tracing::info!(durable = %spec.durable, "consumer started");
     loop {
@@ -155,19 +177,22 @@ pub async fn run_consumer<H: BatchHandler>(
                 }
             }
         }
-        process_batch(bus, &spec, &handler, &clock, messages).await;
+        let (decoded, decoded_messages) = decode_batch(bus, &spec, &clock, messages).await;
+        if !decoded.is_empty() {
+            handle_batch(bus, &spec, &handler, &clock, decoded, decoded_messages).await;
+        }
     }
     tracing::info!(durable = %spec.durable, "consumer stopped");
     Ok(())
 }
 
-async fn process_batch<H: BatchHandler>(
+/// Decodes strictly; what does not decode is dead-lettered at once.
+async fn decode_batch(
     bus: &Bus,
     spec: &ConsumerSpec,
-    handler: &H,
     clock: &SharedClock,
     messages: Vec<Message>,
-) {
+) -> (Vec<Delivery>, Vec<Message>) {
     let mut decoded = Vec::with_capacity(messages.len());
     let mut decoded_messages = Vec::with_capacity(messages.len());
     for message in messages {
@@ -191,9 +216,18 @@ async fn process_batch<H: BatchHandler>(
             Err(e) => dead_letter(bus, spec, clock, &message, None, stream_sequence, &e.to_string()).await,
         }
     }
-    if decoded.is_empty() {
-        return;
-    }
+    (decoded, decoded_messages)
+}
+
+/// Hands the batch to the service, then acks, naks or dead-letters each message.
+async fn handle_batch<H: BatchHandler>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    handler: &H,
+    clock: &SharedClock,
+    decoded: Vec<Delivery>,
+    decoded_messages: Vec<Message>,
+) {
     let span = tracing::info_span!("handle_batch", durable = %spec.durable, size = decoded.len());
     let started = std::time::Instant::now();
     let results = handler.handle(&decoded).instrument(span).await;
