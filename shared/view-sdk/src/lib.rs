@@ -161,11 +161,14 @@ impl View {
             platform_id: platform_id.to_owned(),
             reply_key: key.public_base64(),
         };
-        // A vault restarting has no responder for a moment: retry until the deadline.
+        // A vault restarting has no responder for a moment, and a request can go to a replica
+        // that just died: short attempts, retried until the deadline (a hand-out is harmless
+        // to repeat).
         let deadline = tokio::time::Instant::now() + timeout;
         let reply: TokenReply = loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match custodian_bus::query(self.bus.client(), custodian_events::vault::TOKEN, &request, left).await {
+            let attempt = left.min(Duration::from_secs(2));
+            match custodian_bus::query(self.bus.client(), custodian_events::vault::TOKEN, &request, attempt).await {
                 Ok(reply) => break reply,
                 Err(custodian_bus::QueryError::NoAnswer { .. }) if left > Duration::from_millis(100) => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
