@@ -189,14 +189,7 @@ impl Stack {
             keyring: self.keyring.clone(),
             metrics: Default::default(),
         };
-        let token = CancellationToken::new();
-        let run_token = token.clone();
-        let handle = tokio::spawn(async move {
-            if let Err(e) = custodian_vault::run(deps, config, run_token).await {
-                tracing::error!(error = %e, "vault stopped with an error");
-            }
-        });
-        self.vault = Some((token, handle));
+        self.vault = Some(spawn_service("vault", |token| custodian_vault::run(deps, config, token)));
     }
 
     /// Starts the audit service (identities sealed under the stack's key ring).
@@ -209,14 +202,7 @@ impl Stack {
             signer: self.audit_signer.clone(),
             metrics: Default::default(),
         };
-        let token = CancellationToken::new();
-        let run_token = token.clone();
-        let handle = tokio::spawn(async move {
-            if let Err(e) = custodian_audit::run(deps, config, run_token).await {
-                tracing::error!(error = %e, "audit stopped with an error");
-            }
-        });
-        self.audit = Some((token, handle));
+        self.audit = Some(spawn_service("audit", |token| custodian_audit::run(deps, config, token)));
     }
 
     /// Starts the incident service (credentials sealed under the stack's key ring).
@@ -228,14 +214,7 @@ impl Stack {
             keyring: self.keyring.clone(),
             metrics: Default::default(),
         };
-        let token = CancellationToken::new();
-        let run_token = token.clone();
-        let handle = tokio::spawn(async move {
-            if let Err(e) = custodian_incident::run(deps, config, run_token).await {
-                tracing::error!(error = %e, "incident service stopped with an error");
-            }
-        });
-        self.incident = Some((token, handle));
+        self.incident = Some(spawn_service("incident", |token| custodian_incident::run(deps, config, token)));
     }
 
     /// Ends the incident service as a crash would.
@@ -534,6 +513,26 @@ pub async fn stored_bundles(
             (row, bundle)
         })
         .collect()
+}
+
+/// Runs a service's `run` future as its own task, with a token to stop it and a handle to
+/// abort it (a crash).
+fn spawn_service<F, E>(
+    name: &'static str,
+    run: impl FnOnce(CancellationToken) -> F,
+) -> (CancellationToken, JoinHandle<()>)
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let token = CancellationToken::new();
+    let future = run(token.clone());
+    let handle = tokio::spawn(async move {
+        if let Err(e) = future.await {
+            tracing::error!(service = name, error = %e, "service stopped with an error");
+        }
+    });
+    (token, handle)
 }
 
 /// A unique person per test (tests share the OP).

@@ -167,14 +167,9 @@ pub async fn run(deps: Deps, config: AuditConfig, shutdown: CancellationToken) -
     let (bus, clock, token) = (deps.bus.clone(), audit.clock.clone(), shutdown.clone());
     tasks.spawn("audit-chain", async move { custodian_bus::run_consumer(&bus, spec, handler, clock, token).await });
     tasks.spawn("audit-checkpoints", periodic_checkpoints(audit.clone(), shutdown.clone()));
-    let a = audit.clone();
-    tasks.spawn(
-        "audit-privacy-log",
-        custodian_bus::respond(deps.bus.client().clone(), PRIVACY_LOG, SERVICE, shutdown, move |q| {
-            let a = a.clone();
-            async move { privacy_log(&a, q).await }
-        }),
-    );
+    tasks.respond("audit-privacy-log", deps.bus.client(), PRIVACY_LOG, SERVICE, audit.clone(), |a, q| async move {
+        privacy_log(&a, q).await
+    });
     tasks.wait().await
 }
 

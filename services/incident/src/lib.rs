@@ -216,41 +216,29 @@ pub async fn run(deps: Deps, config: IncidentConfig, shutdown: CancellationToken
         .spawn("incident-reports", async move { custodian_bus::run_consumer(&bus, spec, handler, clock, token).await });
     tasks.spawn("incident-workflow", workflow::drive(incidents.clone(), shutdown.clone()));
     let client = incidents.bus.client().clone();
-    let i = incidents.clone();
-    tasks.spawn(
+    tasks.respond(
         "incident-queries",
-        custodian_bus::respond(
-            client.clone(),
-            custodian_events::incident::INCIDENTS,
-            SERVICE,
-            shutdown.clone(),
-            move |q| {
-                let i = i.clone();
-                async move { workflow::view(&i, q).await }
-            },
-        ),
+        &client,
+        custodian_events::incident::INCIDENTS,
+        SERVICE,
+        incidents.clone(),
+        |i, q| async move { workflow::view(&i, q).await },
     );
-    let i = incidents.clone();
-    tasks.spawn(
+    tasks.respond(
         "incident-rotate",
-        custodian_bus::respond(
-            client.clone(),
-            custodian_events::incident::ROTATE,
-            SERVICE,
-            shutdown.clone(),
-            move |q| {
-                let i = i.clone();
-                async move { workflow::planned_rotation(&i, q).await }
-            },
-        ),
+        &client,
+        custodian_events::incident::ROTATE,
+        SERVICE,
+        incidents.clone(),
+        |i, q| async move { workflow::planned_rotation(&i, q).await },
     );
-    let i = incidents.clone();
-    tasks.spawn(
+    tasks.respond(
         "incident-credentials",
-        custodian_bus::respond(client, custodian_events::incident::CREDENTIAL, SERVICE, shutdown.clone(), move |q| {
-            let i = i.clone();
-            async move { credentials::hand_over(&i, q).await }
-        }),
+        &client,
+        custodian_events::incident::CREDENTIAL,
+        SERVICE,
+        incidents.clone(),
+        |i, q| async move { credentials::hand_over(&i, q).await },
     );
     tasks.wait().await
 }

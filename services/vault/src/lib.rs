@@ -187,90 +187,48 @@ pub async fn run(deps: Deps, config: VaultConfig, shutdown: CancellationToken) -
     tasks.spawn("vault-maintenance", maintenance::run(vault.clone(), shutdown.clone()));
 
     let client = vault.bus.client().clone();
-    let v = vault.clone();
-    tasks.spawn(
-        "vault-login-start",
-        custodian_bus::respond(client.clone(), vault::LOGIN_START, SERVICE, shutdown.clone(), move |q| {
-            let v = v.clone();
-            async move { login::start(&v, q).await }
-        }),
-    );
-    let v = vault.clone();
-    tasks.spawn(
-        "vault-login-finish",
-        custodian_bus::respond(client.clone(), vault::LOGIN_FINISH, SERVICE, shutdown.clone(), move |q| {
-            let v = v.clone();
-            async move { login::finish(&v, q).await }
-        }),
-    );
-    let v = vault.clone();
-    tasks.spawn(
-        "vault-whoami",
-        custodian_bus::respond(client.clone(), vault::WHOAMI, SERVICE, shutdown.clone(), move |q| {
-            let v = v.clone();
-            async move { login::whoami(&v, q).await }
-        }),
-    );
-    let v = vault.clone();
-    tasks.spawn(
-        "vault-logout",
-        custodian_bus::respond(client.clone(), vault::LOGOUT, SERVICE, shutdown.clone(), move |q| {
-            let v = v.clone();
-            async move { login::logout(&v, q).await }
-        }),
-    );
-    let v = vault.clone();
-    tasks.spawn(
-        "vault-token",
-        custodian_bus::respond(client.clone(), vault::TOKEN, SERVICE, shutdown.clone(), move |q| {
-            let v = v.clone();
-            async move { tokens::hand_out(&v, q).await }
-        }),
-    );
-    let v = vault.clone();
-    tasks.spawn(
+    tasks.respond("vault-login-start", &client, vault::LOGIN_START, SERVICE, vault.clone(), |v, q| async move {
+        login::start(&v, q).await
+    });
+    tasks.respond("vault-login-finish", &client, vault::LOGIN_FINISH, SERVICE, vault.clone(), |v, q| async move {
+        login::finish(&v, q).await
+    });
+    tasks.respond("vault-whoami", &client, vault::WHOAMI, SERVICE, vault.clone(), |v, q| async move {
+        login::whoami(&v, q).await
+    });
+    tasks.respond("vault-logout", &client, vault::LOGOUT, SERVICE, vault.clone(), |v, q| async move {
+        login::logout(&v, q).await
+    });
+    tasks.respond("vault-token", &client, vault::TOKEN, SERVICE, vault.clone(), |v, q| async move {
+        tokens::hand_out(&v, q).await
+    });
+    tasks.respond(
         "vault-hok",
-        custodian_bus::respond(client.clone(), vault::HOK, SERVICE, shutdown.clone(), move |q| {
-            let v = v.clone();
-            async move { tokens::hok(&v, q).await }
-        }),
+        &client,
+        vault::HOK,
+        SERVICE,
+        vault.clone(),
+        |v, q| async move { tokens::hok(&v, q).await },
     );
-    let v = vault.clone();
-    tasks.spawn(
+    tasks.respond(
         "vault-containment",
-        custodian_bus::respond(
-            client.clone(),
-            custodian_events::incident::CONTAINMENT,
-            SERVICE,
-            shutdown.clone(),
-            move |q| {
-                let v = v.clone();
-                async move { incident::containment(&v, q).await }
-            },
-        ),
+        &client,
+        custodian_events::incident::CONTAINMENT,
+        SERVICE,
+        vault.clone(),
+        |v, q| async move { incident::containment(&v, q).await },
     );
-    let v = vault.clone();
-    tasks.spawn(
+    tasks.respond(
         "vault-exposure",
-        custodian_bus::respond(
-            client.clone(),
-            custodian_events::incident::EXPOSURE,
-            SERVICE,
-            shutdown.clone(),
-            move |q| {
-                let v = v.clone();
-                async move { incident::exposure(&v, q).await }
-            },
-        ),
+        &client,
+        custodian_events::incident::EXPOSURE,
+        SERVICE,
+        vault.clone(),
+        |v, q| async move { incident::exposure(&v, q).await },
     );
-    let v = vault.clone();
-    tasks.spawn(
-        "vault-receipts",
-        custodian_bus::respond(client, vault::REVOCATIONS, SERVICE, shutdown.clone(), move |q| {
-            let v = v.clone();
-            async move { receipts::answer(&v, q).await }
-        }),
-    );
+    tasks.respond("vault-receipts", &client, vault::REVOCATIONS, SERVICE, vault.clone(), |v, q| async move {
+        receipts::answer(&v, q).await
+    });
     tasks.wait().await
 }
 

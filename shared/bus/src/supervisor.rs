@@ -31,6 +31,27 @@ impl Supervisor {
         self.tasks.spawn(async move { (name, task.await.map_err(|e| e.to_string())) });
     }
 
+    /// Answers requests on `subject` (queue group `queue`) with `handler`, which gets the
+    /// shared `state` and the parsed request, as a task of this supervisor.
+    pub fn respond<S, Q, R, F, Fut>(
+        &mut self,
+        name: &str,
+        client: &async_nats::Client,
+        subject: &'static str,
+        queue: &'static str,
+        state: std::sync::Arc<S>,
+        handler: F,
+    ) where
+        S: Send + Sync + 'static,
+        Q: serde::de::DeserializeOwned + Send + 'static,
+        R: serde::Serialize + Send + 'static,
+        F: Fn(std::sync::Arc<S>, Result<Q, String>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        let answer = move |request: Result<Q, String>| handler(state.clone(), request);
+        self.spawn(name, crate::respond(client.clone(), subject, queue, self.shutdown.clone(), answer));
+    }
+
     /// Waits for every task. The first failure cancels the rest and is returned.
     pub async fn wait(mut self) -> Result<(), SupervisorError> {
         let mut first_error = None;
