@@ -324,3 +324,53 @@ async fn a_planned_rotation_replaces_the_secret_without_downtime() {
     // The vault switched without restart: a sign-in (code exchange with the secret) works.
     stack.login_through_gateway(&unique("after-rotation")).await;
 }
+
+#[tokio::test]
+async fn the_dpo_webhook_gets_each_notification_signed_with_hmac_sha256() {
+    use std::sync::{Arc, Mutex};
+
+    use hmac::{Hmac, Mac};
+    let received: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/dpo",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let store = store.clone();
+            async move {
+                let signature =
+                    headers.get("x-custodian-signature").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                store.lock().expect("lock").push((signature, body.to_vec()));
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/dpo", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut stack = Stack::start().await;
+    let smtp = SmtpServer::start();
+    let (client, settings) = stack.register_platform().await;
+    stack.start_vault(test_vault_config(vec![settings]));
+    let mut config = incident_config(&stack, &smtp, &client);
+    config.dpo.webhook_url = Some(url);
+    config.dpo.webhook_secret = Some("webhook-shared-secret".to_owned().into());
+    stack.start_incident(config);
+    let id = report(&stack, "data_leak", &client.client_id).await;
+    closed(&stack, &id, Duration::from_secs(30)).await;
+    let calls = received.lock().expect("lock").clone();
+    assert_eq!(calls.len(), 3, "initial, containment, final");
+    for (signature, body) in &calls {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"webhook-shared-secret").expect("key");
+        mac.update(body);
+        assert_eq!(signature, &format!("sha256={}", hex::encode(mac.finalize().into_bytes())), "signed body");
+        let payload: Value = serde_json::from_slice(body).expect("json");
+        assert_eq!(payload["incident_id"], id.as_str());
+    }
+    let stages: Vec<Value> =
+        calls.iter().map(|(_, b)| serde_json::from_slice::<Value>(b).expect("json")["stage"].clone()).collect();
+    assert_eq!(stages, vec![json!("initial"), json!("containment"), json!("final")]);
+    let notified = stack.messages_on(custodian_events::subjects::DPO_NOTIFIED).await;
+    assert_eq!(notified.iter().filter(|(_, e)| e["data"]["channel"] == "webhook").count(), 3);
+    assert_eq!(notified.iter().filter(|(_, e)| e["data"]["channel"] == "email").count(), 3);
+}
