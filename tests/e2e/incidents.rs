@@ -330,7 +330,9 @@ async fn the_dpo_webhook_gets_each_notification_signed_with_hmac_sha256() {
     use std::sync::{Arc, Mutex};
 
     use hmac::{Hmac, Mac};
-    let received: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    /// (signature header, body) of each call.
+    type Calls = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let received: Calls = Arc::default();
     let store = received.clone();
     let app = axum::Router::new().route(
         "/dpo",
