@@ -140,7 +140,7 @@ async fn append_copy(audit: &Audit, batch: &[Delivery]) -> Result<(), AuditError
         prev = hash;
     }
     let appended = seen.len() as u64;
-    let mut copy = (&mut *tx)
+    let mut copy = (*tx)
         .copy_in_raw(
             "COPY audit_log (seq, recorded_at, subject, event_id, event_type, event_time, payload, digest, prev_hash, hash) \
              FROM STDIN (FORMAT csv)",
