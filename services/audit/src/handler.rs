@@ -77,134 +77,13 @@ pub(crate) async fn tail<C: ConnectionTrait>(conn: &C) -> Result<(i64, String), 
 /// Appends optimistically (a batch rarely holds an event already chained: only redeliveries
 /// do); if the unique index on `event_id` says otherwise, the batch is redone checking each id.
 async fn append(audit: &Audit, batch: &[Delivery]) -> Result<(), AuditError> {
-    let fast = if audit.store.backend() == DbBackend::Postgres {
-        append_copy(audit, batch).await
-    } else {
-        append_checked(audit, batch, false).await
-    };
-    match fast {
-        Err(AuditError::Duplicate) => {}
-        Err(AuditError::Db(e)) if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => {}
-        other => return other,
-    }
-    tracing::debug!(size = batch.len(), "batch holds events already chained; skipping them");
-    append_checked(audit, batch, true).await
-}
-
-/// Quoted for PostgreSQL's CSV `COPY` (quotes doubled; commas and newlines are then literal).
-fn csv(field: &str) -> String {
-    format!("\"{}\"", field.replace('"', "\"\""))
-}
-
-/// PostgreSQL: the same chain, written with `COPY` (one round trip for the batch) in a plain
-/// sqlx transaction under the chain lock. A redelivered event makes the unique index refuse the
-/// batch; it is then redone by the checking path.
-async fn append_copy(audit: &Audit, batch: &[Delivery]) -> Result<(), AuditError> {
-    use sea_orm::sqlx;
-    let now = audit.clock.now();
-    let pool = audit.store.db().get_postgres_connection_pool();
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHAIN_LOCK).execute(&mut *tx).await?;
-    let tail: Option<(i64, String)> =
-        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *tx).await?;
-    let (mut seq, mut prev) = tail.unwrap_or((0, chain::GENESIS.to_owned()));
-    let every = audit.config.checkpoint_every.max(1) as i64;
-    let mut seen: HashSet<&str> = HashSet::new();
-    let mut rows = String::with_capacity(batch.len() * 700);
-    let mut privacy = Vec::new();
-    let mut due_checkpoints = Vec::new();
-    let recorded = now.to_rfc3339();
-    for delivery in batch {
-        let event = &delivery.event;
-        if !seen.insert(event.id()) {
-            continue;
+    match append_checked(audit, batch, false).await {
+        Err(AuditError::Db(e)) if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => {
+            tracing::debug!(size = batch.len(), "batch holds events already chained; skipping them");
+            append_checked(audit, batch, true).await
         }
-        seq += 1;
-        let payload = recorded_payload(delivery);
-        let digest = chain::digest(&payload);
-        let hash = chain::link_hash(&prev, seq, &delivery.subject, event.id(), &digest);
-        rows.push_str(&format!(
-            "{seq},{recorded},{},{},{},{},{},{digest},{prev},{hash}\n",
-            csv(&delivery.subject),
-            csv(event.id()),
-            csv(event.event_type()),
-            event.time().to_rfc3339(),
-            csv(&payload),
-        ));
-        if let LifecycleEvent::TokenHokUsed(e) = event {
-            privacy.push((seq, e.clone()));
-        }
-        if seq % every == 0 {
-            due_checkpoints.push((seq, hash.clone()));
-        }
-        prev = hash;
+        other => other,
     }
-    let appended = seen.len() as u64;
-    let mut copy = (*tx)
-        .copy_in_raw(
-            "COPY audit_log (seq, recorded_at, subject, event_id, event_type, event_time, payload, digest, prev_hash, hash) \
-             FROM STDIN (FORMAT csv)",
-        )
-        .await?;
-    copy.send(rows.as_bytes()).await?;
-    copy.finish().await?;
-    for (audit_seq, e) in privacy {
-        let sealed = audit.keyring.seal(e.data.caller_identity.as_bytes(), &crate::identity_aad(&e.id));
-        let token_type = serde_json::to_value(e.data.token_type)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        sqlx::query(
-            "INSERT INTO privacy_log (id, audit_seq, event_id, used_at, platform_id, caller_key_id, caller_wrapped_key, \
-             caller_ciphertext, caller_organisation, subject, service, assertion_id, token_type, valid_until, purpose) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)",
-        )
-        .bind(uuid::Uuid::new_v4().to_string())
-        .bind(audit_seq)
-        .bind(&e.id)
-        .bind(e.time)
-        .bind(&e.data.platform_id)
-        .bind(&sealed.key_id)
-        .bind(&sealed.wrapped_key)
-        .bind(&sealed.ciphertext)
-        .bind(&e.data.caller_organisation)
-        .bind(&e.data.subject)
-        .bind(&e.data.service)
-        .bind(&e.data.assertion_id)
-        .bind(token_type)
-        .bind(e.data.valid_until)
-        .bind(&e.data.purpose)
-        .execute(&mut *tx)
-        .await?;
-    }
-    let mut checkpoints = Vec::with_capacity(due_checkpoints.len());
-    for (at, hash) in due_checkpoints {
-        let model = audit_checkpoint::Model {
-            seq: at,
-            signature: audit.signer.sign(at, &hash),
-            hash,
-            key_id: audit.signer.key_id.clone(),
-            created_at: now,
-        };
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (seq, hash, key_id, signature, created_at) VALUES ($1,$2,$3,$4,$5) \
-             ON CONFLICT (seq) DO NOTHING",
-        )
-        .bind(model.seq)
-        .bind(&model.hash)
-        .bind(&model.key_id)
-        .bind(&model.signature)
-        .bind(model.created_at)
-        .execute(&mut *tx)
-        .await?;
-        checkpoints.push(model);
-    }
-    tx.commit().await?;
-    audit.metrics.appended.inc_by(appended);
-    for c in &checkpoints {
-        audit.export(c).await;
-    }
-    Ok(())
 }
 
 async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool) -> Result<(), AuditError> {

@@ -74,20 +74,6 @@ pub enum AuditError {
     Db(#[from] sea_orm::DbErr),
     #[error("{0}")]
     Invalid(String),
-    /// The batch holds an event already chained (a redelivery).
-    #[error("event already chained")]
-    Duplicate,
-    #[error("database: {0}")]
-    Sql(String),
-}
-
-impl From<sea_orm::sqlx::Error> for AuditError {
-    fn from(e: sea_orm::sqlx::Error) -> Self {
-        match e.as_database_error() {
-            Some(d) if d.is_unique_violation() => Self::Duplicate,
-            _ => Self::Sql(e.to_string()),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default)]
