@@ -41,6 +41,8 @@ pub struct Stack {
     /// Signs the audit chain's checkpoints.
     pub audit_signer: custodian_audit::Signer,
     views: Vec<(String, CancellationToken, JoinHandle<()>)>,
+    /// The gateway's listening socket, kept across gateway restarts.
+    gateway_socket: Option<std::net::TcpListener>,
     /// The gateway's SSF transmitter, if a test wants one.
     pub ssf_transmitter: Option<custodian_gateway::transmit::TransmitterConfig>,
     /// The bearer token transmitters must present on `POST /ssf/events`, if any.
@@ -120,6 +122,7 @@ impl Stack {
             keyring: custodian_crypto::KeyRing::ephemeral(),
             extra_audiences: Vec::new(),
             ssf_transmitter: None,
+            gateway_socket: None,
             ssf_receiver: None,
             ssf_push_token: None,
             _dir: dir,
@@ -324,23 +327,26 @@ impl Stack {
         (browser, value, code)
     }
 
-    /// Restarts the gateway on the same address (e.g. to accept a newly registered platform).
+    /// Restarts the gateway on the same socket (e.g. to accept a newly registered platform).
+    /// The stack keeps the listening socket open in between, so no parallel test can take the
+    /// port meanwhile.
     pub async fn restart_gateway(&mut self) {
         if let Some((token, handle)) = self.gateway.take() {
             token.cancel();
             handle.abort();
             let _ = handle.await;
         }
-        let address = self.gateway_url.trim_start_matches("http://").to_owned();
-        self.start_gateway_on(&address).await;
+        self.start_gateway().await;
     }
 
     pub async fn start_gateway(&mut self) {
-        self.start_gateway_on("127.0.0.1:0").await;
-    }
-
-    async fn start_gateway_on(&mut self, address: &str) {
-        let listener = tokio::net::TcpListener::bind(address).await.expect("bind");
+        if self.gateway_socket.is_none() {
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            socket.set_nonblocking(true).expect("non-blocking");
+            self.gateway_socket = Some(socket);
+        }
+        let socket = self.gateway_socket.as_ref().expect("socket").try_clone().expect("dup socket");
+        let listener = tokio::net::TcpListener::from_std(socket).expect("listener");
         self.gateway_url = format!("http://{}", listener.local_addr().expect("addr"));
         let config = GatewayConfig {
             listen: listener.local_addr().expect("addr"),

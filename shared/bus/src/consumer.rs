@@ -144,11 +144,6 @@ pub async fn run_consumer<H: BatchHandler>(
     };
     let mut chunks = messages.ready_chunks(spec.batch);
     tracing::info!(durable = %spec.durable, "consumer started");
-    // Two stages: while batch N is handled (a database transaction) and acked, batch N+1 is
-    // fetched and decoded. Batches are still handled one after the other, in stream order.
-    let handler = std::sync::Arc::new(handler);
-    // Aborted with this task: a crash takes the batch in hand with it; nothing is detached.
-    let mut in_flight: Option<tokio_util::task::AbortOnDropHandle<()>> = None;
     loop {
         let chunk = tokio::select! {
             biased;
@@ -183,20 +178,9 @@ pub async fn run_consumer<H: BatchHandler>(
             }
         }
         let (decoded, decoded_messages) = decode_batch(bus, &spec, &clock, messages).await;
-        if let Some(previous) = in_flight.take() {
-            let _ = previous.await;
+        if !decoded.is_empty() {
+            handle_batch(bus, &spec, &handler, &clock, decoded, decoded_messages).await;
         }
-        if decoded.is_empty() {
-            continue;
-        }
-        let (bus, spec, handler, clock) = (bus.clone(), spec.clone(), handler.clone(), clock.clone());
-        in_flight = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-            handle_batch(&bus, &spec, handler.as_ref(), &clock, decoded, decoded_messages).await;
-        })));
-    }
-    // The batch in hand is finished (handled and acked) before stopping.
-    if let Some(previous) = in_flight.take() {
-        let _ = previous.await;
     }
     tracing::info!(durable = %spec.durable, "consumer stopped");
     Ok(())
