@@ -110,7 +110,7 @@ async fn stored_secrets(stack: &Stack, platform: &str) -> Vec<(i32, String, Stri
                 wrapped_key: row.wrapped_key.clone(),
                 ciphertext: row.ciphertext.clone(),
             };
-            let aad = format!("custodian:credential:{platform}:{}", row.version).into_bytes();
+            let aad = custodian_incident::credential_aad(platform, row.version);
             let plain = stack.keyring.open(&envelope, &aad).expect("credential decrypts");
             let json: Value = serde_json::from_slice(&plain).expect("json");
             (row.version, row.state, json["client_secret"].as_str().expect("secret").to_owned())

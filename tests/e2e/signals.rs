@@ -20,9 +20,7 @@ async fn stack_with_platform() -> (Stack, custodian_testkit::RegisteredClient) {
     let client = stack.provider.register_client_with(&[&callback], json!({"backchannel_logout_uri": logout_uri})).await;
     stack.extra_audiences.push(client.client_id.clone());
     stack.restart_gateway().await;
-    let mut settings = stack.register_platform_settings(&client);
-    settings.redirect_uri = callback;
-    stack.start_vault(test_vault_config(vec![settings]));
+    stack.start_vault(test_vault_config(vec![stack.register_platform_settings(&client)]));
     (stack, client)
 }
 

@@ -270,17 +270,7 @@ impl Stack {
     pub async fn register_platform(&self) -> (custodian_testkit::RegisteredClient, custodian_oidc::ClientSettings) {
         let callback = self.url("/callback");
         let client = self.provider.register_client(&[&callback]).await;
-        let settings = custodian_oidc::ClientSettings {
-            issuer: self.provider.issuer.clone(),
-            ca_file: Some(self.provider.ca_file.clone()),
-            client_id: client.client_id.clone(),
-            client_secret: client.client_secret.clone().into(),
-            redirect_uri: callback,
-            scopes: vec!["openid".into(), "offline_access".into()],
-            required_acr: None,
-            acr_order: Vec::new(),
-            timeout_secs: 10,
-        };
+        let settings = self.register_platform_settings(&client);
         (client, settings)
     }
 

@@ -11,7 +11,6 @@ use axum::http::request::Parts;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::RwLock;
 
 use crate::AppState;
@@ -207,7 +206,7 @@ impl Authenticator {
     }
 
     pub async fn authenticate(&self, bearer: &str) -> Result<Caller, Problem> {
-        let digest = hex::encode(Sha256::digest(bearer.as_bytes()));
+        let digest = token_digest(bearer);
         if let Some((name, role)) = self.machines.get(&digest) {
             return Ok(Caller::Machine { name: name.clone(), role: *role });
         }
@@ -413,5 +412,5 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 
 /// Hex SHA-256 of a machine token, as configured in `machine_tokens`.
 pub fn token_digest(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    custodian_crypto::sha256_hex(token)
 }

@@ -110,6 +110,8 @@ pub struct AppState {
     pub metrics: GatewayMetrics,
     pub login: LoginConfig,
     pub transmitter: Option<transmit::Transmitter>,
+    /// The NATS KV bucket of seen logout-token and SET `jti`s (opened on first use).
+    pub seen_jti: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
 }
 
 #[derive(Debug)]
@@ -189,6 +191,7 @@ pub async fn run(deps: Deps, config: GatewayConfig, shutdown: CancellationToken)
         metrics,
         login: config.login.clone(),
         transmitter: config.ssf_transmitter.clone().map(transmit::Transmitter::new).transpose()?,
+        seen_jti: tokio::sync::OnceCell::new(),
     });
     // SETs out to subscribed receivers, on a durable consumer (retries with backoff).
     let transmitting = match (&state.transmitter, &config.ssf_transmitter) {

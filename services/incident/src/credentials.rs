@@ -20,7 +20,8 @@ pub(crate) struct Secrets {
     pub registration_client_uri: String,
 }
 
-fn aad(platform_id: &str, version: i32) -> Vec<u8> {
+/// The associated data of a credential version (binds the ciphertext to platform and version).
+pub fn aad(platform_id: &str, version: i32) -> Vec<u8> {
     format!("custodian:credential:{platform_id}:{version}").into_bytes()
 }
 

@@ -15,6 +15,8 @@
 //!    is the register (Art. 33(5)).
 
 mod credentials;
+
+pub use credentials::aad as credential_aad;
 mod dpo;
 mod rotation;
 mod workflow;

@@ -16,7 +16,7 @@ use custodian_store::entities::{assertion, pending_wipe, revocation, revocation_
 use custodian_store::outbox;
 use futures::StreamExt;
 use sea_orm::sea_query::{Expr, Query};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio_util::sync::CancellationToken;
 
 use crate::{SERVICE, SOURCE, Vault, VaultError, assertions, handler};
@@ -213,6 +213,8 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<(usize, HashSet<String>), Va
     let mut touched = HashSet::new();
     let mut outgoing = Vec::new();
     let mut settled_assertions = HashSet::new();
+    // Each revocation read once per round, however many of its tokens settled.
+    let mut revocations: HashMap<String, revocation::Model> = HashMap::new();
     for (token, outcome) in outcomes {
         touched.insert(token.revocation_id.clone());
         match outcome {
@@ -231,7 +233,12 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<(usize, HashSet<String>), Va
                     .filter(revocation_token::Column::Outcome.eq("pending"))
                     .exec(&txn)
                     .await?;
-                if let Some(rev) = revocation::Entity::find_by_id(token.revocation_id.clone()).one(&txn).await? {
+                if !revocations.contains_key(&token.revocation_id)
+                    && let Some(rev) = revocation::Entity::find_by_id(token.revocation_id.clone()).one(&txn).await?
+                {
+                    revocations.insert(rev.revocation_id.clone(), rev);
+                }
+                if let Some(rev) = revocations.get(&token.revocation_id) {
                     let kind = if token.token_kind == "refresh" { TokenKind::Refresh } else { TokenKind::Access };
                     outgoing.push(handler::token_revoked_event(
                         &rev.issuer,
@@ -269,7 +276,7 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<(usize, HashSet<String>), Va
         let left = revocation_token::Entity::find()
             .filter(revocation_token::Column::AssertionId.eq(assertion_id.clone()))
             .filter(revocation_token::Column::Outcome.eq("pending"))
-            .count_rows(&txn)
+            .count(&txn)
             .await?;
         if left == 0 {
             assertion::Entity::delete_by_id(assertion_id).exec(&txn).await?;
@@ -281,17 +288,6 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<(usize, HashSet<String>), Va
     txn.commit().await?;
     vault.relay.wake();
     Ok((handled, touched))
-}
-
-trait CountRows {
-    async fn count_rows<C: ConnectionTrait>(self, conn: &C) -> Result<u64, sea_orm::DbErr>;
-}
-
-impl CountRows for sea_orm::Select<revocation_token::Entity> {
-    async fn count_rows<C: ConnectionTrait>(self, conn: &C) -> Result<u64, sea_orm::DbErr> {
-        use sea_orm::PaginatorTrait;
-        self.count(conn).await
-    }
 }
 
 async fn revoke_one(

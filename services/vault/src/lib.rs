@@ -232,12 +232,6 @@ pub async fn run(deps: Deps, config: VaultConfig, shutdown: CancellationToken) -
     tasks.wait().await
 }
 
-/// SHA-256, hex: how cookies and OAuth `state` values are stored (never in clear).
-pub fn digest(value: &str) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(value.as_bytes()))
-}
-
 /// Tokens obtained outside the vault's own login (a platform moving its existing sessions
 /// in; benchmarks), to be sealed and stored like any other.
 #[derive(Debug)]

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::assertions::{self, NewAssertion, TokenBundle};
-use crate::{SERVICE, SOURCE, Vault, VaultError, digest};
+use crate::{SERVICE, SOURCE, Vault, VaultError};
+use custodian_crypto::sha256_hex as digest;
 
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 struct LoginSecrets {

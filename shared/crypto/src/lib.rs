@@ -99,6 +99,13 @@ impl fmt::Debug for KeyRing {
     }
 }
 
+/// SHA-256 of `value`, hex: how bearer tokens, cookies and OAuth `state` values are kept and
+/// compared (never in clear). The gateway and the vault must agree on it, hence one function.
+pub fn sha256_hex(value: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(value.as_bytes()))
+}
+
 /// 32 random bytes from the OS (e.g. an Ed25519 seed).
 pub fn random_32() -> Zeroizing<[u8; KEY_LEN]> {
     let key = XChaCha20Poly1305::generate_key(&mut OsRng);

@@ -20,7 +20,7 @@ use openidconnect::{
     AccessToken, AdditionalProviderMetadata, AuthenticationContextClass, AuthorizationCode, ClientId, ClientSecret,
     CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IntrospectionUrl, IssuerUrl, Nonce, OAuth2TokenResponse,
     PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, RefreshToken, RequestTokenError, RevocationUrl,
-    Scope, TokenIntrospectionResponse, TokenResponse, TokenUrl,
+    Scope, TokenIntrospectionResponse, TokenResponse,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -429,15 +429,6 @@ impl OidcClient {
             }
         }
         Some(url.to_string())
-    }
-
-    /// The token endpoint, for checks that a credential still authenticates.
-    pub fn token_url(&self) -> &TokenUrl {
-        self.client.token_uri()
-    }
-
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
     }
 }
 

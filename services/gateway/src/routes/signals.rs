@@ -33,19 +33,25 @@ const RISC: &str = "https://schemas.openid.net/secevent/risc/event-type/";
 
 /// Records `jti` once; false if it was seen before (within the bucket's max age).
 async fn first_time(state: &AppState, kind: &str, jti: &str) -> Result<bool, SignalError> {
-    let js = state.bus.jetstream();
-    let kv = match js.get_key_value(JTI_BUCKET).await {
-        Ok(kv) => kv,
-        Err(_) => js
-            .create_key_value(async_nats::jetstream::kv::Config {
-                bucket: JTI_BUCKET.to_owned(),
-                max_age: Duration::from_secs(7 * 24 * 3600),
-                history: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| SignalError::Unavailable(format!("jti store: {e}")))?,
-    };
+    // Looked up (or created) once per process, not per signal.
+    let kv = state
+        .seen_jti
+        .get_or_try_init(|| async {
+            let js = state.bus.jetstream();
+            match js.get_key_value(JTI_BUCKET).await {
+                Ok(kv) => Ok(kv),
+                Err(_) => js
+                    .create_key_value(async_nats::jetstream::kv::Config {
+                        bucket: JTI_BUCKET.to_owned(),
+                        max_age: Duration::from_secs(7 * 24 * 3600),
+                        history: 1,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| SignalError::Unavailable(format!("jti store: {e}"))),
+            }
+        })
+        .await?;
     let key = format!("{kind}.{}", crate::auth::token_digest(jti));
     match kv.create(&key, Bytes::from_static(b"1")).await {
         Ok(_) => Ok(true),
@@ -284,7 +290,9 @@ pub async fn receive(state: &AppState, token: &str) -> Result<(), SignalError> {
         Some(("caep", "assurance-level-change")) => {
             let current = event["current_level"].as_str().unwrap_or_default();
             let below = state.auth.person_config().and_then(|c| {
-                c.required_acr.as_ref().map(|required| !custodian_oidc_acr(&c.acr_order, required, current))
+                c.required_acr
+                    .as_ref()
+                    .map(|required| !custodian_oidc::acr_satisfies(&c.acr_order, required, Some(current)))
             });
             if below == Some(true) {
                 publish_session_revoke(
@@ -308,15 +316,6 @@ pub async fn receive(state: &AppState, token: &str) -> Result<(), SignalError> {
             tracing::info!(event_type = %event_type, "security event of a type we do not act on; accepted");
             Ok(())
         }
-    }
-}
-
-/// `got` at least `required` in `order` (weakest first); unknown values must match exactly.
-fn custodian_oidc_acr(order: &[String], required: &str, got: &str) -> bool {
-    let rank = |v: &str| order.iter().position(|a| a == v);
-    match (rank(got), rank(required)) {
-        (Some(g), Some(r)) => g >= r,
-        _ => got == required,
     }
 }
 
@@ -421,13 +420,5 @@ mod tests {
                 let _ = security_event_claims(Some("secevent+jwt"), &claims);
             }
         }
-    }
-
-    #[test]
-    fn acr_levels_compare_by_rank() {
-        let order = vec!["low".to_owned(), "substantial".to_owned(), "high".to_owned()];
-        assert!(custodian_oidc_acr(&order, "substantial", "high"));
-        assert!(!custodian_oidc_acr(&order, "substantial", "low"));
-        assert!(!custodian_oidc_acr(&order, "substantial", "unknown"));
     }
 }
