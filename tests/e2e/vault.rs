@@ -317,3 +317,141 @@ async fn a_vault_crash_in_the_middle_of_a_fan_out_of_1000_sessions_loses_nothing
     }
     assert!(assertion::Entity::find().all(stack.store.db()).await.expect("rows").is_empty());
 }
+
+#[tokio::test]
+async fn rotating_the_key_encryption_key_rewraps_every_record_while_tokens_keep_flowing() {
+    use custodian_crypto::{KeyConfig, KeyRing, KeyRingConfig, generate_key};
+    let mut stack = Stack::start().await;
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    let (old_secret, new_secret) = (generate_key(), generate_key());
+    let ring = |current: &str, keys: &[(&str, &str)]| {
+        KeyRing::from_config(&KeyRingConfig {
+            current: current.into(),
+            keys: keys.iter().map(|(id, s)| KeyConfig { id: (*id).into(), secret: (*s).into() }).collect(),
+        })
+        .expect("ring")
+    };
+    stack.keyring = ring("old", &[("old", &old_secret)]);
+    let mut config = test_vault_config(vec![settings]);
+    config.maintenance_every_secs = 1;
+    stack.start_vault(config.clone());
+    let people = [unique("dora"), unique("eve")];
+    for person in &people {
+        stack.login_through_gateway(person).await;
+    }
+    let rows = assertion::Entity::find().all(stack.store.db()).await.expect("rows");
+    assert!(rows.len() == 2 && rows.iter().all(|r| r.key_id == "old"));
+    let ciphertexts: Vec<Vec<u8>> = rows.iter().map(|r| r.ciphertext.clone()).collect();
+
+    // New key current, old one still in the ring: the vault re-wraps in the background.
+    stack.crash_vault().await;
+    stack.keyring = ring("new", &[("old", &old_secret), ("new", &new_secret)]);
+    stack.start_vault(config.clone());
+    let view = stack.start_view(&unique("rot")).await;
+    let token = view.access_token(None, &people[0], &platform, Duration::from_secs(10)).await;
+    assert!(token.is_ok(), "tokens flow during the rotation: {token:?}");
+    eventually("every record re-wrapped under the new key", Duration::from_secs(15), || async {
+        let rows = assertion::Entity::find().all(stack.store.db()).await.ok()?;
+        rows.iter().all(|r| r.key_id == "new").then_some(rows)
+    })
+    .await
+    .iter()
+    .for_each(|r| assert!(ciphertexts.contains(&r.ciphertext), "only the data key's wrapping changed"));
+
+    // The old key can now leave the ring: every token is still readable.
+    stack.crash_vault().await;
+    stack.keyring = ring("new", &[("new", &new_secret)]);
+    stack.start_vault(config);
+    for person in &people {
+        let started = std::time::Instant::now();
+        let token = view.access_token(None, person, &platform, Duration::from_secs(40)).await;
+        eprintln!("token for {person} after {:?}", started.elapsed());
+        assert!(token.is_ok(), "readable with the new key only: {token:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_record_is_deleted_when_its_longest_lived_token_expires() {
+    let mut stack = Stack::start().await;
+    let (_client, settings) = stack.register_platform().await;
+    let mut config = test_vault_config(vec![settings]);
+    config.maintenance_every_secs = 1;
+    stack.start_vault(config);
+    stack.login_through_gateway(&unique("fred")).await;
+    let row = assertion::Entity::find().one(stack.store.db()).await.expect("query").expect("a row");
+    assert!(row.expires_at > row.access_expires_at, "the refresh token outlives the access token");
+    // Time passes: both tokens are past their expiry (moved in the row, not the clock).
+    let past = stack.clock.now() - chrono::Duration::seconds(1);
+    let mut expired: assertion::ActiveModel = row.into();
+    expired.expires_at = sea_orm::ActiveValue::Set(past);
+    expired.access_expires_at = sea_orm::ActiveValue::Set(past);
+    sea_orm::ActiveModelTrait::update(expired, stack.store.db()).await.expect("update");
+    eventually("the expired record to be deleted", Duration::from_secs(10), || async {
+        assertion::Entity::find().all(stack.store.db()).await.ok()?.is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_here_and_sends_the_browser_to_the_op() {
+    let mut stack = Stack::start().await;
+    let (client, settings) = stack.register_platform().await;
+    stack.start_vault(test_vault_config(vec![settings]));
+    let (browser, cookie, _) = stack.login_through_gateway(&unique("gina")).await;
+    let signed_in = browser.get(stack.url("/v1/me/consents")).send().await.expect("me");
+    assert_eq!(signed_in.status(), StatusCode::OK);
+
+    let out = browser.get(stack.url("/logout")).send().await.expect("logout");
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let location = out.headers()[reqwest::header::LOCATION].to_str().expect("location").to_owned();
+    assert!(location.starts_with(&format!("{}/session/end", stack.provider.issuer)), "{location}");
+    assert!(location.contains(&format!("client_id={}", client.client_id)), "{location}");
+    let cleared = out
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.starts_with("custodian_session=;") && v.contains("Max-Age=0")));
+    assert!(cleared, "the session cookie is cleared");
+
+    // The old cookie is dead server-side too (not just forgotten by the browser).
+    let replay = stack
+        .http
+        .get(stack.url("/v1/me/consents"))
+        .header("cookie", format!("custodian_session={cookie}"))
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
+    let problem: Value = replay.json().await.expect("problem+json");
+    assert!(problem["detail"].as_str().unwrap_or_default().contains("sign in again"), "{problem}");
+}
+
+#[tokio::test]
+async fn a_forged_or_replayed_callback_is_refused() {
+    let mut stack = Stack::start().await;
+    let (_client, settings) = stack.register_platform().await;
+    stack.start_vault(test_vault_config(vec![settings]));
+    // No login cookie: a callback not started in this browser.
+    let forged = stack.http.get(stack.url("/callback?code=abc&state=xyz")).send().await.expect("callback");
+    assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
+    // The OP reporting an error is shown as such.
+    let denied = stack.http.get(stack.url("/callback?error=access_denied&state=x")).send().await.expect("callback");
+    assert_eq!(denied.status(), StatusCode::BAD_REQUEST);
+    assert!(denied.text().await.unwrap_or_default().contains("access_denied"));
+    // A real callback used twice: the second is refused (single-use state and code).
+    let browser = stack.provider.browser();
+    let start = browser.get(stack.url("/login")).send().await.expect("login");
+    let to_op = start.headers()[reqwest::header::LOCATION].to_str().expect("location").to_owned();
+    let back = stack.provider.drive_interactions(&browser, to_op, &unique("hank"), &stack.url("/callback")).await;
+    assert_eq!(browser.get(&back).send().await.expect("first").status(), StatusCode::SEE_OTHER);
+    let login_state = reqwest::Url::parse(&back)
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("state");
+    let replay =
+        stack.http.get(&back).header("cookie", format!("custodian_login={login_state}")).send().await.expect("replay");
+    assert_eq!(replay.status(), StatusCode::FORBIDDEN, "{:?}", replay.text().await);
+}
