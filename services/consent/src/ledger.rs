@@ -187,14 +187,29 @@ impl Consent {
 /// arrival order: a revocation applied before the (earlier) grant it ends still ends it
 /// once the grant arrives, and a further revocation of an ended grant ends nothing new.
 pub fn apply(consent: &mut Consent, fact: &Fact) -> Transition {
+    apply_fact(consent, fact).transition
+}
+
+/// What one fact did to a consent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// False for a fact already joined (a redelivery) or superseded by a later one: such a
+    /// fact leaves no trace, which is what makes redelivery harmless without an inbox.
+    pub changed: bool,
+    pub transition: Transition,
+}
+
+/// [`apply`], also saying whether the fact changed the consent at all.
+pub fn apply_fact(consent: &mut Consent, fact: &Fact) -> Applied {
     let before = consent.ended_grant().map(str::to_owned);
-    consent.apply(fact);
-    match (consent.ended_grant(), consent.ending()) {
+    let changed = consent.apply(fact);
+    let transition = match (consent.ended_grant(), consent.ending()) {
         (Some(grant), Some(ending)) if before.as_deref() != Some(grant) => {
             Transition::Ended { grant_event_id: grant.to_owned(), ending }
         }
         _ => Transition::None,
-    }
+    };
+    Applied { changed, transition }
 }
 
 #[cfg(test)]
@@ -338,6 +353,21 @@ mod tests {
 
             prop_assert_eq!(&replayed, &in_order);
             prop_assert_eq!(replayed.status(), in_order.status());
+        }
+
+        /// A fact joined before — a redelivery — changes nothing and ends nothing, whatever
+        /// came in between: the ledger needs no inbox to apply each event once in effect.
+        #[test]
+        fn a_fact_applied_again_leaves_no_trace(
+            facts in proptest::collection::vec(arb_fact(), 1..200),
+            pick in any::<proptest::sample::Index>(),
+        ) {
+            let mut consent = Consent::new(key());
+            for f in &facts { apply(&mut consent, f); }
+            let before = consent.clone();
+            let again = apply_fact(&mut consent, &facts[pick.index(facts.len())]);
+            prop_assert_eq!(again, Applied { changed: false, transition: Transition::None });
+            prop_assert_eq!(consent, before);
         }
     }
 }

@@ -3,9 +3,10 @@
 //! trail in `consent_history`; publishes `consent.ended` through the outbox when a consent
 //! that was honoured stops being so. Answers ledger queries on `custodian.query.consents`.
 //!
-//! Invariants: state is decided by event time, never arrival order (see [`ledger`]); each
-//! event id is applied at most once (inbox); `consent.ended` has an id derived from its
-//! cause, so it is published once however often the cause is replayed.
+//! Invariants: state is decided by event time, never arrival order (see [`ledger`]); a
+//! fact joined twice changes nothing, so a redelivered event leaves no trace; `consent.ended`
+//! has an id derived from its cause, so it is published once however often the cause is
+//! replayed.
 
 pub mod handler;
 pub mod ledger;
@@ -24,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 pub use metrics::ConsentMetrics;
 
 pub const SERVICE: &str = "consent";
-pub const CONSUMER: &str = "consent-ledger";
 pub const SOURCE: &str = "urn:custodian:consent";
 
 /// Settings of the consent service (`[consent]` in custodian.toml, `CUSTODIAN_CONSENT__*`).
@@ -46,7 +46,7 @@ pub struct ConsentConfig {
 
 impl Default for ConsentConfig {
     fn default() -> Self {
-        Self { batch: 1000, max_deliver: 50, reconcile_every_secs: 5, ack_wait_secs: 30, workers: 2 }
+        Self { batch: 2000, max_deliver: 50, reconcile_every_secs: 5, ack_wait_secs: 30, workers: 3 }
     }
 }
 

@@ -7,7 +7,7 @@ use prometheus_client::registry::Registry;
 pub struct ConsentMetrics {
     pub applied: Family<Vec<(String, String)>, Counter>,
     pub ended: Counter,
-    pub duplicates: Counter,
+    pub unchanged: Counter,
 }
 
 impl ConsentMetrics {
@@ -19,9 +19,9 @@ impl ConsentMetrics {
         );
         registry.register("custodian_consent_ended", "Consents that stopped being honoured", self.ended.clone());
         registry.register(
-            "custodian_consent_duplicates",
-            "Redelivered events recognised by the inbox",
-            self.duplicates.clone(),
+            "custodian_consent_unchanged",
+            "Consent facts that changed nothing (redelivered, or superseded by a later fact)",
+            self.unchanged.clone(),
         );
     }
 }

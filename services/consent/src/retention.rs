@@ -1,12 +1,12 @@
 //! Retention: on `lifecycle.retention.purge` the consent service deletes its own old
-//! records — consent history past the retention, inbox rows and published outbox rows past
-//! the stream's reach. The sweeper schedules; each owner purges its own tables.
+//! records — consent history past the retention and published outbox rows past the
+//! stream's reach. The sweeper schedules; each owner purges its own tables.
 
 use custodian_bus::{BatchHandler, Delivery, HandlerError};
 use custodian_events::LifecycleEvent;
-use custodian_store::{Store, inbox, outbox};
+use custodian_store::{Store, outbox};
 
-use crate::{CONSUMER, SERVICE, persistence};
+use crate::{SERVICE, persistence};
 
 #[derive(Debug, Clone)]
 pub struct RetentionHandler {
@@ -24,14 +24,13 @@ impl BatchHandler for RetentionHandler {
             let db = self.store.db();
             let purged = async {
                 let history = persistence::purge_history(db, event.data.history_before).await?;
-                let inbox = inbox::purge(db, CONSUMER, event.data.bus_records_before).await?;
                 let outbox = outbox::purge_published(db, SERVICE, event.data.bus_records_before).await?;
-                Ok::<_, custodian_store::sea_orm::DbErr>((history, inbox, outbox))
+                Ok::<_, custodian_store::sea_orm::DbErr>((history, outbox))
             }
             .await;
             results.push(match purged {
-                Ok((history, inbox, outbox)) => {
-                    tracing::info!(purge_id = %event.data.purge_id, history, inbox, outbox, "retention purge done");
+                Ok((history, outbox)) => {
+                    tracing::info!(purge_id = %event.data.purge_id, history, outbox, "retention purge done");
                     Ok(())
                 }
                 Err(e) => Err(HandlerError::Transient(e.to_string())),
