@@ -10,6 +10,7 @@ mod m20261124_000003_sweeps;
 mod m20261124_000004_vault;
 mod m20261124_000005_audit;
 mod m20261124_000006_incidents;
+mod m20261124_000007_consent_storage;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000004_vault::Migration),
             Box::new(m20261124_000005_audit::Migration),
             Box::new(m20261124_000006_incidents::Migration),
+            Box::new(m20261124_000007_consent_storage::Migration),
         ]
     }
 }

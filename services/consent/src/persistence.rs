@@ -93,8 +93,7 @@ pub fn to_row(c: &Consent, now: DateTime<Utc>) -> consent::ActiveModel {
 ///
 /// PostgreSQL: one `SELECT … WHERE consent_key = ANY($1) ORDER BY consent_key FOR UPDATE`
 /// (one array parameter, row locks in key order so replicas never deadlock). New keys are
-/// inserted by [`save_all`] with `DO NOTHING`, which notices a replica that created the same
-/// row meanwhile. SQLite: an upsert with `RETURNING` creates missing rows and reads all, so
+/// inserted by [`save_all`], whose primary key refuses a row a replica created meanwhile. SQLite: an upsert with `RETURNING` creates missing rows and reads all, so
 /// the transaction's first statement is a write and it holds the single writer lock.
 pub async fn lock_and_load<C: ConnectionTrait>(
     conn: &C,
@@ -159,15 +158,183 @@ const UPDATE_COLUMNS: [consent::Column; 15] = [
     consent::Column::UpdatedAt,
 ];
 
-fn to_model(c: &Consent, now: DateTime<Utc>) -> Result<consent::Model, DbErr> {
-    use custodian_store::sea_orm::TryIntoModel;
-    to_row(c, now).try_into_model()
+/// The rows of a batch as one array per column, for `unnest` on PostgreSQL: one statement
+/// text whatever the batch size (no re-planning), binary-encoded, nothing for the server to
+/// parse (a JSON parameter spent more time in `json_lex` than in the writes). Arrays cannot
+/// carry NULLs here, so `nulls` holds one bit per nullable column.
+#[derive(Debug, Default)]
+struct ConsentColumns {
+    consent_key: Vec<String>,
+    issuer: Vec<String>,
+    subject: Vec<String>,
+    platform_id: Vec<String>,
+    state: Vec<String>,
+    scopes: Vec<String>,
+    acr: Vec<String>,
+    granted_at: Vec<DateTime<Utc>>,
+    grant_event_id: Vec<String>,
+    revoked_at: Vec<DateTime<Utc>>,
+    revoke_reason: Vec<String>,
+    revoke_event_id: Vec<String>,
+    expired_at: Vec<DateTime<Utc>>,
+    expire_idle_since: Vec<DateTime<Utc>>,
+    expire_event_id: Vec<String>,
+    expire_sweep_id: Vec<String>,
+    last_seen_at: Vec<DateTime<Utc>>,
+    ended_at: Vec<DateTime<Utc>>,
+    updated_at: Vec<DateTime<Utc>>,
+    nulls: Vec<i32>,
 }
 
-/// Writes the changed consents. On PostgreSQL the rows travel as one JSON parameter per
-/// statement (`json_populate_recordset`): binding 19 parameters per row costs more than
-/// the writes themselves. A new key that a concurrent replica inserted first makes the
-/// batch fail (transient), so it is retried on the fresh row instead of overwriting it.
+/// The nullable columns, in the bit order of [`ConsentColumns::nulls`].
+const NULLABLE: [&str; 12] = [
+    "acr",
+    "granted_at",
+    "grant_event_id",
+    "revoked_at",
+    "revoke_reason",
+    "revoke_event_id",
+    "expired_at",
+    "expire_idle_since",
+    "expire_event_id",
+    "expire_sweep_id",
+    "last_seen_at",
+    "ended_at",
+];
+
+/// Builds one row's NULL bits; a NULL value is stored as a placeholder the bit masks out.
+struct NullBits {
+    bits: i32,
+    placeholder_time: DateTime<Utc>,
+}
+
+impl NullBits {
+    fn bit(&mut self, column: &str, is_null: bool) {
+        let position = NULLABLE.iter().position(|c| *c == column).unwrap_or_default();
+        self.bits |= i32::from(is_null) << position;
+    }
+
+    fn text(&mut self, column: &str, into: &mut Vec<String>, value: Option<&str>) {
+        self.bit(column, value.is_none());
+        into.push(value.unwrap_or_default().to_owned());
+    }
+
+    fn time(&mut self, column: &str, into: &mut Vec<DateTime<Utc>>, value: Option<DateTime<Utc>>) {
+        self.bit(column, value.is_none());
+        into.push(value.unwrap_or(self.placeholder_time));
+    }
+}
+
+impl ConsentColumns {
+    fn push(&mut self, c: &Consent, now: DateTime<Utc>) {
+        let (grant, revoke, expire) = (c.grant.as_ref(), c.revoke.as_ref(), c.expire.as_ref());
+        let mut n = NullBits { bits: 0, placeholder_time: now };
+        n.text("acr", &mut self.acr, grant.and_then(|g| g.acr.as_deref()));
+        n.time("granted_at", &mut self.granted_at, grant.map(|g| g.at));
+        n.text("grant_event_id", &mut self.grant_event_id, grant.map(|g| g.event_id.as_str()));
+        n.time("revoked_at", &mut self.revoked_at, revoke.map(|r| r.at));
+        n.text("revoke_reason", &mut self.revoke_reason, revoke.map(|r| revoke_reason_str(r.reason)));
+        n.text("revoke_event_id", &mut self.revoke_event_id, revoke.map(|r| r.event_id.as_str()));
+        n.time("expired_at", &mut self.expired_at, expire.map(|e| e.at));
+        n.time("expire_idle_since", &mut self.expire_idle_since, expire.map(|e| e.idle_since));
+        n.text("expire_event_id", &mut self.expire_event_id, expire.map(|e| e.event_id.as_str()));
+        n.text("expire_sweep_id", &mut self.expire_sweep_id, expire.map(|e| e.sweep_id.as_str()));
+        n.time("last_seen_at", &mut self.last_seen_at, c.last_seen_at);
+        n.time("ended_at", &mut self.ended_at, c.ended_at());
+        self.nulls.push(n.bits);
+        self.consent_key.push(digest(&c.key));
+        self.issuer.push(c.key.issuer.clone());
+        self.subject.push(c.key.subject.clone());
+        self.platform_id.push(c.key.platform_id.clone());
+        self.state.push(c.status().as_str().to_owned());
+        self.scopes.push(
+            serde_json::to_string(&grant.map(|g| g.scopes.clone()).unwrap_or_default()).unwrap_or_else(|_| "[]".into()),
+        );
+        self.updated_at.push(now);
+    }
+
+    fn len(&self) -> usize {
+        self.consent_key.len()
+    }
+
+    fn into_values(self) -> Vec<custodian_store::sea_orm::Value> {
+        vec![
+            self.consent_key.into(),
+            self.issuer.into(),
+            self.subject.into(),
+            self.platform_id.into(),
+            self.state.into(),
+            self.scopes.into(),
+            self.acr.into(),
+            self.granted_at.into(),
+            self.grant_event_id.into(),
+            self.revoked_at.into(),
+            self.revoke_reason.into(),
+            self.revoke_event_id.into(),
+            self.expired_at.into(),
+            self.expire_idle_since.into(),
+            self.expire_event_id.into(),
+            self.expire_sweep_id.into(),
+            self.last_seen_at.into(),
+            self.ended_at.into(),
+            self.updated_at.into(),
+            self.nulls.into(),
+        ]
+    }
+}
+
+/// Every column of `consents` in [`ConsentColumns::into_values`] order, with its array type.
+const COLUMNS: [(&str, &str); 19] = [
+    ("consent_key", "text"),
+    ("issuer", "text"),
+    ("subject", "text"),
+    ("platform_id", "text"),
+    ("state", "text"),
+    ("scopes", "text"),
+    ("acr", "text"),
+    ("granted_at", "timestamptz"),
+    ("grant_event_id", "text"),
+    ("revoked_at", "timestamptz"),
+    ("revoke_reason", "text"),
+    ("revoke_event_id", "text"),
+    ("expired_at", "timestamptz"),
+    ("expire_idle_since", "timestamptz"),
+    ("expire_event_id", "text"),
+    ("expire_sweep_id", "text"),
+    ("last_seen_at", "timestamptz"),
+    ("ended_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+];
+
+/// `SELECT <every consents column> FROM unnest($1 … $20)`, NULLs restored from the bits.
+fn unnested_rows() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let select = COLUMNS
+            .iter()
+            .map(|(name, _)| match NULLABLE.iter().position(|c| c == name) {
+                Some(bit) => format!("CASE WHEN r.nulls & {} = 0 THEN r.{name} END AS {name}", 1 << bit),
+                None => format!("r.{name}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let arrays = COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ty))| format!("${}::{ty}[]", i + 1))
+            .chain(std::iter::once(format!("${}::int4[]", COLUMNS.len() + 1)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let names =
+            COLUMNS.iter().map(|(name, _)| *name).chain(std::iter::once("nulls")).collect::<Vec<_>>().join(", ");
+        format!("SELECT {select} FROM unnest({arrays}) AS r({names})")
+    })
+}
+
+/// Writes the changed consents. On PostgreSQL new rows and updates are one statement each,
+/// the rows travelling as arrays ([`ConsentColumns`]). A new key that a concurrent replica
+/// inserted first makes the batch fail (transient), so it is retried on the fresh row
+/// instead of overwriting it.
 pub async fn save_all<C: ConnectionTrait>(
     conn: &C,
     consents: Vec<&Consent>,
@@ -175,28 +342,20 @@ pub async fn save_all<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
     if conn.get_database_backend() == DbBackend::Postgres {
-        let (mut inserts, mut updates) = (Vec::new(), Vec::new());
+        let (mut inserts, mut updates) = (ConsentColumns::default(), ConsentColumns::default());
         for c in consents {
-            let model = to_model(c, now)?;
-            if new_keys.contains(&model.consent_key) { inserts.push(model) } else { updates.push(model) }
+            if new_keys.contains(&digest(&c.key)) { inserts.push(c, now) } else { updates.push(c, now) }
         }
-        if !inserts.is_empty() {
-            let expected = inserts.len() as u64;
-            let json = serde_json::to_string(&inserts).map_err(|e| DbErr::Custom(e.to_string()))?;
-            let res = conn
-                .execute_raw(Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    "INSERT INTO consents SELECT * FROM json_populate_recordset(NULL::consents, $1::json) \
-                     ON CONFLICT (consent_key) DO NOTHING",
-                    [json.into()],
-                ))
-                .await?;
-            if res.rows_affected() != expected {
-                return Err(DbErr::Custom("a consent row was created concurrently; the batch will be retried".into()));
-            }
+        if inserts.len() > 0 {
+            // A plain INSERT: a key a concurrent replica created meanwhile violates the
+            // primary key and fails the batch, which is retried on the fresh row. (`ON
+            // CONFLICT DO NOTHING` would say the same through `rows_affected`, at the price of
+            // a speculative insertion — an extra index probe and WAL record — on every row.)
+            let names = COLUMNS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ");
+            let sql = format!("INSERT INTO consents ({names}) {}", unnested_rows());
+            conn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, inserts.into_values())).await?;
         }
-        if !updates.is_empty() {
-            let json = serde_json::to_string(&updates).map_err(|e| DbErr::Custom(e.to_string()))?;
+        if updates.len() > 0 {
             let set = UPDATE_COLUMNS
                 .iter()
                 .map(|c| {
@@ -205,11 +364,15 @@ pub async fn save_all<C: ConnectionTrait>(
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
+            // `= ANY($1)` repeats the join key as an index condition: without it, on a table
+            // not yet analysed, the planner prefers a sequential scan of every consent feeding
+            // a hash join (it cannot see how short the arrays are), once per batch.
             let sql = format!(
-                "UPDATE consents AS c SET {set} FROM json_populate_recordset(NULL::consents, $1::json) AS r \
-                 WHERE c.consent_key = r.consent_key"
+                "UPDATE consents AS c SET {set} FROM ({}) AS r \
+                 WHERE c.consent_key = r.consent_key AND c.consent_key = ANY($1::text[])",
+                unnested_rows()
             );
-            conn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [json.into()])).await?;
+            conn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, updates.into_values())).await?;
         }
         return Ok(());
     }
@@ -223,6 +386,7 @@ pub async fn save_all<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Appends history rows; on PostgreSQL as arrays, one statement.
 pub async fn append_history<C: ConnectionTrait>(
     conn: &C,
     rows: Vec<consent_history::ActiveModel>,
@@ -232,20 +396,30 @@ pub async fn append_history<C: ConnectionTrait>(
     }
     if conn.get_database_backend() == DbBackend::Postgres {
         use custodian_store::sea_orm::TryIntoModel;
-        let models = rows
-            .into_iter()
-            .map(|mut r| {
-                r.id = Set(0);
-                r.try_into_model()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let json = serde_json::to_string(&models).map_err(|e| DbErr::Custom(e.to_string()))?;
+        let (mut key, mut event_id, mut event_type, mut event_time, mut state_after, mut recorded_at) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for mut row in rows {
+            row.id = Set(0);
+            let m = row.try_into_model()?;
+            key.push(m.consent_key);
+            event_id.push(m.event_id);
+            event_type.push(m.event_type);
+            event_time.push(m.event_time);
+            state_after.push(m.state_after);
+            recorded_at.push(m.recorded_at);
+        }
         conn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "INSERT INTO consent_history (consent_key, event_id, event_type, event_time, state_after, recorded_at) \
-             SELECT consent_key, event_id, event_type, event_time, state_after, recorded_at \
-             FROM json_populate_recordset(NULL::consent_history, $1::json)",
-            [json.into()],
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::timestamptz[])",
+            [
+                key.into(),
+                event_id.into(),
+                event_type.into(),
+                event_time.into(),
+                state_after.into(),
+                recorded_at.into(),
+            ],
         ))
         .await?;
         return Ok(());
