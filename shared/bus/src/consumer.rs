@@ -144,6 +144,7 @@ pub async fn run_consumer<H: BatchHandler>(
     };
     let mut chunks = messages.ready_chunks(spec.batch);
     tracing::info!(durable = %spec.durable, "consumer started");
+    let mut previous_batch_full = false;
     loop {
         let chunk = tokio::select! {
             biased;
@@ -159,14 +160,17 @@ pub async fn run_consumer<H: BatchHandler>(
         let mut chunk = chunk;
         let linger_until = tokio::time::Instant::now() + spec.linger;
         // A small chunk means nothing else was buffered: a lone event (a person's
-        // revocation) goes through at once; lingering pays off only under load.
-        let under_load = chunk.len() >= LINGER_THRESHOLD;
+        // revocation) goes through at once; lingering pays off only under load. A small
+        // chunk right after a full batch is the tail of one pull while the next is on its
+        // way (draining a backlog): it waits for that one rather than cost a transaction.
+        let under_load = chunk.len() >= LINGER_THRESHOLD || previous_batch_full;
         while under_load && chunk.len() < spec.batch {
             match tokio::time::timeout_at(linger_until, chunks.next()).await {
                 Ok(Some(more)) => chunk.extend(more),
                 _ => break,
             }
         }
+        previous_batch_full = chunk.len() >= spec.batch;
         let mut messages = Vec::with_capacity(chunk.len());
         for item in chunk {
             match item {

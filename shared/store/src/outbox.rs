@@ -3,7 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Statement,
+};
 
 use crate::entities::outbox;
 
@@ -18,12 +21,39 @@ pub struct OutgoingEvent {
 
 /// Inserts `events` for `publisher`. An event id already present is left as it is (a
 /// deterministic id produced twice is one event).
+///
+/// On PostgreSQL the events travel as one array per column: one statement text whatever
+/// their number (planned once per connection), instead of a `VALUES` list of thousands of
+/// parameters parsed and planned anew for every batch size.
 pub async fn enqueue<C: ConnectionTrait>(
     conn: &C,
     publisher: &str,
     events: Vec<OutgoingEvent>,
     now: DateTime<Utc>,
 ) -> Result<(), sea_orm::DbErr> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    if conn.get_database_backend() == DbBackend::Postgres {
+        let (mut ids, mut subjects, mut payloads, mut traceparents) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for e in events {
+            ids.push(e.event_id);
+            subjects.push(e.subject);
+            payloads.push(e.payload);
+            // Arrays carry no NULLs here; a traceparent is never empty, so '' stands for none.
+            traceparents.push(e.traceparent.unwrap_or_default());
+        }
+        conn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO outbox (event_id, publisher, subject, payload, traceparent, created_at, published_at, attempts) \
+             SELECT r.event_id, $5, r.subject, r.payload, NULLIF(r.traceparent, ''), $6, NULL, 0 \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS r(event_id, subject, payload, traceparent) \
+             ON CONFLICT (event_id) DO NOTHING",
+            [ids.into(), subjects.into(), payloads.into(), traceparents.into(), publisher.into(), now.into()],
+        ))
+        .await?;
+        return Ok(());
+    }
     let rows: Vec<outbox::ActiveModel> = events
         .into_iter()
         .map(|e| outbox::ActiveModel {
@@ -67,6 +97,15 @@ pub async fn mark_published<C: ConnectionTrait>(
     event_ids: Vec<String>,
     now: DateTime<Utc>,
 ) -> Result<(), sea_orm::DbErr> {
+    if conn.get_database_backend() == DbBackend::Postgres {
+        conn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE outbox SET published_at = $1 WHERE event_id = ANY($2::text[])",
+            [now.into(), event_ids.into()],
+        ))
+        .await?;
+        return Ok(());
+    }
     for chunk in event_ids.chunks(1000) {
         outbox::Entity::update_many()
             .col_expr(outbox::Column::PublishedAt, Expr::value(now))
@@ -78,6 +117,15 @@ pub async fn mark_published<C: ConnectionTrait>(
 }
 
 pub async fn record_failed_attempt<C: ConnectionTrait>(conn: &C, event_ids: Vec<String>) -> Result<(), sea_orm::DbErr> {
+    if conn.get_database_backend() == DbBackend::Postgres {
+        conn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE outbox SET attempts = attempts + 1 WHERE event_id = ANY($1::text[])",
+            [event_ids.into()],
+        ))
+        .await?;
+        return Ok(());
+    }
     for chunk in event_ids.chunks(1000) {
         outbox::Entity::update_many()
             .col_expr(outbox::Column::Attempts, Expr::col(outbox::Column::Attempts).add(1))
