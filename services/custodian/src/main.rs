@@ -10,6 +10,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// The services allocate and free many small buffers per event (decoding, SQL parameters);
+// glibc's allocator spent ~7% of the ingest profile in malloc/free, mimalloc a third of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "custodian",
