@@ -301,3 +301,117 @@ async fn any_shuffle_with_duplicates_ends_in_the_in_order_state() {
         }
     }
 }
+
+/// Records what it is handed; fails the first `failures` batches transiently.
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failures: usize,
+}
+
+impl custodian_bus::BatchHandler for Recorder {
+    async fn handle(&self, batch: &[custodian_bus::Delivery]) -> Vec<Result<(), custodian_bus::HandlerError>> {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if call < self.failures {
+            return batch.iter().map(|_| Err(custodian_bus::HandlerError::Transient("not yet".into()))).collect();
+        }
+        self.seen.lock().unwrap().extend(batch.iter().map(|d| d.event.id().to_owned()));
+        batch.iter().map(|_| Ok(())).collect()
+    }
+}
+
+fn in_order_spec() -> custodian_bus::ConsumerSpec {
+    let mut spec = custodian_bus::ConsumerSpec::new("test", "in-order", &[subjects::ACTIVITY_SEEN]);
+    spec.in_order = true;
+    spec.nak_delay = Duration::from_millis(20);
+    spec
+}
+
+async fn publish_seen(stack: &Stack, n: usize, from: i64) -> Vec<String> {
+    let events: Vec<LifecycleEvent> = (0..n).map(|i| seen_event(&unique("p"), "tp-1", from + i as i64)).collect();
+    for r in stack.bus.publish_all(&events.iter().map(outgoing).collect::<Vec<_>>(), 64).await {
+        r.expect("published");
+    }
+    events.iter().map(|e| e.id().to_owned()).collect()
+}
+
+/// The durable's state; `None` until it exists.
+async fn consumer_info(stack: &Stack, durable: &str) -> Option<async_nats::jetstream::consumer::Info> {
+    let stream = stack.bus.jetstream().get_stream(subjects::STREAM).await.expect("stream");
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream.get_consumer(durable).await.ok()?;
+    consumer.info().await.ok().cloned()
+}
+
+#[tokio::test]
+async fn an_in_order_consumer_retries_a_failed_batch_in_place_and_acks_each_event_once() {
+    let stack = Stack::infrastructure().await;
+    let published = publish_seen(&stack, 50, 0).await;
+    let recorder = Recorder { failures: 2, ..Default::default() };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let (bus, recorder, clock, shutdown) =
+            (stack.bus.clone(), recorder.clone(), stack.clock.clone(), shutdown.clone());
+        async move { custodian_bus::run_consumer(&bus, in_order_spec(), recorder, clock, shutdown).await }
+    });
+    let seen = eventually("every event handled", Duration::from_secs(20), || {
+        let seen = recorder.seen.lock().unwrap().clone();
+        async move { (seen.len() >= 50).then_some(seen) }
+    })
+    .await;
+    assert_eq!(seen, published, "in stream order, each once, after the failed attempts");
+    assert!(recorder.calls.load(std::sync::atomic::Ordering::SeqCst) > 2, "the failed batch was retried");
+    let info = eventually("everything acknowledged", Duration::from_secs(10), || async {
+        let info = consumer_info(&stack, "test-in-order").await?;
+        (info.num_ack_pending == 0 && info.num_pending == 0).then_some(info)
+    })
+    .await;
+    assert_eq!(info.config.ack_policy, async_nats::jetstream::consumer::AckPolicy::All);
+    assert_eq!(info.ack_floor.stream_sequence, 50);
+    shutdown.cancel();
+    task.await.expect("joined").expect("consumer ran");
+    assert_eq!(recorder.seen.lock().unwrap().len(), 50, "nothing redelivered");
+}
+
+#[tokio::test]
+async fn a_durable_switched_to_in_order_resumes_after_what_it_had_acknowledged() {
+    let stack = Stack::infrastructure().await;
+    let first = publish_seen(&stack, 10, 0).await;
+    // The same durable as it was before: explicit acks, one per message.
+    let explicit = Recorder::default();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut spec = in_order_spec();
+    spec.in_order = false;
+    let task = tokio::spawn({
+        let (bus, recorder, clock, shutdown) =
+            (stack.bus.clone(), explicit.clone(), stack.clock.clone(), shutdown.clone());
+        async move { custodian_bus::run_consumer(&bus, spec, recorder, clock, shutdown).await }
+    });
+    eventually("the first events acknowledged", Duration::from_secs(20), || async {
+        let info = consumer_info(&stack, "test-in-order").await?;
+        (info.ack_floor.stream_sequence == 10).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    task.await.expect("joined").expect("consumer ran");
+    assert_eq!(*explicit.seen.lock().unwrap(), first);
+
+    let second = publish_seen(&stack, 10, 100).await;
+    let in_order = Recorder::default();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let (bus, recorder, clock, shutdown) =
+            (stack.bus.clone(), in_order.clone(), stack.clock.clone(), shutdown.clone());
+        async move { custodian_bus::run_consumer(&bus, in_order_spec(), recorder, clock, shutdown).await }
+    });
+    let seen = eventually("the new events handled", Duration::from_secs(20), || {
+        let seen = in_order.seen.lock().unwrap().clone();
+        async move { (seen.len() >= 10).then_some(seen) }
+    })
+    .await;
+    assert_eq!(seen, second, "only what the old durable had not acknowledged");
+    let info = consumer_info(&stack, "test-in-order").await.expect("the durable");
+    assert_eq!(info.config.ack_policy, async_nats::jetstream::consumer::AckPolicy::All);
+    shutdown.cancel();
+    task.await.expect("joined").expect("consumer ran");
+}

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 pub use chain::Signer;
-pub use handler::SEALED_IDENTITY;
+pub use handler::{SEALED_IDENTITY, insert_entries};
 
 pub const SERVICE: &str = "audit";
 
@@ -61,7 +61,7 @@ impl Default for AuditConfig {
             checkpoint_every: 1000,
             checkpoint_secs: 60,
             checkpoint_file: None,
-            batch: 1000,
+            batch: 2000,
             ack_wait_secs: 30,
             max_deliver: 50,
         }
@@ -163,6 +163,8 @@ pub async fn run(deps: Deps, config: AuditConfig, shutdown: CancellationToken) -
     spec.batch = audit.config.batch.max(1);
     spec.max_deliver = audit.config.max_deliver.max(1);
     spec.ack_wait = Duration::from_secs(audit.config.ack_wait_secs.max(1));
+    // One chain, one tail: applied in stream order, one ack per batch.
+    spec.in_order = true;
     let handler = handler::ChainHandler { audit: audit.clone() };
     let (bus, clock, token) = (deps.bus.clone(), audit.clock.clone(), shutdown.clone());
     tasks.spawn("audit-chain", async move { custodian_bus::run_consumer(&bus, spec, handler, clock, token).await });

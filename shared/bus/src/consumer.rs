@@ -66,6 +66,11 @@ pub struct ConsumerSpec {
     /// A new durable starts at messages published from now on, not at the start of the
     /// stream (e.g. a view: commands from before it existed are not for it).
     pub deliver_new: bool,
+    /// For a single puller that must apply the stream in order (the audit chain): one ack
+    /// per batch (`AckPolicy::All` on its last success) instead of one per message, and a
+    /// batch that fails transiently is retried in place, never nak'ed — under `All` the
+    /// next batch's ack would cover a nak'ed message and it would never come back.
+    pub in_order: bool,
 }
 
 impl ConsumerSpec {
@@ -81,6 +86,7 @@ impl ConsumerSpec {
             nak_delay: Duration::from_millis(500),
             linger: Duration::from_millis(5),
             deliver_new: false,
+            in_order: false,
         }
     }
 }
@@ -98,10 +104,12 @@ pub async fn run_consumer<H: BatchHandler>(
     let config = pull::Config {
         durable_name: Some(spec.durable.clone()),
         filter_subjects: spec.filter_subjects.clone(),
-        ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+        ack_policy: ack_policy(&spec),
         max_deliver: spec.max_deliver,
         ack_wait: spec.ack_wait,
-        max_ack_pending: (spec.batch as i64 * 4).max(1000),
+        // In order, a batch is acked only once applied, while the next ones are being
+        // fetched and decoded: leave room for several, or delivery stalls on the limit.
+        max_ack_pending: (spec.batch as i64 * if spec.in_order { 10 } else { 4 }).max(1000),
         deliver_policy: if spec.deliver_new {
             async_nats::jetstream::consumer::DeliverPolicy::New
         } else {
@@ -115,10 +123,23 @@ pub async fn run_consumer<H: BatchHandler>(
     let messages = loop {
         let started = async {
             let stream = bus.jetstream().get_stream(subjects::STREAM).await.map_err(|e| consumer_error(&e))?;
-            let consumer = stream
+            let mut consumer = stream
                 .get_or_create_consumer::<pull::Config>(&spec.durable, config.clone())
                 .await
                 .map_err(|e| consumer_error(&e))?;
+            let existing = consumer.cached_info().clone();
+            if existing.config.ack_policy != config.ack_policy {
+                // The ack policy of a durable cannot be updated: replace it, starting right
+                // after what the old one had acknowledged (what it had in flight comes again).
+                let start_sequence = existing.ack_floor.stream_sequence + 1;
+                tracing::info!(durable = %spec.durable, start_sequence, "replacing the durable consumer: ack policy changed");
+                stream.delete_consumer(&spec.durable).await.map_err(|e| consumer_error(&e))?;
+                let replacement = pull::Config {
+                    deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence },
+                    ..config.clone()
+                };
+                consumer = stream.create_consumer(replacement).await.map_err(|e| consumer_error(&e))?;
+            }
             consumer
                 .stream()
                 .max_messages_per_batch(spec.batch)
@@ -142,46 +163,20 @@ pub async fn run_consumer<H: BatchHandler>(
             }
         }
     };
-    let mut chunks = messages.ready_chunks(spec.batch);
+    let mut batches = Batches { chunks: messages.ready_chunks(spec.batch), previous_batch_full: false };
     tracing::info!(durable = %spec.durable, "consumer started");
-    let mut previous_batch_full = false;
+    if spec.in_order {
+        return run_in_order(bus, spec, handler, clock, shutdown, batches).await;
+    }
     loop {
-        let chunk = tokio::select! {
+        let messages = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            chunk = chunks.next() => match chunk {
-                Some(chunk) => chunk,
-                None => return Err(consumer_error(&"message stream ended")),
-            },
+            messages = batches.next(&spec) => messages.ok_or_else(|| consumer_error(&"message stream ended"))?,
         };
-        // A chunk holds what was ready at one poll (tokio's co-operative budget caps it at
-        // 128); linger briefly to fill the batch, since one transaction per batch is the
-        // cost that matters.
-        let mut chunk = chunk;
-        let linger_until = tokio::time::Instant::now() + spec.linger;
-        // A small chunk means nothing else was buffered: a lone event (a person's
-        // revocation) goes through at once; lingering pays off only under load. A small
-        // chunk right after a full batch is the tail of one pull while the next is on its
-        // way (draining a backlog): it waits for that one rather than cost a transaction.
-        let under_load = chunk.len() >= LINGER_THRESHOLD || previous_batch_full;
-        while under_load && chunk.len() < spec.batch {
-            match tokio::time::timeout_at(linger_until, chunks.next()).await {
-                Ok(Some(more)) => chunk.extend(more),
-                _ => break,
-            }
-        }
-        previous_batch_full = chunk.len() >= spec.batch;
-        let mut messages = Vec::with_capacity(chunk.len());
-        for item in chunk {
-            match item {
-                Ok(message) => messages.push(message),
-                // Missed heartbeats and the like: the stream reconnects by itself.
-                Err(e) => {
-                    tracing::warn!(durable = %spec.durable, error = %e, "pull consumer hiccup")
-                }
-            }
-        }
-        let (decoded, decoded_messages) = decode_batch(bus, &spec, &clock, messages).await;
+        let Some((decoded, decoded_messages)) = decode_batch(bus, &spec, &clock, messages, &shutdown).await else {
+            break;
+        };
         if !decoded.is_empty() {
             handle_batch(bus, &spec, &handler, &clock, decoded, decoded_messages).await;
         }
@@ -190,13 +185,114 @@ pub async fn run_consumer<H: BatchHandler>(
     Ok(())
 }
 
-/// Decodes strictly; what does not decode is dead-lettered at once.
+/// The pulled messages, cut into batches.
+struct Batches<S: futures::Stream> {
+    chunks: futures::stream::ReadyChunks<S>,
+    previous_batch_full: bool,
+}
+
+impl<S, E> Batches<S>
+where
+    S: futures::Stream<Item = Result<Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    /// The next batch; `None` if the message stream ended.
+    async fn next(&mut self, spec: &ConsumerSpec) -> Option<Vec<Message>> {
+        let mut chunk = self.chunks.next().await?;
+        // A chunk holds what was ready at one poll (tokio's co-operative budget caps it at
+        // 128); linger briefly to fill the batch, since one transaction per batch is the
+        // cost that matters.
+        let linger_until = tokio::time::Instant::now() + spec.linger;
+        // A small chunk means nothing else was buffered: a lone event (a person's
+        // revocation) goes through at once; lingering pays off only under load. A small
+        // chunk right after a full batch is the tail of one pull while the next is on its
+        // way (draining a backlog): it waits for that one rather than cost a transaction.
+        let under_load = chunk.len() >= LINGER_THRESHOLD || self.previous_batch_full;
+        while under_load && chunk.len() < spec.batch {
+            match tokio::time::timeout_at(linger_until, self.chunks.next()).await {
+                Ok(Some(more)) => chunk.extend(more),
+                _ => break,
+            }
+        }
+        self.previous_batch_full = chunk.len() >= spec.batch;
+        let mut messages = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            match item {
+                Ok(message) => messages.push(message),
+                // Missed heartbeats and the like: the stream reconnects by itself.
+                Err(e) => tracing::warn!(durable = %spec.durable, error = %e, "pull consumer hiccup"),
+            }
+        }
+        Some(messages)
+    }
+}
+
+/// [`ConsumerSpec::in_order`]: a task fetches and decodes the next batch while this one is
+/// being applied (a channel of one keeps them in order), so the service's transaction is
+/// not waiting on decoding.
+async fn run_in_order<H, S, E>(
+    bus: &Bus,
+    spec: ConsumerSpec,
+    handler: H,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+    mut batches: Batches<S>,
+) -> Result<(), BusError>
+where
+    H: BatchHandler,
+    S: futures::Stream<Item = Result<Message, E>> + Unpin + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let (decoded_tx, mut decoded_rx) = tokio::sync::mpsc::channel::<(Vec<Delivery>, Vec<Message>)>(1);
+    let reader = {
+        let (bus, spec, clock, shutdown) = (bus.clone(), spec.clone(), clock.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                let messages = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return Ok(()),
+                    messages = batches.next(&spec) => match messages {
+                        Some(messages) => messages,
+                        None => return Err(BusError::Consumer { durable: spec.durable.clone(), reason: "message stream ended".into() }),
+                    },
+                };
+                let Some(decoded) = decode_batch(&bus, &spec, &clock, messages, &shutdown).await else {
+                    return Ok(());
+                };
+                if !decoded.0.is_empty() && decoded_tx.send(decoded).await.is_err() {
+                    return Ok(());
+                }
+            }
+        })
+    };
+    loop {
+        let (decoded, decoded_messages) = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            batch = decoded_rx.recv() => match batch {
+                Some(batch) => batch,
+                None => break,
+            },
+        };
+        handle_batch_in_order(bus, &spec, &handler, &clock, decoded, decoded_messages, &shutdown).await;
+    }
+    drop(decoded_rx);
+    let outcome = reader.await.unwrap_or_else(|e| {
+        Err(BusError::Consumer { durable: spec.durable.clone(), reason: format!("reader task failed: {e}") })
+    });
+    tracing::info!(durable = %spec.durable, "consumer stopped");
+    outcome
+}
+
+/// Decodes strictly; what does not decode is dead-lettered at once. `None` if the service
+/// stopped while an in-order consumer was still trying to dead-letter.
 async fn decode_batch(
     bus: &Bus,
     spec: &ConsumerSpec,
     clock: &SharedClock,
     messages: Vec<Message>,
-) -> (Vec<Delivery>, Vec<Message>) {
+    shutdown: &CancellationToken,
+) -> Option<(Vec<Delivery>, Vec<Message>)> {
     let mut decoded = Vec::with_capacity(messages.len());
     let mut decoded_messages = Vec::with_capacity(messages.len());
     for message in messages {
@@ -217,10 +313,18 @@ async fn decode_batch(
                 decoded.push(Delivery { subject, event, raw, delivered, stream_sequence, traceparent });
                 decoded_messages.push(message);
             }
-            Err(e) => dead_letter(bus, spec, clock, &message, None, stream_sequence, &e.to_string()).await,
+            Err(e) if spec.in_order => {
+                let reason = e.to_string();
+                if !dead_letter_in_order(bus, spec, clock, &message, None, stream_sequence, &reason, shutdown).await {
+                    return None;
+                }
+            }
+            Err(e) => {
+                dead_letter(bus, spec, clock, &message, None, stream_sequence, &e.to_string()).await;
+            }
         }
     }
-    (decoded, decoded_messages)
+    Some((decoded, decoded_messages))
 }
 
 /// Hands the batch to the service, then acks, naks or dead-letters each message.
@@ -259,6 +363,61 @@ async fn handle_batch<H: BatchHandler>(
     }
 }
 
+/// [`ConsumerSpec::in_order`]: the batch is applied until it succeeds (or the service stops:
+/// then nothing is acked and the server redelivers it after `ack_wait`), permanent failures
+/// are dead-lettered, and the last success is acked for all the batch.
+async fn handle_batch_in_order<H: BatchHandler>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    handler: &H,
+    clock: &SharedClock,
+    decoded: Vec<Delivery>,
+    decoded_messages: Vec<Message>,
+    shutdown: &CancellationToken,
+) {
+    let mut attempt = 0i64;
+    let results = loop {
+        let span = tracing::info_span!("handle_batch", durable = %spec.durable, size = decoded.len(), attempt);
+        let results = handler.handle(&decoded).instrument(span).await;
+        let transient = results.iter().find_map(|r| match r {
+            Err(HandlerError::Transient(reason)) => Some(reason.clone()),
+            _ => None,
+        });
+        let Some(reason) = transient else { break results };
+        attempt += 1;
+        let delay = backoff(spec.nak_delay, attempt);
+        tracing::warn!(durable = %spec.durable, size = decoded.len(), attempt, %reason, ?delay, "batch failed; retrying in place");
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    };
+    let mut last_success = None;
+    for (i, (delivery, message)) in decoded.iter().zip(decoded_messages.iter()).enumerate() {
+        match results.get(i) {
+            Some(Err(HandlerError::Permanent(reason))) => {
+                let (id, sequence) = (Some(delivery.event.id()), delivery.stream_sequence);
+                if !dead_letter_in_order(bus, spec, clock, message, id, sequence, reason, shutdown).await {
+                    // Stopping: ack what came before; the rest comes again after ack_wait.
+                    break;
+                }
+            }
+            _ => last_success = Some(message),
+        }
+    }
+    if let Some(message) = last_success {
+        ack(message, AckKind::Ack).await;
+    }
+}
+
+fn ack_policy(spec: &ConsumerSpec) -> async_nats::jetstream::consumer::AckPolicy {
+    if spec.in_order {
+        async_nats::jetstream::consumer::AckPolicy::All
+    } else {
+        async_nats::jetstream::consumer::AckPolicy::Explicit
+    }
+}
+
 /// Redelivery delay after the `delivered`-th failed attempt: doubles from `base`, capped at
 /// a minute, so a database outage is waited out instead of dead-lettering good events.
 fn backoff(base: Duration, delivered: i64) -> Duration {
@@ -274,7 +433,8 @@ async fn ack(message: &Message, kind: AckKind) {
 }
 
 /// Publishes the message to `lifecycle.deadletter.<service>` and terminates it. If the
-/// dead letter cannot be published the message is nak'ed, so it is never lost.
+/// dead letter cannot be published the message is nak'ed, so it is never lost; returns
+/// whether it was dead-lettered.
 async fn dead_letter(
     bus: &Bus,
     spec: &ConsumerSpec,
@@ -283,12 +443,13 @@ async fn dead_letter(
     original_id: Option<&str>,
     stream_sequence: u64,
     reason: &str,
-) {
+) -> bool {
     let subject = message.subject.to_string();
     tracing::warn!(durable = %spec.durable, %subject, original_id, stream_sequence, %reason, "dead-lettering message");
     let Some(dl_subject) = subjects::deadletter(&spec.service) else {
         tracing::error!(service = %spec.service, "service name is not a valid subject token");
-        return ack(message, AckKind::Nak(Some(spec.nak_delay))).await;
+        ack(message, AckKind::Nak(Some(spec.nak_delay))).await;
+        return false;
     };
     let data = DeadLetterV1 {
         original_subject: subject,
@@ -306,12 +467,43 @@ async fn dead_letter(
         traceparent: None,
     };
     match bus.publish(&out).await {
-        Ok(()) => ack(message, AckKind::Term).await,
+        Ok(()) => {
+            ack(message, AckKind::Term).await;
+            true
+        }
         Err(e) => {
             tracing::error!(error = %e, "dead letter not published; message will be redelivered");
-            ack(message, AckKind::Nak(Some(spec.nak_delay))).await;
+            if !spec.in_order {
+                // In order, the next batch's ack would cover a nak: the caller retries instead.
+                ack(message, AckKind::Nak(Some(spec.nak_delay))).await;
+            }
+            false
         }
     }
+}
+
+/// Dead-letters in order ([`ConsumerSpec::in_order`]): retried until published, since a
+/// later ack would cover the message; false if the service stopped first.
+#[allow(clippy::too_many_arguments)]
+async fn dead_letter_in_order(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    clock: &SharedClock,
+    message: &Message,
+    original_id: Option<&str>,
+    stream_sequence: u64,
+    reason: &str,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut attempt = 0i64;
+    while !dead_letter(bus, spec, clock, message, original_id, stream_sequence, reason).await {
+        attempt += 1;
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(backoff(spec.nak_delay, attempt)) => {}
+        }
+    }
+    true
 }
 
 #[cfg(test)]
