@@ -92,7 +92,7 @@ async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool)
     lock_chain(&txn).await?;
     let ids: Vec<String> =
         if check_existing { batch.iter().map(|d| d.event.id().to_owned()).collect() } else { Vec::new() };
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut chained: HashSet<String> = HashSet::new();
     for chunk in ids.chunks(500) {
         let existing: Vec<String> = audit_entry::Entity::find()
             .select_only()
@@ -101,16 +101,17 @@ async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool)
             .into_tuple()
             .all(&txn)
             .await?;
-        seen.extend(existing);
+        chained.extend(existing);
     }
     let (mut seq, mut prev) = tail(&txn).await?;
     let every = audit.config.checkpoint_every.max(1) as i64;
     let mut due_checkpoints = Vec::new();
     let mut rows = Vec::new();
     let mut privacy = Vec::new();
+    let mut in_batch: HashSet<&str> = HashSet::with_capacity(batch.len());
     for delivery in batch {
         let event = &delivery.event;
-        if !seen.insert(event.id().to_owned()) {
+        if chained.contains(event.id()) || !in_batch.insert(event.id()) {
             continue;
         }
         seq += 1;
@@ -140,31 +141,28 @@ async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool)
                 purpose: Set(e.data.purpose.clone()),
             });
         }
-        rows.push(audit_entry::ActiveModel {
-            seq: Set(seq),
-            recorded_at: Set(now),
-            subject: Set(delivery.subject.clone()),
-            event_id: Set(event.id().to_owned()),
-            event_type: Set(event.event_type().to_owned()),
-            event_time: Set(event.time()),
-            payload: Set(payload),
-            digest: Set(digest),
-            prev_hash: Set(prev.clone()),
-            hash: Set(hash.clone()),
-        });
         if seq % every == 0 {
             due_checkpoints.push((seq, hash.clone()));
         }
-        prev = hash;
+        rows.push(audit_entry::Model {
+            seq,
+            recorded_at: now,
+            subject: delivery.subject.clone(),
+            event_id: event.id().to_owned(),
+            event_type: event.event_type().to_owned(),
+            event_time: event.time(),
+            payload,
+            digest,
+            prev_hash: std::mem::replace(&mut prev, hash.clone()),
+            hash,
+        });
     }
     if rows.is_empty() {
         txn.commit().await?;
         return Ok(());
     }
     let appended = rows.len() as u64;
-    for chunk in rows.chunks(500) {
-        audit_entry::Entity::insert_many(chunk.to_vec()).exec_without_returning(&txn).await?;
-    }
+    insert_entries(&txn, rows).await?;
     for chunk in privacy.chunks(500) {
         privacy_entry::Entity::insert_many(chunk.to_vec()).exec_without_returning(&txn).await?;
     }
@@ -178,6 +176,68 @@ async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool)
         audit.export(c).await;
     }
     Ok(())
+}
+
+/// Inserts chain entries. On PostgreSQL as one array per column: one statement text
+/// whatever the batch size (planned once per connection), where `insert_many` would send
+/// ten parameters per row in a `VALUES` list parsed and planned anew for each size.
+pub async fn insert_entries<C: ConnectionTrait>(conn: &C, rows: Vec<audit_entry::Model>) -> Result<(), sea_orm::DbErr> {
+    if conn.get_database_backend() != DbBackend::Postgres {
+        let mut rows = rows.into_iter().map(audit_entry::ActiveModel::from).peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<_> = rows.by_ref().take(500).collect();
+            audit_entry::Entity::insert_many(chunk).exec_without_returning(conn).await?;
+        }
+        return Ok(());
+    }
+    let mut columns = EntryColumns::default();
+    for m in rows {
+        columns.seq.push(m.seq);
+        columns.recorded_at.push(m.recorded_at);
+        columns.subject.push(m.subject);
+        columns.event_id.push(m.event_id);
+        columns.event_type.push(m.event_type);
+        columns.event_time.push(m.event_time);
+        columns.payload.push(m.payload);
+        columns.digest.push(m.digest);
+        columns.prev_hash.push(m.prev_hash);
+        columns.hash.push(m.hash);
+    }
+    let c = columns;
+    conn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "INSERT INTO audit_log (seq, recorded_at, subject, event_id, event_type, event_time, payload, digest, prev_hash, hash) \
+         SELECT * FROM unnest($1::int8[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], \
+         $7::text[], $8::text[], $9::text[], $10::text[])",
+        [
+            c.seq.into(),
+            c.recorded_at.into(),
+            c.subject.into(),
+            c.event_id.into(),
+            c.event_type.into(),
+            c.event_time.into(),
+            c.payload.into(),
+            c.digest.into(),
+            c.prev_hash.into(),
+            c.hash.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct EntryColumns {
+    seq: Vec<i64>,
+    recorded_at: Vec<DateTime<Utc>>,
+    subject: Vec<String>,
+    event_id: Vec<String>,
+    event_type: Vec<String>,
+    event_time: Vec<DateTime<Utc>>,
+    payload: Vec<String>,
+    digest: Vec<String>,
+    prev_hash: Vec<String>,
+    hash: Vec<String>,
 }
 
 pub(crate) async fn last_checkpoint<C: ConnectionTrait>(conn: &C) -> Result<i64, sea_orm::DbErr> {
