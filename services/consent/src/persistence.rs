@@ -253,6 +253,31 @@ impl ConsentColumns {
         self.updated_at.push(now);
     }
 
+    /// A stored row as it is (the benchmark's raw baseline inserts rows, not consents).
+    fn push_row(&mut self, row: &consent::Model) {
+        let mut n = NullBits { bits: 0, placeholder_time: row.updated_at };
+        n.text("acr", &mut self.acr, row.acr.as_deref());
+        n.time("granted_at", &mut self.granted_at, row.granted_at);
+        n.text("grant_event_id", &mut self.grant_event_id, row.grant_event_id.as_deref());
+        n.time("revoked_at", &mut self.revoked_at, row.revoked_at);
+        n.text("revoke_reason", &mut self.revoke_reason, row.revoke_reason.as_deref());
+        n.text("revoke_event_id", &mut self.revoke_event_id, row.revoke_event_id.as_deref());
+        n.time("expired_at", &mut self.expired_at, row.expired_at);
+        n.time("expire_idle_since", &mut self.expire_idle_since, row.expire_idle_since);
+        n.text("expire_event_id", &mut self.expire_event_id, row.expire_event_id.as_deref());
+        n.text("expire_sweep_id", &mut self.expire_sweep_id, row.expire_sweep_id.as_deref());
+        n.time("last_seen_at", &mut self.last_seen_at, row.last_seen_at);
+        n.time("ended_at", &mut self.ended_at, row.ended_at);
+        self.nulls.push(n.bits);
+        self.consent_key.push(row.consent_key.clone());
+        self.issuer.push(row.issuer.clone());
+        self.subject.push(row.subject.clone());
+        self.platform_id.push(row.platform_id.clone());
+        self.state.push(row.state.clone());
+        self.scopes.push(row.scopes.clone());
+        self.updated_at.push(row.updated_at);
+    }
+
     fn len(&self) -> usize {
         self.consent_key.len()
     }
@@ -331,6 +356,25 @@ fn unnested_rows() -> &'static str {
     })
 }
 
+/// Inserts rows with the statement [`save_all`] uses for new consents (PostgreSQL only):
+/// the benchmark's raw baseline, so that it measures the same insert path.
+pub async fn insert_rows_postgres<C: ConnectionTrait>(conn: &C, rows: &[consent::Model]) -> Result<(), DbErr> {
+    let mut columns = ConsentColumns::default();
+    for row in rows {
+        columns.push_row(row);
+    }
+    conn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, insert_sql(), columns.into_values())).await?;
+    Ok(())
+}
+
+fn insert_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let names = COLUMNS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ");
+        format!("INSERT INTO consents ({names}) {}", unnested_rows())
+    })
+}
+
 /// Writes the changed consents. On PostgreSQL new rows and updates are one statement each,
 /// the rows travelling as arrays ([`ConsentColumns`]). A new key that a concurrent replica
 /// inserted first makes the batch fail (transient), so it is retried on the fresh row
@@ -351,9 +395,8 @@ pub async fn save_all<C: ConnectionTrait>(
             // primary key and fails the batch, which is retried on the fresh row. (`ON
             // CONFLICT DO NOTHING` would say the same through `rows_affected`, at the price of
             // a speculative insertion — an extra index probe and WAL record — on every row.)
-            let names = COLUMNS.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ");
-            let sql = format!("INSERT INTO consents ({names}) {}", unnested_rows());
-            conn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, inserts.into_values())).await?;
+            conn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, insert_sql(), inserts.into_values()))
+                .await?;
         }
         if updates.len() > 0 {
             let set = UPDATE_COLUMNS
