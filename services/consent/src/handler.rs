@@ -25,13 +25,16 @@ pub struct LedgerHandler {
     pub metrics: ConsentMetrics,
 }
 
-/// The consent fact an event states, if it is one.
+/// The consent fact an event states, if it is one. Times are cut to microseconds, what
+/// PostgreSQL stores: a fact compared with its own stored copy must compare equal, or a
+/// redelivery would look newer than itself and be joined again.
 pub fn fact_of(event: &LifecycleEvent) -> Option<(ConsentKey, Fact)> {
+    let stored = |t: chrono::DateTime<chrono::Utc>| chrono::SubsecRound::trunc_subsecs(t, 6);
     match event {
         LifecycleEvent::ConsentGranted(e) => Some((
             ConsentKey::new(&e.data.issuer, &e.data.subject, &e.data.platform_id),
             Fact::Granted(Grant {
-                at: e.time,
+                at: stored(e.time),
                 event_id: e.id.clone(),
                 scopes: e.data.scopes.clone(),
                 acr: e.data.acr.clone(),
@@ -39,27 +42,46 @@ pub fn fact_of(event: &LifecycleEvent) -> Option<(ConsentKey, Fact)> {
         )),
         LifecycleEvent::ConsentRevoked(e) => Some((
             ConsentKey::new(&e.data.issuer, &e.data.subject, &e.data.platform_id),
-            Fact::Revoked(Revoke { at: e.time, event_id: e.id.clone(), reason: e.data.reason }),
+            Fact::Revoked(Revoke { at: stored(e.time), event_id: e.id.clone(), reason: e.data.reason }),
         )),
         LifecycleEvent::ConsentExpire(e) => Some((
             ConsentKey::new(&e.data.issuer, &e.data.subject, &e.data.platform_id),
             Fact::Expired(Expire {
-                at: e.time,
+                at: stored(e.time),
                 event_id: e.id.clone(),
-                idle_since: e.data.idle_since,
+                idle_since: stored(e.data.idle_since),
                 sweep_id: e.data.sweep_id.clone(),
             }),
         )),
-        LifecycleEvent::ActivitySeen(e) => {
-            Some((ConsentKey::new(&e.data.issuer, &e.data.subject, &e.data.platform_id), Fact::Seen { at: e.time }))
-        }
+        LifecycleEvent::ActivitySeen(e) => Some((
+            ConsentKey::new(&e.data.issuer, &e.data.subject, &e.data.platform_id),
+            Fact::Seen { at: stored(e.time) },
+        )),
         _ => None,
     }
 }
 
 impl BatchHandler for LedgerHandler {
     async fn handle(&self, batch: &[Delivery]) -> Vec<Result<(), HandlerError>> {
-        match self.apply_batch(batch).await {
+        let mut outcome = self.apply_batch(batch).await;
+        // A worker sharing the durable created one of this batch's new consents first: run
+        // the batch again now (it will find and lock that row) rather than wait for a
+        // redelivery of the whole batch.
+        for _ in 0..3 {
+            match &outcome {
+                Err(e)
+                    if matches!(e.sql_err(), Some(custodian_store::sea_orm::SqlErr::UniqueConstraintViolation(_))) =>
+                {
+                    tracing::debug!(
+                        size = batch.len(),
+                        "a consent of this batch was created concurrently; re-running it"
+                    );
+                    outcome = self.apply_batch(batch).await;
+                }
+                _ => break,
+            }
+        }
+        match outcome {
             Ok(results) => results,
             // Busy database, lost connection, lock conflict between replicas: retry later.
             Err(e) => {
@@ -175,5 +197,35 @@ impl LedgerHandler {
             self.metrics.applied.get_or_create(&vec![("type".to_owned(), event_type.to_owned())]).inc_by(n);
         }
         Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use custodian_events::{CloudEvent, ConsentRevokedV1, LifecycleEvent, RevokeReason};
+
+    use super::*;
+
+    #[test]
+    fn a_fact_read_back_at_storage_precision_is_not_newer_than_itself() {
+        let time = chrono::DateTime::from_timestamp(1_795_000_000, 123_456_789).expect("time");
+        let event = LifecycleEvent::ConsentRevoked(CloudEvent::new(
+            "urn:test",
+            time,
+            ConsentRevokedV1 {
+                issuer: "https://op.example".into(),
+                subject: "person".into(),
+                platform_id: "tp".into(),
+                reason: RevokeReason::User,
+                actor: None,
+            },
+        ));
+        let (key, fact) = fact_of(&event).expect("a fact");
+        let Fact::Revoked(revoke) = &fact else { panic!("a revocation") };
+        assert_eq!(revoke.at.timestamp_subsec_nanos(), 123_456_000, "cut to what PostgreSQL keeps");
+        let mut consent = ledger::Consent::new(key);
+        assert!(ledger::apply_fact(&mut consent, &fact).changed);
+        // The same event delivered again, against the state as stored: nothing to write.
+        assert!(!ledger::apply_fact(&mut consent, &fact).changed);
     }
 }
