@@ -325,6 +325,54 @@ async fn a_planned_rotation_replaces_the_secret_without_downtime() {
     stack.login_through_gateway(&unique("after-rotation")).await;
 }
 
+/// A vault started after a rotation from a configuration that still holds the old secret (the
+/// credential.rotated event long consumed) heals on first use: the OP's `invalid_client` makes
+/// it fetch the current secret from the incident service and sign the person in.
+#[tokio::test]
+async fn a_vault_holding_a_rotated_out_secret_fetches_the_current_one_when_the_op_refuses_it() {
+    let mut stack = Stack::start().await;
+    let smtp = SmtpServer::start();
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    stack.start_incident(incident_config(&stack, &smtp, &client));
+    let request =
+        custodian_events::incident::RotateRequest { platform_id: platform.clone(), requested_by: "test".into() };
+    let reply: custodian_events::incident::RotateReply =
+        eventually("the incident service to answer", Duration::from_secs(10), || async {
+            custodian_bus::query(
+                stack.bus.client(),
+                custodian_events::incident::ROTATE,
+                &request,
+                Duration::from_secs(2),
+            )
+            .await
+            .ok()
+        })
+        .await;
+    let custodian_events::incident::RotateReply::Started { rotation_id } = reply else { panic!("refused: {reply:?}") };
+    closed(&stack, &rotation_id, Duration::from_secs(30)).await;
+    assert_eq!(
+        stack.provider.introspect(&platform, &client.client_secret, "x").await["error"],
+        "invalid_client",
+        "the configured secret is rotated out"
+    );
+    // The rotation event is gone (as past the stream's retention), so the vault, started only
+    // now with the configured secret, can learn of the rotation from the OP's refusal alone.
+    let purged = stack
+        .bus
+        .jetstream()
+        .get_stream(custodian_events::subjects::STREAM)
+        .await
+        .expect("stream")
+        .purge()
+        .filter(custodian_events::subjects::CREDENTIAL_ROTATED)
+        .await
+        .expect("purge");
+    assert_eq!(purged.purged, 1, "one credential.rotated event");
+    stack.start_vault(test_vault_config(vec![settings]));
+    stack.login_through_gateway(&unique("stale-secret")).await;
+}
+
 #[tokio::test]
 async fn the_dpo_webhook_gets_each_notification_signed_with_hmac_sha256() {
     use std::sync::{Arc, Mutex};

@@ -311,8 +311,11 @@ async fn revoke_one(
         (bundle.access(), custodian_oidc::TokenKind::Access)
     };
     drop(bundle);
-    let client = vault.clients.get(&row.platform_id).await.map_err(|e| e.to_string())?;
-    client.revoke(&secret, kind).await.map(|()| RevocationOutcome::Revoked).map_err(|e| e.to_string())
+    let secret = &secret;
+    crate::incident::with_client(vault, &row.platform_id, |client| async move { client.revoke(secret, kind).await })
+        .await
+        .map(|()| RevocationOutcome::Revoked)
+        .map_err(|e| e.to_string())
 }
 
 /// Marks done every touched revocation with no token and no wipe left pending.

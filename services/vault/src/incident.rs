@@ -182,8 +182,17 @@ pub(crate) async fn switch_secret(vault: &Vault, rotated: &CredentialRotatedV1) 
     if !vault.clients.knows(&rotated.platform_id) {
         return Ok(());
     }
+    let version = fetch_current_secret(vault, &rotated.platform_id, Some(rotated.credential_version)).await?;
+    tracing::info!(platform_id = %rotated.platform_id, version, "switched to the rotated client secret");
+    Ok(())
+}
+
+/// Asks the incident service for the platform's current client secret (sealed to a one-time
+/// key, never in clear on the bus) and switches the client to it. With `at_least`, an older
+/// version is a transient error (the rotation's row is not visible yet). Returns the version.
+async fn fetch_current_secret(vault: &Vault, platform_id: &str, at_least: Option<u32>) -> Result<i32, VaultError> {
     let key = custodian_crypto::ReplyKey::new();
-    let request = CredentialRequest { platform_id: rotated.platform_id.clone(), reply_key: key.public_base64() };
+    let request = CredentialRequest { platform_id: platform_id.to_owned(), reply_key: key.public_base64() };
     let reply: CredentialReply = custodian_bus::query(
         vault.bus.client(),
         custodian_events::incident::CREDENTIAL,
@@ -191,13 +200,14 @@ pub(crate) async fn switch_secret(vault: &Vault, rotated: &CredentialRotatedV1) 
         Duration::from_secs(10),
     )
     .await
-    .map_err(|e| VaultError::Transient(format!("the incident service did not hand over the new secret: {e}")))?;
+    .map_err(|e| VaultError::Transient(format!("the incident service did not hand over the current secret: {e}")))?;
     match reply {
         CredentialReply::Sealed { version, sealed_client_secret } => {
-            if i64::from(version) < i64::from(rotated.credential_version) {
+            if let Some(wanted) = at_least
+                && i64::from(version) < i64::from(wanted)
+            {
                 return Err(VaultError::Transient(format!(
-                    "credential version {} not yet current (have {version})",
-                    rotated.credential_version
+                    "credential version {wanted} not yet current (have {version})"
                 )));
             }
             let plain = key.open(&sealed_client_secret)?;
@@ -205,13 +215,45 @@ pub(crate) async fn switch_secret(vault: &Vault, rotated: &CredentialRotatedV1) 
                 String::from_utf8(plain.to_vec()).map_err(|_| VaultError::Invalid("secret is not text".into()))?;
             vault
                 .clients
-                .set_secret(&rotated.platform_id, SecretString::from(secret))
+                .set_secret(platform_id, SecretString::from(secret))
                 .await
                 .map_err(|e| VaultError::Transient(e.to_string()))?;
-            tracing::info!(platform_id = %rotated.platform_id, version, "switched to the rotated client secret");
-            Ok(())
+            Ok(version)
         }
         CredentialReply::NotFound => Err(VaultError::Transient("no credential for the platform yet".into())),
         CredentialReply::Error(e) => Err(VaultError::Transient(e)),
+    }
+}
+
+/// Runs one call to the OP with the platform's client. When the OP refuses the client itself
+/// (`invalid_client`: a rotation whose credential.rotated event this vault has not applied
+/// yet), the current secret is fetched from the incident service and the call made once more,
+/// so a rotation costs no failed sign-in or refresh. The OP authenticates the client before it
+/// looks at the grant, so a refused code exchange has not used up the code.
+pub(crate) async fn with_client<T, F, Fut>(vault: &Vault, platform_id: &str, call: F) -> Result<T, VaultError>
+where
+    F: Fn(custodian_oidc::OidcClient) -> Fut,
+    Fut: Future<Output = Result<T, custodian_oidc::OidcError>>,
+{
+    let client = vault.clients.get(platform_id).await?;
+    match call(client).await {
+        Err(e) if e.is_client_refused() => {
+            match fetch_current_secret(vault, platform_id, None).await {
+                Ok(version) => {
+                    tracing::info!(
+                        platform_id,
+                        version,
+                        "the OP refused our client secret; retrying with the current one"
+                    )
+                }
+                Err(fetch) => {
+                    tracing::warn!(platform_id, error = %fetch, "the OP refused our client secret and no newer one was found");
+                    return Err(e.into());
+                }
+            }
+            let client = vault.clients.get(platform_id).await?;
+            Ok(call(client).await?)
+        }
+        other => Ok(other?),
     }
 }

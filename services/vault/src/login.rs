@@ -114,14 +114,18 @@ async fn finish_login(vault: &Vault, request: LoginFinish) -> Result<PersonSessi
     let plaintext = vault.keyring.open(&envelope, &login_aad(&state_digest))?;
     let secrets: LoginSecrets =
         serde_json::from_slice(&plaintext).map_err(|_| VaultError::Invalid("login record unreadable".into()))?;
+    let (code, secrets) = (&request.code, &secrets);
+    let tokens = crate::incident::with_client(vault, &attempt.platform_id, |client| async move {
+        client
+            .exchange_code(
+                code,
+                &SecretString::from(secrets.pkce_verifier.clone()),
+                &SecretString::from(secrets.nonce.clone()),
+            )
+            .await
+    })
+    .await?;
     let client = vault.clients.get(&attempt.platform_id).await?;
-    let tokens = client
-        .exchange_code(
-            &request.code,
-            &SecretString::from(secrets.pkce_verifier.clone()),
-            &SecretString::from(secrets.nonce.clone()),
-        )
-        .await?;
     let identity = tokens.identity.clone().ok_or_else(|| VaultError::Invalid("no identity in the ID token".into()))?;
 
     // How long the record may live: the longest-lived token (introspection tells the refresh

@@ -54,8 +54,10 @@ async fn valid_access(
     let Some(refresh) = bundle.refresh() else {
         return Ok(Err("the access token expired and there is no refresh token".into()));
     };
-    let client = vault.clients.get(&row.platform_id).await?;
-    let renewed = client.refresh(&refresh).await?;
+    let refresh = &refresh;
+    let renewed =
+        crate::incident::with_client(vault, &row.platform_id, |client| async move { client.refresh(refresh).await })
+            .await?;
     vault.metrics.refreshes.inc();
     let next = TokenBundle {
         access_token: renewed.access_token.expose_secret().to_owned(),
@@ -147,8 +149,11 @@ async fn exchange(vault: &Vault, request: &HokRequest) -> Result<HokReply, Vault
             Ok(found) => found,
             Err(reason) => return Ok(HokReply::NotFound(reason)),
         };
-    let client = vault.clients.get(&row.platform_id).await?;
-    let exchanged = client.exchange_token(&access, token_type_urn(request.token_type)).await?;
+    let access_ref = &access;
+    let exchanged = crate::incident::with_client(vault, &row.platform_id, |client| async move {
+        client.exchange_token(access_ref, token_type_urn(request.token_type)).await
+    })
+    .await?;
     drop(access);
     let xml = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(exchanged.token.expose_secret().trim_end_matches('='))

@@ -81,6 +81,12 @@ impl OidcError {
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unavailable(_) | Self::Discovery(_))
     }
+
+    /// The OP did not authenticate the client (wrong or rotated secret), as opposed to refusing
+    /// the grant or token it was given.
+    pub fn is_client_refused(&self) -> bool {
+        matches!(self, Self::Refused(code) if code == "invalid_client")
+    }
 }
 
 /// The end points `openidconnect`'s core metadata type does not keep.
