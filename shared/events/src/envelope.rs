@@ -67,10 +67,11 @@ impl<T: EventData> CloudEvent<T> {
     }
 }
 
-/// The envelope with `data` not yet typed.
-type RawEvent = CloudEvent<serde_json::Value>;
+/// The envelope with `data` not yet typed: kept as the JSON text it was (no value tree is
+/// built), then parsed once into the type the envelope names.
+type RawEvent<'a> = CloudEvent<&'a serde_json::value::RawValue>;
 
-impl RawEvent {
+impl RawEvent<'_> {
     fn check_attributes(&self) -> Result<(), DecodeError> {
         if self.specversion != SPEC_VERSION {
             return Err(DecodeError::SpecVersion(self.specversion.clone()));
@@ -88,7 +89,7 @@ impl RawEvent {
     }
 
     fn into_typed<T: EventData>(self) -> Result<CloudEvent<T>, DecodeError> {
-        let data: T = serde_json::from_value(self.data)
+        let data: T = serde_json::from_str(self.data.get())
             .map_err(|error| DecodeError::Data { event_type: self.event_type.clone(), error })?;
         data.validate()?;
         Ok(CloudEvent {
