@@ -316,3 +316,68 @@ async fn a_redelivered_or_republished_event_is_chained_once() {
     let report = verify(stack.store.db(), &stack.audit_signer.public_key_base64(), None).await.expect("verify");
     assert_eq!(report.broken, None);
 }
+
+/// Two writers on one chain (a replica started beside the live one, or an operator's tool):
+/// each links its next batch to the tail it committed last, without a read; when the other
+/// moved the tail meanwhile, the primary key on `seq` refuses the batch and it is redone from
+/// the tail read back. No fork, no gap, each event once.
+#[tokio::test]
+async fn two_writers_on_one_chain_never_fork_it() {
+    use custodian_bus::{BatchHandler as _, Delivery};
+    use custodian_events::LifecycleEvent;
+
+    let stack = Stack::infrastructure().await;
+    let deps = custodian_audit::Deps {
+        store: stack.store.clone(),
+        bus: stack.bus.clone(),
+        clock: stack.clock.clone(),
+        keyring: stack.keyring.clone(),
+        signer: stack.audit_signer.clone(),
+        metrics: Default::default(),
+    };
+    let (first, second) = (
+        custodian_audit::chain_handler(&deps, audit_config(None)),
+        custodian_audit::chain_handler(&deps, audit_config(None)),
+    );
+    let batch = |from: usize| -> Vec<Delivery> {
+        (from..from + 3)
+            .map(|i| {
+                let data = ConsentGrantedV1 {
+                    issuer: "https://op.example".into(),
+                    subject: format!("writer-{i}"),
+                    platform_id: "tp-audit".into(),
+                    scopes: vec!["openid".into()],
+                    acr: None,
+                };
+                let event = LifecycleEvent::ConsentGranted(CloudEvent::new("urn:test", stack.clock.now(), data));
+                let raw = event.to_json();
+                Delivery {
+                    subject: subjects::CONSENT_GRANTED.to_owned(),
+                    event,
+                    delivered: 1,
+                    stream_sequence: i as u64,
+                    traceparent: None,
+                    raw: raw.into(),
+                }
+            })
+            .collect()
+    };
+    let ok = |results: Vec<Result<(), custodian_bus::HandlerError>>| {
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    };
+    let (b1, b2, b3, b4) = (batch(0), batch(3), batch(6), batch(9));
+    ok(first.handle(&b1).await); // seq 1-3; the first writer now knows tail 3
+    ok(second.handle(&b2).await); // reads tail 3: seq 4-6
+    ok(first.handle(&b3).await); // its tail 3 is stale: refused at seq 4, redone as 7-9
+    ok(first.handle(&b1).await); // a redelivery: nothing new
+    ok(second.handle(&b4).await); // its tail 6 is stale: redone as 10-12
+
+    let rows = chained(&stack).await;
+    let expected: Vec<String> =
+        [&b1, &b2, &b3, &b4].iter().flat_map(|b| b.iter().map(|d| d.event.id().to_owned())).collect();
+    assert_eq!(rows.iter().map(|r| r.event_id.clone()).collect::<Vec<_>>(), expected, "each event once, in order");
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=12).collect::<Vec<i64>>(), "no gap");
+    let report = verify(stack.store.db(), &stack.audit_signer.public_key_base64(), None).await.expect("verify");
+    assert_eq!(report.broken, None, "{report:?}");
+    assert_eq!(report.entries, 12);
+}

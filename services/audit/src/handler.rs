@@ -74,22 +74,44 @@ pub(crate) async fn tail<C: ConnectionTrait>(conn: &C) -> Result<(i64, String), 
         .map_or((0, chain::GENESIS.to_owned()), |e| (e.seq, e.hash)))
 }
 
-/// Appends optimistically (a batch rarely holds an event already chained: only redeliveries
-/// do); if the unique index on `event_id` says otherwise, the batch is redone checking each id.
+/// Appends optimistically: a batch rarely holds an event already chained (only redeliveries
+/// do) and the tail is usually the one this service committed last. If a unique index says
+/// otherwise (`event_id`: a redelivery; `seq`: another replica moved the tail), the batch is
+/// redone under the chain lock, from the tail read back, checking each id.
 async fn append(audit: &Audit, batch: &[Delivery]) -> Result<(), AuditError> {
-    match append_checked(audit, batch, false).await {
+    let result = match append_checked(audit, batch, false).await {
         Err(AuditError::Db(e)) if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => {
-            tracing::debug!(size = batch.len(), "batch holds events already chained; skipping them");
+            tracing::debug!(size = batch.len(), "batch holds events already chained or the tail moved; redoing it");
+            set_known_tail(audit, None);
             append_checked(audit, batch, true).await
         }
         other => other,
+    };
+    if result.is_err() {
+        set_known_tail(audit, None);
     }
+    result
+}
+
+fn set_known_tail(audit: &Audit, tail: Option<(i64, String)>) {
+    *audit.known_tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = tail;
 }
 
 async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool) -> Result<(), AuditError> {
     let now = audit.clock.now();
+    let known = if check_existing {
+        None
+    } else {
+        audit.known_tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    };
     let txn = audit.store.begin_write().await?;
-    lock_chain(&txn).await?;
+    let (seq, prev) = match known {
+        Some(tail) => tail,
+        None => {
+            lock_chain(&txn).await?;
+            tail(&txn).await?
+        }
+    };
     let ids: Vec<String> =
         if check_existing { batch.iter().map(|d| d.event.id().to_owned()).collect() } else { Vec::new() };
     let mut chained: HashSet<String> = HashSet::new();
@@ -103,74 +125,40 @@ async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool)
             .await?;
         chained.extend(existing);
     }
-    let (mut seq, mut prev) = tail(&txn).await?;
-    let every = audit.config.checkpoint_every.max(1) as i64;
-    let mut due_checkpoints = Vec::new();
-    let mut rows = Vec::new();
-    let mut privacy = Vec::new();
-    let mut in_batch: HashSet<&str> = HashSet::with_capacity(batch.len());
-    for delivery in batch {
-        let event = &delivery.event;
-        if chained.contains(event.id()) || !in_batch.insert(event.id()) {
-            continue;
-        }
-        seq += 1;
-        let payload = recorded_payload(delivery);
-        let digest = chain::digest(&payload);
-        let hash = chain::link_hash(&prev, seq, &delivery.subject, event.id(), &digest);
-        if let LifecycleEvent::TokenHokUsed(e) = event {
-            let sealed = audit.keyring.seal(e.data.caller_identity.as_bytes(), &crate::identity_aad(&e.id));
-            privacy.push(privacy_entry::ActiveModel {
-                id: Set(uuid::Uuid::new_v4().to_string()),
-                audit_seq: Set(seq),
-                event_id: Set(e.id.clone()),
-                used_at: Set(e.time),
-                platform_id: Set(e.data.platform_id.clone()),
-                caller_key_id: Set(sealed.key_id),
-                caller_wrapped_key: Set(sealed.wrapped_key),
-                caller_ciphertext: Set(sealed.ciphertext),
-                caller_organisation: Set(e.data.caller_organisation.clone()),
-                subject: Set(e.data.subject.clone()),
-                service: Set(e.data.service.clone()),
-                assertion_id: Set(e.data.assertion_id.clone()),
-                token_type: Set(serde_json::to_value(e.data.token_type)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()),
-                valid_until: Set(e.data.valid_until),
-                purpose: Set(e.data.purpose.clone()),
-            });
-        }
-        if seq % every == 0 {
-            due_checkpoints.push((seq, hash.clone()));
-        }
-        rows.push(audit_entry::Model {
-            seq,
-            recorded_at: now,
-            subject: delivery.subject.clone(),
-            event_id: event.id().to_owned(),
-            event_type: event.event_type().to_owned(),
-            event_time: event.time(),
-            payload,
-            digest,
-            prev_hash: std::mem::replace(&mut prev, hash.clone()),
-            hash,
+    let mut links = Links {
+        audit,
+        now,
+        every: audit.config.checkpoint_every.max(1) as i64,
+        seq,
+        prev,
+        chained,
+        in_batch: HashSet::with_capacity(batch.len()),
+        due_checkpoints: Vec::new(),
+        privacy: Vec::new(),
+    };
+    // Pipelined: the next chunk is linked while the database inserts this one (the insert is
+    // polled first, so its statement is on the wire before the linking starts).
+    let mut chunks = batch.chunks(INSERT_CHUNK);
+    let mut rows = chunks.next().map(|c| links.link(c)).unwrap_or_default();
+    let mut appended = 0u64;
+    while !rows.is_empty() || chunks.len() > 0 {
+        appended += rows.len() as u64;
+        let next_chunk = chunks.next();
+        let (inserted, next) = tokio::join!(insert_entries(&txn, std::mem::take(&mut rows)), async {
+            next_chunk.map(|c| links.link(c)).unwrap_or_default()
         });
+        inserted?;
+        rows = next;
     }
-    if rows.is_empty() {
-        txn.commit().await?;
-        return Ok(());
-    }
-    let appended = rows.len() as u64;
-    insert_entries(&txn, rows).await?;
-    for chunk in privacy.chunks(500) {
+    for chunk in links.privacy.chunks(500) {
         privacy_entry::Entity::insert_many(chunk.to_vec()).exec_without_returning(&txn).await?;
     }
-    let mut checkpoints = Vec::with_capacity(due_checkpoints.len());
-    for (at, hash) in due_checkpoints {
-        checkpoints.push(write_checkpoint(audit, &txn, at, &hash, now).await?);
+    let mut checkpoints = Vec::with_capacity(links.due_checkpoints.len());
+    for (at, hash) in &links.due_checkpoints {
+        checkpoints.push(write_checkpoint(audit, &txn, *at, hash, now).await?);
     }
     txn.commit().await?;
+    set_known_tail(audit, Some((links.seq, links.prev)));
     audit.metrics.appended.inc_by(appended);
     for c in &checkpoints {
         audit.export(c).await;
@@ -178,10 +166,96 @@ async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool)
     Ok(())
 }
 
+/// Rows per insert statement within a batch: small enough that linking the next chunk
+/// overlaps most of the batch's insert time, large enough to keep statements few.
+const INSERT_CHUNK: usize = 500;
+
+/// Links deliveries to the chain, continuing from the tail it was given.
+struct Links<'a> {
+    audit: &'a Audit,
+    now: DateTime<Utc>,
+    every: i64,
+    seq: i64,
+    prev: String,
+    /// Event ids already in the chain (only looked up when a batch is redone).
+    chained: HashSet<String>,
+    in_batch: HashSet<String>,
+    due_checkpoints: Vec<(i64, String)>,
+    privacy: Vec<privacy_entry::ActiveModel>,
+}
+
+impl Links<'_> {
+    fn link(&mut self, deliveries: &[Delivery]) -> Vec<audit_entry::Model> {
+        let mut rows = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let event = &delivery.event;
+            if self.chained.contains(event.id()) || !self.in_batch.insert(event.id().to_owned()) {
+                continue;
+            }
+            self.seq += 1;
+            let seq = self.seq;
+            let payload = recorded_payload(delivery);
+            let digest = chain::digest(&payload);
+            let hash = chain::link_hash(&self.prev, seq, &delivery.subject, event.id(), &digest);
+            if let LifecycleEvent::TokenHokUsed(e) = event {
+                self.privacy.push(privacy_row(self.audit, e, seq));
+            }
+            if seq % self.every == 0 {
+                self.due_checkpoints.push((seq, hash.clone()));
+            }
+            rows.push(audit_entry::Model {
+                seq,
+                recorded_at: self.now,
+                subject: delivery.subject.clone(),
+                event_id: event.id().to_owned(),
+                event_type: event.event_type().to_owned(),
+                event_time: event.time(),
+                payload,
+                digest,
+                prev_hash: std::mem::replace(&mut self.prev, hash.clone()),
+                hash,
+            });
+        }
+        rows
+    }
+}
+
+/// The privacy-log entry of a holder-of-key use, the caller identity sealed under the audit key.
+fn privacy_row(
+    audit: &Audit,
+    e: &custodian_events::CloudEvent<custodian_events::TokenHokUsedV1>,
+    seq: i64,
+) -> privacy_entry::ActiveModel {
+    let sealed = audit.keyring.seal(e.data.caller_identity.as_bytes(), &crate::identity_aad(&e.id));
+    privacy_entry::ActiveModel {
+        id: Set(uuid::Uuid::new_v4().to_string()),
+        audit_seq: Set(seq),
+        event_id: Set(e.id.clone()),
+        used_at: Set(e.time),
+        platform_id: Set(e.data.platform_id.clone()),
+        caller_key_id: Set(sealed.key_id),
+        caller_wrapped_key: Set(sealed.wrapped_key),
+        caller_ciphertext: Set(sealed.ciphertext),
+        caller_organisation: Set(e.data.caller_organisation.clone()),
+        subject: Set(e.data.subject.clone()),
+        service: Set(e.data.service.clone()),
+        assertion_id: Set(e.data.assertion_id.clone()),
+        token_type: Set(serde_json::to_value(e.data.token_type)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()),
+        valid_until: Set(e.data.valid_until),
+        purpose: Set(e.data.purpose.clone()),
+    }
+}
+
 /// Inserts chain entries. On PostgreSQL as one array per column: one statement text
 /// whatever the batch size (planned once per connection), where `insert_many` would send
 /// ten parameters per row in a `VALUES` list parsed and planned anew for each size.
 pub async fn insert_entries<C: ConnectionTrait>(conn: &C, rows: Vec<audit_entry::Model>) -> Result<(), sea_orm::DbErr> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     if conn.get_database_backend() != DbBackend::Postgres {
         let mut rows = rows.into_iter().map(audit_entry::ActiveModel::from).peekable();
         while rows.peek().is_some() {

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 pub use chain::Signer;
-pub use handler::{SEALED_IDENTITY, insert_entries};
+pub use handler::{ChainHandler, SEALED_IDENTITY, insert_entries};
 
 pub const SERVICE: &str = "audit";
 
@@ -110,6 +110,11 @@ pub(crate) struct Audit {
     pub config: AuditConfig,
     pub metrics: AuditMetrics,
     export_lock: tokio::sync::Mutex<()>,
+    /// The tail this service last committed, `(seq, hash)`: the next batch links to it without
+    /// the chain lock or a read. Sound with other replicas appending too: rows are never
+    /// deleted, so a stale tail's next `seq` is taken and the primary key refuses the batch,
+    /// which is then redone under the lock from the tail read back.
+    pub(crate) known_tail: std::sync::Mutex<Option<(i64, String)>>,
 }
 
 impl Audit {
@@ -148,16 +153,27 @@ pub fn read_checkpoints(text: &str) -> Result<Vec<audit_checkpoint::Model>, Stri
         .collect()
 }
 
-pub async fn run(deps: Deps, config: AuditConfig, shutdown: CancellationToken) -> Result<(), SupervisorError> {
-    let audit = Arc::new(Audit {
-        store: deps.store,
-        clock: deps.clock,
-        keyring: deps.keyring,
-        signer: deps.signer,
-        metrics: deps.metrics,
+fn audit(deps: &Deps, config: AuditConfig) -> Arc<Audit> {
+    Arc::new(Audit {
+        store: deps.store.clone(),
+        clock: deps.clock.clone(),
+        keyring: deps.keyring.clone(),
+        signer: deps.signer.clone(),
+        metrics: deps.metrics.clone(),
         export_lock: tokio::sync::Mutex::new(()),
+        known_tail: std::sync::Mutex::new(None),
         config,
-    });
+    })
+}
+
+/// The chain's batch handler on its own, without a consumer: what `run` feeds from the
+/// stream, for tests that play two writers against one chain.
+pub fn chain_handler(deps: &Deps, config: AuditConfig) -> handler::ChainHandler {
+    handler::ChainHandler { audit: audit(deps, config) }
+}
+
+pub async fn run(deps: Deps, config: AuditConfig, shutdown: CancellationToken) -> Result<(), SupervisorError> {
+    let audit = audit(&deps, config);
     let mut tasks = Supervisor::new(shutdown.clone());
     let mut spec = ConsumerSpec::new(SERVICE, "chain", &[subjects::ALL]);
     spec.batch = audit.config.batch.max(1);
