@@ -23,7 +23,7 @@ async fn chained(stack: &Stack) -> Vec<audit_entry::Model> {
 }
 
 async fn wait_for_chain(stack: &Stack, at_least: usize) -> Vec<audit_entry::Model> {
-    eventually("the audit chain to catch up", Duration::from_secs(20), || async {
+    eventually("the audit chain to catch up", Duration::from_secs(40), || async {
         let rows = chained(stack).await;
         (rows.len() >= at_least).then_some(rows)
     })
@@ -38,7 +38,7 @@ async fn every_event_of_a_revocation_is_chained_once_in_stream_order() {
     stack.start_audit(audit_config(None));
     let person = unique("ivan");
     let (browser, cookie, _) = stack.login_through_gateway(&person).await;
-    eventually("the login's grant in the ledger", Duration::from_secs(15), || async {
+    eventually("the login's grant in the ledger", Duration::from_secs(30), || async {
         let q = custodian_events::queries::ConsentQuery { subject: Some(person.clone()), ..Default::default() };
         (!stack.ledger(q).await.is_empty()).then_some(())
     })
@@ -52,7 +52,7 @@ async fn every_event_of_a_revocation_is_chained_once_in_stream_order() {
         browser.delete(stack.url(&format!("/v1/me/consents/{}", client.client_id))).send().await.expect("revoke");
     assert_eq!(revoked.status(), StatusCode::ACCEPTED);
     let revocation_id = revoked.json::<Value>().await.expect("body")["revocation_id"].as_str().expect("id").to_owned();
-    eventually("the revocation to finish", Duration::from_secs(20), || async {
+    eventually("the revocation to finish", Duration::from_secs(40), || async {
         let r = stack
             .http
             .get(stack.url(&format!("/v1/revocations/{revocation_id}")))
