@@ -88,15 +88,20 @@ async fn every_event_of_a_revocation_is_chained_once_in_stream_order() {
     assert_eq!(report.entries as usize, stream_ids.len());
 }
 
+/// A grant to the audit tests' platform.
+fn grant(subject: String) -> ConsentGrantedV1 {
+    ConsentGrantedV1 {
+        issuer: "https://op.example".into(),
+        subject,
+        platform_id: "tp-audit".into(),
+        scopes: vec!["openid".into()],
+        acr: None,
+    }
+}
+
 async fn publish_grants(stack: &Stack, n: usize) {
     for i in 0..n {
-        let data = ConsentGrantedV1 {
-            issuer: "https://op.example".into(),
-            subject: format!("tamper-{i}"),
-            platform_id: "tp-audit".into(),
-            scopes: vec!["openid".into()],
-            acr: None,
-        };
+        let data = grant(format!("tamper-{i}"));
         stack.publish(subjects::CONSENT_GRANTED, &CloudEvent::new("urn:test", stack.clock.now(), data)).await;
     }
 }
@@ -291,14 +296,7 @@ async fn ten_holder_of_key_uses_make_ten_privacy_log_entries_readable_by_the_dpo
 async fn a_redelivered_or_republished_event_is_chained_once() {
     let mut stack = Stack::infrastructure().await;
     stack.start_audit(audit_config(None));
-    let data = ConsentGrantedV1 {
-        issuer: "https://op.example".into(),
-        subject: "dup".into(),
-        platform_id: "tp-audit".into(),
-        scopes: vec!["openid".into()],
-        acr: None,
-    };
-    let event = CloudEvent::new("urn:test", stack.clock.now(), data);
+    let event = CloudEvent::new("urn:test", stack.clock.now(), grant("dup".into()));
     stack.publish(subjects::CONSENT_GRANTED, &event).await;
     wait_for_chain(&stack, 1).await;
     // The same CloudEvent again, without a Nats-Msg-Id: the stream cannot de-duplicate it.
@@ -342,13 +340,7 @@ async fn two_writers_on_one_chain_never_fork_it() {
     let batch = |from: usize| -> Vec<Delivery> {
         (from..from + 3)
             .map(|i| {
-                let data = ConsentGrantedV1 {
-                    issuer: "https://op.example".into(),
-                    subject: format!("writer-{i}"),
-                    platform_id: "tp-audit".into(),
-                    scopes: vec!["openid".into()],
-                    acr: None,
-                };
+                let data = grant(format!("writer-{i}"));
                 let event = LifecycleEvent::ConsentGranted(CloudEvent::new("urn:test", stack.clock.now(), data));
                 let raw = event.to_json();
                 Delivery {

@@ -97,6 +97,27 @@ async fn people_with_sessions(stack: &mut Stack, platform: &str, n: usize) -> Ve
 }
 
 /// The current client secret, as stored (sealed) by the incident service.
+/// Asks the incident service for a planned rotation (`custodian.incident.rotate`), waiting
+/// for it to answer; the rotation's id.
+async fn request_rotation(stack: &Stack, platform: &str) -> String {
+    let request =
+        custodian_events::incident::RotateRequest { platform_id: platform.to_owned(), requested_by: "test".into() };
+    let reply: custodian_events::incident::RotateReply =
+        eventually("the incident service to answer", Duration::from_secs(10), || async {
+            custodian_bus::query(
+                stack.bus.client(),
+                custodian_events::incident::ROTATE,
+                &request,
+                Duration::from_secs(2),
+            )
+            .await
+            .ok()
+        })
+        .await;
+    let custodian_events::incident::RotateReply::Started { rotation_id } = reply else { panic!("refused: {reply:?}") };
+    rotation_id
+}
+
 async fn stored_secrets(stack: &Stack, platform: &str) -> Vec<(i32, String, String)> {
     let rows = credential::Entity::find()
         .filter(credential::Column::PlatformId.eq(platform))
@@ -295,21 +316,7 @@ async fn a_planned_rotation_replaces_the_secret_without_downtime() {
     let platform = client.client_id.clone();
     stack.start_vault(test_vault_config(vec![settings]));
     stack.start_incident(incident_config(&stack, &smtp, &client));
-    let request =
-        custodian_events::incident::RotateRequest { platform_id: platform.clone(), requested_by: "test".into() };
-    let reply: custodian_events::incident::RotateReply =
-        eventually("the incident service to answer", Duration::from_secs(10), || async {
-            custodian_bus::query(
-                stack.bus.client(),
-                custodian_events::incident::ROTATE,
-                &request,
-                Duration::from_secs(2),
-            )
-            .await
-            .ok()
-        })
-        .await;
-    let custodian_events::incident::RotateReply::Started { rotation_id } = reply else { panic!("refused: {reply:?}") };
+    let rotation_id = request_rotation(&stack, &platform).await;
     let done = closed(&stack, &rotation_id, Duration::from_secs(30)).await;
     assert_eq!(done.kind, "planned_rotation");
     assert_eq!(done.steps.len(), 1);
@@ -335,21 +342,7 @@ async fn a_vault_holding_a_rotated_out_secret_fetches_the_current_one_when_the_o
     let (client, settings) = stack.register_platform().await;
     let platform = client.client_id.clone();
     stack.start_incident(incident_config(&stack, &smtp, &client));
-    let request =
-        custodian_events::incident::RotateRequest { platform_id: platform.clone(), requested_by: "test".into() };
-    let reply: custodian_events::incident::RotateReply =
-        eventually("the incident service to answer", Duration::from_secs(10), || async {
-            custodian_bus::query(
-                stack.bus.client(),
-                custodian_events::incident::ROTATE,
-                &request,
-                Duration::from_secs(2),
-            )
-            .await
-            .ok()
-        })
-        .await;
-    let custodian_events::incident::RotateReply::Started { rotation_id } = reply else { panic!("refused: {reply:?}") };
+    let rotation_id = request_rotation(&stack, &platform).await;
     closed(&stack, &rotation_id, Duration::from_secs(30)).await;
     assert_eq!(
         stack.provider.introspect(&platform, &client.client_secret, "x").await["error"],

@@ -82,7 +82,6 @@ async fn append(audit: &Audit, batch: &[Delivery]) -> Result<(), AuditError> {
     let result = match append_checked(audit, batch, false).await {
         Err(AuditError::Db(e)) if matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => {
             tracing::debug!(size = batch.len(), "batch holds events already chained or the tail moved; redoing it");
-            set_known_tail(audit, None);
             append_checked(audit, batch, true).await
         }
         other => other,
@@ -93,17 +92,18 @@ async fn append(audit: &Audit, batch: &[Delivery]) -> Result<(), AuditError> {
     result
 }
 
+fn known_tail(audit: &Audit) -> std::sync::MutexGuard<'_, Option<(i64, String)>> {
+    audit.known_tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn set_known_tail(audit: &Audit, tail: Option<(i64, String)>) {
-    *audit.known_tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = tail;
+    *known_tail(audit) = tail;
 }
 
 async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool) -> Result<(), AuditError> {
     let now = audit.clock.now();
-    let known = if check_existing {
-        None
-    } else {
-        audit.known_tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
-    };
+    // A redo reads the tail back: the remembered one is what was just refused.
+    let known = if check_existing { None } else { known_tail(audit).clone() };
     let txn = audit.store.begin_write().await?;
     let (seq, prev) = match known {
         Some(tail) => tail,
