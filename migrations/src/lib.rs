@@ -11,6 +11,8 @@ mod m20261124_000004_vault;
 mod m20261124_000005_audit;
 mod m20261124_000006_incidents;
 mod m20261124_000007_consent_storage;
+mod m20261129_000008_consent_idle_day;
+mod m20261129_000009_outbox_pending_index;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -26,6 +28,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000005_audit::Migration),
             Box::new(m20261124_000006_incidents::Migration),
             Box::new(m20261124_000007_consent_storage::Migration),
+            Box::new(m20261129_000008_consent_idle_day::Migration),
+            Box::new(m20261129_000009_outbox_pending_index::Migration),
         ]
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use custodian_bus::Outgoing;
-use custodian_events::queries::ConsentQuery;
+use custodian_events::queries::{self, ConsentQuery, IdleCursor, IdleQuery, IdleReply};
 use custodian_events::*;
 use custodian_store::entities::sweep;
 use custodian_store::sea_orm::EntityTrait;
@@ -154,6 +154,80 @@ async fn activity_seen_after_the_scan_cancels_that_expiry() {
         (state(&idle).as_deref() == Some("expired") && state(&seen_again).as_deref() == Some("granted")).then_some(())
     })
     .await;
+}
+
+/// The idle scan's index ranges over the UTC day a consent was last seen; the exact instant
+/// decides. Consents seen over several days, on both sides of the cut within its day, paged
+/// two at a time: each idle one comes back exactly once, no fresh one does.
+#[tokio::test]
+async fn the_idle_scan_pages_across_days_and_cuts_at_the_exact_instant() {
+    let stack = Stack::start().await;
+    let run = unique("days");
+    let platform = format!("{run}-tp");
+    let cut_day = stack.clock.now().date_naive() - chrono::Duration::days(10);
+    let cut = cut_day.and_hms_opt(12, 0, 0).expect("noon").and_utc();
+    let at = |days: i64, seconds: i64| cut + chrono::Duration::days(days) + chrono::Duration::seconds(seconds);
+    // (name, last seen) — idle when last seen before the cut.
+    let seen = [
+        ("three-days-before-morning", at(-3, -3 * 3600)),
+        ("three-days-before-evening", at(-3, 8 * 3600)),
+        ("two-days-before", at(-2, 0)),
+        ("day-before-late", at(-1, 11 * 3600 + 59 * 60)),
+        ("cut-day-morning", at(0, -3600)),
+        ("a-second-before-the-cut", at(0, -1)),
+        ("at-the-cut", at(0, 0)),
+        ("a-second-after-the-cut", at(0, 1)),
+        ("cut-day-evening", at(0, 3600)),
+        ("next-day", at(1, 0)),
+        ("seen-again-after-the-cut", at(-2, 600)),
+    ];
+    let grants: Vec<Outgoing> = seen.iter().map(|(name, t)| grant(&format!("{run}-{name}"), &platform, *t)).collect();
+    assert!(stack.bus.publish_all(&grants, 16).await.iter().all(Result::is_ok));
+    let again = CloudEvent::new(
+        "urn:test",
+        at(0, 7200),
+        ActivitySeenV1 {
+            issuer: ISSUER.into(),
+            subject: format!("{run}-seen-again-after-the-cut"),
+            platform_id: platform.clone(),
+        },
+    );
+    stack.publish(subjects::ACTIVITY_SEEN, &again).await;
+    eventually("the grants and the activity applied", Duration::from_secs(20), || async {
+        let views = stack.ledger(ConsentQuery { platform_id: Some(platform.clone()), ..Default::default() }).await;
+        let moved = views
+            .iter()
+            .any(|v| v.subject.ends_with("seen-again-after-the-cut") && v.last_seen_at == Some(at(0, 7200)));
+        (views.len() == seen.len() && moved).then_some(())
+    })
+    .await;
+
+    let mut found = Vec::new();
+    let mut after = None;
+    let mut total = None;
+    loop {
+        let question = IdleQuery { platform_id: platform.clone(), idle_before: cut, after, limit: 2, with_total: true };
+        let reply: IdleReply =
+            custodian_bus::query(stack.bus.client(), queries::IDLE_CONSENTS, &question, Duration::from_secs(5))
+                .await
+                .expect("idle query");
+        let IdleReply::Page { consents, total: page_total } = reply else { panic!("unexpected reply {reply:?}") };
+        total = total.or(page_total);
+        let Some(last) = consents.last() else { break };
+        after = Some(IdleCursor { last_seen_at: last.last_seen_at, consent_key: last.consent_key.clone() });
+        assert!(consents.iter().all(|c| c.last_seen_at < cut), "only consents last seen before the cut: {consents:?}");
+        found.extend(consents.iter().map(|c| c.subject.trim_start_matches(&format!("{run}-")).to_owned()));
+    }
+    let mut expected: Vec<String> = seen
+        .iter()
+        .filter(|(name, t)| *t < cut && !name.starts_with("seen-again"))
+        .map(|(name, _)| (*name).to_owned())
+        .collect();
+    expected.sort();
+    let mut sorted = found.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected, "every idle consent once, in pages of two: {found:?}");
+    assert_eq!(total, Some(expected.len() as u64));
 }
 
 #[tokio::test]

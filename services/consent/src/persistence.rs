@@ -553,22 +553,23 @@ pub async fn query<C: ConnectionTrait>(conn: &C, q: &ConsentQuery) -> Result<Vec
 }
 
 /// One page of granted consents of `platform_id` last seen before `idle_before`, in
-/// `(last_seen_at, consent_key)` order after the cursor: a range scan of the
+/// `(last_seen_day, consent_key)` order after the cursor: a range scan of the
 /// `consents_idle_scan` index, so memory and time per page do not depend on the table size.
+///
+/// The index keys on the UTC day (migration `m20261129_000008`); the exact instant is
+/// filtered on the row. The cursor is the last row returned, whose day is that of its
+/// `last_seen_at`.
 pub async fn idle_page<C: ConnectionTrait>(conn: &C, q: &IdleQuery) -> Result<Vec<IdleConsent>, DbErr> {
     use custodian_store::sea_orm::sea_query::{Expr, ExprTrait};
-    let mut find = consent::Entity::find()
-        .filter(consent::Column::PlatformId.eq(q.platform_id.as_str()))
-        .filter(consent::Column::LastSeenAt.lt(q.idle_before))
-        .filter(consent::Column::State.eq("granted"));
+    let mut find = idle_filter(consent::Entity::find(), q);
     if let Some(after) = &q.after {
-        find = find.filter(
-            Expr::tuple([Expr::col(consent::Column::LastSeenAt), Expr::col(consent::Column::ConsentKey)])
-                .gt(Expr::tuple([Expr::value(after.last_seen_at), Expr::value(after.consent_key.clone())])),
-        );
+        find =
+            find.filter(Expr::tuple([Expr::col(LAST_SEEN_DAY), Expr::col(consent::Column::ConsentKey)]).gt(
+                Expr::tuple([Expr::value(after.last_seen_at.date_naive()), Expr::value(after.consent_key.clone())]),
+            ));
     }
     let rows = find
-        .order_by_asc(consent::Column::LastSeenAt)
+        .order_by_asc(Expr::col(LAST_SEEN_DAY))
         .order_by_asc(consent::Column::ConsentKey)
         .limit(q.limit.clamp(1, MAX_QUERY_LIMIT))
         .all(conn)
@@ -587,14 +588,34 @@ pub async fn idle_page<C: ConnectionTrait>(conn: &C, q: &IdleQuery) -> Result<Ve
         .collect())
 }
 
-pub async fn idle_count<C: ConnectionTrait>(conn: &C, q: &IdleQuery) -> Result<u64, DbErr> {
-    use custodian_store::sea_orm::PaginatorTrait;
-    consent::Entity::find()
-        .filter(consent::Column::PlatformId.eq(q.platform_id.as_str()))
+/// The generated column the sweep's index keys on (not in the entity: nobody writes it).
+#[derive(Clone, Copy)]
+struct LastSeenDay;
+
+impl custodian_store::sea_orm::sea_query::Iden for LastSeenDay {
+    fn unquoted(&self) -> &str {
+        "last_seen_day"
+    }
+}
+
+const LAST_SEEN_DAY: LastSeenDay = LastSeenDay;
+
+/// Granted consents of the query's platform last seen before `idle_before`: the day bound
+/// lets the index range over days, the instant bound decides.
+fn idle_filter(
+    find: custodian_store::sea_orm::Select<consent::Entity>,
+    q: &IdleQuery,
+) -> custodian_store::sea_orm::Select<consent::Entity> {
+    use custodian_store::sea_orm::sea_query::{Expr, ExprTrait};
+    find.filter(consent::Column::PlatformId.eq(q.platform_id.as_str()))
+        .filter(Expr::col(LAST_SEEN_DAY).lte(q.idle_before.date_naive()))
         .filter(consent::Column::LastSeenAt.lt(q.idle_before))
         .filter(consent::Column::State.eq("granted"))
-        .count(conn)
-        .await
+}
+
+pub async fn idle_count<C: ConnectionTrait>(conn: &C, q: &IdleQuery) -> Result<u64, DbErr> {
+    use custodian_store::sea_orm::PaginatorTrait;
+    idle_filter(consent::Entity::find(), q).count(conn).await
 }
 
 /// Platforms with at least one granted consent.

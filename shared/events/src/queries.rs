@@ -66,7 +66,8 @@ pub const PLATFORMS: &str = "custodian.query.platforms";
 /// One sweep's progress (answered by the sweeper).
 pub const SWEEPS: &str = "custodian.query.sweeps";
 
-/// Keyset position in the `(platform_id, last_seen_at, consent_key)` index.
+/// Keyset position in the sweep's `(platform_id, last_seen_day, consent_key)` index: the last
+/// consent returned (its day is that of `last_seen_at`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdleCursor {

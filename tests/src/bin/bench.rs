@@ -216,7 +216,30 @@ async fn custodian_ingest(bus: &Bus, url: &str, events: &[LifecycleEvent]) -> (D
     let apply = start.elapsed();
     shutdown.cancel();
     let _ = task.await;
+    drop(store);
+    print_update_kinds(url).await;
     (publish, apply)
+}
+
+/// How many updates of the ledger and the outbox were HOT (no index writes): informational,
+/// from PostgreSQL's statistics (flushed by the backends within a second or so).
+async fn print_update_kinds(url: &str) {
+    use custodian_store::sea_orm::{ConnectionTrait, DbBackend, Statement};
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let Ok(fresh) = Store::connect(url, 1).await else { return };
+    let sql = "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables \
+               WHERE relname IN ('consents', 'consent_history', 'outbox') ORDER BY relname";
+    let Ok(rows) = fresh.db().query_all_raw(Statement::from_string(DbBackend::Postgres, sql)).await else { return };
+    for row in rows {
+        let get = |c: &str| row.try_get::<i64>("", c).unwrap_or(-1);
+        let name: String = row.try_get("", "relname").unwrap_or_default();
+        println!(
+            "  postgres {name:<16} inserted {:>7}  updated {:>7}  of which HOT {:>7}",
+            get("n_tup_ins"),
+            get("n_tup_upd"),
+            get("n_tup_hot_upd")
+        );
+    }
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
@@ -291,11 +314,11 @@ async fn sweep_bench(n: usize) {
         loop {
             let (sql, values): (&str, Vec<custodian_store::sea_orm::Value>) = match &cursor {
                 None => (
-                    "SELECT consent_key, last_seen_at FROM consents WHERE platform_id = $1 AND last_seen_at < $2 AND state = 'granted' ORDER BY last_seen_at, consent_key LIMIT 1000",
+                    "SELECT consent_key, last_seen_at FROM consents WHERE platform_id = $1 AND last_seen_day <= ($2 AT TIME ZONE 'UTC')::date AND last_seen_at < $2 AND state = 'granted' ORDER BY last_seen_day, consent_key LIMIT 1000",
                     vec![format!("tp-{p}").into(), idle_before.into()],
                 ),
                 Some((t, k)) => (
-                    "SELECT consent_key, last_seen_at FROM consents WHERE platform_id = $1 AND last_seen_at < $2 AND state = 'granted' AND (last_seen_at, consent_key) > ($3, $4) ORDER BY last_seen_at, consent_key LIMIT 1000",
+                    "SELECT consent_key, last_seen_at FROM consents WHERE platform_id = $1 AND last_seen_day <= ($2 AT TIME ZONE 'UTC')::date AND last_seen_at < $2 AND state = 'granted' AND (last_seen_day, consent_key) > (($3 AT TIME ZONE 'UTC')::date, $4) ORDER BY last_seen_day, consent_key LIMIT 1000",
                     vec![format!("tp-{p}").into(), idle_before.into(), (*t).into(), k.clone().into()],
                 ),
             };
