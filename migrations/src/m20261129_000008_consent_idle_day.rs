@@ -4,9 +4,15 @@
 //! Activity reports are the ledger's most frequent write. With `last_seen_at` in an index,
 //! every report was a non-HOT update on PostgreSQL: a new tuple plus an entry in each of the
 //! table's three indexes. Keyed on the day (a generated column), a report on a day the
-//! consent was already seen changes no indexed value and is a HOT update (the page has room:
-//! `fillfactor = 80`). Idleness is counted in days, so the sweep loses nothing: it ranges
-//! over days in the index and filters the exact instant on the row.
+//! consent was already seen changes no indexed value and can be a HOT update. Idleness is
+//! counted in days, so the sweep loses nothing: it ranges over days in the index and filters
+//! the exact instant on the row.
+//!
+//! A HOT update needs room on the row's own page, and a batch updates many neighbours at
+//! once (rows granted together are seen together) before any old version can be pruned.
+//! `fillfactor = 50` leaves room for one new version of every row on the page: measured on
+//! the consent bench, 49% of updates were HOT at 80, 99% at 50. The table is twice as large
+//! on disk (about 0.5 GB per million consents).
 //!
 //! PostgreSQL: a STORED generated column (adding it rewrites the table once). SQLite: a
 //! VIRTUAL one (SQLite cannot add a STORED column), computed by `date()` from the stored
