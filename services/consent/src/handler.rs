@@ -4,7 +4,7 @@
 //! No inbox: joining a fact twice changes nothing (see [`ledger::apply_fact`]), so a
 //! redelivered event writes no row, no history and no `consent.ended`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use custodian_bus::{BatchHandler, Delivery, HandlerError, RelayHandle};
 use custodian_events::{CloudEvent, ConsentEndedV1, ConsentKey, LifecycleEvent, derived_event_id, subjects};
@@ -101,7 +101,8 @@ impl LedgerHandler {
             match fact_of(&delivery.event) {
                 Some((key, fact)) => {
                     results.push(Ok(()));
-                    facts.push((delivery, key, fact));
+                    let digest = persistence::digest(&key);
+                    facts.push((delivery, key, fact, digest));
                 }
                 None => results.push(Err(HandlerError::Permanent(format!(
                     "{} is not a consent fact (consumer filter misconfigured?)",
@@ -123,21 +124,21 @@ impl LedgerHandler {
         }
         // Write first: on SQLite the transaction then holds the write lock from its first
         // statement (a read first could not upgrade once another writer committed).
-        let keys: Vec<ConsentKey> = facts.iter().map(|(_, k, _)| k.clone()).collect();
+        let keys: Vec<(&str, &ConsentKey)> = facts.iter().map(|(_, k, _, d)| (d.as_str(), k)).collect();
         let persistence::Loaded { mut consents, new_keys } = persistence::lock_and_load(&txn, &keys, now).await?;
 
-        let mut changed: HashSet<String> = HashSet::new();
+        // Changed consents, and whether only activity reports changed them (a narrower write).
+        let mut changed: HashMap<&str, bool> = HashMap::new();
         let mut history = Vec::new();
         let mut outgoing = Vec::new();
         let mut counts: HashMap<&str, u64> = HashMap::new();
-        for (delivery, key, fact) in &facts {
+        for (delivery, key, fact, digest) in &facts {
             let event_id = delivery.event.id();
             let span = tracing::debug_span!("on_consent_fact", event_id, subject = %delivery.subject, platform_id = %key.platform_id);
             custodian_telemetry::adopt_remote_parent(&span, delivery.traceparent.as_deref());
             let _entered = span.enter();
 
-            let digest = persistence::digest(key);
-            let Some(consent) = consents.get_mut(&digest) else {
+            let Some(consent) = consents.get_mut(digest) else {
                 continue;
             };
             let status_before = consent.status();
@@ -149,12 +150,13 @@ impl LedgerHandler {
                 continue;
             }
             let status_after = consent.status();
-            changed.insert(digest.clone());
+            let seen = matches!(fact, Fact::Seen { .. });
+            *changed.entry(digest.as_str()).or_insert(true) &= seen;
             *counts.entry(delivery.event.event_type()).or_default() += 1;
             // Activity is too frequent to keep each one; it is in history when it changes status.
-            if !matches!(fact, Fact::Seen { .. }) || status_before != status_after {
+            if !seen || status_before != status_after {
                 history.push(persistence::history_row(
-                    &digest,
+                    digest,
                     event_id,
                     delivery.event.event_type(),
                     delivery.event.time(),
@@ -180,7 +182,13 @@ impl LedgerHandler {
             debug_assert!(status_after != Status::Unknown || consent.grant.is_none());
         }
 
-        let to_save: Vec<&ledger::Consent> = changed.iter().filter_map(|d| consents.get(d)).collect();
+        let to_save: Vec<persistence::Changed<'_>> = changed
+            .iter()
+            .filter_map(|(digest, seen_only)| {
+                let consent = consents.get(*digest)?;
+                Some(persistence::Changed { digest, consent, seen_only: *seen_only })
+            })
+            .collect();
         persistence::save_all(&txn, to_save, &new_keys, now).await?;
         persistence::append_history(&txn, history).await?;
         let ended = outgoing.len() as u64;

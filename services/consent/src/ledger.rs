@@ -86,36 +86,44 @@ impl Consent {
         Self { key, grant: None, revoke: None, expire: None, last_seen_at: None }
     }
 
-    /// Joins `fact` into the state. Returns whether anything changed.
+    /// Joins `fact` into the state. Returns whether anything changed: each part is replaced
+    /// only by a strictly later one, so "replaced" is "changed" (no copy to compare with:
+    /// this runs for every event the ledger receives).
     pub fn apply(&mut self, fact: &Fact) -> bool {
-        let before = self.clone();
         match fact {
             Fact::Granted(g) => {
-                if self.grant.as_ref().is_none_or(|cur| (g.at, &g.event_id) > (cur.at, &cur.event_id)) {
+                let newer = self.grant.as_ref().is_none_or(|cur| (g.at, &g.event_id) > (cur.at, &cur.event_id));
+                if newer {
                     self.grant = Some(g.clone());
                 }
-                self.see(g.at);
+                let seen = self.see(g.at);
+                newer || seen
             }
             Fact::Revoked(r) => {
-                if self.revoke.as_ref().is_none_or(|cur| (r.at, &r.event_id) > (cur.at, &cur.event_id)) {
+                let newer = self.revoke.as_ref().is_none_or(|cur| (r.at, &r.event_id) > (cur.at, &cur.event_id));
+                if newer {
                     self.revoke = Some(r.clone());
                 }
+                newer
             }
             Fact::Expired(e) => {
                 let newer = |cur: &Expire| (e.idle_since, e.at, &e.event_id) > (cur.idle_since, cur.at, &cur.event_id);
-                if self.expire.as_ref().is_none_or(newer) {
+                let newer = self.expire.as_ref().is_none_or(newer);
+                if newer {
                     self.expire = Some(e.clone());
                 }
+                newer
             }
             Fact::Seen { at } => self.see(*at),
         }
-        *self != before
     }
 
-    fn see(&mut self, at: DateTime<Utc>) {
-        if self.last_seen_at.is_none_or(|cur| at > cur) {
+    fn see(&mut self, at: DateTime<Utc>) -> bool {
+        let later = self.last_seen_at.is_none_or(|cur| at > cur);
+        if later {
             self.last_seen_at = Some(at);
         }
+        later
     }
 
     /// The expiry, if it still counts (nobody was seen after its `idle_since`).
@@ -353,6 +361,17 @@ mod tests {
 
             prop_assert_eq!(&replayed, &in_order);
             prop_assert_eq!(replayed.status(), in_order.status());
+        }
+
+        /// `changed` says exactly whether the state differs from before the fact.
+        #[test]
+        fn changed_means_the_state_differs(facts in proptest::collection::vec(arb_fact(), 1..300)) {
+            let mut consent = Consent::new(key());
+            for f in &facts {
+                let before = consent.clone();
+                let applied = apply_fact(&mut consent, f);
+                prop_assert_eq!(applied.changed, consent != before, "{:?} on {:?}", f, before);
+            }
         }
 
         /// A fact joined before — a redelivery — changes nothing and ends nothing, whatever

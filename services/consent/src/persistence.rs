@@ -97,15 +97,15 @@ pub fn to_row(c: &Consent, now: DateTime<Utc>) -> consent::ActiveModel {
 /// the transaction's first statement is a write and it holds the single writer lock.
 pub async fn lock_and_load<C: ConnectionTrait>(
     conn: &C,
-    keys: &[ConsentKey],
+    keys: &[(&str, &ConsentKey)],
     now: DateTime<Utc>,
 ) -> Result<Loaded, DbErr> {
-    let mut sorted: Vec<(String, &ConsentKey)> = keys.iter().map(|k| (digest(k), k)).collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut sorted: Vec<(&str, &ConsentKey)> = keys.to_vec();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
     sorted.dedup_by(|a, b| a.0 == b.0);
     let mut loaded = Loaded::default();
     if conn.get_database_backend() == DbBackend::Postgres {
-        let digests: Vec<String> = sorted.iter().map(|(d, _)| d.clone()).collect();
+        let digests: Vec<String> = sorted.iter().map(|(d, _)| (*d).to_owned()).collect();
         let statement = Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT * FROM consents WHERE consent_key = ANY($1) ORDER BY consent_key FOR UPDATE",
@@ -115,9 +115,9 @@ pub async fn lock_and_load<C: ConnectionTrait>(
             loaded.consents.insert(row.consent_key.clone(), from_row(&row));
         }
         for (d, k) in sorted {
-            if !loaded.consents.contains_key(&d) {
-                loaded.consents.insert(d.clone(), Consent::new(k.clone()));
-                loaded.new_keys.insert(d);
+            if !loaded.consents.contains_key(d) {
+                loaded.consents.insert(d.to_owned(), Consent::new(k.clone()));
+                loaded.new_keys.insert(d.to_owned());
             }
         }
         return Ok(loaded);
@@ -226,7 +226,7 @@ impl NullBits {
 }
 
 impl ConsentColumns {
-    fn push(&mut self, c: &Consent, now: DateTime<Utc>) {
+    fn push(&mut self, digest: &str, c: &Consent, now: DateTime<Utc>) {
         let (grant, revoke, expire) = (c.grant.as_ref(), c.revoke.as_ref(), c.expire.as_ref());
         let mut n = NullBits { bits: 0, placeholder_time: now };
         n.text("acr", &mut self.acr, grant.and_then(|g| g.acr.as_deref()));
@@ -242,7 +242,7 @@ impl ConsentColumns {
         n.time("last_seen_at", &mut self.last_seen_at, c.last_seen_at);
         n.time("ended_at", &mut self.ended_at, c.ended_at());
         self.nulls.push(n.bits);
-        self.consent_key.push(digest(&c.key));
+        self.consent_key.push(digest.to_owned());
         self.issuer.push(c.key.issuer.clone());
         self.subject.push(c.key.subject.clone());
         self.platform_id.push(c.key.platform_id.clone());
@@ -375,20 +375,72 @@ fn insert_sql() -> &'static str {
     })
 }
 
-/// Writes the changed consents. On PostgreSQL new rows and updates are one statement each,
-/// the rows travelling as arrays ([`ConsentColumns`]). A new key that a concurrent replica
-/// inserted first makes the batch fail (transient), so it is retried on the fresh row
-/// instead of overwriting it.
+/// A consent a batch changed.
+#[derive(Debug)]
+pub struct Changed<'a> {
+    pub digest: &'a str,
+    pub consent: &'a Consent,
+    /// Only activity reports changed it: its sign of life and what follows from it (status,
+    /// end) are all there is to write.
+    pub seen_only: bool,
+}
+
+/// The columns an activity report can change, as arrays: the most frequent write, kept
+/// narrow (no grant, revocation or expiry columns to send, unnest and assign).
+#[derive(Debug, Default)]
+struct SeenColumns {
+    consent_key: Vec<String>,
+    last_seen_at: Vec<DateTime<Utc>>,
+    state: Vec<String>,
+    ended_at: Vec<DateTime<Utc>>,
+    has_ended: Vec<bool>,
+}
+
+impl SeenColumns {
+    fn push(&mut self, digest: &str, c: &Consent, now: DateTime<Utc>) {
+        let ended_at = c.ended_at();
+        self.consent_key.push(digest.to_owned());
+        // Never the placeholder: a consent changed by an activity report has been seen.
+        self.last_seen_at.push(c.last_seen_at.unwrap_or(now));
+        self.state.push(c.status().as_str().to_owned());
+        self.has_ended.push(ended_at.is_some());
+        self.ended_at.push(ended_at.unwrap_or(now));
+    }
+}
+
+const SEEN_UPDATE: &str = "UPDATE consents AS c SET last_seen_at = r.last_seen_at, state = r.state, \
+     ended_at = CASE WHEN r.has_ended THEN r.ended_at END, updated_at = $6 \
+     FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::timestamptz[], $5::bool[]) \
+     AS r(consent_key, last_seen_at, state, ended_at, has_ended) \
+     WHERE c.consent_key = r.consent_key AND c.consent_key = ANY($1::text[])";
+
+/// Writes the changed consents. On PostgreSQL new rows, updates and activity-only updates
+/// are one statement each, the rows travelling as arrays ([`ConsentColumns`],
+/// [`SeenColumns`]). A new key that a concurrent replica inserted first makes the batch fail
+/// (transient), so it is retried on the fresh row instead of overwriting it.
 pub async fn save_all<C: ConnectionTrait>(
     conn: &C,
-    consents: Vec<&Consent>,
+    consents: Vec<Changed<'_>>,
     new_keys: &std::collections::HashSet<String>,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
     if conn.get_database_backend() == DbBackend::Postgres {
-        let (mut inserts, mut updates) = (ConsentColumns::default(), ConsentColumns::default());
-        for c in consents {
-            if new_keys.contains(&digest(&c.key)) { inserts.push(c, now) } else { updates.push(c, now) }
+        let (mut inserts, mut updates, mut seen) =
+            (ConsentColumns::default(), ConsentColumns::default(), SeenColumns::default());
+        for Changed { digest, consent, seen_only } in consents {
+            if new_keys.contains(digest) {
+                inserts.push(digest, consent, now);
+            } else if seen_only {
+                seen.push(digest, consent, now);
+            } else {
+                updates.push(digest, consent, now);
+            }
+        }
+        if !seen.consent_key.is_empty() {
+            let SeenColumns { consent_key, last_seen_at, state, ended_at, has_ended } = seen;
+            let values =
+                [consent_key.into(), last_seen_at.into(), state.into(), ended_at.into(), has_ended.into(), now.into()];
+            conn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, SEEN_UPDATE, values)).await?;
         }
         if inserts.len() > 0 {
             // A plain INSERT: a key a concurrent replica created meanwhile violates the
@@ -421,7 +473,7 @@ pub async fn save_all<C: ConnectionTrait>(
     }
     let on_conflict = OnConflict::column(consent::Column::ConsentKey).update_columns(UPDATE_COLUMNS).to_owned();
     for chunk in consents.chunks(500) {
-        consent::Entity::insert_many(chunk.iter().map(|c| to_row(c, now)))
+        consent::Entity::insert_many(chunk.iter().map(|c| to_row(c.consent, now)))
             .on_conflict(on_conflict.clone())
             .exec_without_returning(conn)
             .await?;

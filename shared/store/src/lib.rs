@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
 use sea_orm_migration::MigratorTrait;
-use sha2::{Digest, Sha256};
 
 pub use sea_orm;
 
@@ -146,7 +145,7 @@ pub fn redact_url(url: &str) -> String {
 /// primary key short and fixed-width, and lets a batch load every row it touches with one
 /// `IN (…)` on PostgreSQL and SQLite alike.
 pub fn consent_key_digest(canonical: &str) -> String {
-    hex::encode(Sha256::digest(canonical.as_bytes()))
+    custodian_crypto::sha256_hex(canonical)
 }
 
 #[cfg(test)]

@@ -46,9 +46,13 @@ impl PgCluster {
         assert!(status.map(|s| s.success()).unwrap_or(false), "initdb failed, see {dir_s}/initdb.log");
         let port = crate::free_port();
         // Durability off: these databases are thrown away (benchmarks start their own).
+        // `CUSTODIAN_TEST_PG_OPTIONS` adds server options when investigating, e.g.
+        // `-c shared_preload_libraries=pg_stat_statements` (the bench then prints the top
+        // statements).
+        let extra = std::env::var("CUSTODIAN_TEST_PG_OPTIONS").unwrap_or_default();
         let cmd = format!(
             "postgres -D {data_s} -p {port} -k {dir_s} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=400 >{dir_s}/postgres.log 2>&1"
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=400 {extra} >{dir_s}/postgres.log 2>&1"
         );
         let cleanup = format!("rm -rf {dir_s}");
         let child =

@@ -240,6 +240,21 @@ async fn print_update_kinds(url: &str) {
             get("n_tup_hot_upd")
         );
     }
+    // With `CUSTODIAN_TEST_PG_OPTIONS="-c shared_preload_libraries=pg_stat_statements"`.
+    if fresh.db().execute_unprepared("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await.is_err() {
+        return;
+    }
+    let sql = "SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS q \
+               FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               ORDER BY total_exec_time DESC LIMIT 10";
+    let Ok(rows) = fresh.db().query_all_raw(Statement::from_string(DbBackend::Postgres, sql)).await else { return };
+    for row in rows {
+        let calls: i64 = row.try_get("", "calls").unwrap_or_default();
+        let total: f64 = row.try_get("", "total_exec_time").unwrap_or_default();
+        let n: i64 = row.try_get("", "rows").unwrap_or_default();
+        let q: String = row.try_get("", "q").unwrap_or_default();
+        println!("  {calls:>6} calls {total:>8.0} ms {n:>8} rows  {q}");
+    }
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
