@@ -13,6 +13,7 @@ mod m20261124_000006_incidents;
 mod m20261124_000007_consent_storage;
 mod m20261129_000008_consent_idle_day;
 mod m20261129_000009_outbox_pending_index;
+mod m20261129_000010_consent_history_key;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000007_consent_storage::Migration),
             Box::new(m20261129_000008_consent_idle_day::Migration),
             Box::new(m20261129_000009_outbox_pending_index::Migration),
+            Box::new(m20261129_000010_consent_history_key::Migration),
         ]
     }
 }

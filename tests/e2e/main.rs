@@ -7,6 +7,7 @@ mod audit;
 mod consent_ledger;
 mod gateway_api;
 mod incidents;
+mod migrations;
 mod reliability;
 mod signals;
 mod support;

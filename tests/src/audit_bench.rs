@@ -144,7 +144,7 @@ async fn ours(events: &[LifecycleEvent]) -> f64 {
     rate
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
