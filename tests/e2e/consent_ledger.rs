@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use custodian_events::queries::ConsentQuery;
-use custodian_events::{ActivitySeenV1, CloudEvent, ConsentGrantedV1, subjects};
+use custodian_events::{ActivitySeenV1, CloudEvent, ConsentExpireV1, ConsentGrantedV1, subjects};
 use custodian_testkit::eventually;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -115,6 +115,53 @@ async fn activity_moves_last_seen() {
     .await;
     assert_eq!(view.state, "granted");
     assert_eq!(view.granted_at, Some(at(0)));
+}
+
+/// Activity after an expiry's `idle_since` cancels the expiry, also when it arrives in a
+/// later batch on its own (the ledger then writes only what an activity report can change:
+/// last seen, state, end).
+#[tokio::test]
+async fn activity_arriving_after_an_expiry_restores_the_consent() {
+    let stack = Stack::start().await;
+    let person = unique("erin");
+    let query = ConsentQuery { subject: Some(person.clone()), ..Default::default() };
+    stack.publish(subjects::CONSENT_GRANTED, &grant("https://op.example", &person, "tp-a", 0)).await;
+    eventually("the grant", Duration::from_secs(10), || async {
+        stack.ledger(query.clone()).await.into_iter().find(|v| v.state == "granted")
+    })
+    .await;
+    let expire = CloudEvent::new(
+        "urn:custodian:sweeper",
+        at(1000),
+        ConsentExpireV1 {
+            issuer: "https://op.example".into(),
+            subject: person.clone(),
+            platform_id: "tp-a".into(),
+            sweep_id: "sweep-test".into(),
+            idle_since: at(0),
+        },
+    );
+    stack.publish(subjects::CONSENT_EXPIRE, &expire).await;
+    let expired = eventually("the expiry", Duration::from_secs(10), || async {
+        stack.ledger(query.clone()).await.into_iter().find(|v| v.state == "expired")
+    })
+    .await;
+    assert_eq!(expired.ended_at, Some(at(1000)));
+
+    let seen = CloudEvent::new(
+        "urn:test:platform",
+        at(500),
+        ActivitySeenV1 { issuer: "https://op.example".into(), subject: person.clone(), platform_id: "tp-a".into() },
+    );
+    stack.publish(subjects::ACTIVITY_SEEN, &seen).await;
+    let restored = eventually("the activity to cancel the expiry", Duration::from_secs(10), || async {
+        stack.ledger(query.clone()).await.into_iter().find(|v| v.last_seen_at == Some(at(500)))
+    })
+    .await;
+    assert_eq!(restored.state, "granted", "seen after idle_since: the expiry no longer counts");
+    assert_eq!(restored.ended_at, None);
+    assert_eq!(restored.granted_at, Some(at(0)), "the grant itself is untouched");
+    assert_eq!(restored.scopes, vec!["openid".to_owned(), "offline_access".to_owned()]);
 }
 
 #[tokio::test]
