@@ -11,7 +11,7 @@ use custodian_store::entities::{consent, consent_history};
 use custodian_store::sea_orm::sea_query::OnConflict;
 use custodian_store::sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Statement,
+    QuerySelect, Statement, TransactionTrait,
 };
 
 use crate::ledger::{Consent, Expire, Grant, Revoke};
@@ -611,7 +611,27 @@ pub async fn query<C: ConnectionTrait>(conn: &C, q: &ConsentQuery) -> Result<Vec
 /// The index keys on the UTC day (migration `m20261129_000008`); the exact instant is
 /// filtered on the row. The cursor is the last row returned, whose day is that of its
 /// `last_seen_at`.
-pub async fn idle_page<C: ConnectionTrait>(conn: &C, q: &IdleQuery) -> Result<Vec<IdleConsent>, DbErr> {
+///
+/// On PostgreSQL the page is read with sorting disabled for its transaction. The planner
+/// multiplies the selectivities of the day bound and the instant bound as if independent
+/// (they are one bound); when few consents are idle, it then expects fewer rows than the page
+/// holds and reads every idle row of the platform into a sort, for every page (measured: a
+/// sweep of 1M consents took 4.3 s for the scan alone instead of 0.5 s). Walking the index in
+/// order stops at the page's end.
+pub async fn idle_page(
+    conn: &custodian_store::sea_orm::DatabaseConnection,
+    q: &IdleQuery,
+) -> Result<Vec<IdleConsent>, DbErr> {
+    let txn = conn.begin().await?;
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared("SET LOCAL enable_sort = off").await?;
+    }
+    let page = idle_page_in(&txn, q).await?;
+    txn.commit().await?;
+    Ok(page)
+}
+
+async fn idle_page_in<C: ConnectionTrait>(conn: &C, q: &IdleQuery) -> Result<Vec<IdleConsent>, DbErr> {
     use custodian_store::sea_orm::sea_query::{Expr, ExprTrait};
     let mut find = idle_filter(consent::Entity::find(), q);
     if let Some(after) = &q.after {

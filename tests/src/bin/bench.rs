@@ -343,11 +343,12 @@ async fn sweep_bench(n: usize) {
                     vec![format!("tp-{p}").into(), idle_before.into(), (*t).into(), k.clone().into()],
                 ),
             };
-            let rows = store
-                .db()
-                .query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
-                .await
-                .unwrap();
+            // Sorting off, as the consent service reads the page (see `persistence::idle_page`).
+            let txn = custodian_store::sea_orm::TransactionTrait::begin(store.db()).await.unwrap();
+            txn.execute_unprepared("SET LOCAL enable_sort = off").await.unwrap();
+            let rows =
+                txn.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await.unwrap();
+            txn.commit().await.unwrap();
             let Some(last) = rows.last() else { break };
             cursor = Some((last.try_get("", "last_seen_at").unwrap(), last.try_get("", "consent_key").unwrap()));
             scanned += rows.len();
