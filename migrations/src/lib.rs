@@ -15,6 +15,15 @@ mod m20261129_000008_consent_idle_day;
 mod m20261129_000009_outbox_pending_index;
 mod m20261129_000010_consent_history_key;
 
+/// Runs `sql` on PostgreSQL only: storage tuning SQLite has no counterpart for.
+async fn on_postgres(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+    use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
+    if manager.get_database_backend() == DbBackend::Postgres {
+        manager.get_connection().execute_unprepared(sql).await?;
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 pub struct Migrator;
 

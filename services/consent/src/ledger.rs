@@ -247,6 +247,15 @@ mod tests {
     }
 
     #[test]
+    fn activity_older_than_the_last_sign_of_life_changes_nothing() {
+        let mut c = Consent::new(key());
+        assert!(apply_fact(&mut c, &grant(12, "g")).changed);
+        assert!(!apply_fact(&mut c, &Fact::Seen { at: t(0) }).changed, "the grant was a later sign of life");
+        assert!(apply_fact(&mut c, &Fact::Seen { at: t(20) }).changed);
+        assert_eq!(c.last_seen_at, Some(t(20)));
+    }
+
+    #[test]
     fn revoke_after_grant_ends_the_consent_once() {
         let mut c = Consent::new(key());
         assert_eq!(apply(&mut c, &grant(0, "g")), Transition::None);

@@ -622,10 +622,11 @@ pub async fn idle_page(
     conn: &custodian_store::sea_orm::DatabaseConnection,
     q: &IdleQuery,
 ) -> Result<Vec<IdleConsent>, DbErr> {
-    let txn = conn.begin().await?;
-    if txn.get_database_backend() == DbBackend::Postgres {
-        txn.execute_unprepared("SET LOCAL enable_sort = off").await?;
+    if conn.get_database_backend() != DbBackend::Postgres {
+        return idle_page_in(conn, q).await;
     }
+    let txn = conn.begin().await?;
+    txn.execute_unprepared("SET LOCAL enable_sort = off").await?;
     let page = idle_page_in(&txn, q).await?;
     txn.commit().await?;
     Ok(page)
@@ -636,12 +637,12 @@ async fn idle_page_in<C: ConnectionTrait>(conn: &C, q: &IdleQuery) -> Result<Vec
     let mut find = idle_filter(consent::Entity::find(), q);
     if let Some(after) = &q.after {
         find =
-            find.filter(Expr::tuple([Expr::col(LAST_SEEN_DAY), Expr::col(consent::Column::ConsentKey)]).gt(
-                Expr::tuple([Expr::value(after.last_seen_at.date_naive()), Expr::value(after.consent_key.clone())]),
-            ));
+            find.filter(Expr::tuple([Expr::col(LastSeenDay), Expr::col(consent::Column::ConsentKey)]).gt(Expr::tuple(
+                [Expr::value(after.last_seen_at.date_naive()), Expr::value(after.consent_key.clone())],
+            )));
     }
     let rows = find
-        .order_by_asc(Expr::col(LAST_SEEN_DAY))
+        .order_by_asc(Expr::col(LastSeenDay))
         .order_by_asc(consent::Column::ConsentKey)
         .limit(q.limit.clamp(1, MAX_QUERY_LIMIT))
         .all(conn)
@@ -670,8 +671,6 @@ impl custodian_store::sea_orm::sea_query::Iden for LastSeenDay {
     }
 }
 
-const LAST_SEEN_DAY: LastSeenDay = LastSeenDay;
-
 /// Granted consents of the query's platform last seen before `idle_before`: the day bound
 /// lets the index range over days, the instant bound decides.
 fn idle_filter(
@@ -680,7 +679,7 @@ fn idle_filter(
 ) -> custodian_store::sea_orm::Select<consent::Entity> {
     use custodian_store::sea_orm::sea_query::{Expr, ExprTrait};
     find.filter(consent::Column::PlatformId.eq(q.platform_id.as_str()))
-        .filter(Expr::col(LAST_SEEN_DAY).lte(q.idle_before.date_naive()))
+        .filter(Expr::col(LastSeenDay).lte(q.idle_before.date_naive()))
         .filter(consent::Column::LastSeenAt.lt(q.idle_before))
         .filter(consent::Column::State.eq("granted"))
 }
