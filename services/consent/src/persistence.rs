@@ -39,29 +39,86 @@ fn parse_revoke_reason(s: &str) -> RevokeReason {
 }
 
 pub fn from_row(row: &consent::Model) -> Consent {
-    let key = ConsentKey::new(&row.issuer, &row.subject, &row.platform_id);
-    let grant = match (row.granted_at, &row.grant_event_id) {
-        (Some(at), Some(event_id)) => Some(Grant {
-            at,
-            event_id: event_id.clone(),
-            scopes: serde_json::from_str(&row.scopes).unwrap_or_default(),
-            acr: row.acr.clone(),
-        }),
-        _ => None,
-    };
-    let revoke = match (row.revoked_at, &row.revoke_event_id, &row.revoke_reason) {
-        (Some(at), Some(event_id), Some(reason)) => {
-            Some(Revoke { at, event_id: event_id.clone(), reason: parse_revoke_reason(reason) })
-        }
-        _ => None,
-    };
-    let expire = match (row.expired_at, &row.expire_event_id, row.expire_idle_since, &row.expire_sweep_id) {
-        (Some(at), Some(event_id), Some(idle_since), Some(sweep_id)) => {
-            Some(Expire { at, event_id: event_id.clone(), idle_since, sweep_id: sweep_id.clone() })
-        }
-        _ => None,
-    };
-    Consent { key, grant, revoke, expire, last_seen_at: row.last_seen_at }
+    Stored {
+        scopes: row.scopes.clone(),
+        acr: row.acr.clone(),
+        granted_at: row.granted_at,
+        grant_event_id: row.grant_event_id.clone(),
+        revoked_at: row.revoked_at,
+        revoke_reason: row.revoke_reason.clone(),
+        revoke_event_id: row.revoke_event_id.clone(),
+        expired_at: row.expired_at,
+        expire_idle_since: row.expire_idle_since,
+        expire_event_id: row.expire_event_id.clone(),
+        expire_sweep_id: row.expire_sweep_id.clone(),
+        last_seen_at: row.last_seen_at,
+    }
+    .into_consent(ConsentKey::new(&row.issuer, &row.subject, &row.platform_id))
+}
+
+/// The stored columns a [`Consent`] is rebuilt from, besides its key.
+struct Stored {
+    scopes: String,
+    acr: Option<String>,
+    granted_at: Option<DateTime<Utc>>,
+    grant_event_id: Option<String>,
+    revoked_at: Option<DateTime<Utc>>,
+    revoke_reason: Option<String>,
+    revoke_event_id: Option<String>,
+    expired_at: Option<DateTime<Utc>>,
+    expire_idle_since: Option<DateTime<Utc>>,
+    expire_event_id: Option<String>,
+    expire_sweep_id: Option<String>,
+    last_seen_at: Option<DateTime<Utc>>,
+}
+
+/// Reads and locks the rows of the given digests, in digest order, the columns in the order
+/// [`Stored::from_columns`] takes them (by position: the decoding by column name cost more
+/// than the rest of the decoding). The key itself is not read back: the caller knows it.
+const LOCK_AND_LOAD: &str = "SELECT consent_key, scopes, acr, granted_at, grant_event_id, revoked_at, \
+     revoke_reason, revoke_event_id, expired_at, expire_idle_since, expire_event_id, expire_sweep_id, \
+     last_seen_at FROM consents WHERE consent_key = ANY($1) ORDER BY consent_key FOR UPDATE";
+
+impl Stored {
+    /// A row of [`LOCK_AND_LOAD`], after its digest (column 0).
+    fn from_columns(row: &custodian_store::sea_orm::QueryResult) -> Result<Self, DbErr> {
+        Ok(Self {
+            scopes: row.try_get_by_index(1)?,
+            acr: row.try_get_by_index(2)?,
+            granted_at: row.try_get_by_index(3)?,
+            grant_event_id: row.try_get_by_index(4)?,
+            revoked_at: row.try_get_by_index(5)?,
+            revoke_reason: row.try_get_by_index(6)?,
+            revoke_event_id: row.try_get_by_index(7)?,
+            expired_at: row.try_get_by_index(8)?,
+            expire_idle_since: row.try_get_by_index(9)?,
+            expire_event_id: row.try_get_by_index(10)?,
+            expire_sweep_id: row.try_get_by_index(11)?,
+            last_seen_at: row.try_get_by_index(12)?,
+        })
+    }
+
+    fn into_consent(self, key: ConsentKey) -> Consent {
+        let grant = match (self.granted_at, self.grant_event_id) {
+            (Some(at), Some(event_id)) => {
+                Some(Grant { at, event_id, scopes: serde_json::from_str(&self.scopes).unwrap_or_default(), acr: self.acr })
+            }
+            _ => None,
+        };
+        let revoke = match (self.revoked_at, self.revoke_event_id, self.revoke_reason) {
+            (Some(at), Some(event_id), Some(reason)) => {
+                Some(Revoke { at, event_id, reason: parse_revoke_reason(&reason) })
+            }
+            _ => None,
+        };
+        let expire = match (self.expired_at, self.expire_event_id, self.expire_idle_since, self.expire_sweep_id) {
+            (Some(at), Some(event_id), Some(idle_since), Some(sweep_id)) => {
+                Some(Expire { at, event_id, idle_since, sweep_id })
+            }
+            _ => None,
+        };
+        Consent { key, grant, revoke, expire, last_seen_at: self.last_seen_at }
+    }
 }
 
 pub fn to_row(c: &Consent, now: DateTime<Utc>) -> consent::ActiveModel {
@@ -106,13 +163,14 @@ pub async fn lock_and_load<C: ConnectionTrait>(
     let mut loaded = Loaded::default();
     if conn.get_database_backend() == DbBackend::Postgres {
         let digests: Vec<String> = sorted.iter().map(|(d, _)| (*d).to_owned()).collect();
-        let statement = Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT * FROM consents WHERE consent_key = ANY($1) ORDER BY consent_key FOR UPDATE",
-            [digests.into()],
-        );
-        for row in consent::Entity::find().from_raw_sql(statement).all(conn).await? {
-            loaded.consents.insert(row.consent_key.clone(), from_row(&row));
+        let statement = Statement::from_sql_and_values(DbBackend::Postgres, LOCK_AND_LOAD, [digests.into()]);
+        for row in conn.query_all_raw(statement).await? {
+            let digest: String = row.try_get_by_index(0)?;
+            let Ok(at) = sorted.binary_search_by(|(d, _)| (*d).cmp(digest.as_str())) else {
+                return Err(DbErr::Custom(format!("consent {digest} was not asked for")));
+            };
+            let consent = Stored::from_columns(&row)?.into_consent(sorted[at].1.clone());
+            loaded.consents.insert(digest, consent);
         }
         for (d, k) in sorted {
             if !loaded.consents.contains_key(d) {
