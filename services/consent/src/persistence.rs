@@ -100,9 +100,12 @@ impl Stored {
 
     fn into_consent(self, key: ConsentKey) -> Consent {
         let grant = match (self.granted_at, self.grant_event_id) {
-            (Some(at), Some(event_id)) => {
-                Some(Grant { at, event_id, scopes: serde_json::from_str(&self.scopes).unwrap_or_default(), acr: self.acr })
-            }
+            (Some(at), Some(event_id)) => Some(Grant {
+                at,
+                event_id,
+                scopes: serde_json::from_str(&self.scopes).unwrap_or_default(),
+                acr: self.acr,
+            }),
             _ => None,
         };
         let revoke = match (self.revoked_at, self.revoke_event_id, self.revoke_reason) {
