@@ -74,7 +74,8 @@ struct Stored {
 
 /// Reads and locks the rows of the given digests, in digest order, the columns in the order
 /// [`Stored::from_columns`] takes them (by position: the decoding by column name cost more
-/// than the rest of the decoding). The key itself is not read back: the caller knows it.
+/// than the rest of the decoding). Only the key's digest is read back, to match each row to
+/// the key the caller asked for: issuer, subject and platform are not decoded again.
 const LOCK_AND_LOAD: &str = "SELECT consent_key, scopes, acr, granted_at, grant_event_id, revoked_at, \
      revoke_reason, revoke_event_id, expired_at, expire_idle_since, expire_event_id, expire_sweep_id, \
      last_seen_at FROM consents WHERE consent_key = ANY($1) ORDER BY consent_key FOR UPDATE";
