@@ -455,3 +455,80 @@ async fn a_forged_or_replayed_callback_is_refused() {
         stack.http.get(&back).header("cookie", format!("custodian_login={login_state}")).send().await.expect("replay");
     assert_eq!(replay.status(), StatusCode::FORBIDDEN, "{:?}", replay.text().await);
 }
+
+#[tokio::test]
+async fn a_revocation_settled_by_a_replica_that_stopped_before_marking_it_done_is_finished() {
+    use custodian_store::entities::{pending_wipe, revocation, revocation_token};
+    let mut stack = Stack::start().await;
+    let (_client, settings) = stack.register_platform().await;
+    let now = stack.clock.now();
+    let started = now - chrono::Duration::seconds(120);
+    let revocation_row = |id: &str| revocation::Model {
+        revocation_id: id.to_owned(),
+        ended_event_id: unique("ended"),
+        issuer: "https://op.example".into(),
+        subject: unique("p"),
+        platform_id: "platform".into(),
+        reason: "revoked".into(),
+        state: "pending".into(),
+        started_at: started,
+        finished_at: None,
+        updated_at: started,
+    };
+    let wipe_row = |revocation_id: &str, state: &str, next_attempt_at| pending_wipe::Model {
+        wipe_id: unique("wipe"),
+        revocation_id: Some(revocation_id.to_owned()),
+        view_id: "view".into(),
+        issuer: "https://op.example".into(),
+        subject: "p".into(),
+        platform_id: "platform".into(),
+        reason: "consent_ended".into(),
+        session_ids: "[\"s1\"]".into(),
+        expires_at: now + chrono::Duration::seconds(600),
+        state: state.into(),
+        attempts: 1,
+        next_attempt_at,
+        sent_at: Some(started),
+        acked_at: (state == "acked").then_some(started),
+        created_at: started,
+    };
+    // As a replica stopping between its two transactions leaves it: the token revoked and the
+    // wipe acked, the revocation still pending, and nothing left that would touch it again.
+    let settled = unique("settled");
+    // Beside it, one whose wipe is still unanswered (not due again for an hour): not finished.
+    let waiting = unique("waiting");
+    let db = stack.store.db();
+    revocation::Entity::insert_many(
+        [revocation_row(&settled), revocation_row(&waiting)].map(Into::<revocation::ActiveModel>::into),
+    )
+    .exec_without_returning(db)
+    .await
+    .expect("revocations");
+    revocation_token::Entity::insert(revocation_token::ActiveModel::from(revocation_token::Model {
+        id: format!("{settled}:a:access"),
+        revocation_id: settled.clone(),
+        assertion_id: "a".into(),
+        token_kind: "access".into(),
+        outcome: "revoked".into(),
+        attempts: 1,
+        last_error: None,
+        next_attempt_at: started,
+        done_at: Some(started),
+    }))
+    .exec_without_returning(db)
+    .await
+    .expect("token");
+    let rows = [wipe_row(&settled, "acked", started), wipe_row(&waiting, "pending", now + chrono::Duration::hours(1))];
+    pending_wipe::Entity::insert_many(rows.map(Into::<pending_wipe::ActiveModel>::into))
+        .exec_without_returning(db)
+        .await
+        .expect("wipes");
+
+    stack.start_vault(test_vault_config(vec![settings]));
+    let receipt = done_receipt(&stack, None, &settled, Duration::from_secs(15)).await;
+    assert!(receipt.finished_at.is_some(), "{receipt:?}");
+    let http = stack.http.clone();
+    let (status, waiting_receipt) = fetch_receipt(&stack, &http, None, &waiting).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(waiting_receipt.expect("receipt").state, "pending", "a revocation with a wipe unanswered was finished");
+}

@@ -1,7 +1,9 @@
 //! Carries out revocations: revokes due tokens at the OP, sends due wipes to views, finishes
 //! revocations whose tokens and wipes are all settled. Work is claimed in the database
 //! (`next_attempt_at` moved forward in one conditional UPDATE), so replicas never do the same
-//! item at once and anything a crashed replica claimed comes due again by itself.
+//! item at once and anything a crashed replica claimed comes due again by itself. A
+//! revocation whose last item was settled by a replica that stopped before marking it done is
+//! finished by the next sweep for such stragglers.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -25,7 +27,15 @@ const CLAIM_BATCH: u64 = 500;
 
 pub(crate) async fn run(vault: Arc<Vault>, shutdown: CancellationToken) -> Result<(), VaultError> {
     let period = Duration::from_millis(vault.config.reconcile_every_ms.max(10));
+    let straggler_period = Duration::from_secs(vault.config.claim_secs.max(1));
+    let mut next_straggler_sweep = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_straggler_sweep {
+            next_straggler_sweep = tokio::time::Instant::now() + straggler_period;
+            if let Err(e) = finish_stragglers(&vault).await {
+                tracing::warn!(error = %e, "finishing settled revocations failed; will retry");
+            }
+        }
         match round(&vault).await {
             // More may be due right away (a full claim): go again without waiting.
             Ok(done) if done >= CLAIM_BATCH as usize => continue,
@@ -318,6 +328,24 @@ async fn revoke_one(
         .map_err(|e| e.to_string())
 }
 
+/// Finishes revocations that every item of is settled but that are still pending: the items
+/// and the mark are written by separate transactions (a token's outcome and a view's ack may
+/// commit concurrently, and neither sees the other), so a replica stopping between the two
+/// leaves one behind, which nothing would touch again. Only revocations started more than a
+/// claim ago: younger ones are finished by the transactions that settle them.
+pub(crate) async fn finish_stragglers(vault: &Vault) -> Result<(), VaultError> {
+    let now = vault.clock.now();
+    let started_before = now - chrono::Duration::seconds(vault.config.claim_secs.max(1) as i64);
+    let txn = vault.store.begin_write().await?;
+    let done = finish_where(&txn, revocation::Column::StartedAt.lte(started_before), None, None, now).await?;
+    txn.commit().await?;
+    if done > 0 {
+        vault.metrics.revocations_done.inc_by(done);
+        tracing::warn!(count = done, "finished revocations left pending by a stopped replica");
+    }
+    Ok(())
+}
+
 /// Marks done every touched revocation with no token and no wipe left pending.
 pub(crate) async fn finish_revocations<C: ConnectionTrait>(
     vault: &Vault,
@@ -328,37 +356,66 @@ pub(crate) async fn finish_revocations<C: ConnectionTrait>(
     if touched.is_empty() {
         return Ok(());
     }
-    use sea_orm::sea_query::ExprTrait as _;
     // Sorted: concurrent transactions then lock rows in the same order (no deadlock).
     let mut ids: Vec<String> = touched.iter().cloned().collect();
     ids.sort();
     for chunk in ids.chunks(500) {
-        let pending_tokens = Query::select()
-            .column(revocation_token::Column::RevocationId)
-            .from(revocation_token::Entity)
-            .and_where(Expr::col(revocation_token::Column::Outcome).eq("pending"))
-            .and_where(Expr::col(revocation_token::Column::RevocationId).is_in(chunk.to_vec()))
-            .to_owned();
-        let pending_wipes = Query::select()
-            .column(pending_wipe::Column::RevocationId)
-            .from(pending_wipe::Entity)
-            .and_where(Expr::col(pending_wipe::Column::State).eq("pending"))
-            .and_where(Expr::col(pending_wipe::Column::RevocationId).is_in(chunk.to_vec()))
-            .to_owned();
-        let done = revocation::Entity::update_many()
-            .col_expr(revocation::Column::State, "done".into())
-            .col_expr(revocation::Column::FinishedAt, Some(now).into())
-            .col_expr(revocation::Column::UpdatedAt, now.into())
-            .filter(revocation::Column::RevocationId.is_in(chunk.to_vec()))
-            .filter(revocation::Column::State.eq("pending"))
-            .filter(revocation::Column::RevocationId.not_in_subquery(pending_tokens))
-            .filter(revocation::Column::RevocationId.not_in_subquery(pending_wipes))
-            .exec(conn)
-            .await?;
-        if done.rows_affected > 0 {
-            vault.metrics.revocations_done.inc_by(done.rows_affected);
-            tracing::debug!(count = done.rows_affected, "revocations finished");
+        use sea_orm::sea_query::ExprTrait as _;
+        let done = finish_where(
+            conn,
+            revocation::Column::RevocationId.is_in(chunk.to_vec()),
+            Some(Expr::col(revocation_token::Column::RevocationId).is_in(chunk.to_vec())),
+            Some(Expr::col(pending_wipe::Column::RevocationId).is_in(chunk.to_vec())),
+            now,
+        )
+        .await?;
+        if done > 0 {
+            vault.metrics.revocations_done.inc_by(done);
+            tracing::debug!(count = done, "revocations finished");
         }
     }
     Ok(())
+}
+
+/// Marks done the pending revocations that `revocations` selects and that have no token and no
+/// wipe left pending (`tokens` and `wipes`, when given, narrow those subqueries to the same
+/// revocations). Returns how many it marked.
+async fn finish_where<C: ConnectionTrait>(
+    conn: &C,
+    revocations: Expr,
+    tokens: Option<Expr>,
+    wipes: Option<Expr>,
+    now: DateTime<Utc>,
+) -> Result<u64, VaultError> {
+    // Imported here only: its `max` would shadow `Ord::max` on integers elsewhere.
+    use sea_orm::sea_query::ExprTrait as _;
+    let mut pending_tokens = Query::select()
+        .column(revocation_token::Column::RevocationId)
+        .from(revocation_token::Entity)
+        .and_where(Expr::col(revocation_token::Column::Outcome).eq("pending"))
+        .to_owned();
+    if let Some(tokens) = tokens {
+        pending_tokens.and_where(tokens);
+    }
+    // `NOT IN` a list holding a NULL is never true: wipes of a closed session have no revocation.
+    let mut pending_wipes = Query::select()
+        .column(pending_wipe::Column::RevocationId)
+        .from(pending_wipe::Entity)
+        .and_where(Expr::col(pending_wipe::Column::State).eq("pending"))
+        .and_where(Expr::col(pending_wipe::Column::RevocationId).is_not_null())
+        .to_owned();
+    if let Some(wipes) = wipes {
+        pending_wipes.and_where(wipes);
+    }
+    let done = revocation::Entity::update_many()
+        .col_expr(revocation::Column::State, "done".into())
+        .col_expr(revocation::Column::FinishedAt, Some(now).into())
+        .col_expr(revocation::Column::UpdatedAt, now.into())
+        .filter(revocations)
+        .filter(revocation::Column::State.eq("pending"))
+        .filter(revocation::Column::RevocationId.not_in_subquery(pending_tokens))
+        .filter(revocation::Column::RevocationId.not_in_subquery(pending_wipes))
+        .exec(conn)
+        .await?;
+    Ok(done.rows_affected)
 }
