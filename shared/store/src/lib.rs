@@ -12,7 +12,7 @@ pub mod outbox;
 
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 use sea_orm_migration::MigratorTrait;
 
 pub use sea_orm;
@@ -58,15 +58,17 @@ impl Store {
             .connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(30))
             .sqlx_logging(false);
+        // On every connection of the pool (a PRAGMA run through the pool reaches only one):
+        // WAL lets readers run beside the single writer; busy_timeout makes writers wait for
+        // each other instead of failing.
+        options.map_sqlx_sqlite_opts(|o| {
+            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+        });
         let db =
             Database::connect(options).await.map_err(|source| StoreError::Connect { url: redact_url(&url), source })?;
-        if is_sqlite {
-            // WAL lets readers run beside the single writer; busy_timeout makes writers wait
-            // for each other instead of failing; foreign keys are off by default in SQLite.
-            for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=10000"] {
-                db.execute_unprepared(pragma).await?;
-            }
-        }
         Ok(Self { db })
     }
 
@@ -165,6 +167,27 @@ mod tests {
         assert!(prepare_url(&url).unwrap().ends_with("/sub/c.db?mode=rwc"));
         assert!(dir.join("sub").is_dir());
         assert!(matches!(prepare_url("mysql://x"), Err(StoreError::UnsupportedUrl(_))));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn every_sqlite_connection_waits_for_the_writer_in_wal_mode() {
+        use sea_orm::sqlx;
+        let dir = std::env::temp_dir().join(format!("custodian-store-pragmas-{}", std::process::id()));
+        let store = Store::connect(&format!("sqlite://{}/c.db", dir.display()), 4).await.unwrap();
+        let pool = store.db().get_sqlite_connection_pool();
+        // Held at once, so that they are distinct connections of the pool.
+        let mut connections = Vec::new();
+        for _ in 0..3 {
+            connections.push(pool.acquire().await.unwrap());
+        }
+        for connection in &mut connections {
+            let timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(&mut **connection).await.unwrap();
+            let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut **connection).await.unwrap();
+            let journal: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut **connection).await.unwrap();
+            assert_eq!((timeout, synchronous, journal.as_str()), (10_000, 1, "wal"));
+        }
+        drop(connections);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
