@@ -331,13 +331,14 @@ async fn revoke_one(
 /// Finishes revocations that every item of is settled but that are still pending: the items
 /// and the mark are written by separate transactions (a token's outcome and a view's ack may
 /// commit concurrently, and neither sees the other), so a replica stopping between the two
-/// leaves one behind, which nothing would touch again. Only revocations started more than a
-/// claim ago: younger ones are finished by the transactions that settle them.
+/// leaves one behind, which nothing would touch again. Only revocations unchanged for a claim
+/// (a pending one is written once, when it starts): younger ones are finished by the
+/// transactions that settle them. `revocations_by_state` (state, updated_at) finds them.
 pub(crate) async fn finish_stragglers(vault: &Vault) -> Result<(), VaultError> {
     let now = vault.clock.now();
-    let started_before = now - chrono::Duration::seconds(vault.config.claim_secs.max(1) as i64);
+    let unchanged_since = now - chrono::Duration::seconds(vault.config.claim_secs.max(1) as i64);
     let txn = vault.store.begin_write().await?;
-    let done = finish_where(&txn, revocation::Column::StartedAt.lte(started_before), None, None, now).await?;
+    let done = finish_where(&txn, revocation::Column::UpdatedAt.lte(unchanged_since), None, None, now).await?;
     txn.commit().await?;
     if done > 0 {
         vault.metrics.revocations_done.inc_by(done);
