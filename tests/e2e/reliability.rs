@@ -190,6 +190,66 @@ async fn a_consumer_crashed_mid_batch_applies_every_event_exactly_once_in_effect
     .await;
 }
 
+/// The pool checks a connection only once it has idled (no ping before every statement), so
+/// a connection PostgreSQL dropped while hot fails the statement that next uses it: that batch
+/// is retried on a fresh connection and nothing is lost. PostgreSQL only (SQLite has no server).
+#[tokio::test]
+async fn the_ledger_carries_on_after_postgresql_drops_every_connection() {
+    use custodian_store::sea_orm::{ConnectionTrait, DbBackend, Statement};
+    let mut stack = Stack::infrastructure().await;
+    if stack.store.backend() != DbBackend::Postgres {
+        eprintln!("PostgreSQL only: skipped on {:?}", stack.store.backend());
+        return;
+    }
+    stack.consent_config.batch = 50;
+    stack.start_consent();
+    let run = unique("dropped");
+    let first: Vec<LifecycleEvent> = (0..200).map(|i| grant_event(&format!("{run}-a{i}"), "tp", 0)).collect();
+    assert!(
+        stack.bus.publish_all(&first.iter().map(outgoing).collect::<Vec<_>>(), 256).await.iter().all(Result::is_ok)
+    );
+    eventually("the first grants applied", Duration::from_secs(30), || async {
+        (history_count(&stack).await == 200).then_some(())
+    })
+    .await;
+
+    // Every other connection of the pool the service shares with this test, ended by the server.
+    let terminated = stack
+        .store
+        .db()
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        ))
+        .await
+        .expect("terminate")
+        .expect("a row")
+        .try_get::<i64>("", "n")
+        .expect("count");
+    assert!(terminated >= 1, "the service held pooled connections to drop");
+
+    let second: Vec<LifecycleEvent> = (0..200).map(|i| grant_event(&format!("{run}-b{i}"), "tp", 10)).collect();
+    assert!(
+        stack.bus.publish_all(&second.iter().map(outgoing).collect::<Vec<_>>(), 256).await.iter().all(Result::is_ok)
+    );
+    // This test reads through the same pool: its own read may meet a dropped connection too.
+    let count = || async {
+        for _ in 0..10 {
+            if let Ok(n) = consent_history::Entity::find().count(stack.store.db()).await {
+                return n;
+            }
+        }
+        panic!("the history stayed unreadable after ten fresh connections")
+    };
+    eventually("the grants after the drop applied", Duration::from_secs(60), || async {
+        (count().await == 400).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count().await, 400, "each grant applied once");
+}
+
 #[tokio::test]
 async fn an_outbox_row_whose_publish_was_lost_is_re_driven() {
     let mut stack = Stack::infrastructure().await;

@@ -57,6 +57,11 @@ impl Store {
             .min_connections(1)
             .connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(30))
+            // sqlx pings a connection on every checkout by default: a round trip before each
+            // statement or transaction. Only a connection idle long enough to have been
+            // dropped by the server or a proxy is checked; a hot one that broke fails its
+            // statement, which every service retries.
+            .test_before_acquire_if_idle_for(Duration::from_secs(10))
             .sqlx_logging(false);
         // On every connection of the pool (a PRAGMA run through the pool reaches only one):
         // WAL lets readers run beside the single writer; busy_timeout makes writers wait for
