@@ -102,44 +102,30 @@ fn set_known_tail(audit: &Audit, tail: Option<(i64, String)>) {
 
 async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool) -> Result<(), AuditError> {
     let now = audit.clock.now();
+    let mut chunks = batch.chunks(INSERT_CHUNK);
     // A redo reads the tail back: the remembered one is what was just refused.
     let known = if check_existing { None } else { known_tail(audit).clone() };
-    let txn = audit.store.begin_write().await?;
-    let (seq, prev) = match known {
-        Some(tail) => tail,
-        None => {
-            lock_chain(&txn).await?;
-            tail(&txn).await?
+    let (txn, mut links, mut rows) = match known {
+        // The usual case: the first chunk is linked while `BEGIN` makes its round trip.
+        Some((seq, prev)) => {
+            let mut links = Links::new(audit, now, seq, prev, HashSet::new(), batch.len());
+            let (txn, rows) = tokio::join!(audit.store.begin_write(), async {
+                chunks.next().map(|c| links.link(c)).unwrap_or_default()
+            });
+            (txn?, links, rows)
         }
-    };
-    let ids: Vec<String> =
-        if check_existing { batch.iter().map(|d| d.event.id().to_owned()).collect() } else { Vec::new() };
-    let mut chained: HashSet<String> = HashSet::new();
-    for chunk in ids.chunks(500) {
-        let existing: Vec<String> = audit_entry::Entity::find()
-            .select_only()
-            .column(audit_entry::Column::EventId)
-            .filter(audit_entry::Column::EventId.is_in(chunk.to_vec()))
-            .into_tuple()
-            .all(&txn)
-            .await?;
-        chained.extend(existing);
-    }
-    let mut links = Links {
-        audit,
-        now,
-        every: audit.config.checkpoint_every.max(1) as i64,
-        seq,
-        prev,
-        chained,
-        in_batch: HashSet::with_capacity(batch.len()),
-        due_checkpoints: Vec::new(),
-        privacy: Vec::new(),
+        None => {
+            let txn = audit.store.begin_write().await?;
+            lock_chain(&txn).await?;
+            let (seq, prev) = tail(&txn).await?;
+            let chained = if check_existing { already_chained(&txn, batch).await? } else { HashSet::new() };
+            let mut links = Links::new(audit, now, seq, prev, chained, batch.len());
+            let rows = chunks.next().map(|c| links.link(c)).unwrap_or_default();
+            (txn, links, rows)
+        }
     };
     // Pipelined: the next chunk is linked while the database inserts this one (the insert is
     // polled first, so its statement is on the wire before the linking starts).
-    let mut chunks = batch.chunks(INSERT_CHUNK);
-    let mut rows = chunks.next().map(|c| links.link(c)).unwrap_or_default();
     let mut appended = 0u64;
     while !rows.is_empty() || chunks.len() > 0 {
         appended += rows.len() as u64;
@@ -153,10 +139,9 @@ async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool)
     for chunk in links.privacy.chunks(500) {
         privacy_entry::Entity::insert_many(chunk.to_vec()).exec_without_returning(&txn).await?;
     }
-    let mut checkpoints = Vec::with_capacity(links.due_checkpoints.len());
-    for (at, hash) in &links.due_checkpoints {
-        checkpoints.push(write_checkpoint(audit, &txn, *at, hash, now).await?);
-    }
+    let checkpoints: Vec<audit_checkpoint::Model> =
+        links.due_checkpoints.iter().map(|(at, hash)| signed_checkpoint(audit, *at, hash, now)).collect();
+    insert_checkpoints(&txn, &checkpoints).await?;
     txn.commit().await?;
     set_known_tail(audit, Some((links.seq, links.prev)));
     audit.metrics.appended.inc_by(appended);
@@ -164,6 +149,23 @@ async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool)
         audit.export(c).await;
     }
     Ok(())
+}
+
+/// The event ids of `batch` that the chain already holds (a redelivery).
+async fn already_chained<C: ConnectionTrait>(conn: &C, batch: &[Delivery]) -> Result<HashSet<String>, sea_orm::DbErr> {
+    let ids: Vec<String> = batch.iter().map(|d| d.event.id().to_owned()).collect();
+    let mut chained = HashSet::new();
+    for chunk in ids.chunks(500) {
+        let existing: Vec<String> = audit_entry::Entity::find()
+            .select_only()
+            .column(audit_entry::Column::EventId)
+            .filter(audit_entry::Column::EventId.is_in(chunk.to_vec()))
+            .into_tuple()
+            .all(conn)
+            .await?;
+        chained.extend(existing);
+    }
+    Ok(chained)
 }
 
 /// Rows per insert statement within a batch: small enough that linking the next chunk
@@ -184,7 +186,28 @@ struct Links<'a> {
     privacy: Vec<privacy_entry::ActiveModel>,
 }
 
-impl Links<'_> {
+impl<'a> Links<'a> {
+    fn new(
+        audit: &'a Audit,
+        now: DateTime<Utc>,
+        seq: i64,
+        prev: String,
+        chained: HashSet<String>,
+        size: usize,
+    ) -> Self {
+        Self {
+            audit,
+            now,
+            every: audit.config.checkpoint_every.max(1) as i64,
+            seq,
+            prev,
+            chained,
+            in_batch: HashSet::with_capacity(size),
+            due_checkpoints: Vec::new(),
+            privacy: Vec::new(),
+        }
+    }
+
     fn link(&mut self, deliveries: &[Delivery]) -> Vec<audit_entry::Model> {
         let mut rows = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
@@ -323,6 +346,32 @@ pub(crate) async fn last_checkpoint<C: ConnectionTrait>(conn: &C) -> Result<i64,
         .map_or(0, |c| c.seq))
 }
 
+/// A checkpoint over (seq, hash), signed with the audit signing key.
+fn signed_checkpoint(audit: &Audit, seq: i64, hash: &str, now: DateTime<Utc>) -> audit_checkpoint::Model {
+    audit_checkpoint::Model {
+        seq,
+        hash: hash.to_owned(),
+        key_id: audit.signer.key_id.clone(),
+        signature: audit.signer.sign(seq, hash),
+        created_at: now,
+    }
+}
+
+/// Stores checkpoints in one statement; one already stored at the same `seq` is kept.
+async fn insert_checkpoints<C: ConnectionTrait>(
+    conn: &C,
+    checkpoints: &[audit_checkpoint::Model],
+) -> Result<(), sea_orm::DbErr> {
+    if checkpoints.is_empty() {
+        return Ok(());
+    }
+    audit_checkpoint::Entity::insert_many(checkpoints.iter().cloned().map(audit_checkpoint::ActiveModel::from))
+        .on_conflict(OnConflict::column(audit_checkpoint::Column::Seq).do_nothing().to_owned())
+        .exec_without_returning(conn)
+        .await?;
+    Ok(())
+}
+
 pub(crate) async fn write_checkpoint<C: ConnectionTrait>(
     audit: &Audit,
     conn: &C,
@@ -330,22 +379,7 @@ pub(crate) async fn write_checkpoint<C: ConnectionTrait>(
     hash: &str,
     now: DateTime<Utc>,
 ) -> Result<audit_checkpoint::Model, sea_orm::DbErr> {
-    let model = audit_checkpoint::Model {
-        seq,
-        hash: hash.to_owned(),
-        key_id: audit.signer.key_id.clone(),
-        signature: audit.signer.sign(seq, hash),
-        created_at: now,
-    };
-    audit_checkpoint::Entity::insert(audit_checkpoint::ActiveModel {
-        seq: Set(model.seq),
-        hash: Set(model.hash.clone()),
-        key_id: Set(model.key_id.clone()),
-        signature: Set(model.signature.clone()),
-        created_at: Set(now),
-    })
-    .on_conflict(OnConflict::column(audit_checkpoint::Column::Seq).do_nothing().to_owned())
-    .exec_without_returning(conn)
-    .await?;
+    let model = signed_checkpoint(audit, seq, hash, now);
+    insert_checkpoints(conn, std::slice::from_ref(&model)).await?;
     Ok(model)
 }
