@@ -475,3 +475,69 @@ async fn a_durable_switched_to_in_order_resumes_after_what_it_had_acknowledged()
     shutdown.cancel();
     task.await.expect("joined").expect("consumer ran");
 }
+
+/// A task aborted while it begins, uses or commits a transaction (a crashed replica, a
+/// dropped `select!` branch) must not hand its pooled connection on inside a transaction:
+/// the next borrower's autocommit statements would never commit and would keep their locks.
+/// Begun through the store, a `BEGIN` completes on its own task even if its caller is gone.
+#[tokio::test]
+async fn an_aborted_transaction_leaves_no_pooled_connection_inside_a_transaction() {
+    use custodian_store::sea_orm::{ConnectionTrait, DbBackend, Statement};
+    let stack = Stack::infrastructure().await;
+    if stack.store.backend() != DbBackend::Postgres {
+        eprintln!("PostgreSQL only: skipped on {:?}", stack.store.backend());
+        return;
+    }
+    let db = stack.store.db().clone();
+    db.execute_unprepared("CREATE TABLE abort_probe (id int PRIMARY KEY, v int)").await.unwrap();
+    db.execute_unprepared("INSERT INTO abort_probe VALUES (1, 0)").await.unwrap();
+    // The probe has its own connection: through the pool under test it could borrow the very
+    // connection it looks for (which then shows as active, not idle in transaction).
+    let name: String = db
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, "SELECT current_database() AS name"))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "name")
+        .unwrap();
+    let other = custodian_testkit::PgCluster::shared().fresh_database();
+    let url = format!("{}/{name}", other.rsplit_once('/').expect("a database URL").0);
+    let probe = custodian_store::Store::connect(&url, 1).await.expect("probe connection");
+    let in_transaction = || async {
+        let row = probe
+            .db()
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT count(*) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<i64>("", "n").unwrap()
+    };
+    let mut leaked = Vec::new();
+    for i in 0..300u64 {
+        let store = stack.store.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let txn = store.begin().await.unwrap();
+                txn.execute_unprepared("UPDATE abort_probe SET v = v + 1 WHERE id = 1").await.unwrap();
+                txn.commit().await.unwrap();
+            }
+        });
+        // Abort points spread over the loop's begin, update and commit.
+        tokio::time::sleep(Duration::from_micros(200 + (i * 7919) % 3000)).await;
+        task.abort();
+        let _ = task.await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // A connection still in a transaction a moment later was handed back that way.
+        if in_transaction().await > 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if in_transaction().await > 0 {
+                leaked.push(i);
+            }
+        }
+    }
+    assert!(leaked.is_empty(), "connections left inside a transaction after aborts {leaked:?}");
+}

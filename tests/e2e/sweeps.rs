@@ -367,3 +367,64 @@ async fn the_retention_schedule_makes_the_consent_service_purge_its_old_records(
     let view = stack.ledger(ConsentQuery { subject: Some(run.clone()), ..Default::default() }).await;
     assert_eq!(view[0].state, "revoked", "the ledger itself is kept");
 }
+
+/// The lease ages out under a live holder (as if it stalled): the other replica takes the
+/// sweep over and the first is fenced off. The new holder then dies mid-sweep: the first takes
+/// the lease back and finishes, each consent expired once. (Before transactions were begun on
+/// their own task, an aborted `BEGIN` could leave a pooled connection inside a transaction,
+/// holding the sweep row's lock, and the survivor waited on it forever.)
+#[tokio::test]
+async fn a_replica_fenced_off_by_a_takeover_finishes_the_sweep_when_the_new_holder_dies() {
+    let mut stack = Stack::start().await;
+    let now = stack.clock.now();
+    let run = unique("lost");
+    let grants: Vec<Outgoing> =
+        (0..3000).map(|i| grant(&format!("{run}-{i}"), "tp-lost", now - chrono::Duration::days(200))).collect();
+    assert!(stack.bus.publish_all(&grants, 512).await.iter().all(Result::is_ok));
+    eventually("3000 grants", Duration::from_secs(60), || async {
+        (granted_count(&stack, &run, "granted").await == 3000).then_some(())
+    })
+    .await;
+    let mut config = test_sweeper_config();
+    config.batch = 10;
+    stack.start_sweeper("replica-a", config.clone());
+    stack.start_sweeper("replica-b", config);
+    let request = CloudEvent::new(
+        "urn:test",
+        now,
+        SweepRequestedV1 {
+            sweep_id: "sweep-lost".into(),
+            platform_id: Some("tp-lost".into()),
+            inactivity_days: 90,
+            dry_run: false,
+            requested_by: "test".into(),
+        },
+    );
+    stack.publish(subjects::SWEEP_REQUESTED, &request).await;
+    let first = eventually("a replica mid-sweep", Duration::from_secs(30), || async {
+        let row = sweep::Entity::find_by_id("sweep-lost".to_owned()).one(stack.store.db()).await.unwrap()?;
+        (row.scanned > 0 && row.state == "running").then(|| row.holder.clone()).flatten()
+    })
+    .await;
+    // The lease ages out under the holder (as if it stalled): the other replica takes it.
+    let kv = stack.bus.jetstream().get_key_value("custodian_sweeper_leases").await.unwrap();
+    kv.purge("sweep-lost").await.unwrap();
+    let second = eventually("the sweep taken over by the other replica", Duration::from_secs(30), || async {
+        let row = sweep::Entity::find_by_id("sweep-lost".to_owned()).one(stack.store.db()).await.unwrap()?;
+        row.holder.filter(|h| *h != first)
+    })
+    .await;
+    stack.crash_sweeper(&second).await;
+    let done = eventually("the fenced replica to finish it", Duration::from_secs(60), || async {
+        let row = sweep::Entity::find_by_id("sweep-lost".to_owned()).one(stack.store.db()).await.unwrap()?;
+        (row.state == "finished").then_some(row)
+    })
+    .await;
+    assert_eq!(done.holder.as_deref(), Some(first.as_str()), "finished by the replica fenced off before");
+    assert_eq!((done.scanned, done.expired), (3000, 3000));
+    eventually("3000 expired", Duration::from_secs(60), || async {
+        (granted_count(&stack, &run, "expired").await == 3000).then_some(())
+    })
+    .await;
+    assert_eq!(stack.count_on(subjects::CONSENT_EXPIRE).await, 3000, "no consent expired twice");
+}

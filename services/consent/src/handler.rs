@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use custodian_bus::{BatchHandler, Delivery, HandlerError, RelayHandle};
 use custodian_events::{CloudEvent, ConsentEndedV1, ConsentKey, LifecycleEvent, derived_event_id, subjects};
 use custodian_store::clock::SharedClock;
-use custodian_store::sea_orm::{ConnectionTrait, DbBackend, DbErr, TransactionTrait};
+use custodian_store::sea_orm::{ConnectionTrait, DbBackend, DbErr};
 use custodian_store::{Store, outbox};
 
 use crate::ledger::{self, Expire, Fact, Grant, Revoke, Status, Transition};
@@ -114,7 +114,7 @@ impl LedgerHandler {
             return Ok(results);
         }
 
-        let txn = self.store.db().begin().await?;
+        let txn = self.store.begin().await?;
         if txn.get_database_backend() == DbBackend::Postgres {
             // The batch reads and updates ~1,000 rows by primary key. With the default
             // random_page_cost (4, a spinning disk's), PostgreSQL prices those lookups above a

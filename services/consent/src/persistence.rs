@@ -11,7 +11,7 @@ use custodian_store::entities::{consent, consent_history};
 use custodian_store::sea_orm::sea_query::OnConflict;
 use custodian_store::sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Statement, TransactionTrait,
+    QuerySelect, Statement,
 };
 
 use crate::ledger::{Consent, Expire, Grant, Revoke};
@@ -687,7 +687,7 @@ pub async fn idle_page(
     if conn.get_database_backend() != DbBackend::Postgres {
         return idle_page_in(conn, q).await;
     }
-    let txn = conn.begin().await?;
+    let txn = custodian_store::begin(conn).await?;
     txn.execute_unprepared("SET LOCAL enable_sort = off").await?;
     let page = idle_page_in(&txn, q).await?;
     txn.commit().await?;

@@ -11,7 +11,7 @@ use custodian_events::{CloudEvent, ConsentExpireV1, SweepFinishedV1, derived_eve
 use custodian_store::entities::sweep;
 use custodian_store::outbox;
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 
 use crate::{SERVICE, SOURCE, Sweeper};
 
@@ -194,7 +194,7 @@ async fn write_page(
 ) -> Result<(), SweepError> {
     let now = sweeper.clock.now();
     let n = consents.len() as i64;
-    let txn = sweeper.store.db().begin().await?;
+    let txn = sweeper.store.begin().await?;
     // Fence first (a write, so SQLite takes its lock at once): only the holder moves on.
     let moved = sweep::Entity::update_many()
         .col_expr(sweep::Column::Scanned, Expr::col(sweep::Column::Scanned).add(n))
@@ -236,7 +236,7 @@ async fn write_page(
 
 async fn finish(sweeper: &Sweeper, sweep_id: &str) -> Result<(), SweepError> {
     let now = sweeper.clock.now();
-    let txn = sweeper.store.db().begin().await?;
+    let txn = sweeper.store.begin().await?;
     let moved = sweep::Entity::update_many()
         .col_expr(sweep::Column::State, Expr::value("finished"))
         .col_expr(sweep::Column::FinishedAt, Expr::value(now))
