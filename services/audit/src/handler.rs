@@ -110,6 +110,8 @@ async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool)
         Some((seq, prev)) => {
             let mut links = Links::new(audit, now, seq, prev, HashSet::new(), batch.len());
             let (txn, rows) = tokio::join!(audit.store.begin_write(), async {
+                // The `BEGIN` is sent from its own task (see `Store::begin`): let it run first.
+                tokio::task::yield_now().await;
                 chunks.next().map(|c| links.link(c)).unwrap_or_default()
             });
             (txn?, links, rows)
