@@ -500,8 +500,7 @@ async fn an_aborted_transaction_leaves_no_pooled_connection_inside_a_transaction
         .unwrap()
         .try_get("", "name")
         .unwrap();
-    let other = custodian_testkit::PgCluster::shared().fresh_database();
-    let url = format!("{}/{name}", other.rsplit_once('/').expect("a database URL").0);
+    let url = custodian_testkit::PgCluster::shared().url_of(&name);
     let probe = custodian_store::Store::connect(&url, 1).await.expect("probe connection");
     let in_transaction = || async {
         let row = probe

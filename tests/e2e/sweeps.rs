@@ -230,38 +230,51 @@ async fn the_idle_scan_pages_across_days_and_cuts_at_the_exact_instant() {
     assert_eq!(total, Some(expected.len() as u64));
 }
 
-#[tokio::test]
-async fn two_replicas_sweep_once_and_a_killed_holder_is_taken_over() {
-    let mut stack = Stack::start().await;
-    let now = stack.clock.now();
-    let run = unique("ha");
-    let grants: Vec<Outgoing> =
-        (0..3000).map(|i| grant(&format!("{run}-{i}"), "tp-ha", now - chrono::Duration::days(200))).collect();
+/// `n` consents on `platform`, granted 200 days ago (idle), applied by the ledger.
+async fn grant_idle(stack: &Stack, run: &str, platform: &str, n: usize) {
+    let then = stack.clock.now() - chrono::Duration::days(200);
+    let grants: Vec<Outgoing> = (0..n).map(|i| grant(&format!("{run}-{i}"), platform, then)).collect();
     assert!(stack.bus.publish_all(&grants, 512).await.iter().all(Result::is_ok));
-    eventually("3000 grants", Duration::from_secs(60), || async {
-        (granted_count(&stack, &run, "granted").await == 3000).then_some(())
+    eventually("the grants applied", Duration::from_secs(60), || async {
+        (granted_count(stack, run, "granted").await == n).then_some(())
     })
     .await;
-    stack.start_sweeper("replica-a", test_sweeper_config());
-    stack.start_sweeper("replica-b", test_sweeper_config());
+}
 
+/// Asks for a 90-day sweep of `platform`.
+async fn request_sweep(stack: &Stack, sweep_id: &str, platform: &str) {
     let request = CloudEvent::new(
         "urn:test",
-        now,
+        stack.clock.now(),
         SweepRequestedV1 {
-            sweep_id: "sweep-ha".into(),
-            platform_id: Some("tp-ha".into()),
+            sweep_id: sweep_id.into(),
+            platform_id: Some(platform.into()),
             inactivity_days: 90,
             dry_run: false,
             requested_by: "test".into(),
         },
     );
     stack.publish(subjects::SWEEP_REQUESTED, &request).await;
-    let first_holder = eventually("a replica to be mid-sweep", Duration::from_secs(30), || async {
-        let row = sweep::Entity::find_by_id("sweep-ha".to_owned()).one(stack.store.db()).await.unwrap()?;
+}
+
+/// The replica holding the sweep once it has written a page.
+async fn holder_mid_sweep(stack: &Stack, sweep_id: &str) -> String {
+    eventually("a replica to be mid-sweep", Duration::from_secs(30), || async {
+        let row = sweep::Entity::find_by_id(sweep_id.to_owned()).one(stack.store.db()).await.unwrap()?;
         (row.scanned > 0 && row.state == "running").then(|| row.holder.clone()).flatten()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn two_replicas_sweep_once_and_a_killed_holder_is_taken_over() {
+    let mut stack = Stack::start().await;
+    let run = unique("ha");
+    grant_idle(&stack, &run, "tp-ha", 3000).await;
+    stack.start_sweeper("replica-a", test_sweeper_config());
+    stack.start_sweeper("replica-b", test_sweeper_config());
+    request_sweep(&stack, "sweep-ha", "tp-ha").await;
+    let first_holder = holder_mid_sweep(&stack, "sweep-ha").await;
     stack.crash_sweeper(&first_holder).await;
     let row = sweep::Entity::find_by_id("sweep-ha".to_owned()).one(stack.store.db()).await.unwrap().unwrap();
     assert!(row.scanned < 3000, "the holder died mid-sweep ({} of 3000)", row.scanned);
@@ -376,38 +389,16 @@ async fn the_retention_schedule_makes_the_consent_service_purge_its_old_records(
 #[tokio::test]
 async fn a_replica_fenced_off_by_a_takeover_finishes_the_sweep_when_the_new_holder_dies() {
     let mut stack = Stack::start().await;
-    let now = stack.clock.now();
     let run = unique("lost");
-    let grants: Vec<Outgoing> =
-        (0..3000).map(|i| grant(&format!("{run}-{i}"), "tp-lost", now - chrono::Duration::days(200))).collect();
-    assert!(stack.bus.publish_all(&grants, 512).await.iter().all(Result::is_ok));
-    eventually("3000 grants", Duration::from_secs(60), || async {
-        (granted_count(&stack, &run, "granted").await == 3000).then_some(())
-    })
-    .await;
+    grant_idle(&stack, &run, "tp-lost", 3000).await;
     let mut config = test_sweeper_config();
     config.batch = 10;
     stack.start_sweeper("replica-a", config.clone());
     stack.start_sweeper("replica-b", config);
-    let request = CloudEvent::new(
-        "urn:test",
-        now,
-        SweepRequestedV1 {
-            sweep_id: "sweep-lost".into(),
-            platform_id: Some("tp-lost".into()),
-            inactivity_days: 90,
-            dry_run: false,
-            requested_by: "test".into(),
-        },
-    );
-    stack.publish(subjects::SWEEP_REQUESTED, &request).await;
-    let first = eventually("a replica mid-sweep", Duration::from_secs(30), || async {
-        let row = sweep::Entity::find_by_id("sweep-lost".to_owned()).one(stack.store.db()).await.unwrap()?;
-        (row.scanned > 0 && row.state == "running").then(|| row.holder.clone()).flatten()
-    })
-    .await;
+    request_sweep(&stack, "sweep-lost", "tp-lost").await;
+    let first = holder_mid_sweep(&stack, "sweep-lost").await;
     // The lease ages out under the holder (as if it stalled): the other replica takes it.
-    let kv = stack.bus.jetstream().get_key_value("custodian_sweeper_leases").await.unwrap();
+    let kv = stack.bus.jetstream().get_key_value(custodian_sweeper::lease::BUCKET).await.unwrap();
     kv.purge("sweep-lost").await.unwrap();
     let second = eventually("the sweep taken over by the other replica", Duration::from_secs(30), || async {
         let row = sweep::Entity::find_by_id("sweep-lost".to_owned()).one(stack.store.db()).await.unwrap()?;

@@ -85,6 +85,11 @@ impl PgCluster {
         PgCluster { base_url: format!("postgres://postgres@127.0.0.1:{port}") }
     }
 
+    /// The URL of database `name` on this cluster.
+    pub fn url_of(&self, name: &str) -> String {
+        format!("{}/{name}", self.base_url)
+    }
+
     /// A new, empty database; returns its URL.
     pub fn fresh_database(&self) -> String {
         let name = format!("t_{}", uuid_like());
@@ -94,7 +99,7 @@ impl PgCluster {
             .output()
             .expect("psql");
         assert!(out.status.success(), "CREATE DATABASE failed: {}", String::from_utf8_lossy(&out.stderr));
-        format!("{}/{name}", self.base_url)
+        self.url_of(&name)
     }
 }
 
