@@ -321,42 +321,16 @@ async fn a_redelivered_or_republished_event_is_chained_once() {
 /// the tail read back. No fork, no gap, each event once.
 #[tokio::test]
 async fn two_writers_on_one_chain_never_fork_it() {
-    use custodian_bus::{BatchHandler as _, Delivery};
-    use custodian_events::LifecycleEvent;
+    use custodian_bus::BatchHandler as _;
 
     let stack = Stack::infrastructure().await;
-    let deps = custodian_audit::Deps {
-        store: stack.store.clone(),
-        bus: stack.bus.clone(),
-        clock: stack.clock.clone(),
-        keyring: stack.keyring.clone(),
-        signer: stack.audit_signer.clone(),
-        metrics: Default::default(),
-    };
+    let deps = audit_deps(&stack);
     let (first, second) = (
         custodian_audit::chain_handler(&deps, audit_config(None)),
         custodian_audit::chain_handler(&deps, audit_config(None)),
     );
-    let batch = |from: usize| -> Vec<Delivery> {
-        (from..from + 3)
-            .map(|i| {
-                let data = grant(format!("writer-{i}"));
-                let event = LifecycleEvent::ConsentGranted(CloudEvent::new("urn:test", stack.clock.now(), data));
-                let raw = event.to_json();
-                Delivery {
-                    subject: subjects::CONSENT_GRANTED.to_owned(),
-                    event,
-                    delivered: 1,
-                    stream_sequence: i as u64,
-                    traceparent: None,
-                    raw: raw.into(),
-                }
-            })
-            .collect()
-    };
-    let ok = |results: Vec<Result<(), custodian_bus::HandlerError>>| {
-        assert!(results.iter().all(Result::is_ok), "{results:?}");
-    };
+    let batch = |from: usize| deliveries(&stack, "writer", from..from + 3);
+    let ok = assert_all_ok;
     let (b1, b2, b3, b4) = (batch(0), batch(3), batch(6), batch(9));
     ok(first.handle(&b1).await); // seq 1-3; the first writer now knows tail 3
     ok(second.handle(&b2).await); // reads tail 3: seq 4-6
@@ -372,4 +346,92 @@ async fn two_writers_on_one_chain_never_fork_it() {
     let report = verify(stack.store.db(), &stack.audit_signer.public_key_base64(), None).await.expect("verify");
     assert_eq!(report.broken, None, "{report:?}");
     assert_eq!(report.entries, 12);
+}
+
+fn audit_deps(stack: &Stack) -> custodian_audit::Deps {
+    custodian_audit::Deps {
+        store: stack.store.clone(),
+        bus: stack.bus.clone(),
+        clock: stack.clock.clone(),
+        keyring: stack.keyring.clone(),
+        signer: stack.audit_signer.clone(),
+        metrics: Default::default(),
+    }
+}
+
+/// Grants as the consumer hands them to the chain's handler, one per index in `range`.
+fn deliveries(stack: &Stack, prefix: &str, range: std::ops::Range<usize>) -> Vec<custodian_bus::Delivery> {
+    use custodian_events::LifecycleEvent;
+    range
+        .map(|i| {
+            let data = grant(format!("{prefix}-{i}"));
+            let event = LifecycleEvent::ConsentGranted(CloudEvent::new("urn:test", stack.clock.now(), data));
+            let raw = event.to_json();
+            custodian_bus::Delivery {
+                subject: subjects::CONSENT_GRANTED.to_owned(),
+                event,
+                delivered: 1,
+                stream_sequence: i as u64,
+                traceparent: None,
+                raw: raw.into(),
+            }
+        })
+        .collect()
+}
+
+/// On PostgreSQL a large batch is chained in two transactions inserting side by side and
+/// committing in order. When the second fails at its commit, after the first committed, the
+/// chain holds a prefix of the batch (no gap, verify passes); the redelivered batch then adds
+/// the rest, each event once, in order.
+#[tokio::test]
+async fn a_batch_whose_second_transaction_fails_at_commit_leaves_a_prefix_its_redelivery_completes() {
+    use custodian_bus::BatchHandler as _;
+
+    let stack = Stack::infrastructure().await;
+    if stack.store.backend() != DbBackend::Postgres {
+        eprintln!("PostgreSQL only: skipped on {:?}", stack.store.backend());
+        return;
+    }
+    let handler = custodian_audit::chain_handler(&audit_deps(&stack), audit_config(None));
+    // A first small batch: the handler then knows the tail and spreads the next batch.
+    let first = deliveries(&stack, "lane", 0..3);
+    assert_all_ok(handler.handle(&first).await);
+    // 1,200 entries: the first transaction takes two 500-row chunks, the second the last 200.
+    let big = deliveries(&stack, "lane", 3..1203);
+    let doomed = big[1100].event.id().to_owned();
+    // Fails the commit of the transaction holding `doomed`, once (a sequence is not rolled back).
+    for sql in [
+        "CREATE SEQUENCE audit_test_fail_once".to_owned(),
+        "CREATE FUNCTION audit_test_fail_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF nextval('audit_test_fail_once') = 1 THEN RAISE EXCEPTION 'injected commit failure'; END IF; \
+         RETURN NULL; END $$"
+            .to_owned(),
+        format!(
+            "CREATE CONSTRAINT TRIGGER audit_test_fail_once AFTER INSERT ON audit_log \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.event_id = '{doomed}') \
+             EXECUTE FUNCTION audit_test_fail_once()"
+        ),
+    ] {
+        exec(&stack, &sql).await.expect("injection set up");
+    }
+
+    let results = handler.handle(&big).await;
+    assert!(results.iter().all(Result::is_err), "the batch is reported failed, to come again");
+    let rows = chained(&stack).await;
+    assert_eq!(rows.len(), 1003, "the first transaction committed, the second did not");
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=1003).collect::<Vec<i64>>(), "a prefix");
+    let report = verify(stack.store.db(), &stack.audit_signer.public_key_base64(), None).await.expect("verify");
+    assert_eq!(report.broken, None, "a committed prefix is a sound chain: {report:?}");
+
+    assert_all_ok(handler.handle(&big).await); // the redelivered batch
+    let rows = chained(&stack).await;
+    let expected: Vec<String> = first.iter().chain(&big).map(|d| d.event.id().to_owned()).collect();
+    assert_eq!(rows.iter().map(|r| r.event_id.clone()).collect::<Vec<_>>(), expected, "each event once, in order");
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=1203).collect::<Vec<i64>>(), "no gap");
+    let report = verify(stack.store.db(), &stack.audit_signer.public_key_base64(), None).await.expect("verify");
+    assert_eq!((&report.broken, report.entries), (&None, 1203), "{report:?}");
+}
+
+fn assert_all_ok(results: Vec<Result<(), custodian_bus::HandlerError>>) {
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
 }

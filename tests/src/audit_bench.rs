@@ -70,6 +70,7 @@ pub async fn run(events: Vec<LifecycleEvent>) {
     let sizes = [1000usize, 2000];
     let mut raw: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); sizes.len()];
     let mut ours_rates = Vec::with_capacity(rounds);
+    let mut raw_two = Vec::with_capacity(rounds);
     for round in 1..=rounds {
         println!("-- round {round}");
         // The statement the service itself uses (one array per column), on a fresh table.
@@ -84,6 +85,23 @@ pub async fn run(events: Vec<LifecycleEvent>) {
             println!("raw PostgreSQL INSERT … unnest x{per_statement} of the chained rows      {rate:>9.0}/s");
             raw[i].push(rate);
         }
+        // For reference (not the target's baseline): the same statement on two connections
+        // side by side, as the service's two lanes insert.
+        let raw_store = Store::connect_and_migrate(&PgCluster::shared().fresh_database(), 4).await.unwrap();
+        checkpoint(raw_store.db()).await;
+        let start = Instant::now();
+        let lane = |parity: usize| {
+            let (db, rows) = (raw_store.db().clone(), &rows);
+            async move {
+                for chunk in rows.chunks(1000).skip(parity).step_by(2) {
+                    custodian_audit::insert_entries(&db, chunk.to_vec()).await.unwrap();
+                }
+            }
+        };
+        tokio::join!(lane(0), lane(1));
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        println!("raw PostgreSQL INSERT … unnest x1000 on two connections side by side {rate:>9.0}/s");
+        raw_two.push(rate);
         let ours = ours(&events).await;
         println!("custodian audit: consume + chain + insert (JetStream → PG)      {ours:>9.0}/s");
         ours_rates.push(ours);
@@ -105,6 +123,12 @@ pub async fn run(events: Vec<LifecycleEvent>) {
         median(&per_round_best)
     );
     println!("ratio to insert_many (the baseline until session 3): {:.2}", median(&ours_rates) / raw_values);
+    let two: Vec<f64> = ours_rates.iter().zip(&raw_two).map(|(o, r)| o / r).collect();
+    println!(
+        "ratio to the raw insert on two connections (for reference; round ratios {}): {:.2}",
+        list(&two),
+        median(&two)
+    );
 }
 
 /// Which of several baselines, each measured once per round, is the fastest over the run.

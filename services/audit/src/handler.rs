@@ -1,7 +1,8 @@
-//! Appends each batch to the chain in one transaction, in stream order: skip event ids
-//! already chained, link each new entry to the tail, record holder-of-key uses in the privacy
-//! log with the caller identity sealed, and sign a checkpoint every `checkpoint_every` entries.
-//! On PostgreSQL an advisory lock serialises replicas (one chain, one tail).
+//! Appends each batch to the chain in stream order: skip event ids already chained, link each
+//! new entry to the tail, record holder-of-key uses in the privacy log with the caller identity
+//! sealed, and sign a checkpoint every `checkpoint_every` entries. A batch is one transaction,
+//! or on PostgreSQL [`LANES`] transactions inserting side by side and committing in order.
+//! On PostgreSQL an advisory lock serialises a redo against other replicas (one chain, one tail).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -102,55 +103,96 @@ fn set_known_tail(audit: &Audit, tail: Option<(i64, String)>) {
 
 async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool) -> Result<(), AuditError> {
     let now = audit.clock.now();
-    let mut chunks = batch.chunks(INSERT_CHUNK);
     // A redo reads the tail back: the remembered one is what was just refused.
     let known = if check_existing { None } else { known_tail(audit).clone() };
-    let (txn, mut links, mut rows) = match known {
-        // The usual case: the first chunk is linked while `BEGIN` makes its round trip.
-        Some((seq, prev)) => {
-            let mut links = Links::new(audit, now, seq, prev, HashSet::new(), batch.len());
-            let (txn, rows) = tokio::join!(audit.store.begin_write(), async {
-                // The `BEGIN` is sent from its own task (see `Store::begin`): let it run first.
-                tokio::task::yield_now().await;
-                chunks.next().map(|c| links.link(c)).unwrap_or_default()
-            });
-            (txn?, links, rows)
-        }
+    let (mut locked, seq, prev, chained) = match known {
+        Some((seq, prev)) => (None, seq, prev, HashSet::new()),
         None => {
             let txn = audit.store.begin_write().await?;
             lock_chain(&txn).await?;
             let (seq, prev) = tail(&txn).await?;
             let chained = if check_existing { already_chained(&txn, batch).await? } else { HashSet::new() };
-            let mut links = Links::new(audit, now, seq, prev, chained, batch.len());
-            let rows = chunks.next().map(|c| links.link(c)).unwrap_or_default();
-            (txn, links, rows)
+            (Some(txn), seq, prev, chained)
         }
     };
-    // Pipelined: the next chunk is linked while the database inserts this one (the insert is
-    // polled first, so its statement is on the wire before the linking starts).
-    let mut appended = 0u64;
-    while !rows.is_empty() || chunks.len() > 0 {
-        appended += rows.len() as u64;
-        let next_chunk = chunks.next();
-        let (inserted, next) = tokio::join!(insert_entries(&txn, std::mem::take(&mut rows)), async {
-            next_chunk.map(|c| links.link(c)).unwrap_or_default()
-        });
-        inserted?;
-        rows = next;
+    let chunks: Vec<&[Delivery]> = batch.chunks(INSERT_CHUNK).collect();
+    // Side by side only on PostgreSQL (SQLite has one writer), with the tail known (a redo
+    // keeps to the one transaction that holds the chain lock) and with connections to spare
+    // (lanes holding all of a small pool would wait on each other until its timeout).
+    let side_by_side = locked.is_none()
+        && audit.store.backend() == DbBackend::Postgres
+        && audit.store.max_connections() >= 2 * LANES as u32;
+    let lanes = if side_by_side { LANES.min(chunks.len()).max(1) } else { 1 };
+    let per_lane = chunks.len().div_ceil(lanes).max(1);
+    let mut links = Links::new(audit, now, seq, prev, chained, batch.len());
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..lanes).map(|_| tokio::sync::mpsc::unbounded_channel::<Linked>()).unzip();
+    // Pipelined: a chunk is linked while the database inserts the ones before it; each lane
+    // sends its statement as soon as it has a chunk (the linking yields first, so the lanes
+    // are polled and their statements are on the wire before the next linking starts).
+    let link_all = async {
+        for (i, chunk) in chunks.iter().enumerate() {
+            tokio::task::yield_now().await;
+            // A lane that failed has dropped its receiver; its error ends the batch below.
+            let _ = senders[i / per_lane].send(links.link(chunk));
+        }
+        drop(senders);
+    };
+    let fill_all =
+        futures::future::try_join_all(receivers.into_iter().map(|linked| fill_lane(audit, locked.take(), linked, now)));
+    let ((), filled) = tokio::join!(link_all, fill_all);
+    // In chain order, each only once the one before it committed.
+    for Lane { txn, checkpoints, appended } in filled? {
+        txn.commit().await?;
+        audit.metrics.appended.inc_by(appended);
+        for c in &checkpoints {
+            audit.export(c).await;
+        }
     }
-    for chunk in links.privacy.chunks(500) {
-        privacy_entry::Entity::insert_many(chunk.to_vec()).exec_without_returning(&txn).await?;
+    set_known_tail(audit, Some((links.seq, links.prev)));
+    Ok(())
+}
+
+/// Transactions a batch is spread over on PostgreSQL, each on its own connection: their inserts
+/// run side by side (PostgreSQL works on each in its own process, while the service links and
+/// nats-server delivers), and they commit in chain order, each once the one before committed.
+/// A failure or a crash between two commits leaves a prefix of the batch chained, never a gap:
+/// the batch comes again and the redo skips what is already chained.
+const LANES: usize = 2;
+
+/// A lane's transaction, filled and not yet committed.
+struct Lane {
+    txn: sea_orm::DatabaseTransaction,
+    checkpoints: Vec<audit_checkpoint::Model>,
+    appended: u64,
+}
+
+/// Inserts what is linked for this lane as it comes, then its privacy-log rows and signed
+/// checkpoints, in one transaction (`txn` if the caller already began it).
+async fn fill_lane(
+    audit: &Audit,
+    txn: Option<sea_orm::DatabaseTransaction>,
+    mut linked: tokio::sync::mpsc::UnboundedReceiver<Linked>,
+    now: DateTime<Utc>,
+) -> Result<Lane, AuditError> {
+    let txn = match txn {
+        Some(txn) => txn,
+        None => audit.store.begin_write().await?,
+    };
+    let (mut privacy, mut due, mut appended) = (Vec::new(), Vec::new(), 0u64);
+    while let Some(chunk) = linked.recv().await {
+        appended += chunk.rows.len() as u64;
+        privacy.extend(chunk.privacy);
+        due.extend(chunk.due_checkpoints);
+        insert_entries(&txn, chunk.rows).await?;
+    }
+    for rows in privacy.chunks(500) {
+        privacy_entry::Entity::insert_many(rows.to_vec()).exec_without_returning(&txn).await?;
     }
     let checkpoints: Vec<audit_checkpoint::Model> =
-        links.due_checkpoints.iter().map(|(at, hash)| signed_checkpoint(audit, *at, hash, now)).collect();
+        due.iter().map(|(at, hash)| signed_checkpoint(audit, *at, hash, now)).collect();
     insert_checkpoints(&txn, &checkpoints).await?;
-    txn.commit().await?;
-    set_known_tail(audit, Some((links.seq, links.prev)));
-    audit.metrics.appended.inc_by(appended);
-    for c in &checkpoints {
-        audit.export(c).await;
-    }
-    Ok(())
+    Ok(Lane { txn, checkpoints, appended })
 }
 
 /// The event ids of `batch` that the chain already holds (a redelivery).
@@ -184,8 +226,13 @@ struct Links<'a> {
     /// Event ids already in the chain (only looked up when a batch is redone).
     chained: HashSet<String>,
     in_batch: HashSet<String>,
-    due_checkpoints: Vec<(i64, String)>,
+}
+
+/// One chunk, linked: its entries, their privacy-log rows, and the checkpoints due in it.
+struct Linked {
+    rows: Vec<audit_entry::Model>,
     privacy: Vec<privacy_entry::ActiveModel>,
+    due_checkpoints: Vec<(i64, String)>,
 }
 
 impl<'a> Links<'a> {
@@ -205,13 +252,12 @@ impl<'a> Links<'a> {
             prev,
             chained,
             in_batch: HashSet::with_capacity(size),
-            due_checkpoints: Vec::new(),
-            privacy: Vec::new(),
         }
     }
 
-    fn link(&mut self, deliveries: &[Delivery]) -> Vec<audit_entry::Model> {
-        let mut rows = Vec::with_capacity(deliveries.len());
+    fn link(&mut self, deliveries: &[Delivery]) -> Linked {
+        let mut out =
+            Linked { rows: Vec::with_capacity(deliveries.len()), privacy: Vec::new(), due_checkpoints: Vec::new() };
         for delivery in deliveries {
             let event = &delivery.event;
             if self.chained.contains(event.id()) || !self.in_batch.insert(event.id().to_owned()) {
@@ -223,12 +269,12 @@ impl<'a> Links<'a> {
             let digest = chain::digest(&payload);
             let hash = chain::link_hash(&self.prev, seq, &delivery.subject, event.id(), &digest);
             if let LifecycleEvent::TokenHokUsed(e) = event {
-                self.privacy.push(privacy_row(self.audit, e, seq));
+                out.privacy.push(privacy_row(self.audit, e, seq));
             }
             if seq % self.every == 0 {
-                self.due_checkpoints.push((seq, hash.clone()));
+                out.due_checkpoints.push((seq, hash.clone()));
             }
-            rows.push(audit_entry::Model {
+            out.rows.push(audit_entry::Model {
                 seq,
                 recorded_at: self.now,
                 subject: delivery.subject.clone(),
@@ -241,7 +287,7 @@ impl<'a> Links<'a> {
                 hash,
             });
         }
-        rows
+        out
     }
 }
 

@@ -43,6 +43,7 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    max_connections: u32,
 }
 
 impl Store {
@@ -51,9 +52,10 @@ impl Store {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let url = prepare_url(url)?;
         let is_sqlite = url.starts_with("sqlite:");
+        let max_connections = if is_sqlite { max_connections.min(4) } else { max_connections }.max(1);
         let mut options = ConnectOptions::new(url.clone());
         options
-            .max_connections(if is_sqlite { max_connections.min(4) } else { max_connections })
+            .max_connections(max_connections)
             .min_connections(1)
             .connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(30))
@@ -74,7 +76,7 @@ impl Store {
         });
         let db =
             Database::connect(options).await.map_err(|source| StoreError::Connect { url: redact_url(&url), source })?;
-        Ok(Self { db })
+        Ok(Self { db, max_connections })
     }
 
     /// Connects and applies every pending migration.
@@ -90,6 +92,12 @@ impl Store {
 
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// The most connections the pool opens: what a caller may hold at once without waiting
+    /// on itself.
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections
     }
 
     pub fn backend(&self) -> DbBackend {
