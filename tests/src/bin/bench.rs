@@ -159,7 +159,9 @@ async fn raw_postgres(url: &str, events: &[LifecycleEvent]) -> Duration {
 }
 
 /// The same rows through the `unnest` statement the consent service inserts with.
-async fn raw_postgres_arrays(url: &str, events: &[LifecycleEvent]) -> Duration {
+/// The consent rows inserted 1,000 per statement, by `tasks` tasks side by side (each on its
+/// own connection, taking every `tasks`-th statement).
+async fn raw_postgres_arrays(url: &str, events: &[LifecycleEvent], tasks: usize) -> Duration {
     use custodian_store::sea_orm::TryIntoModel;
     let store = Store::connect_and_migrate(url, 4).await.unwrap();
     let now = clock::SystemClock.now();
@@ -176,9 +178,15 @@ async fn raw_postgres_arrays(url: &str, events: &[LifecycleEvent]) -> Duration {
         .collect();
     audit_bench::checkpoint(store.db()).await;
     let start = Instant::now();
-    for chunk in rows.chunks(1000) {
-        persistence::insert_rows_postgres(store.db(), chunk).await.unwrap();
-    }
+    let task = |first: usize| {
+        let (db, rows) = (store.db().clone(), &rows);
+        async move {
+            for chunk in rows.chunks(1000).skip(first).step_by(tasks) {
+                persistence::insert_rows_postgres(&db, chunk).await.unwrap();
+            }
+        }
+    };
+    futures::future::join_all((0..tasks).map(task)).await;
     start.elapsed()
 }
 
@@ -466,6 +474,7 @@ async fn main() {
     // One rate per round for each baseline and for ours.
     let (mut raw_js, mut raw_pg_values, mut raw_pg_arrays) = (Vec::new(), Vec::new(), Vec::new());
     let (mut ours, mut ours_apply, mut raw_js_consume) = (Vec::new(), Vec::new(), Vec::new());
+    let mut raw_pg_parallel = Vec::new();
     for round in 1..=rounds {
         println!("-- round {round}");
         let nats = NatsServer::start();
@@ -486,7 +495,7 @@ async fn main() {
             "raw PostgreSQL     insert_many (VALUES) x1000, 1 task                {:>9.0}/s",
             raw_pg_values[round - 1]
         );
-        raw_pg_arrays.push(rate(n, raw_postgres_arrays(&pg.fresh_database(), &events).await));
+        raw_pg_arrays.push(rate(n, raw_postgres_arrays(&pg.fresh_database(), &events, 1).await));
         println!(
             "raw PostgreSQL     INSERT … unnest x1000, 1 task                     {:>9.0}/s",
             raw_pg_arrays[round - 1]
@@ -500,6 +509,14 @@ async fn main() {
             rate(n, c_pub),
             rate(n, c_apply),
             rate(n, c_pub + c_apply)
+        );
+        // For reference (not a target's baseline): the raw insert with as many tasks as the
+        // service has workers, after ours so that the target's phases run as before.
+        let tasks = ConsentConfig::default().workers;
+        raw_pg_parallel.push(rate(n, raw_postgres_arrays(&pg.fresh_database(), &events, tasks).await));
+        println!(
+            "raw PostgreSQL     INSERT … unnest x1000, {tasks} tasks side by side     {:>9.0}/s",
+            raw_pg_parallel[round - 1]
         );
     }
     // The baselines are chosen over the whole run, by median: the faster way to insert into
@@ -529,6 +546,12 @@ async fn main() {
     println!(
         "ratio with insert_many as the PostgreSQL baseline (as measured until session 3): {:.2}",
         audit_bench::median(&ratio_of(&raw_js.iter().zip(&raw_pg_values).map(|(a, b)| a.min(*b)).collect::<Vec<_>>()))
+    );
+    let parallel = ratio_of(&raw_pg_parallel);
+    println!(
+        "ratio to the raw insert with as many tasks as the service's workers (for reference; round ratios {}): {:.2}",
+        audit_bench::list(&parallel),
+        audit_bench::median(&parallel)
     );
     println!(
         "apply-only ratio (consume + apply against raw consume + decode + ack): {:.2}",
