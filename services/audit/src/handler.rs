@@ -124,6 +124,7 @@ async fn append_checked(audit: &Audit, batch: &[Delivery], check_existing: bool)
         && audit.store.max_connections() >= 2 * LANES as u32;
     let lanes = if side_by_side { LANES.min(chunks.len()).max(1) } else { 1 };
     let per_lane = chunks.len().div_ceil(lanes).max(1);
+    tracing::debug!(size = batch.len(), lanes, "chaining a batch");
     let mut links = Links::new(audit, now, seq, prev, chained, batch.len());
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..lanes).map(|_| tokio::sync::mpsc::unbounded_channel::<Linked>()).unzip();
