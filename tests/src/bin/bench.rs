@@ -158,9 +158,9 @@ async fn raw_postgres(url: &str, events: &[LifecycleEvent]) -> Duration {
     start.elapsed()
 }
 
-/// The same rows through the `unnest` statement the consent service inserts with.
-/// The consent rows inserted 1,000 per statement, by `tasks` tasks side by side (each on its
-/// own connection, taking every `tasks`-th statement).
+/// The same rows through the `unnest` statement the consent service inserts with, 1,000 per
+/// statement, by `tasks` tasks side by side (each on its own connection, taking every
+/// `tasks`-th statement).
 async fn raw_postgres_arrays(url: &str, events: &[LifecycleEvent], tasks: usize) -> Duration {
     use custodian_store::sea_orm::TryIntoModel;
     let store = Store::connect_and_migrate(url, 4).await.unwrap();
