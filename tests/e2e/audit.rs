@@ -387,11 +387,7 @@ fn deliveries(stack: &Stack, prefix: &str, range: std::ops::Range<usize>) -> Vec
 async fn a_batch_whose_second_transaction_fails_at_commit_leaves_a_prefix_its_redelivery_completes() {
     use custodian_bus::BatchHandler as _;
 
-    let stack = Stack::infrastructure().await;
-    if stack.store.backend() != DbBackend::Postgres {
-        eprintln!("PostgreSQL only: skipped on {:?}", stack.store.backend());
-        return;
-    }
+    let Some(stack) = Stack::infrastructure_on_postgres().await else { return };
     let handler = custodian_audit::chain_handler(&audit_deps(&stack), audit_config(None));
     // A first small batch: the handler then knows the tail and spreads the next batch.
     let first = deliveries(&stack, "lane", 0..3);

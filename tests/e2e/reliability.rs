@@ -196,11 +196,7 @@ async fn a_consumer_crashed_mid_batch_applies_every_event_exactly_once_in_effect
 #[tokio::test]
 async fn the_ledger_carries_on_after_postgresql_drops_every_connection() {
     use custodian_store::sea_orm::{ConnectionTrait, DbBackend, Statement};
-    let mut stack = Stack::infrastructure().await;
-    if stack.store.backend() != DbBackend::Postgres {
-        eprintln!("PostgreSQL only: skipped on {:?}", stack.store.backend());
-        return;
-    }
+    let Some(mut stack) = Stack::infrastructure_on_postgres().await else { return };
     stack.consent_config.batch = 50;
     stack.start_consent();
     let run = unique("dropped");
@@ -483,11 +479,7 @@ async fn a_durable_switched_to_in_order_resumes_after_what_it_had_acknowledged()
 #[tokio::test]
 async fn an_aborted_transaction_leaves_no_pooled_connection_inside_a_transaction() {
     use custodian_store::sea_orm::{ConnectionTrait, DbBackend, Statement};
-    let stack = Stack::infrastructure().await;
-    if stack.store.backend() != DbBackend::Postgres {
-        eprintln!("PostgreSQL only: skipped on {:?}", stack.store.backend());
-        return;
-    }
+    let Some(stack) = Stack::infrastructure_on_postgres().await else { return };
     let db = stack.store.db().clone();
     db.execute_unprepared("CREATE TABLE abort_probe (id int PRIMARY KEY, v int)").await.unwrap();
     db.execute_unprepared("INSERT INTO abort_probe VALUES (1, 0)").await.unwrap();

@@ -92,6 +92,16 @@ impl Stack {
         stack
     }
 
+    /// [`Stack::infrastructure`] for a test about PostgreSQL itself (its server, its
+    /// transactions); `None`, said on stderr, when this run uses SQLite.
+    pub async fn infrastructure_on_postgres() -> Option<Stack> {
+        if custodian_testkit::test_backend() != "postgres" {
+            eprintln!("PostgreSQL only: skipped on {}", custodian_testkit::test_backend());
+            return None;
+        }
+        Some(Self::infrastructure().await)
+    }
+
     /// NATS, database (migrated), OP; no Custodian service yet.
     pub async fn infrastructure() -> Stack {
         custodian_telemetry::init_for_tests();
