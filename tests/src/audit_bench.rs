@@ -77,13 +77,7 @@ pub async fn run(events: Vec<LifecycleEvent>) {
         println!("-- round {round}");
         // The statement the service itself uses (one array per column), on a fresh table.
         for (i, per_statement) in sizes.iter().enumerate() {
-            let raw_store = Store::connect_and_migrate(&PgCluster::shared().fresh_database(), 4).await.unwrap();
-            checkpoint(raw_store.db()).await;
-            let start = Instant::now();
-            for chunk in rows.chunks(*per_statement) {
-                custodian_audit::insert_entries(raw_store.db(), chunk.to_vec()).await.unwrap();
-            }
-            let rate = n as f64 / start.elapsed().as_secs_f64();
+            let rate = raw_insert_rate(&rows, *per_statement, 1).await;
             println!("raw PostgreSQL INSERT … unnest x{per_statement} of the chained rows      {rate:>9.0}/s");
             raw[i].push(rate);
         }
@@ -91,21 +85,9 @@ pub async fn run(events: Vec<LifecycleEvent>) {
         println!("custodian audit: consume + chain + insert (JetStream → PG)      {ours:>9.0}/s");
         ours_rates.push(ours);
         // For reference (not the target's baseline): the same statement on two connections
-        // side by side, as the service's two lanes insert; measured after ours, so
-        // that the target's phases run as they did before it was added.
-        let raw_store = Store::connect_and_migrate(&PgCluster::shared().fresh_database(), 4).await.unwrap();
-        checkpoint(raw_store.db()).await;
-        let start = Instant::now();
-        let lane = |parity: usize| {
-            let (db, rows) = (raw_store.db().clone(), &rows);
-            async move {
-                for chunk in rows.chunks(1000).skip(parity).step_by(2) {
-                    custodian_audit::insert_entries(&db, chunk.to_vec()).await.unwrap();
-                }
-            }
-        };
-        tokio::join!(lane(0), lane(1));
-        let rate = n as f64 / start.elapsed().as_secs_f64();
+        // side by side, as the service's two lanes insert; measured after ours, so that the
+        // target's phases run as they did before it was added.
+        let rate = raw_insert_rate(&rows, 1000, 2).await;
         println!("raw PostgreSQL INSERT … unnest x1000 on two connections side by side {rate:>9.0}/s");
         raw_two.push(rate);
     }
@@ -132,6 +114,25 @@ pub async fn run(events: Vec<LifecycleEvent>) {
         list(&two),
         median(&two)
     );
+}
+
+/// Rows per second of the raw insert into a fresh table: `per_statement` rows per `unnest`
+/// statement, on `connections` connections side by side (each taking every
+/// `connections`-th statement), from a fresh `CHECKPOINT`.
+async fn raw_insert_rate(rows: &[audit_entry::Model], per_statement: usize, connections: usize) -> f64 {
+    let store = Store::connect_and_migrate(&PgCluster::shared().fresh_database(), 4).await.unwrap();
+    checkpoint(store.db()).await;
+    let start = Instant::now();
+    let connection = |first: usize| {
+        let db = store.db().clone();
+        async move {
+            for chunk in rows.chunks(per_statement).skip(first).step_by(connections) {
+                custodian_audit::insert_entries(&db, chunk.to_vec()).await.unwrap();
+            }
+        }
+    };
+    futures::future::join_all((0..connections).map(connection)).await;
+    rows.len() as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Which of several baselines, each measured once per round, is the fastest over the run.
