@@ -257,10 +257,15 @@ async fn request_sweep(stack: &Stack, sweep_id: &str, platform: &str) {
     stack.publish(subjects::SWEEP_REQUESTED, &request).await;
 }
 
+/// The sweep's row, if it exists yet.
+async fn sweep_row(stack: &Stack, sweep_id: &str) -> Option<sweep::Model> {
+    sweep::Entity::find_by_id(sweep_id.to_owned()).one(stack.store.db()).await.expect("sweep row")
+}
+
 /// The replica holding the sweep once it has written a page.
 async fn holder_mid_sweep(stack: &Stack, sweep_id: &str) -> String {
     eventually("a replica to be mid-sweep", Duration::from_secs(30), || async {
-        let row = sweep::Entity::find_by_id(sweep_id.to_owned()).one(stack.store.db()).await.unwrap()?;
+        let row = sweep_row(stack, sweep_id).await?;
         (row.scanned > 0 && row.state == "running").then(|| row.holder.clone()).flatten()
     })
     .await
@@ -276,11 +281,11 @@ async fn two_replicas_sweep_once_and_a_killed_holder_is_taken_over() {
     request_sweep(&stack, "sweep-ha", "tp-ha").await;
     let first_holder = holder_mid_sweep(&stack, "sweep-ha").await;
     stack.crash_sweeper(&first_holder).await;
-    let row = sweep::Entity::find_by_id("sweep-ha".to_owned()).one(stack.store.db()).await.unwrap().unwrap();
+    let row = sweep_row(&stack, "sweep-ha").await.unwrap();
     assert!(row.scanned < 3000, "the holder died mid-sweep ({} of 3000)", row.scanned);
 
     let done = eventually("the other replica to finish it", Duration::from_secs(60), || async {
-        let row = sweep::Entity::find_by_id("sweep-ha".to_owned()).one(stack.store.db()).await.unwrap()?;
+        let row = sweep_row(&stack, "sweep-ha").await?;
         (row.state == "finished").then_some(row)
     })
     .await;
@@ -401,13 +406,13 @@ async fn a_replica_fenced_off_by_a_takeover_finishes_the_sweep_when_the_new_hold
     let kv = stack.bus.jetstream().get_key_value(custodian_sweeper::lease::BUCKET).await.unwrap();
     kv.purge("sweep-lost").await.unwrap();
     let second = eventually("the sweep taken over by the other replica", Duration::from_secs(30), || async {
-        let row = sweep::Entity::find_by_id("sweep-lost".to_owned()).one(stack.store.db()).await.unwrap()?;
+        let row = sweep_row(&stack, "sweep-lost").await?;
         row.holder.filter(|h| *h != first)
     })
     .await;
     stack.crash_sweeper(&second).await;
     let done = eventually("the fenced replica to finish it", Duration::from_secs(60), || async {
-        let row = sweep::Entity::find_by_id("sweep-lost".to_owned()).one(stack.store.db()).await.unwrap()?;
+        let row = sweep_row(&stack, "sweep-lost").await?;
         (row.state == "finished").then_some(row)
     })
     .await;
