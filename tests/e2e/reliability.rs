@@ -472,6 +472,80 @@ async fn a_durable_switched_to_in_order_resumes_after_what_it_had_acknowledged()
     task.await.expect("joined").expect("consumer ran");
 }
 
+/// Never finishes the batch that carries `held` (the instance dies with it in hand);
+/// records every batch before it.
+#[derive(Clone, Default)]
+struct Stuck {
+    held: String,
+    in_hand: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl custodian_bus::BatchHandler for Stuck {
+    async fn handle(&self, batch: &[custodian_bus::Delivery]) -> Vec<Result<(), custodian_bus::HandlerError>> {
+        if batch.iter().any(|d| d.event.id() == self.held) {
+            self.in_hand.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        self.seen.lock().unwrap().extend(batch.iter().map(|d| d.event.id().to_owned()));
+        batch.iter().map(|_| Ok(())).collect()
+    }
+}
+
+/// An in-order consumer (the audit chain) that dies with messages in hand and starts again
+/// at once: the server delivers newer messages before it redelivers those (only after
+/// `ack_wait`), and under `AckPolicy::All` the new instance's first ack would cover them,
+/// never applied. They must come first, in order, each once.
+#[tokio::test]
+async fn an_in_order_consumer_restarted_with_messages_in_hand_applies_them_before_newer_ones() {
+    let stack = Stack::infrastructure().await;
+    let first = publish_seen(&stack, 30, 0).await;
+    let stuck = Stuck { held: first[15].clone(), ..Default::default() };
+    let mut spec = in_order_spec();
+    spec.batch = 5;
+    assert!(spec.ack_wait >= Duration::from_secs(30), "no redelivery by the server within the test");
+    let task = tokio::spawn({
+        let (bus, stuck, clock, spec) = (stack.bus.clone(), stuck.clone(), stack.clock.clone(), spec.clone());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        async move { custodian_bus::run_consumer(&bus, spec, stuck, clock, shutdown).await }
+    });
+    eventually("the instance stuck on a batch", Duration::from_secs(20), || {
+        let in_hand = stuck.in_hand.load(std::sync::atomic::Ordering::SeqCst);
+        async move { in_hand.then_some(()) }
+    })
+    .await;
+    task.abort();
+    let _ = task.await;
+    let applied = stuck.seen.lock().unwrap().clone();
+    assert_eq!(applied, first[..applied.len()], "the dead instance applied a prefix");
+    assert!(applied.len() < 16, "and not the batch it died with");
+    let info = consumer_info(&stack, "test-in-order").await.expect("the durable");
+    assert!(info.num_ack_pending > 0, "the dead instance left messages unacknowledged");
+
+    let restarted = Recorder::default();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let (bus, restarted, clock, shutdown) =
+            (stack.bus.clone(), restarted.clone(), stack.clock.clone(), shutdown.clone());
+        async move { custodian_bus::run_consumer(&bus, spec, restarted, clock, shutdown).await }
+    });
+    let second = publish_seen(&stack, 10, 100).await;
+    let expected: Vec<String> = first[applied.len()..].iter().chain(&second).cloned().collect();
+    let seen = eventually("the messages in hand and the newer ones applied", Duration::from_secs(20), || {
+        let (seen, wanted) = (restarted.seen.lock().unwrap().clone(), expected.len());
+        async move { (seen.len() >= wanted).then_some(seen) }
+    })
+    .await;
+    assert_eq!(seen, expected, "what the dead instance had in hand first, then the newer, each once");
+    eventually("everything acknowledged", Duration::from_secs(10), || async {
+        let info = consumer_info(&stack, "test-in-order").await?;
+        (info.ack_floor.stream_sequence == 40 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    task.await.expect("joined").expect("consumer ran");
+}
+
 /// A task aborted while it begins, uses or commits a transaction (a crashed replica, a
 /// dropped `select!` branch) must not hand its pooled connection on inside a transaction:
 /// the next borrower's autocommit statements would never commit and would keep their locks.

@@ -159,10 +159,7 @@ impl Stack {
 
     /// Ends the consent service as a crash would: its task is dropped wherever it is.
     pub async fn crash_consent(&mut self) {
-        if let Some((_, handle)) = self.consent.take() {
-            handle.abort();
-            let _ = handle.await;
-        }
+        crash(self.consent.take()).await;
     }
 
     /// Starts a sweeper replica named `replica`.
@@ -187,9 +184,8 @@ impl Stack {
     /// Ends a sweeper replica as a crash would.
     pub async fn crash_sweeper(&mut self, replica: &str) {
         if let Some(i) = self.sweepers.iter().position(|(name, _, _)| name == replica) {
-            let (_, _, handle) = self.sweepers.remove(i);
-            handle.abort();
-            let _ = handle.await;
+            let (_, token, handle) = self.sweepers.remove(i);
+            crash(Some((token, handle))).await;
         }
     }
 
@@ -218,6 +214,11 @@ impl Stack {
         self.audit = Some(spawn_service("audit", |token| custodian_audit::run(deps, config, token)));
     }
 
+    /// Ends the audit service as a crash would: whatever it had in hand is dropped unacked.
+    pub async fn crash_audit(&mut self) {
+        crash(self.audit.take()).await;
+    }
+
     /// Starts the incident service (credentials sealed under the stack's key ring).
     pub fn start_incident(&mut self, config: custodian_incident::IncidentConfig) {
         let deps = custodian_incident::Deps {
@@ -232,18 +233,12 @@ impl Stack {
 
     /// Ends the incident service as a crash would.
     pub async fn crash_incident(&mut self) {
-        if let Some((_, handle)) = self.incident.take() {
-            handle.abort();
-            let _ = handle.await;
-        }
+        crash(self.incident.take()).await;
     }
 
     /// Ends the vault as a crash would: its tasks are dropped wherever they are.
     pub async fn crash_vault(&mut self) {
-        if let Some((_, handle)) = self.vault.take() {
-            handle.abort();
-            let _ = handle.await;
-        }
+        crash(self.vault.take()).await;
     }
 
     /// A view (the SDK) on its own NATS connection, listening for wipes.
@@ -548,4 +543,12 @@ pub fn unique(prefix: &str) -> String {
 
 pub fn at(offset_secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_795_000_000 + offset_secs, 0).expect("time")
+}
+
+/// Drops a service's task wherever it is, as a crash would (its shutdown token is not used).
+async fn crash(service: Option<(CancellationToken, JoinHandle<()>)>) {
+    if let Some((_, handle)) = service {
+        handle.abort();
+        let _ = handle.await;
+    }
 }

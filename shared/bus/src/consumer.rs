@@ -128,11 +128,24 @@ pub async fn run_consumer<H: BatchHandler>(
                 .await
                 .map_err(|e| consumer_error(&e))?;
             let existing = consumer.cached_info().clone();
-            if existing.config.ack_policy != config.ack_policy {
-                // The ack policy of a durable cannot be updated: replace it, starting right
-                // after what the old one had acknowledged (what it had in flight comes again).
+            let replace_because = if existing.config.ack_policy != config.ack_policy {
+                // The ack policy of a durable cannot be updated.
+                Some("ack policy changed")
+            } else if spec.in_order && existing.num_ack_pending > 0 {
+                // A previous instance stopped with messages in hand (its read-ahead, or a
+                // crash mid-batch). The server redelivers them only once ack_wait has passed,
+                // and delivers newer ones first; under `AckPolicy::All` this instance's first
+                // ack would cover them, unapplied. Replaying from the ack floor applies
+                // everything after it in order (what was applied but not acked is found again).
+                Some("a previous instance left messages unacknowledged")
+            } else {
+                None
+            };
+            if let Some(reason) = replace_because {
+                // Replace it, starting right after what the old one had acknowledged (what it
+                // had in flight comes again).
                 let start_sequence = existing.ack_floor.stream_sequence + 1;
-                tracing::info!(durable = %spec.durable, start_sequence, "replacing the durable consumer: ack policy changed");
+                tracing::info!(durable = %spec.durable, start_sequence, reason, "replacing the durable consumer");
                 stream.delete_consumer(&spec.durable).await.map_err(|e| consumer_error(&e))?;
                 let replacement = pull::Config {
                     deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence },
@@ -244,9 +257,12 @@ where
     E: std::fmt::Display + Send + 'static,
 {
     let (decoded_tx, mut decoded_rx) = tokio::sync::mpsc::channel::<(Vec<Delivery>, Vec<Message>)>(1);
-    let reader = {
+    // In a set, so that a consumer dropped mid-way (its service aborted) takes its reader
+    // along instead of leaving it pulling messages nobody will apply.
+    let mut reader = tokio::task::JoinSet::new();
+    {
         let (bus, spec, clock, shutdown) = (bus.clone(), spec.clone(), clock.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        reader.spawn(async move {
             loop {
                 let messages = tokio::select! {
                     biased;
@@ -263,8 +279,8 @@ where
                     return Ok(());
                 }
             }
-        })
-    };
+        });
+    }
     loop {
         let (decoded, decoded_messages) = tokio::select! {
             biased;
@@ -277,9 +293,13 @@ where
         handle_batch_in_order(bus, &spec, &handler, &clock, decoded, decoded_messages, &shutdown).await;
     }
     drop(decoded_rx);
-    let outcome = reader.await.unwrap_or_else(|e| {
-        Err(BusError::Consumer { durable: spec.durable.clone(), reason: format!("reader task failed: {e}") })
-    });
+    let outcome = match reader.join_next().await {
+        Some(Ok(outcome)) => outcome,
+        Some(Err(e)) => {
+            Err(BusError::Consumer { durable: spec.durable.clone(), reason: format!("reader task failed: {e}") })
+        }
+        None => Ok(()),
+    };
     tracing::info!(durable = %spec.durable, "consumer stopped");
     outcome
 }
