@@ -14,6 +14,7 @@ use custodian_store::entities::{consent_history, outbox as outbox_entity};
 use custodian_store::outbox::{self, OutgoingEvent};
 use custodian_store::sea_orm::{EntityTrait, PaginatorTrait, TransactionTrait};
 use custodian_testkit::eventually;
+use futures::StreamExt as _;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
@@ -540,6 +541,64 @@ async fn an_in_order_consumer_restarted_with_messages_in_hand_applies_them_befor
     eventually("everything acknowledged", Duration::from_secs(10), || async {
         let info = consumer_info(&stack, "test-in-order").await?;
         (info.ack_floor.stream_sequence == 40 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    task.await.expect("joined").expect("consumer ran");
+}
+
+/// A delivery that never reaches an in-order consumer (lost in transit with a dropped
+/// connection; here taken by a second puller on the durable and dropped) must not be
+/// covered by its next ack: it applies what came before, then replays from the ack floor.
+#[tokio::test]
+async fn an_in_order_consumer_missing_a_delivery_replays_it_instead_of_acking_past_it() {
+    let stack = Stack::infrastructure().await;
+    let mut published = publish_seen(&stack, 10, 0).await;
+    let recorder = Recorder::default();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let (bus, recorder, clock, shutdown) =
+            (stack.bus.clone(), recorder.clone(), stack.clock.clone(), shutdown.clone());
+        async move { custodian_bus::run_consumer(&bus, in_order_spec(), recorder, clock, shutdown).await }
+    });
+    eventually("the first events applied", Duration::from_secs(20), || {
+        let n = recorder.seen.lock().unwrap().len();
+        async move { (n == 10).then_some(()) }
+    })
+    .await;
+
+    // The second puller waits beside the consumer's own pull; the server hands new messages
+    // to both in turn.
+    let stream = stack.bus.jetstream().get_stream(subjects::STREAM).await.expect("stream");
+    let thief: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("test-in-order").await.expect("the durable");
+    let mut stolen = tokio::spawn(async move {
+        let mut fetched =
+            thief.fetch().max_messages(1).expires(Duration::from_secs(20)).messages().await.expect("fetch");
+        let message = fetched.next().await.expect("one message").expect("a message");
+        // Dropped without an ack, as if it had been lost on the wire.
+        message.info().expect("a JetStream delivery").stream_sequence
+    });
+    let mut taken = None;
+    for t in 100..150 {
+        published.extend(publish_seen(&stack, 1, t).await);
+        if let Ok(done) = tokio::time::timeout(Duration::from_millis(100), &mut stolen).await {
+            taken = Some(done.expect("the second puller"));
+            break;
+        }
+    }
+    let taken = taken.expect("the second puller got a delivery");
+    published.extend(publish_seen(&stack, 5, 200).await);
+
+    let seen = eventually("every event applied, the missing one too", Duration::from_secs(20), || {
+        let (seen, wanted) = (recorder.seen.lock().unwrap().clone(), published.len());
+        async move { (seen.len() >= wanted).then_some(seen) }
+    })
+    .await;
+    assert_eq!(seen, published, "each once, in stream order (stream sequence {taken} was the missing one)");
+    eventually("everything acknowledged", Duration::from_secs(10), || async {
+        let info = consumer_info(&stack, "test-in-order").await?;
+        (info.ack_floor.stream_sequence == published.len() as u64 && info.num_ack_pending == 0).then_some(())
     })
     .await;
     shutdown.cancel();

@@ -99,12 +99,29 @@ pub async fn run_consumer<H: BatchHandler>(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
-    let consumer_error =
-        |e: &dyn std::fmt::Display| BusError::Consumer { durable: spec.durable.clone(), reason: e.to_string() };
-    let config = pull::Config {
+    let config = consumer_config(&spec);
+    loop {
+        let Some(opened) = open_with_retry(bus, &spec, &config, &shutdown).await else { return Ok(()) };
+        let batches = Batches { chunks: opened.messages.ready_chunks(spec.batch), previous_batch_full: false };
+        tracing::info!(durable = %spec.durable, "consumer started");
+        if !spec.in_order {
+            return run_explicit(bus, &spec, &handler, &clock, &shutdown, batches).await;
+        }
+        let next_delivery = opened.last_delivery + 1;
+        match run_in_order(bus, &spec, &handler, &clock, &shutdown, batches, next_delivery).await? {
+            InOrderEnd::Stopped => return Ok(()),
+            // What came before the gap is applied and acked; the durable is found with the
+            // missing delivery unacknowledged and replayed from its ack floor.
+            InOrderEnd::DeliveryGap => continue,
+        }
+    }
+}
+
+fn consumer_config(spec: &ConsumerSpec) -> pull::Config {
+    pull::Config {
         durable_name: Some(spec.durable.clone()),
         filter_subjects: spec.filter_subjects.clone(),
-        ack_policy: ack_policy(&spec),
+        ack_policy: ack_policy(spec),
         max_deliver: spec.max_deliver,
         ack_wait: spec.ack_wait,
         // In order, a batch is acked only once applied, while the next ones are being
@@ -116,82 +133,116 @@ pub async fn run_consumer<H: BatchHandler>(
             async_nats::jetstream::consumer::DeliverPolicy::All
         },
         ..Default::default()
-    };
-    // A busy or restarting server can refuse the set-up for a while: retry rather than take
-    // the whole service down with it.
+    }
+}
+
+/// A durable ready to pull from.
+struct Opened {
+    messages: pull::Stream,
+    /// The consumer sequence of its last delivery before this instance (0 if replaced).
+    last_delivery: u64,
+}
+
+/// Opens the durable; a busy or restarting server can refuse the set-up for a while, so
+/// this retries rather than take the whole service down with it. `None` on shutdown.
+async fn open_with_retry(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    config: &pull::Config,
+    shutdown: &CancellationToken,
+) -> Option<Opened> {
     let mut attempt = 0u32;
-    let messages = loop {
-        let started = async {
-            let stream = bus.jetstream().get_stream(subjects::STREAM).await.map_err(|e| consumer_error(&e))?;
-            let mut consumer = stream
-                .get_or_create_consumer::<pull::Config>(&spec.durable, config.clone())
-                .await
-                .map_err(|e| consumer_error(&e))?;
-            let existing = consumer.cached_info().clone();
-            let replace_because = if existing.config.ack_policy != config.ack_policy {
-                // The ack policy of a durable cannot be updated.
-                Some("ack policy changed")
-            } else if spec.in_order && existing.num_ack_pending > 0 {
-                // A previous instance stopped with messages in hand (its read-ahead, or a
-                // crash mid-batch). The server redelivers them only once ack_wait has passed,
-                // and delivers newer ones first; under `AckPolicy::All` this instance's first
-                // ack would cover them, unapplied. Replaying from the ack floor applies
-                // everything after it in order (what was applied but not acked is found again).
-                Some("a previous instance left messages unacknowledged")
-            } else {
-                None
-            };
-            if let Some(reason) = replace_because {
-                // Replace it, starting right after what the old one had acknowledged (what it
-                // had in flight comes again).
-                let start_sequence = existing.ack_floor.stream_sequence + 1;
-                tracing::info!(durable = %spec.durable, start_sequence, reason, "replacing the durable consumer");
-                stream.delete_consumer(&spec.durable).await.map_err(|e| consumer_error(&e))?;
-                let replacement = pull::Config {
-                    deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence },
-                    ..config.clone()
-                };
-                consumer = stream.create_consumer(replacement).await.map_err(|e| consumer_error(&e))?;
-            }
-            consumer
-                .stream()
-                .max_messages_per_batch(spec.batch)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-                .map_err(|e| consumer_error(&e))
-        }
-        .await;
-        match started {
-            Ok(messages) => break messages,
+    loop {
+        match open(bus, spec, config).await {
+            Ok(opened) => return Some(opened),
             Err(e) => {
                 attempt += 1;
                 tracing::warn!(durable = %spec.durable, error = %e, attempt, "consumer not started; will retry");
                 let wait = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5)));
                 tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
+                    () = shutdown.cancelled() => return None,
                     () = tokio::time::sleep(wait) => {}
                 }
             }
         }
-    };
-    let mut batches = Batches { chunks: messages.ready_chunks(spec.batch), previous_batch_full: false };
-    tracing::info!(durable = %spec.durable, "consumer started");
-    if spec.in_order {
-        return run_in_order(bus, spec, handler, clock, shutdown, batches).await;
     }
+}
+
+async fn open(bus: &Bus, spec: &ConsumerSpec, config: &pull::Config) -> Result<Opened, BusError> {
+    let consumer_error =
+        |e: &dyn std::fmt::Display| BusError::Consumer { durable: spec.durable.clone(), reason: e.to_string() };
+    let stream = bus.jetstream().get_stream(subjects::STREAM).await.map_err(|e| consumer_error(&e))?;
+    let mut consumer = stream
+        .get_or_create_consumer::<pull::Config>(&spec.durable, config.clone())
+        .await
+        .map_err(|e| consumer_error(&e))?;
+    let existing = consumer.cached_info().clone();
+    let replace_because = if existing.config.ack_policy != config.ack_policy {
+        // The ack policy of a durable cannot be updated.
+        Some("ack policy changed")
+    } else if spec.in_order && existing.num_ack_pending > 0 {
+        // A previous instance stopped with messages in hand (its read-ahead, or a crash
+        // mid-batch), or a delivery never arrived. The server redelivers those only once
+        // ack_wait has passed, and delivers newer ones first; under `AckPolicy::All` this
+        // instance's first ack would cover them, unapplied. Replaying from the ack floor
+        // applies everything after it in order (what was applied but not acked is found again).
+        Some("messages delivered before are unacknowledged")
+    } else {
+        None
+    };
+    let mut last_delivery = existing.delivered.consumer_sequence;
+    if let Some(reason) = replace_because {
+        // Replace it, starting right after what the old one had acknowledged (what it had in
+        // flight comes again).
+        let start_sequence = existing.ack_floor.stream_sequence + 1;
+        tracing::info!(durable = %spec.durable, start_sequence, reason, "replacing the durable consumer");
+        stream.delete_consumer(&spec.durable).await.map_err(|e| consumer_error(&e))?;
+        let replacement = pull::Config {
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence },
+            ..config.clone()
+        };
+        consumer = stream.create_consumer(replacement).await.map_err(|e| consumer_error(&e))?;
+        last_delivery = 0;
+    }
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(spec.batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| consumer_error(&e))?;
+    Ok(Opened { messages, last_delivery })
+}
+
+/// One ack (or nak, or dead letter) per message; several instances may share the durable.
+async fn run_explicit<H, S, E>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    handler: &H,
+    clock: &SharedClock,
+    shutdown: &CancellationToken,
+    mut batches: Batches<S>,
+) -> Result<(), BusError>
+where
+    H: BatchHandler,
+    S: futures::Stream<Item = Result<Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
     loop {
         let messages = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            messages = batches.next(&spec) => messages.ok_or_else(|| consumer_error(&"message stream ended"))?,
+            messages = batches.next(spec) => messages.ok_or_else(|| BusError::Consumer {
+                durable: spec.durable.clone(),
+                reason: "message stream ended".into(),
+            })?,
         };
-        let Some((decoded, decoded_messages)) = decode_batch(bus, &spec, &clock, messages, &shutdown).await else {
+        let Some((decoded, decoded_messages)) = decode_batch(bus, spec, clock, messages, shutdown).await else {
             break;
         };
         if !decoded.is_empty() {
-            handle_batch(bus, &spec, &handler, &clock, decoded, decoded_messages).await;
+            handle_batch(bus, spec, handler, clock, decoded, decoded_messages).await;
         }
     }
     tracing::info!(durable = %spec.durable, "consumer stopped");
@@ -240,17 +291,27 @@ where
     }
 }
 
+/// How an in-order consumer ended.
+enum InOrderEnd {
+    Stopped,
+    /// A delivery never arrived (lost in transit with a dropped connection, or taken by a
+    /// second puller): the next ack would cover it, so the consumer must start over.
+    DeliveryGap,
+}
+
 /// [`ConsumerSpec::in_order`]: a task fetches and decodes the next batch while this one is
 /// being applied (a channel of one keeps them in order), so the service's transaction is
-/// not waiting on decoding.
+/// not waiting on decoding. The reader stops at a gap in the consumer's delivery sequence:
+/// under `AckPolicy::All` an ack past a delivery that never arrived would cover it.
 async fn run_in_order<H, S, E>(
     bus: &Bus,
-    spec: ConsumerSpec,
-    handler: H,
-    clock: SharedClock,
-    shutdown: CancellationToken,
+    spec: &ConsumerSpec,
+    handler: &H,
+    clock: &SharedClock,
+    shutdown: &CancellationToken,
     mut batches: Batches<S>,
-) -> Result<(), BusError>
+    mut next_delivery: u64,
+) -> Result<InOrderEnd, BusError>
 where
     H: BatchHandler,
     S: futures::Stream<Item = Result<Message, E>> + Unpin + Send + 'static,
@@ -264,19 +325,29 @@ where
         let (bus, spec, clock, shutdown) = (bus.clone(), spec.clone(), clock.clone(), shutdown.clone());
         reader.spawn(async move {
             loop {
-                let messages = tokio::select! {
+                let mut messages = tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => return Ok(()),
+                    () = shutdown.cancelled() => return Ok(InOrderEnd::Stopped),
                     messages = batches.next(&spec) => match messages {
                         Some(messages) => messages,
                         None => return Err(BusError::Consumer { durable: spec.durable.clone(), reason: "message stream ended".into() }),
                     },
                 };
+                let sequences = messages.iter().map(|m| m.info().ok().map(|info| info.consumer_sequence));
+                let gap = first_after_gap(sequences, &mut next_delivery);
+                if let Some(at) = gap {
+                    tracing::warn!(durable = %spec.durable, expected = next_delivery, "a delivery never arrived; applying what came before it, then replaying from the ack floor");
+                    // Left unacked: the replay delivers them again.
+                    messages.truncate(at);
+                }
                 let Some(decoded) = decode_batch(&bus, &spec, &clock, messages, &shutdown).await else {
-                    return Ok(());
+                    return Ok(InOrderEnd::Stopped);
                 };
                 if !decoded.0.is_empty() && decoded_tx.send(decoded).await.is_err() {
-                    return Ok(());
+                    return Ok(InOrderEnd::Stopped);
+                }
+                if gap.is_some() {
+                    return Ok(InOrderEnd::DeliveryGap);
                 }
             }
         });
@@ -290,7 +361,7 @@ where
                 None => break,
             },
         };
-        handle_batch_in_order(bus, &spec, &handler, &clock, decoded, decoded_messages, &shutdown).await;
+        handle_batch_in_order(bus, spec, handler, clock, decoded, decoded_messages, shutdown).await;
     }
     drop(decoded_rx);
     let outcome = match reader.join_next().await {
@@ -298,10 +369,26 @@ where
         Some(Err(e)) => {
             Err(BusError::Consumer { durable: spec.durable.clone(), reason: format!("reader task failed: {e}") })
         }
-        None => Ok(()),
+        None => Ok(InOrderEnd::Stopped),
     };
-    tracing::info!(durable = %spec.durable, "consumer stopped");
+    if matches!(outcome, Ok(InOrderEnd::Stopped)) {
+        tracing::info!(durable = %spec.durable, "consumer stopped");
+    }
     outcome
+}
+
+/// The index of the first message that follows a gap in the consumer's delivery sequence
+/// (`next` is the one expected; it advances past each message). A message without one (not
+/// a JetStream delivery) counts as a gap: nothing after it can be proven contiguous. A
+/// sequence lower than expected does not open a gap.
+fn first_after_gap(sequences: impl Iterator<Item = Option<u64>>, next: &mut u64) -> Option<usize> {
+    for (i, sequence) in sequences.enumerate() {
+        match sequence {
+            Some(sequence) if sequence <= *next => *next = (*next).max(sequence + 1),
+            _ => return Some(i),
+        }
+    }
+    None
 }
 
 /// Decodes strictly; what does not decode is dead-lettered at once. `None` if the service
@@ -529,6 +616,22 @@ async fn dead_letter_in_order(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gap_in_the_delivery_sequence_is_found_at_the_first_message_after_it() {
+        let mut next = 5;
+        assert_eq!(first_after_gap([Some(5), Some(6), Some(7)].into_iter(), &mut next), None);
+        assert_eq!(next, 8);
+        assert_eq!(first_after_gap([Some(8), Some(10), Some(11)].into_iter(), &mut next), Some(1));
+        assert_eq!(next, 9, "stops at the gap");
+        let mut next = 1;
+        assert_eq!(first_after_gap([Some(1), None, Some(3)].into_iter(), &mut next), Some(1), "no sequence: a gap");
+        let mut next = 1;
+        assert_eq!(first_after_gap([Some(4)].into_iter(), &mut next), Some(0), "a gap before the first");
+        let mut next = 7;
+        assert_eq!(first_after_gap([Some(3), Some(7)].into_iter(), &mut next), None, "lower is no gap");
+        assert_eq!(next, 8);
+    }
 
     #[test]
     fn redelivery_backs_off_exponentially_up_to_a_minute() {
