@@ -22,7 +22,7 @@ for _ in $(seq 1 100); do
     target/debug/custodian consents list
     # The audit chain holds the grant and verifies (exit 0).
     for _ in $(seq 1 50); do target/debug/custodian audit verify | grep -q "^[1-9][0-9]* entries" && break; sleep 0.1; done
-    target/debug/custodian audit verify
+    target/debug/custodian audit verify --stream
     # An incident: the DPO's first e-mail reaches the SMTP server.
     target/debug/custodian incident report --kind data_leak --platform tp-demo --summary "smoke test" | tee /tmp/smoke-incident
     incident=$(grep -o 'inc-[0-9a-f-]*' /tmp/smoke-incident | head -1)

@@ -397,6 +397,55 @@ async fn an_audit_service_killed_mid_drain_and_restarted_chains_every_event_once
     assert_eq!(report.broken, None, "{report:?}");
 }
 
+/// An event the stream holds and the audit service acknowledged, but never chained, breaks
+/// no link: the chain walk passes. Checked against the stream, it is found at its sequence.
+/// A malformed message the audit dead-lettered is no gap: its dead letter is in the chain.
+#[tokio::test]
+async fn verify_against_the_stream_finds_an_acknowledged_event_the_chain_lacks() {
+    use custodian_audit::completeness::{CHAIN_DURABLE, check_stream};
+    let mut stack = Stack::infrastructure().await;
+    let grants: Vec<CloudEvent<ConsentGrantedV1>> =
+        (0..20).map(|i| CloudEvent::new("urn:test", stack.clock.now(), grant(format!("complete-{i}")))).collect();
+    let outgoing: Vec<custodian_bus::Outgoing> =
+        grants.iter().map(|e| custodian_bus::Outgoing::event(subjects::CONSENT_GRANTED, e)).collect();
+    for result in stack.bus.publish_all(&outgoing, 1).await {
+        result.expect("published");
+    }
+    let js = stack.bus.jetstream().clone();
+    js.publish(subjects::CONSENT_GRANTED, "{not an event".into()).await.expect("sent").await.expect("stored");
+    stack.start_audit(audit_config(None));
+    // 20 grants, the malformed message, and the audit's dead letter for it.
+    let report = eventually("the audit service caught up", Duration::from_secs(30), || async {
+        let report = check_stream(stack.store.db(), &stack.bus).await.expect("checked");
+        (report.acknowledged == 22).then_some(report)
+    })
+    .await;
+    assert_eq!((report.first_sequence, report.last_sequence, report.checked), (1, 22, 22), "{report:?}");
+    assert_eq!(report.unchained, None, "every message chained, the malformed one through its dead letter");
+    assert_eq!(chained(&stack).await.len(), 21);
+
+    // The audit service stops; an event is taken off its durable and acknowledged without
+    // being chained, as an ack covering it would.
+    stack.crash_audit().await;
+    let lost = CloudEvent::new("urn:test", stack.clock.now(), grant("complete-lost".into()));
+    stack.bus.publish(&custodian_bus::Outgoing::event(subjects::CONSENT_GRANTED, &lost)).await.expect("published");
+    let stream = js.get_stream(subjects::STREAM).await.expect("stream");
+    let durable: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(CHAIN_DURABLE).await.expect("the chain's durable");
+    let mut taken = durable.fetch().max_messages(1).expires(Duration::from_secs(10)).messages().await.expect("fetch");
+    let message = futures::StreamExt::next(&mut taken).await.expect("one message").expect("a message");
+    message.double_ack().await.expect("acknowledged");
+
+    let chain = verify(stack.store.db(), &stack.audit_signer.public_key_base64(), None).await.expect("verify");
+    assert_eq!(chain.broken, None, "the chain itself shows nothing");
+    let report = check_stream(stack.store.db(), &stack.bus).await.expect("checked");
+    assert_eq!(report.acknowledged, 23);
+    let unchained = report.unchained.expect("the lost event is found");
+    assert_eq!(unchained.stream_sequence, 23);
+    assert_eq!(unchained.subject, subjects::CONSENT_GRANTED);
+    assert_eq!(unchained.event_id.as_deref(), Some(lost.id.as_str()));
+}
+
 fn audit_deps(stack: &Stack) -> custodian_audit::Deps {
     custodian_audit::Deps {
         store: stack.store.clone(),

@@ -6,6 +6,7 @@
 //! audit key ring, readable by the DPO only (answers sealed to the asker).
 
 pub mod chain;
+pub mod completeness;
 mod handler;
 pub mod verify;
 
@@ -176,6 +177,7 @@ pub async fn run(deps: Deps, config: AuditConfig, shutdown: CancellationToken) -
     let audit = audit(&deps, config);
     let mut tasks = Supervisor::new(shutdown.clone());
     let mut spec = ConsumerSpec::new(SERVICE, "chain", &[subjects::ALL]);
+    debug_assert_eq!(spec.durable, completeness::CHAIN_DURABLE);
     spec.batch = audit.config.batch.max(1);
     spec.max_deliver = audit.config.max_deliver.max(1);
     spec.ack_wait = Duration::from_secs(audit.config.ack_wait_secs.max(1));

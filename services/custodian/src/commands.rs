@@ -253,6 +253,10 @@ pub enum AuditCommand {
         /// The audit public key (base64); default: derived from audit.signing_key.
         #[arg(long)]
         public_key: Option<String>,
+        /// Also check that every event the stream still holds, up to what the audit service
+        /// has acknowledged, is in the chain (an event never appended breaks no link).
+        #[arg(long)]
+        stream: bool,
         #[arg(long)]
         json: bool,
     },
@@ -287,7 +291,7 @@ pub async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<()> {
                 custodian_crypto::generate_key()
             );
         }
-        AuditCommand::Verify { checkpoints, public_key, json } => {
+        AuditCommand::Verify { checkpoints, public_key, stream, json } => {
             let public_key = match public_key {
                 Some(k) => k,
                 None => {
@@ -312,18 +316,42 @@ pub async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<()> {
             };
             let store = Store::connect(config.database_url.expose_secret(), 2).await?;
             let report = custodian_audit::verify::verify(store.db(), &public_key, exported).await?;
+            let completeness = if stream {
+                let bus = connect_bus(config, "custodian-cli").await?;
+                Some(custodian_audit::completeness::check_stream(store.db(), &bus).await?)
+            } else {
+                None
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let both = serde_json::json!({ "chain": &report, "stream": &completeness });
+                println!("{}", serde_json::to_string_pretty(if stream { &both } else { &both["chain"] })?);
             } else {
                 let source = file.map_or("the database".to_owned(), |p| p.display().to_string());
                 println!(
                     "{} entries, last {}; {} checkpoint(s) from {source} checked",
                     report.entries, report.last_seq, report.checkpoints_checked
                 );
+                if let Some(c) = &completeness {
+                    println!(
+                        "stream: {} message(s) checked, sequences {}–{} (the audit service has acknowledged up to {})",
+                        c.checked, c.first_sequence, c.last_sequence, c.acknowledged
+                    );
+                }
             }
-            if let Some(broken) = report.broken {
+            let unchained = completeness.and_then(|c| c.unchained);
+            if report.broken.is_some() || unchained.is_some() {
                 if !json {
-                    eprintln!("BROKEN: {broken}");
+                    if let Some(broken) = report.broken {
+                        eprintln!("BROKEN: {broken}");
+                    }
+                    if let Some(m) = unchained {
+                        eprintln!(
+                            "MISSING: stream sequence {} ({}, event {}) is acknowledged but not in the chain",
+                            m.stream_sequence,
+                            m.subject,
+                            m.event_id.as_deref().unwrap_or("without an id")
+                        );
+                    }
                 }
                 std::process::exit(1);
             }
