@@ -393,6 +393,37 @@ async fn publish_seen(stack: &Stack, n: usize, from: i64) -> Vec<String> {
     events.iter().map(|e| e.id().to_owned()).collect()
 }
 
+/// Runs `handler` on the durable `spec` names until `shutdown`.
+fn spawn_consumer<H: custodian_bus::BatchHandler>(
+    stack: &Stack,
+    spec: custodian_bus::ConsumerSpec,
+    handler: H,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), custodian_bus::BusError>> {
+    let (bus, clock, shutdown) = (stack.bus.clone(), stack.clock.clone(), shutdown.clone());
+    tokio::spawn(async move { custodian_bus::run_consumer(&bus, spec, handler, clock, shutdown).await })
+}
+
+impl Recorder {
+    /// What it was handed, once that is at least `n` events.
+    async fn seen_at_least(&self, what: &str, n: usize) -> Vec<String> {
+        eventually(what, Duration::from_secs(20), || {
+            let seen = self.seen.lock().unwrap().clone();
+            async move { (seen.len() >= n).then_some(seen) }
+        })
+        .await
+    }
+}
+
+/// Waits until the test durable has acknowledged everything up to stream sequence `upto`.
+async fn acknowledged_up_to(stack: &Stack, upto: u64) -> async_nats::jetstream::consumer::Info {
+    eventually("everything acknowledged", Duration::from_secs(10), || async {
+        let info = consumer_info(stack, "test-in-order").await?;
+        (info.ack_floor.stream_sequence == upto && info.num_ack_pending == 0).then_some(info)
+    })
+    .await
+}
+
 /// The durable's state; `None` until it exists.
 async fn consumer_info(stack: &Stack, durable: &str) -> Option<async_nats::jetstream::consumer::Info> {
     let stream = stack.bus.jetstream().get_stream(subjects::STREAM).await.expect("stream");
@@ -406,25 +437,12 @@ async fn an_in_order_consumer_retries_a_failed_batch_in_place_and_acks_each_even
     let published = publish_seen(&stack, 50, 0).await;
     let recorder = Recorder { failures: 2, ..Default::default() };
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn({
-        let (bus, recorder, clock, shutdown) =
-            (stack.bus.clone(), recorder.clone(), stack.clock.clone(), shutdown.clone());
-        async move { custodian_bus::run_consumer(&bus, in_order_spec(), recorder, clock, shutdown).await }
-    });
-    let seen = eventually("every event handled", Duration::from_secs(20), || {
-        let seen = recorder.seen.lock().unwrap().clone();
-        async move { (seen.len() >= 50).then_some(seen) }
-    })
-    .await;
+    let task = spawn_consumer(&stack, in_order_spec(), recorder.clone(), &shutdown);
+    let seen = recorder.seen_at_least("every event handled", 50).await;
     assert_eq!(seen, published, "in stream order, each once, after the failed attempts");
     assert!(recorder.calls.load(std::sync::atomic::Ordering::SeqCst) > 2, "the failed batch was retried");
-    let info = eventually("everything acknowledged", Duration::from_secs(10), || async {
-        let info = consumer_info(&stack, "test-in-order").await?;
-        (info.num_ack_pending == 0 && info.num_pending == 0).then_some(info)
-    })
-    .await;
+    let info = acknowledged_up_to(&stack, 50).await;
     assert_eq!(info.config.ack_policy, async_nats::jetstream::consumer::AckPolicy::All);
-    assert_eq!(info.ack_floor.stream_sequence, 50);
     shutdown.cancel();
     task.await.expect("joined").expect("consumer ran");
     assert_eq!(recorder.seen.lock().unwrap().len(), 50, "nothing redelivered");
@@ -439,16 +457,8 @@ async fn a_durable_switched_to_in_order_resumes_after_what_it_had_acknowledged()
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut spec = in_order_spec();
     spec.in_order = false;
-    let task = tokio::spawn({
-        let (bus, recorder, clock, shutdown) =
-            (stack.bus.clone(), explicit.clone(), stack.clock.clone(), shutdown.clone());
-        async move { custodian_bus::run_consumer(&bus, spec, recorder, clock, shutdown).await }
-    });
-    eventually("the first events acknowledged", Duration::from_secs(20), || async {
-        let info = consumer_info(&stack, "test-in-order").await?;
-        (info.ack_floor.stream_sequence == 10).then_some(())
-    })
-    .await;
+    let task = spawn_consumer(&stack, spec, explicit.clone(), &shutdown);
+    acknowledged_up_to(&stack, 10).await;
     shutdown.cancel();
     task.await.expect("joined").expect("consumer ran");
     assert_eq!(*explicit.seen.lock().unwrap(), first);
@@ -456,16 +466,8 @@ async fn a_durable_switched_to_in_order_resumes_after_what_it_had_acknowledged()
     let second = publish_seen(&stack, 10, 100).await;
     let in_order = Recorder::default();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn({
-        let (bus, recorder, clock, shutdown) =
-            (stack.bus.clone(), in_order.clone(), stack.clock.clone(), shutdown.clone());
-        async move { custodian_bus::run_consumer(&bus, in_order_spec(), recorder, clock, shutdown).await }
-    });
-    let seen = eventually("the new events handled", Duration::from_secs(20), || {
-        let seen = in_order.seen.lock().unwrap().clone();
-        async move { (seen.len() >= 10).then_some(seen) }
-    })
-    .await;
+    let task = spawn_consumer(&stack, in_order_spec(), in_order.clone(), &shutdown);
+    let seen = in_order.seen_at_least("the new events handled", 10).await;
     assert_eq!(seen, second, "only what the old durable had not acknowledged");
     let info = consumer_info(&stack, "test-in-order").await.expect("the durable");
     assert_eq!(info.config.ack_policy, async_nats::jetstream::consumer::AckPolicy::All);
@@ -505,11 +507,8 @@ async fn an_in_order_consumer_restarted_with_messages_in_hand_applies_them_befor
     let mut spec = in_order_spec();
     spec.batch = 5;
     assert!(spec.ack_wait >= Duration::from_secs(30), "no redelivery by the server within the test");
-    let task = tokio::spawn({
-        let (bus, stuck, clock, spec) = (stack.bus.clone(), stuck.clone(), stack.clock.clone(), spec.clone());
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        async move { custodian_bus::run_consumer(&bus, spec, stuck, clock, shutdown).await }
-    });
+    // Never shut down: the task is aborted, as a crash would end it.
+    let task = spawn_consumer(&stack, spec.clone(), stuck.clone(), &tokio_util::sync::CancellationToken::new());
     eventually("the instance stuck on a batch", Duration::from_secs(20), || {
         let in_hand = stuck.in_hand.load(std::sync::atomic::Ordering::SeqCst);
         async move { in_hand.then_some(()) }
@@ -525,24 +524,12 @@ async fn an_in_order_consumer_restarted_with_messages_in_hand_applies_them_befor
 
     let restarted = Recorder::default();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn({
-        let (bus, restarted, clock, shutdown) =
-            (stack.bus.clone(), restarted.clone(), stack.clock.clone(), shutdown.clone());
-        async move { custodian_bus::run_consumer(&bus, spec, restarted, clock, shutdown).await }
-    });
+    let task = spawn_consumer(&stack, spec, restarted.clone(), &shutdown);
     let second = publish_seen(&stack, 10, 100).await;
     let expected: Vec<String> = first[applied.len()..].iter().chain(&second).cloned().collect();
-    let seen = eventually("the messages in hand and the newer ones applied", Duration::from_secs(20), || {
-        let (seen, wanted) = (restarted.seen.lock().unwrap().clone(), expected.len());
-        async move { (seen.len() >= wanted).then_some(seen) }
-    })
-    .await;
+    let seen = restarted.seen_at_least("the messages in hand and the newer ones applied", expected.len()).await;
     assert_eq!(seen, expected, "what the dead instance had in hand first, then the newer, each once");
-    eventually("everything acknowledged", Duration::from_secs(10), || async {
-        let info = consumer_info(&stack, "test-in-order").await?;
-        (info.ack_floor.stream_sequence == 40 && info.num_ack_pending == 0).then_some(())
-    })
-    .await;
+    acknowledged_up_to(&stack, 40).await;
     shutdown.cancel();
     task.await.expect("joined").expect("consumer ran");
 }
@@ -556,16 +543,8 @@ async fn an_in_order_consumer_missing_a_delivery_replays_it_instead_of_acking_pa
     let mut published = publish_seen(&stack, 10, 0).await;
     let recorder = Recorder::default();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn({
-        let (bus, recorder, clock, shutdown) =
-            (stack.bus.clone(), recorder.clone(), stack.clock.clone(), shutdown.clone());
-        async move { custodian_bus::run_consumer(&bus, in_order_spec(), recorder, clock, shutdown).await }
-    });
-    eventually("the first events applied", Duration::from_secs(20), || {
-        let n = recorder.seen.lock().unwrap().len();
-        async move { (n == 10).then_some(()) }
-    })
-    .await;
+    let task = spawn_consumer(&stack, in_order_spec(), recorder.clone(), &shutdown);
+    recorder.seen_at_least("the first events applied", 10).await;
 
     // The second puller waits beside the consumer's own pull; the server hands new messages
     // to both in turn.
@@ -590,17 +569,9 @@ async fn an_in_order_consumer_missing_a_delivery_replays_it_instead_of_acking_pa
     let taken = taken.expect("the second puller got a delivery");
     published.extend(publish_seen(&stack, 5, 200).await);
 
-    let seen = eventually("every event applied, the missing one too", Duration::from_secs(20), || {
-        let (seen, wanted) = (recorder.seen.lock().unwrap().clone(), published.len());
-        async move { (seen.len() >= wanted).then_some(seen) }
-    })
-    .await;
+    let seen = recorder.seen_at_least("every event applied, the missing one too", published.len()).await;
     assert_eq!(seen, published, "each once, in stream order (stream sequence {taken} was the missing one)");
-    eventually("everything acknowledged", Duration::from_secs(10), || async {
-        let info = consumer_info(&stack, "test-in-order").await?;
-        (info.ack_floor.stream_sequence == published.len() as u64 && info.num_ack_pending == 0).then_some(())
-    })
-    .await;
+    acknowledged_up_to(&stack, published.len() as u64).await;
     shutdown.cancel();
     task.await.expect("joined").expect("consumer ran");
 }

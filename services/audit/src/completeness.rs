@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use custodian_bus::Bus;
 use custodian_events::{derived_event_id, subjects};
 use custodian_store::entities::audit_entry;
@@ -55,14 +56,17 @@ pub struct Completeness {
 /// chain. A message the audit dead-lettered counts when its dead letter is chained.
 pub async fn check_stream<C: ConnectionTrait>(conn: &C, bus: &Bus) -> Result<Completeness, CompletenessError> {
     let nats = |e: &dyn std::fmt::Display| CompletenessError::Nats(e.to_string());
-    let mut stream = bus.jetstream().get_stream(subjects::STREAM).await.map_err(|e| nats(&e))?;
-    let acknowledged = match stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(CHAIN_DURABLE).await {
-        Ok(mut consumer) => consumer.info().await.map_err(|e| nats(&e))?.ack_floor.stream_sequence,
+    let stream = bus.jetstream().get_stream(subjects::STREAM).await.map_err(|e| nats(&e))?;
+    let acknowledged = match stream.consumer_info(CHAIN_DURABLE).await {
+        Ok(info) => info.ack_floor.stream_sequence,
         // The audit service never ran: nothing is claimed chained.
-        Err(_) => 0,
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => 0,
+        Err(e) => return Err(nats(&e)),
     };
-    let state = stream.info().await.map_err(|e| nats(&e))?.state.clone();
-    // Messages past the stream's end, or aged out before its start, cannot be read.
+    // The stream's state as `get_stream` read it, before the ack floor: a floor past its end
+    // only means newer messages came since. Those, and any aged out before its start, are not
+    // checked.
+    let state = &stream.cached_info().state;
     let upto = acknowledged.min(state.last_sequence);
     let mut report = Completeness { acknowledged, first_sequence: 0, last_sequence: 0, checked: 0, unchained: None };
     if upto == 0 || state.messages == 0 || state.first_sequence > upto {

@@ -323,8 +323,11 @@ pub async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<()> {
                 None
             };
             if json {
-                let both = serde_json::json!({ "chain": &report, "stream": &completeness });
-                println!("{}", serde_json::to_string_pretty(if stream { &both } else { &both["chain"] })?);
+                let out = match &completeness {
+                    Some(c) => serde_json::json!({ "chain": &report, "stream": c }),
+                    None => serde_json::to_value(&report)?,
+                };
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 let source = file.map_or("the database".to_owned(), |p| p.display().to_string());
                 println!(

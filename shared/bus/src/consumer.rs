@@ -100,7 +100,8 @@ pub async fn run_consumer<H: BatchHandler>(
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
     let config = consumer_config(&spec);
-    loop {
+    // Reopened after a delivery gap: not if the service is stopping meanwhile.
+    while !shutdown.is_cancelled() {
         let Some(opened) = open_with_retry(bus, &spec, &config, &shutdown).await else { return Ok(()) };
         let batches = Batches { chunks: opened.messages.ready_chunks(spec.batch), previous_batch_full: false };
         tracing::info!(durable = %spec.durable, "consumer started");
@@ -115,6 +116,7 @@ pub async fn run_consumer<H: BatchHandler>(
             InOrderEnd::DeliveryGap => continue,
         }
     }
+    Ok(())
 }
 
 fn consumer_config(spec: &ConsumerSpec) -> pull::Config {
