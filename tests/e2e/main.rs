@@ -7,6 +7,7 @@ mod audit;
 mod consent_ledger;
 mod gateway_api;
 mod incidents;
+mod leadership;
 mod migrations;
 mod reliability;
 mod signals;

@@ -22,7 +22,7 @@ use crate::support::{Stack, at, unique};
 
 const ISSUER: &str = "https://op.example";
 
-fn grant_event(subject: &str, platform: &str, t: i64) -> LifecycleEvent {
+pub(crate) fn grant_event(subject: &str, platform: &str, t: i64) -> LifecycleEvent {
     LifecycleEvent::ConsentGranted(CloudEvent::new(
         "urn:test",
         at(t),
@@ -36,7 +36,7 @@ fn grant_event(subject: &str, platform: &str, t: i64) -> LifecycleEvent {
     ))
 }
 
-fn revoke_event(subject: &str, platform: &str, t: i64) -> LifecycleEvent {
+pub(crate) fn revoke_event(subject: &str, platform: &str, t: i64) -> LifecycleEvent {
     LifecycleEvent::ConsentRevoked(CloudEvent::new(
         "urn:test",
         at(t),
@@ -58,7 +58,7 @@ fn seen_event(subject: &str, platform: &str, t: i64) -> LifecycleEvent {
     ))
 }
 
-fn outgoing(event: &LifecycleEvent) -> Outgoing {
+pub(crate) fn outgoing(event: &LifecycleEvent) -> Outgoing {
     Outgoing {
         subject: event.fixed_subject().expect("fixed subject").to_owned(),
         event_id: event.id().to_owned(),
@@ -78,7 +78,7 @@ fn expected_states(events: &[LifecycleEvent]) -> HashMap<(String, String), Conse
     states
 }
 
-async fn history_count(stack: &Stack) -> u64 {
+pub(crate) async fn history_count(stack: &Stack) -> u64 {
     consent_history::Entity::find().count(stack.store.db()).await.expect("history count")
 }
 
@@ -361,8 +361,8 @@ async fn any_shuffle_with_duplicates_ends_in_the_in_order_state() {
 
 /// Records what it is handed; fails the first `failures` batches transiently.
 #[derive(Clone, Default)]
-struct Recorder {
-    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+pub(crate) struct Recorder {
+    pub(crate) seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     failures: usize,
 }
@@ -378,14 +378,14 @@ impl custodian_bus::BatchHandler for Recorder {
     }
 }
 
-fn in_order_spec() -> custodian_bus::ConsumerSpec {
+pub(crate) fn in_order_spec() -> custodian_bus::ConsumerSpec {
     let mut spec = custodian_bus::ConsumerSpec::new("test", "in-order", &[subjects::ACTIVITY_SEEN]);
     spec.in_order = true;
     spec.nak_delay = Duration::from_millis(20);
     spec
 }
 
-async fn publish_seen(stack: &Stack, n: usize, from: i64) -> Vec<String> {
+pub(crate) async fn publish_seen(stack: &Stack, n: usize, from: i64) -> Vec<String> {
     let events: Vec<LifecycleEvent> = (0..n).map(|i| seen_event(&unique("p"), "tp-1", from + i as i64)).collect();
     for r in stack.bus.publish_all(&events.iter().map(outgoing).collect::<Vec<_>>(), 64).await {
         r.expect("published");
@@ -394,7 +394,7 @@ async fn publish_seen(stack: &Stack, n: usize, from: i64) -> Vec<String> {
 }
 
 /// Runs `handler` on the durable `spec` names until `shutdown`.
-fn spawn_consumer<H: custodian_bus::BatchHandler>(
+pub(crate) fn spawn_consumer<H: custodian_bus::BatchHandler>(
     stack: &Stack,
     spec: custodian_bus::ConsumerSpec,
     handler: H,
@@ -406,7 +406,7 @@ fn spawn_consumer<H: custodian_bus::BatchHandler>(
 
 impl Recorder {
     /// What it was handed, once that is at least `n` events.
-    async fn seen_at_least(&self, what: &str, n: usize) -> Vec<String> {
+    pub(crate) async fn seen_at_least(&self, what: &str, n: usize) -> Vec<String> {
         eventually(what, Duration::from_secs(20), || {
             let seen = self.seen.lock().unwrap().clone();
             async move { (seen.len() >= n).then_some(seen) }
@@ -425,7 +425,7 @@ async fn acknowledged_up_to(stack: &Stack, upto: u64) -> async_nats::jetstream::
 }
 
 /// The durable's state; `None` until it exists.
-async fn consumer_info(stack: &Stack, durable: &str) -> Option<async_nats::jetstream::consumer::Info> {
+pub(crate) async fn consumer_info(stack: &Stack, durable: &str) -> Option<async_nats::jetstream::consumer::Info> {
     let stream = stack.bus.jetstream().get_stream(subjects::STREAM).await.expect("stream");
     let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream.get_consumer(durable).await.ok()?;
     consumer.info().await.ok().cloned()

@@ -40,7 +40,7 @@ pub struct ConsentConfig {
     pub reconcile_every_secs: u64,
     /// Seconds JetStream waits for an ack before redelivering (a crashed consumer's batch).
     pub ack_wait_secs: u64,
-    /// Batches applied concurrently (pullers sharing the durable consumer).
+    /// Batches applied side by side by the replica that leads the ledger consumer.
     pub workers: usize,
 }
 
@@ -78,14 +78,22 @@ pub async fn run(deps: Deps, config: ConsentConfig, shutdown: CancellationToken)
     spec.max_deliver = config.max_deliver.max(1);
     spec.ack_wait = std::time::Duration::from_secs(config.ack_wait_secs.max(1));
 
+    // One replica at a time consumes (a lease), one puller with `workers` batches applied
+    // side by side and one ack per batch: the per-message ack cost nats-server and the
+    // client a sixth of the ingest, and the ledger's outcome does not depend on the order
+    // batches are applied in (facts join; a replay after a takeover changes nothing).
+    spec.exclusive = true;
+    spec.appliers = config.workers.max(1);
+
     let mut tasks = Supervisor::new(shutdown.clone());
     tasks.spawn("consent-relay", relay.run(shutdown.clone()));
-    for worker in 0..config.workers.max(1) {
+    {
         let (bus, clock, token) = (deps.bus.clone(), deps.clock.clone(), shutdown.clone());
-        let (spec, handler) = (spec.clone(), handler.clone());
-        tasks.spawn(&format!("consent-ledger-{worker}"), async move {
-            custodian_bus::run_consumer(&bus, spec, handler, clock, token).await
-        });
+        let handler = handler.clone();
+        tasks.spawn(
+            "consent-ledger",
+            async move { custodian_bus::run_consumer(&bus, spec, handler, clock, token).await },
+        );
     }
     let mut retention_spec = ConsumerSpec::new(SERVICE, "retention", &[subjects::RETENTION_PURGE]);
     retention_spec.batch = 10;

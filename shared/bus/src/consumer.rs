@@ -2,6 +2,7 @@
 //! service, then ack, nak with delay, or dead-letter each message.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message, consumer::pull};
@@ -13,7 +14,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{Bus, BusError, Outgoing};
+use crate::{Bus, BusError, Outgoing, lease};
 
 /// Outcome of handling one event that did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +72,15 @@ pub struct ConsumerSpec {
     /// batch that fails transiently is retried in place, never nak'ed — under `All` the
     /// next batch's ack would cover a nak'ed message and it would never come back.
     pub in_order: bool,
+    /// In order only: batches applied side by side by this many tasks under the one puller,
+    /// still acked in stream order. More than one only for a handler whose effect does not
+    /// depend on the order batches are applied in (the consent ledger), never the audit chain.
+    pub appliers: usize,
+    /// Replicas share the durable through a lease ([`crate::lease`]): only the holder
+    /// consumes, in order, on a durable of its own term (`<durable>-t<term>`) that starts
+    /// after the ack floor of the terms before. A stale holder's acks land on its own
+    /// durable, so they can never cover what its successor was handed.
+    pub exclusive: bool,
 }
 
 impl ConsumerSpec {
@@ -87,6 +97,8 @@ impl ConsumerSpec {
             linger: Duration::from_millis(5),
             deliver_new: false,
             in_order: false,
+            appliers: 1,
+            exclusive: false,
         }
     }
 }
@@ -99,23 +111,143 @@ pub async fn run_consumer<H: BatchHandler>(
     clock: SharedClock,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
-    let config = consumer_config(&spec);
+    let handler = Arc::new(handler);
+    if spec.exclusive {
+        return run_exclusive(bus, &spec, &handler, &clock, &shutdown).await;
+    }
+    consume(bus, &spec, &handler, &clock, &shutdown).await
+}
+
+async fn consume<H: BatchHandler>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    handler: &Arc<H>,
+    clock: &SharedClock,
+    shutdown: &CancellationToken,
+) -> Result<(), BusError> {
+    let config = consumer_config(spec);
     // Reopened after a delivery gap: not if the service is stopping meanwhile.
     while !shutdown.is_cancelled() {
-        let Some(opened) = open_with_retry(bus, &spec, &config, &shutdown).await else { return Ok(()) };
+        let Some(opened) = open_with_retry(bus, spec, &config, shutdown).await else { return Ok(()) };
         let batches = Batches { chunks: opened.messages.ready_chunks(spec.batch), previous_batch_full: false };
         tracing::info!(durable = %spec.durable, "consumer started");
         if !spec.in_order {
-            return run_explicit(bus, &spec, &handler, &clock, &shutdown, batches).await;
+            return run_explicit(bus, spec, handler.as_ref(), clock, shutdown, batches).await;
         }
         let next_delivery = opened.last_delivery + 1;
-        match run_in_order(bus, &spec, &handler, &clock, &shutdown, batches, next_delivery).await? {
+        match run_in_order(bus, spec, handler, clock, shutdown, batches, next_delivery).await? {
             InOrderEnd::Stopped => return Ok(()),
             // What came before the gap is applied and acked; the durable is found with the
             // missing delivery unacknowledged and replayed from its ack floor.
             InOrderEnd::DeliveryGap => continue,
         }
     }
+    Ok(())
+}
+
+/// [`ConsumerSpec::exclusive`]: contends for the lease named after the durable and consumes
+/// on the term's own durable while it holds it; a replica that is not the holder stands by.
+async fn run_exclusive<H: BatchHandler>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    handler: &Arc<H>,
+    clock: &SharedClock,
+    shutdown: &CancellationToken,
+) -> Result<(), BusError> {
+    let holder = lease::holder_id(&spec.service);
+    let mut failures = 0u32;
+    while let Some(leadership) = lease::acquire(bus, &spec.durable, &holder, shutdown).await {
+        let term_spec =
+            ConsumerSpec { durable: term_durable(&spec.durable, leadership.term()), in_order: true, ..spec.clone() };
+        // The term ends on shutdown or when the lease is lost, whichever comes first.
+        let term_end = shutdown.child_token();
+        let outcome = {
+            let lost = leadership.lost().clone();
+            let end_on_loss = term_end.clone();
+            let _watch = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                lost.cancelled().await;
+                end_on_loss.cancel();
+            }));
+            match take_over(bus, &spec.durable, &term_spec).await {
+                Ok(()) => consume(bus, &term_spec, handler, clock, &term_end).await,
+                Err(e) => Err(e),
+            }
+        };
+        leadership.release().await;
+        match outcome {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(durable = %spec.durable, error = %e, failures, "leading consumer failed; contending again");
+                let wait = Duration::from_millis(200u64.saturating_mul(1 << failures.min(5)));
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The durable of one leadership term of `base`.
+fn term_durable(base: &str, term: u64) -> String {
+    format!("{base}-t{term}")
+}
+
+/// Is `name` the durable of `base` (before leases) or of one of its terms?
+fn is_durable_of(base: &str, name: &str) -> bool {
+    name == base
+        || name
+            .strip_prefix(base)
+            .and_then(|rest| rest.strip_prefix("-t"))
+            .is_some_and(|term| !term.is_empty() && term.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Creates the term's durable right after the lowest ack floor of its predecessors (what
+/// any of them had in hand comes again: the handler of an exclusive consumer must take a
+/// replay), then deletes them, so a stale holder's acks reach nothing that counts.
+async fn take_over(bus: &Bus, base: &str, term_spec: &ConsumerSpec) -> Result<(), BusError> {
+    let consumer_error =
+        |e: &dyn std::fmt::Display| BusError::Consumer { durable: term_spec.durable.clone(), reason: e.to_string() };
+    let stream = bus.jetstream().get_stream(subjects::STREAM).await.map_err(|e| consumer_error(&e))?;
+    let mut names = stream.consumer_names();
+    let mut predecessors = Vec::new();
+    while let Some(name) = names.next().await {
+        let name = name.map_err(|e| consumer_error(&e))?;
+        if is_durable_of(base, &name) {
+            predecessors.push(name);
+        }
+    }
+    let mut floor: Option<u64> = None;
+    for name in &predecessors {
+        match stream.consumer_info(name).await {
+            Ok(info) => {
+                let acked = info.ack_floor.stream_sequence;
+                floor = Some(floor.map_or(acked, |floor| floor.min(acked)));
+            }
+            // Deleted meanwhile by another take-over: its floor is in the one that did it.
+            Err(e) if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound => {}
+            Err(e) => return Err(consumer_error(&e)),
+        }
+    }
+    let mut config = consumer_config(term_spec);
+    if let Some(floor) = floor {
+        config.deliver_policy =
+            async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: floor + 1 };
+    }
+    if predecessors.contains(&term_spec.durable) {
+        // A retried take-over of this very term: start it over too.
+        stream.delete_consumer(&term_spec.durable).await.map_err(|e| consumer_error(&e))?;
+    }
+    stream.create_consumer(config).await.map_err(|e| consumer_error(&e))?;
+    for name in predecessors.iter().filter(|name| **name != term_spec.durable) {
+        if let Err(e) = stream.delete_consumer(name).await {
+            // Left behind, it only lowers the next take-over's floor: a longer replay.
+            tracing::warn!(durable = %name, error = %e, "predecessor durable not deleted");
+        }
+    }
+    tracing::info!(durable = %term_spec.durable, predecessors = predecessors.len(), after = ?floor, "took over the durable");
     Ok(())
 }
 
@@ -301,14 +433,15 @@ enum InOrderEnd {
     DeliveryGap,
 }
 
-/// [`ConsumerSpec::in_order`]: a task fetches and decodes the next batch while this one is
-/// being applied (a channel of one keeps them in order), so the service's transaction is
-/// not waiting on decoding. The reader stops at a gap in the consumer's delivery sequence:
-/// under `AckPolicy::All` an ack past a delivery that never arrived would cover it.
+/// [`ConsumerSpec::in_order`]: a task fetches and decodes the next batches while the
+/// appliers apply the ones before, and the acks go out in stream order: a batch's ack only
+/// once every batch before it is done, since under `AckPolicy::All` it covers them. The
+/// reader stops at a gap in the consumer's delivery sequence: an ack past a delivery that
+/// never arrived would cover it.
 async fn run_in_order<H, S, E>(
     bus: &Bus,
     spec: &ConsumerSpec,
-    handler: &H,
+    handler: &Arc<H>,
     clock: &SharedClock,
     shutdown: &CancellationToken,
     mut batches: Batches<S>,
@@ -319,13 +452,15 @@ where
     S: futures::Stream<Item = Result<Message, E>> + Unpin + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
-    let (decoded_tx, mut decoded_rx) = tokio::sync::mpsc::channel::<(Vec<Delivery>, Vec<Message>)>(1);
-    // In a set, so that a consumer dropped mid-way (its service aborted) takes its reader
-    // along instead of leaving it pulling messages nobody will apply.
+    // A channel of one: the reader stays one batch ahead of the appliers, not more.
+    let (decoded_tx, decoded_rx) = tokio::sync::mpsc::channel::<NumberedBatch>(1);
+    // In sets, so that a consumer dropped mid-way (its service aborted) takes its tasks
+    // along instead of leaving them pulling messages nobody will apply.
     let mut reader = tokio::task::JoinSet::new();
     {
         let (bus, spec, clock, shutdown) = (bus.clone(), spec.clone(), clock.clone(), shutdown.clone());
         reader.spawn(async move {
+            let mut number = 0u64;
             loop {
                 let mut messages = tokio::select! {
                     biased;
@@ -342,11 +477,14 @@ where
                     // Left unacked: the replay delivers them again.
                     messages.truncate(at);
                 }
-                let Some(decoded) = decode_batch(&bus, &spec, &clock, messages, &shutdown).await else {
+                let Some((decoded, messages)) = decode_batch(&bus, &spec, &clock, messages, &shutdown).await else {
                     return Ok(InOrderEnd::Stopped);
                 };
-                if !decoded.0.is_empty() && decoded_tx.send(decoded).await.is_err() {
-                    return Ok(InOrderEnd::Stopped);
+                if !decoded.is_empty() {
+                    if decoded_tx.send(NumberedBatch { number, decoded, messages }).await.is_err() {
+                        return Ok(InOrderEnd::Stopped);
+                    }
+                    number += 1;
                 }
                 if gap.is_some() {
                     return Ok(InOrderEnd::DeliveryGap);
@@ -354,29 +492,93 @@ where
             }
         });
     }
-    loop {
-        let (decoded, decoded_messages) = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            batch = decoded_rx.recv() => match batch {
-                Some(batch) => batch,
-                None => break,
-            },
-        };
-        handle_batch_in_order(bus, spec, handler, clock, decoded, decoded_messages, shutdown).await;
+    let decoded_rx = Arc::new(tokio::sync::Mutex::new(decoded_rx));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Applied)>();
+    let mut appliers = tokio::task::JoinSet::new();
+    for _ in 0..spec.appliers.max(1) {
+        let (bus, spec, clock, shutdown) = (bus.clone(), spec.clone(), clock.clone(), shutdown.clone());
+        let (decoded_rx, handler, done_tx) = (decoded_rx.clone(), handler.clone(), done_tx.clone());
+        appliers.spawn(async move {
+            loop {
+                // Waiting with the lock held is what hands each batch to one applier.
+                let next = {
+                    let mut decoded_rx = decoded_rx.lock().await;
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => None,
+                        batch = decoded_rx.recv() => batch,
+                    }
+                };
+                let Some(NumberedBatch { number, decoded, messages }) = next else { return };
+                let applied =
+                    handle_batch_in_order(&bus, &spec, handler.as_ref(), &clock, decoded, messages, &shutdown).await;
+                if done_tx.send((number, applied)).is_err() {
+                    return;
+                }
+            }
+        });
     }
-    drop(decoded_rx);
-    let outcome = match reader.join_next().await {
-        Some(Ok(outcome)) => outcome,
+    drop((done_tx, decoded_rx));
+    // Batches finish in any order: ack the last success of the longest run of finished
+    // batches from the start; after a batch left unfinished (stopping), ack nothing more.
+    let mut finished = std::collections::BTreeMap::new();
+    let mut next_to_ack = 0u64;
+    let mut halted = false;
+    while let Some((number, applied)) = done_rx.recv().await {
+        if halted {
+            continue;
+        }
+        finished.insert(number, applied);
+        let mut covering = None;
+        while let Some(applied) = finished.remove(&next_to_ack) {
+            next_to_ack += 1;
+            if let Some(message) = applied.last_success {
+                covering = Some(message);
+            }
+            if !applied.complete {
+                halted = true;
+                break;
+            }
+        }
+        if let Some(message) = covering {
+            ack(&message, AckKind::Ack).await;
+        }
+    }
+    let mut outcome = Ok(InOrderEnd::Stopped);
+    while let Some(joined) = appliers.join_next().await {
+        if let Err(e) = joined {
+            outcome =
+                Err(BusError::Consumer { durable: spec.durable.clone(), reason: format!("applier task failed: {e}") });
+        }
+    }
+    let read = match reader.join_next().await {
+        Some(Ok(read)) => read,
         Some(Err(e)) => {
             Err(BusError::Consumer { durable: spec.durable.clone(), reason: format!("reader task failed: {e}") })
         }
         None => Ok(InOrderEnd::Stopped),
     };
+    let outcome = outcome.and(read);
     if matches!(outcome, Ok(InOrderEnd::Stopped)) {
         tracing::info!(durable = %spec.durable, "consumer stopped");
     }
     outcome
+}
+
+/// A decoded batch, numbered in stream order by the reader.
+struct NumberedBatch {
+    number: u64,
+    decoded: Vec<Delivery>,
+    messages: Vec<Message>,
+}
+
+/// What an in-order batch leaves to ack.
+struct Applied {
+    /// Its last message applied or dead-lettered: an ack of it covers the batch.
+    last_success: Option<Message>,
+    /// False if the service stopped before the batch was through: nothing after it may be
+    /// acked.
+    complete: bool,
 }
 
 /// The index of the first message that follows a gap in the consumer's delivery sequence
@@ -473,8 +675,9 @@ async fn handle_batch<H: BatchHandler>(
 }
 
 /// [`ConsumerSpec::in_order`]: the batch is applied until it succeeds (or the service stops:
-/// then nothing is acked and the server redelivers it after `ack_wait`), permanent failures
-/// are dead-lettered, and the last success is acked for all the batch.
+/// then nothing is acked and the server redelivers it after `ack_wait`); permanent failures
+/// are dead-lettered, and so are transient ones still failing after `max_deliver` attempts,
+/// as an explicit consumer would. The acker then acks its last success for all of it.
 async fn handle_batch_in_order<H: BatchHandler>(
     bus: &Bus,
     spec: &ConsumerSpec,
@@ -483,8 +686,9 @@ async fn handle_batch_in_order<H: BatchHandler>(
     decoded: Vec<Delivery>,
     decoded_messages: Vec<Message>,
     shutdown: &CancellationToken,
-) {
-    let mut attempt = 0i64;
+) -> Applied {
+    let unfinished = Applied { last_success: None, complete: false };
+    let mut attempt = 1i64;
     let results = loop {
         let span = tracing::info_span!("handle_batch", durable = %spec.durable, size = decoded.len(), attempt);
         let results = handler.handle(&decoded).instrument(span).await;
@@ -493,30 +697,36 @@ async fn handle_batch_in_order<H: BatchHandler>(
             _ => None,
         });
         let Some(reason) = transient else { break results };
-        attempt += 1;
+        if attempt >= spec.max_deliver {
+            break results;
+        }
         let delay = backoff(spec.nak_delay, attempt);
         tracing::warn!(durable = %spec.durable, size = decoded.len(), attempt, %reason, ?delay, "batch failed; retrying in place");
+        attempt += 1;
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return unfinished,
             () = tokio::time::sleep(delay) => {}
         }
     };
     let mut last_success = None;
-    for (i, (delivery, message)) in decoded.iter().zip(decoded_messages.iter()).enumerate() {
-        match results.get(i) {
-            Some(Err(HandlerError::Permanent(reason))) => {
-                let (id, sequence) = (Some(delivery.event.id()), delivery.stream_sequence);
-                if !dead_letter_in_order(bus, spec, clock, message, id, sequence, reason, shutdown).await {
-                    // Stopping: ack what came before; the rest comes again after ack_wait.
-                    break;
-                }
+    for (i, (delivery, message)) in decoded.iter().zip(decoded_messages).enumerate() {
+        let reason = match results.get(i) {
+            Some(Err(HandlerError::Permanent(reason))) => reason.clone(),
+            Some(Err(HandlerError::Transient(reason))) => format!("gave up after {attempt} attempts: {reason}"),
+            None => format!("gave up after {attempt} attempts: handler gave no result"),
+            Some(Ok(())) => {
+                last_success = Some(message);
+                continue;
             }
-            _ => last_success = Some(message),
+        };
+        let (id, sequence) = (Some(delivery.event.id()), delivery.stream_sequence);
+        if !dead_letter_in_order(bus, spec, clock, &message, id, sequence, &reason, shutdown).await {
+            // Stopping: ack what came before; the rest comes again after ack_wait.
+            return Applied { last_success, complete: false };
         }
+        last_success = Some(message);
     }
-    if let Some(message) = last_success {
-        ack(message, AckKind::Ack).await;
-    }
+    Applied { last_success, complete: true }
 }
 
 fn ack_policy(spec: &ConsumerSpec) -> async_nats::jetstream::consumer::AckPolicy {

@@ -7,6 +7,7 @@
 //! `lifecycle.deadletter.<service>` with the reason, never silently dropped.
 
 mod consumer;
+pub mod lease;
 mod relay;
 mod supervisor;
 
@@ -75,6 +76,8 @@ pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client,
 pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// Replicas of what the bus creates besides the stream (the leases bucket).
+    replicas: usize,
 }
 
 /// One event ready to publish.
@@ -116,7 +119,7 @@ impl Bus {
         js.get_or_create_stream(config)
             .await
             .map_err(|e| BusError::Stream { stream: subjects::STREAM.to_owned(), reason: e.to_string() })?;
-        Ok(Self { client, js })
+        Ok(Self { client, js, replicas: settings.replicas })
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -125,6 +128,10 @@ impl Bus {
 
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
+    }
+
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
     /// Is the NATS connection up (readiness)?

@@ -1,0 +1,279 @@
+//! An exclusive consumer (the consent ledger): replicas contend for a lease, only the holder
+//! consumes, in order with one ack per batch and several batches applied side by side; a
+//! successor takes over from its predecessor's ack floor on a durable of its own term.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use custodian_bus::{BatchHandler, ConsumerSpec, Delivery, HandlerError};
+use custodian_events::subjects;
+use custodian_testkit::eventually;
+use futures::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::reliability::{
+    Recorder, consumer_info, grant_event, history_count, in_order_spec, outgoing, publish_seen, revoke_event,
+    spawn_consumer,
+};
+use crate::support::{Stack, unique};
+
+/// Holds the batch that carries `held` until released; records every batch it lets through.
+#[derive(Clone)]
+struct Gate {
+    held: String,
+    holding: Arc<AtomicBool>,
+    release: Arc<tokio::sync::Notify>,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Gate {
+    fn on(held: &str) -> Self {
+        Self { held: held.to_owned(), holding: Arc::default(), release: Arc::default(), seen: Arc::default() }
+    }
+
+    async fn wait_holding(&self, what: &str) {
+        eventually(what, Duration::from_secs(20), || {
+            let holding = self.holding.load(Ordering::SeqCst);
+            async move { holding.then_some(()) }
+        })
+        .await;
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl BatchHandler for Gate {
+    async fn handle(&self, batch: &[Delivery]) -> Vec<Result<(), HandlerError>> {
+        if batch.iter().any(|d| d.event.id() == self.held) {
+            self.holding.store(true, Ordering::SeqCst);
+            self.release.notified().await;
+        }
+        self.seen.lock().unwrap().extend(batch.iter().map(|d| d.event.id().to_owned()));
+        batch.iter().map(|_| Ok(())).collect()
+    }
+}
+
+fn exclusive_spec() -> ConsumerSpec {
+    let mut spec = in_order_spec();
+    spec.exclusive = true;
+    spec.batch = 5;
+    spec
+}
+
+/// The durables of `test-in-order` (one per leadership term), sorted.
+async fn term_durables(stack: &Stack) -> Vec<String> {
+    let stream = stack.bus.jetstream().get_stream(subjects::STREAM).await.expect("stream");
+    let mut names: Vec<String> = stream
+        .consumer_names()
+        .filter_map(|name| async move { name.ok() })
+        .filter(|name| std::future::ready(name.starts_with("test-in-order-t")))
+        .collect()
+        .await;
+    names.sort();
+    names
+}
+
+/// The one durable of the current term, once it is not `previous`.
+async fn current_term(stack: &Stack, previous: Option<&str>) -> String {
+    eventually("a term's durable", Duration::from_secs(20), || async {
+        match term_durables(stack).await.as_slice() {
+            [only] if Some(only.as_str()) != previous => Some(only.clone()),
+            _ => None,
+        }
+    })
+    .await
+}
+
+async fn ack_floor(stack: &Stack, durable: &str) -> u64 {
+    consumer_info(stack, durable).await.expect("the durable").ack_floor.stream_sequence
+}
+
+/// Several appliers under one puller: later batches are applied while an earlier one is
+/// still running, but under `AckPolicy::All` an ack covers everything before it, so none
+/// may go out until the earlier batch is done.
+#[tokio::test]
+async fn in_order_appliers_apply_side_by_side_but_ack_nothing_past_an_unfinished_batch() {
+    let stack = Stack::infrastructure().await;
+    let published = publish_seen(&stack, 40, 0).await;
+    let gate = Gate::on(&published[0]);
+    let mut spec = in_order_spec();
+    spec.batch = 5;
+    spec.appliers = 3;
+    let shutdown = CancellationToken::new();
+    let task = spawn_consumer(&stack, spec, gate.clone(), &shutdown);
+    gate.wait_holding("the first batch held").await;
+    eventually("later batches applied while the first is held", Duration::from_secs(20), || {
+        let n = gate.seen().len();
+        async move { (n >= 10).then_some(()) }
+    })
+    .await;
+    assert!(!gate.seen().contains(&published[0]), "the first batch is still held");
+    // Give a wrong ack time to reach the server before looking.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ack_floor(&stack, "test-in-order").await, 0, "nothing acked past the unfinished first batch");
+
+    gate.release.notify_one();
+    let info = eventually("everything acknowledged once the first batch is done", Duration::from_secs(20), || async {
+        let info = consumer_info(&stack, "test-in-order").await?;
+        (info.ack_floor.stream_sequence == 40 && info.num_ack_pending == 0).then_some(info)
+    })
+    .await;
+    assert_eq!(info.num_redelivered, 0);
+    shutdown.cancel();
+    task.await.expect("joined").expect("consumer ran");
+    let mut seen = gate.seen();
+    seen.sort();
+    let mut expected = published.clone();
+    expected.sort();
+    assert_eq!(seen, expected, "each event applied once");
+}
+
+/// Two replicas: only the lease holder consumes; stopped gracefully, it releases the lease
+/// and the standby takes over at once, right after what the leader had acknowledged.
+#[tokio::test]
+async fn only_the_lease_holder_consumes_and_a_graceful_stop_hands_over_at_once() {
+    let stack = Stack::infrastructure().await;
+    let first = publish_seen(&stack, 20, 0).await;
+    let leader = Recorder::default();
+    let leader_stop = CancellationToken::new();
+    let leader_task = spawn_consumer(&stack, exclusive_spec(), leader.clone(), &leader_stop);
+    leader.seen_at_least("the leader applies the first events", 20).await;
+    let leader_term = current_term(&stack, None).await;
+
+    let standby = Recorder::default();
+    let standby_stop = CancellationToken::new();
+    let standby_task = spawn_consumer(&stack, exclusive_spec(), standby.clone(), &standby_stop);
+    let second = publish_seen(&stack, 20, 100).await;
+    let seen = leader.seen_at_least("the leader applies the next events", 40).await;
+    assert_eq!(seen, [first, second].concat(), "in stream order, each once");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(standby.seen.lock().unwrap().is_empty(), "the standby consumed nothing");
+    eventually("the leader acknowledged everything", Duration::from_secs(10), || async {
+        (ack_floor(&stack, &leader_term).await == 40).then_some(())
+    })
+    .await;
+
+    let stopped_at = tokio::time::Instant::now();
+    leader_stop.cancel();
+    leader_task.await.expect("joined").expect("leader ran");
+    let third = publish_seen(&stack, 20, 200).await;
+    let seen = standby.seen_at_least("the standby applies what came after", 20).await;
+    assert!(stopped_at.elapsed() < Duration::from_secs(8), "taken over without waiting for the lease to lapse");
+    assert_eq!(seen, third, "nothing the leader had acknowledged comes again");
+    let standby_term = current_term(&stack, Some(&leader_term)).await;
+    assert_eq!(term_durables(&stack).await, [standby_term], "the predecessor's durable is gone");
+    standby_stop.cancel();
+    standby_task.await.expect("joined").expect("standby ran");
+}
+
+/// A leader paused mid-batch while its lease lapses (here deleted under it) and a successor
+/// takes over: when the stale leader wakes and acks its batch, that ack must not cover what
+/// the successor was handed — it lands on the stale term's own durable, deleted by the
+/// take-over. The successor applies everything after the stale leader's ack floor.
+#[tokio::test]
+async fn a_stale_leaders_ack_cannot_cover_what_its_successor_holds() {
+    let stack = Stack::infrastructure().await;
+    let published = publish_seen(&stack, 20, 0).await;
+    let stale = Gate::on(&published[5]);
+    let stale_stop = CancellationToken::new();
+    let stale_task = spawn_consumer(&stack, exclusive_spec(), stale.clone(), &stale_stop);
+    stale.wait_holding("the leader paused on its second batch").await;
+    let stale_term = current_term(&stack, None).await;
+    eventually("the first batch acknowledged", Duration::from_secs(10), || async {
+        (ack_floor(&stack, &stale_term).await == 5).then_some(())
+    })
+    .await;
+
+    // The lease lapses while the leader is paused.
+    let leases = stack.bus.jetstream().get_key_value(custodian_bus::lease::LEASES_BUCKET).await.expect("bucket");
+    leases.delete("test-in-order").await.expect("lease deleted");
+    let successor = Gate::on(&published[5]);
+    let successor_stop = CancellationToken::new();
+    let successor_task = spawn_consumer(&stack, exclusive_spec(), successor.clone(), &successor_stop);
+    successor.wait_holding("the successor holds the same batch").await;
+    let successor_term = current_term(&stack, Some(&stale_term)).await;
+    assert_eq!(ack_floor(&stack, &successor_term).await, 5, "taken over after the stale leader's ack floor");
+
+    // The stale leader wakes, finishes its batch and acks it (AckPolicy::All: up to sequence 10).
+    stale.release.notify_one();
+    eventually("the stale leader finished its batch", Duration::from_secs(10), || {
+        let n = stale.seen().len();
+        async move { (n >= 10).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ack_floor(&stack, &successor_term).await, 5, "the stale ack covered nothing of the successor's");
+
+    successor.release.notify_one();
+    let seen = eventually("the successor applied the rest", Duration::from_secs(20), || {
+        let seen = successor.seen();
+        async move { (seen.len() >= 15).then_some(seen) }
+    })
+    .await;
+    assert_eq!(seen, published[5..], "everything after the stale leader's ack floor, in order, once");
+    eventually("the successor acknowledged everything", Duration::from_secs(10), || async {
+        (ack_floor(&stack, &successor_term).await == 20).then_some(())
+    })
+    .await;
+    let more = publish_seen(&stack, 5, 100).await;
+    let seen = eventually("new events go to the successor", Duration::from_secs(20), || {
+        let seen = successor.seen();
+        async move { (seen.len() >= 20).then_some(seen) }
+    })
+    .await;
+    assert_eq!(seen[15..], more);
+    assert!(stale.seen().iter().all(|id| !more.contains(id)), "the stale leader stepped down");
+    for (stop, task) in [(stale_stop, stale_task), (successor_stop, successor_task)] {
+        stop.cancel();
+        task.await.expect("joined").expect("consumer ran");
+    }
+}
+
+/// Two consent service replicas; the leader crashes (no graceful release): the standby
+/// takes over once the lease lapses and applies every later event, each ending published once.
+#[tokio::test]
+async fn a_crashed_consent_leader_is_replaced_by_its_standby() {
+    let mut stack = Stack::infrastructure().await;
+    let run = unique("failover");
+    let grants: Vec<_> = (0..300).map(|i| grant_event(&format!("{run}-{i}"), "tp", 0)).collect();
+    let results = stack.bus.publish_all(&grants.iter().map(outgoing).collect::<Vec<_>>(), 256).await;
+    assert!(results.iter().all(Result::is_ok));
+    stack.start_consent();
+    eventually("the grants applied by the leader", Duration::from_secs(30), || async {
+        (history_count(&stack).await == 300).then_some(())
+    })
+    .await;
+
+    let standby_stop = CancellationToken::new();
+    let standby = {
+        let deps = custodian_consent::Deps {
+            store: stack.store.clone(),
+            bus: stack.bus.clone(),
+            clock: stack.clock.clone(),
+            metrics: custodian_consent::ConsentMetrics::default(),
+        };
+        let (config, stop) = (stack.consent_config.clone(), standby_stop.clone());
+        tokio::spawn(async move { custodian_consent::run(deps, config, stop).await })
+    };
+    stack.crash_consent().await;
+    let revocations: Vec<_> = (0..300).map(|i| revoke_event(&format!("{run}-{i}"), "tp", 10)).collect();
+    let results = stack.bus.publish_all(&revocations.iter().map(outgoing).collect::<Vec<_>>(), 256).await;
+    assert!(results.iter().all(Result::is_ok));
+    let lapse = custodian_bus::lease::LEASE_TTL + Duration::from_secs(30);
+    eventually("the standby applied the revocations", lapse, || async {
+        (history_count(&stack).await == 600).then_some(())
+    })
+    .await;
+    eventually("every consent.ended published", Duration::from_secs(30), || async {
+        (stack.count_on(subjects::CONSENT_ENDED).await >= 300).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stack.count_on(subjects::CONSENT_ENDED).await, 300, "each ending published once");
+    assert_eq!(history_count(&stack).await, 600, "one history row per grant and revoke");
+    standby_stop.cancel();
+    standby.await.expect("joined").expect("standby ran");
+}
