@@ -188,7 +188,7 @@ async fn a_stale_leaders_ack_cannot_cover_what_its_successor_holds() {
     .await;
 
     // The lease lapses while the leader is paused.
-    let leases = stack.bus.jetstream().get_key_value(custodian_bus::lease::LEASES_BUCKET).await.expect("bucket");
+    let leases = stack.bus.jetstream().get_key_value(custodian_bus::lease::LEADERSHIP_BUCKET).await.expect("bucket");
     leases.delete("test-in-order").await.expect("lease deleted");
     let successor = Gate::on(&published[5]);
     let successor_stop = CancellationToken::new();
@@ -262,7 +262,7 @@ async fn a_crashed_consent_leader_is_replaced_by_its_standby() {
     let revocations: Vec<_> = (0..300).map(|i| revoke_event(&format!("{run}-{i}"), "tp", 10)).collect();
     let results = stack.bus.publish_all(&revocations.iter().map(outgoing).collect::<Vec<_>>(), 256).await;
     assert!(results.iter().all(Result::is_ok));
-    let lapse = custodian_bus::lease::LEASE_TTL + Duration::from_secs(30);
+    let lapse = custodian_bus::lease::LEADERSHIP_TTL + Duration::from_secs(30);
     eventually("the standby applied the revocations", lapse, || async {
         (history_count(&stack).await == 600).then_some(())
     })

@@ -33,12 +33,12 @@ pub const SOURCE: &str = "urn:custodian:consent";
 pub struct ConsentConfig {
     /// Messages fetched and applied per transaction.
     pub batch: usize,
-    /// Deliveries (with backed-off redelivery) before a transiently failing event is
+    /// Attempts (backed off, up to a minute apart) before a transiently failing event is
     /// dead-lettered; permanent failures are dead-lettered at once.
     pub max_deliver: i64,
     /// Seconds between outbox re-drives when nothing wakes the relay.
     pub reconcile_every_secs: u64,
-    /// Seconds JetStream waits for an ack before redelivering (a crashed consumer's batch).
+    /// Seconds JetStream waits for an ack before redelivering a batch still in hand.
     pub ack_wait_secs: u64,
     /// Batches applied side by side by the replica that leads the ledger consumer.
     pub workers: usize,

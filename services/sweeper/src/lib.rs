@@ -141,8 +141,13 @@ async fn worker(
             if already {
                 continue;
             }
-            let Some(mut lease) = lease::Lease::try_acquire(&kv, &row.sweep_id, &sweeper.replica).await else {
-                continue;
+            let mut lease = match lease::Lease::try_acquire(&kv, &row.sweep_id, &sweeper.replica).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(sweep_id = %row.sweep_id, error = %e, "cannot take the sweep's lease; will retry");
+                    continue;
+                }
             };
             if let Ok(mut r) = sweeper.running.lock() {
                 r.insert(row.sweep_id.clone());

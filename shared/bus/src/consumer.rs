@@ -156,7 +156,7 @@ async fn run_exclusive<H: BatchHandler>(
 ) -> Result<(), BusError> {
     let holder = lease::holder_id(&spec.service);
     let mut failures = 0u32;
-    while let Some(leadership) = lease::acquire(bus, &spec.durable, &holder, shutdown).await {
+    while let Some(leadership) = lease::lead(bus, &spec.durable, &holder, shutdown).await {
         let term_spec =
             ConsumerSpec { durable: term_durable(&spec.durable, leadership.term()), in_order: true, ..spec.clone() };
         // The term ends on shutdown or when the lease is lost, whichever comes first.
@@ -843,6 +843,16 @@ mod tests {
         let mut next = 7;
         assert_eq!(first_after_gap([Some(3), Some(7)].into_iter(), &mut next), None, "lower is no gap");
         assert_eq!(next, 8);
+    }
+
+    #[test]
+    fn the_durables_of_a_base_are_itself_and_its_terms_only() {
+        assert!(is_durable_of("consent-ledger", "consent-ledger"), "the durable from before leases");
+        assert!(is_durable_of("consent-ledger", &term_durable("consent-ledger", 17)));
+        assert!(!is_durable_of("consent-ledger", "consent-ledger-t"), "no term");
+        assert!(!is_durable_of("consent-ledger", "consent-ledger-t1x"));
+        assert!(!is_durable_of("consent-ledger", "consent-ledger-archive"));
+        assert!(!is_durable_of("consent-ledger", "consent-retention"));
     }
 
     #[test]

@@ -1,39 +1,128 @@
-//! Leadership among the replicas of a service: a key in the `custodian_leases` KV bucket,
-//! created by one holder and renewed by it. A holder that dies stops renewing and its lease
-//! lapses [`LEASE_TTL`] later (the bucket's max age); one that stops gracefully deletes it
-//! and a successor takes over within [`CONTEND_EVERY`].
+//! Leases in NATS KV buckets. Whoever creates the key holds it; the holder renews it
+//! (compare-and-set on the revision) faster than the bucket's TTL ages it out. A holder that
+//! dies stops renewing, the entry ages out, and another replica's `create` succeeds; one that
+//! finishes deletes it (only if it is still its own), so a successor need not wait.
 //!
-//! The lease decides who *should* work, not who *can*: a paused holder may wake up after
-//! its lease lapsed and not know yet. Whatever it guards must fence a stale holder by the
-//! lease's term (the exclusive consumer gives each term its own durable).
+//! A lease decides who *should* work, not who *can*: a paused holder may wake after its
+//! lease lapsed and not know yet. Whatever it guards must fence a stale holder (the sweeps
+//! by `sweeps.holder` in the database, an exclusive consumer by a durable per term).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Bus, BusError};
+use crate::Bus;
 
-pub const LEASES_BUCKET: &str = "custodian_leases";
-/// A dead holder's lease lapses this long after its last renewal.
-pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// Leadership leases of services whose replicas take turns (the consent ledger).
+pub const LEADERSHIP_BUCKET: &str = "custodian_leases";
+/// A dead leader's lease lapses this long after its last renewal (the bucket's max age).
+pub const LEADERSHIP_TTL: Duration = Duration::from_secs(10);
 /// Renewals per TTL leave room for a few failed ones before the lease could lapse.
 const RENEW_EVERY: Duration = Duration::from_secs(2);
-/// How often a replica that is not the holder tries to take the lease.
+/// How often a replica that does not lead tries to take the lease.
 const CONTEND_EVERY: Duration = Duration::from_secs(1);
 
-/// This replica holds the lease `name` for one term.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("cannot open the lease bucket {bucket}: {reason}")]
+    Bucket { bucket: String, reason: String },
+    #[error("lease {key} taken over by another holder")]
+    TakenOver { key: String },
+    #[error("lease {key} not reachable: {reason}")]
+    Unreachable { key: String, reason: String },
+}
+
+/// Opens (creating if missing) the bucket whose entries live `ttl` after their last write.
+/// An existing bucket is left as its operator configured it.
+pub async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<kv::Store, LeaseError> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.to_owned(),
+        history: 1,
+        max_age: ttl,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| LeaseError::Bucket { bucket: name.to_owned(), reason: e.to_string() })
+}
+
+/// A held lease.
+#[derive(Debug)]
+pub struct Lease {
+    kv: kv::Store,
+    key: String,
+    holder: String,
+    revision: u64,
+}
+
+impl Lease {
+    /// Takes the lease on `key` if nobody holds it (`Ok(None)` if someone does).
+    pub async fn try_acquire(kv: &kv::Store, key: &str, holder: &str) -> Result<Option<Lease>, LeaseError> {
+        match kv.create(key, Bytes::from(holder.to_owned())).await {
+            Ok(revision) => {
+                Ok(Some(Lease { kv: kv.clone(), key: key.to_owned(), holder: holder.to_owned(), revision }))
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(LeaseError::Unreachable { key: key.to_owned(), reason: e.to_string() }),
+        }
+    }
+
+    /// The revision that created or last renewed it.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Renews; `TakenOver` means someone else holds it now.
+    pub async fn renew(&mut self) -> Result<(), LeaseError> {
+        match self.kv.update(&self.key, Bytes::from(self.holder.clone()), self.revision).await {
+            Ok(revision) => {
+                self.revision = revision;
+                Ok(())
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Err(LeaseError::TakenOver { key: self.key.clone() })
+            }
+            Err(e) => Err(LeaseError::Unreachable { key: self.key.clone(), reason: e.to_string() }),
+        }
+    }
+
+    /// Renews every `every` until a renewal fails; returns the failure.
+    pub async fn keep_alive(&mut self, every: Duration) -> LeaseError {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = self.renew().await {
+                return e;
+            }
+        }
+    }
+
+    /// Deletes the lease if it is still this holder's (never a successor's).
+    pub async fn release(self) {
+        match self.kv.delete_expect_revision(&self.key, Some(self.revision)).await {
+            Ok(()) => tracing::debug!(lease = %self.key, "lease released"),
+            Err(e) => tracing::debug!(lease = %self.key, error = %e, "lease not released (it lapses by itself)"),
+        }
+    }
+}
+
+/// This replica leads `name` for one term: its lease is renewed in the background.
 #[derive(Debug)]
 pub struct Leadership {
-    name: String,
     /// The KV revision that created the lease: a later leadership of `name` has a higher one.
     term: u64,
     lost: CancellationToken,
-    store: kv::Store,
-    revision: Arc<AtomicU64>,
+    stop: CancellationToken,
     renewer: tokio::task::JoinHandle<()>,
 }
 
@@ -47,80 +136,50 @@ impl Leadership {
         &self.lost
     }
 
-    /// Stops renewing and deletes the lease if it is still this term's, so that a successor
-    /// need not wait for it to lapse.
-    pub async fn release(self) {
-        self.renewer.abort();
-        let revision = self.revision.load(Ordering::Acquire);
-        match self.store.delete_expect_revision(&self.name, Some(revision)).await {
-            Ok(()) => tracing::info!(lease = %self.name, term = self.term, "lease released"),
-            Err(e) => {
-                tracing::debug!(lease = %self.name, term = self.term, error = %e, "lease not released (lapses by itself)")
-            }
-        }
+    /// Stops renewing and deletes the lease if it is still this term's.
+    pub async fn release(mut self) {
+        self.stop.cancel();
+        let _ = (&mut self.renewer).await;
     }
 }
 
 impl Drop for Leadership {
+    /// Dropped without [`Leadership::release`] (a crash): the lease lapses by itself.
     fn drop(&mut self) {
         self.renewer.abort();
     }
 }
 
-/// A name for this replica in the lease (logs and `nats kv get` show who leads).
+/// A name for this replica in a lease (logs and `nats kv get` show who holds it).
 pub fn holder_id(service: &str) -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     format!("{service}@{host}/{}/{}", std::process::id(), &nonce[..8])
 }
 
-async fn leases(bus: &Bus) -> Result<kv::Store, BusError> {
-    bus.jetstream()
-        .create_or_update_key_value(kv::Config {
-            bucket: LEASES_BUCKET.to_owned(),
-            description: "leadership leases of Custodian's replicas".to_owned(),
-            history: 1,
-            max_age: LEASE_TTL,
-            num_replicas: bus.replicas(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| BusError::Stream { stream: format!("KV_{LEASES_BUCKET}"), reason: e.to_string() })
-}
-
-/// Waits until this replica holds the lease `name`; `None` on shutdown.
-pub async fn acquire(bus: &Bus, name: &str, holder: &str, shutdown: &CancellationToken) -> Option<Leadership> {
+/// Waits until this replica leads `name`; `None` on shutdown.
+pub async fn lead(bus: &Bus, name: &str, holder: &str, shutdown: &CancellationToken) -> Option<Leadership> {
     let mut store = None;
-    let mut waiting_logged = false;
+    let mut standing_by = false;
     while !shutdown.is_cancelled() {
         let attempt = async {
             let kv = match &store {
                 Some(kv) => kv,
-                None => store.insert(leases(bus).await?),
+                None => store.insert(bucket(bus.jetstream(), LEADERSHIP_BUCKET, LEADERSHIP_TTL, bus.replicas()).await?),
             };
-            match kv.create(name, Bytes::from(holder.to_owned())).await {
-                Ok(revision) => Ok(Some((kv.clone(), revision))),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-                Err(e) => Err(BusError::Stream { stream: format!("KV_{LEASES_BUCKET}"), reason: e.to_string() }),
-            }
+            Lease::try_acquire(kv, name, holder).await
         };
         match attempt.await {
-            Ok(Some((store, term))) => {
+            Ok(Some(lease)) => {
+                let term = lease.revision();
                 tracing::info!(lease = name, term, holder, "lease taken: this replica leads");
-                let lost = CancellationToken::new();
-                let revision = Arc::new(AtomicU64::new(term));
-                let renewer = tokio::spawn(renew(
-                    store.clone(),
-                    name.to_owned(),
-                    Bytes::from(holder.to_owned()),
-                    revision.clone(),
-                    lost.clone(),
-                ));
-                return Some(Leadership { name: name.to_owned(), term, lost, store, revision, renewer });
+                let (lost, stop) = (CancellationToken::new(), CancellationToken::new());
+                let renewer = tokio::spawn(renew_until_stopped(lease, lost.clone(), stop.clone()));
+                return Some(Leadership { term, lost, stop, renewer });
             }
-            Ok(None) if !waiting_logged => {
+            Ok(None) if !standing_by => {
                 tracing::info!(lease = name, holder, "another replica leads; standing by");
-                waiting_logged = true;
+                standing_by = true;
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(lease = name, error = %e, "cannot contend for the lease; will retry"),
@@ -133,28 +192,26 @@ pub async fn acquire(bus: &Bus, name: &str, holder: &str, shutdown: &Cancellatio
     None
 }
 
-/// Renews until the lease is taken over or cannot be proven held any more.
-async fn renew(store: kv::Store, name: String, value: Bytes, revision: Arc<AtomicU64>, lost: CancellationToken) {
+/// Renews until stopped (then releases), taken over, or not provably held any more.
+async fn renew_until_stopped(mut lease: Lease, lost: CancellationToken, stop: CancellationToken) {
     let mut renewed_at = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(RENEW_EVERY).await;
-        match store.update(&name, value.clone(), revision.load(Ordering::Acquire)).await {
-            Ok(next) => {
-                revision.store(next, Ordering::Release);
-                renewed_at = tokio::time::Instant::now();
-            }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                tracing::warn!(lease = %name, "lease taken over (it lapsed); stepping down");
-                lost.cancel();
-                return;
+        tokio::select! {
+            () = stop.cancelled() => return lease.release().await,
+            () = tokio::time::sleep(RENEW_EVERY) => {}
+        }
+        match lease.renew().await {
+            Ok(()) => renewed_at = tokio::time::Instant::now(),
+            Err(e @ LeaseError::TakenOver { .. }) => {
+                tracing::warn!(error = %e, "stepping down");
+                return lost.cancel();
             }
             // Past this point the lease may have lapsed and a successor may lead.
-            Err(e) if renewed_at.elapsed() + RENEW_EVERY >= LEASE_TTL => {
-                tracing::warn!(lease = %name, error = %e, "lease not renewed in time; stepping down");
-                lost.cancel();
-                return;
+            Err(e) if renewed_at.elapsed() + RENEW_EVERY >= LEADERSHIP_TTL => {
+                tracing::warn!(error = %e, "lease not renewed in time; stepping down");
+                return lost.cancel();
             }
-            Err(e) => tracing::warn!(lease = %name, error = %e, "lease renewal failed; will retry"),
+            Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
         }
     }
 }

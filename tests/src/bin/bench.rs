@@ -113,6 +113,8 @@ async fn raw_jetstream(bus: &Bus, events: &[LifecycleEvent]) -> (Duration, Durat
         .create_consumer(pull::Config {
             durable_name: Some("bench".into()),
             max_ack_pending: 20_000,
+            // One ack per chunk, covering it, as the consent and audit consumers ack.
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::All,
             ..Default::default()
         })
         .await
@@ -121,12 +123,16 @@ async fn raw_jetstream(bus: &Bus, events: &[LifecycleEvent]) -> (Duration, Durat
     let mut messages = consumer.stream().max_messages_per_batch(1000).messages().await.unwrap().ready_chunks(1000);
     let mut seen = 0;
     while seen < events.len() {
+        let mut last = None;
         for m in messages.next().await.unwrap() {
             let m = m.unwrap();
             // Decode as the real consumer does, so the baseline does the same parsing work.
             let _ = LifecycleEvent::decode(None, &m.payload).unwrap();
-            m.ack().await.unwrap();
+            last = Some(m);
             seen += 1;
+        }
+        if let Some(m) = last {
+            m.ack().await.unwrap();
         }
     }
     (publish, start.elapsed())
