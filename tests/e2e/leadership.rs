@@ -277,3 +277,37 @@ async fn a_crashed_consent_leader_is_replaced_by_its_standby() {
     standby_stop.cancel();
     standby.await.expect("joined").expect("standby ran");
 }
+
+/// An upgrade: the durable the replicas shared before leases (explicit acks) is the first
+/// term's predecessor; the leader resumes right after what it had acknowledged and deletes it.
+#[tokio::test]
+async fn the_first_leader_resumes_after_the_durable_shared_before_leases() {
+    let stack = Stack::infrastructure().await;
+    let first = publish_seen(&stack, 10, 0).await;
+    let shared = Recorder::default();
+    let stop = CancellationToken::new();
+    let mut spec = in_order_spec();
+    spec.in_order = false;
+    let task = spawn_consumer(&stack, spec, shared.clone(), &stop);
+    assert_eq!(shared.seen_at_least("the shared durable applies the first events", 10).await, first);
+    eventually("the shared durable acknowledged them", Duration::from_secs(10), || async {
+        (ack_floor(&stack, "test-in-order").await == 10).then_some(())
+    })
+    .await;
+    stop.cancel();
+    task.await.expect("joined").expect("consumer ran");
+
+    let second = publish_seen(&stack, 10, 100).await;
+    let leader = Recorder::default();
+    let stop = CancellationToken::new();
+    let task = spawn_consumer(&stack, exclusive_spec(), leader.clone(), &stop);
+    assert_eq!(leader.seen_at_least("the leader applies the new events", 10).await, second);
+    let term = current_term(&stack, None).await;
+    assert!(consumer_info(&stack, "test-in-order").await.is_none(), "the shared durable is gone");
+    eventually("the leader acknowledged everything", Duration::from_secs(10), || async {
+        (ack_floor(&stack, &term).await == 20).then_some(())
+    })
+    .await;
+    stop.cancel();
+    task.await.expect("joined").expect("consumer ran");
+}

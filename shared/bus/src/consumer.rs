@@ -204,9 +204,11 @@ fn is_durable_of(base: &str, name: &str) -> bool {
             .is_some_and(|term| !term.is_empty() && term.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Creates the term's durable right after the lowest ack floor of its predecessors (what
-/// any of them had in hand comes again: the handler of an exclusive consumer must take a
-/// replay), then deletes them, so a stale holder's acks reach nothing that counts.
+/// Creates the term's durable right after the highest ack floor of its predecessors, then
+/// deletes them, so a stale holder's acks reach nothing that counts. Any predecessor's ack
+/// floor is a point up to which everything was applied: each term starts after such a
+/// point and acks in order, and the durable from before leases acked message by message.
+/// What a predecessor had in hand past it comes again: the handler must take a replay.
 async fn take_over(bus: &Bus, base: &str, term_spec: &ConsumerSpec) -> Result<(), BusError> {
     let consumer_error =
         |e: &dyn std::fmt::Display| BusError::Consumer { durable: term_spec.durable.clone(), reason: e.to_string() };
@@ -224,9 +226,9 @@ async fn take_over(bus: &Bus, base: &str, term_spec: &ConsumerSpec) -> Result<()
         match stream.consumer_info(name).await {
             Ok(info) => {
                 let acked = info.ack_floor.stream_sequence;
-                floor = Some(floor.map_or(acked, |floor| floor.min(acked)));
+                floor = Some(floor.map_or(acked, |floor| floor.max(acked)));
             }
-            // Deleted meanwhile by another take-over: its floor is in the one that did it.
+            // Deleted meanwhile by a concurrent take-over: the other floors are as good.
             Err(e) if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound => {}
             Err(e) => return Err(consumer_error(&e)),
         }
@@ -243,7 +245,7 @@ async fn take_over(bus: &Bus, base: &str, term_spec: &ConsumerSpec) -> Result<()
     stream.create_consumer(config).await.map_err(|e| consumer_error(&e))?;
     for name in predecessors.iter().filter(|name| **name != term_spec.durable) {
         if let Err(e) = stream.delete_consumer(name).await {
-            // Left behind, it only lowers the next take-over's floor: a longer replay.
+            // Left behind, the next take-over deletes it.
             tracing::warn!(durable = %name, error = %e, "predecessor durable not deleted");
         }
     }
