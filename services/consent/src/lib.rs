@@ -6,7 +6,8 @@
 //! Invariants: state is decided by event time, never arrival order (see [`ledger`]); a
 //! fact joined twice changes nothing, so a redelivered event leaves no trace; `consent.ended`
 //! has an id derived from its cause, so it is published once however often the cause is
-//! replayed.
+//! replayed. Replicas take turns on the ledger consumer by a lease (`custodian_bus::lease`);
+//! all of them answer queries.
 
 pub mod handler;
 pub mod ledger;
