@@ -138,6 +138,20 @@ async fn raw_jetstream(bus: &Bus, events: &[LifecycleEvent]) -> (Duration, Durat
     (publish, start.elapsed())
 }
 
+/// The consent service's settings: its defaults, unless an experiment overrides the
+/// workers or the batch (`CUSTODIAN_BENCH_CONSENT_WORKERS`, `CUSTODIAN_BENCH_CONSENT_BATCH`).
+fn consent_config() -> ConsentConfig {
+    let from_env = |name: &str| std::env::var(name).ok().map(|v| v.parse::<usize>().expect("a number"));
+    let mut config = ConsentConfig::default();
+    if let Some(workers) = from_env("CUSTODIAN_BENCH_CONSENT_WORKERS") {
+        config.workers = workers;
+    }
+    if let Some(batch) = from_env("CUSTODIAN_BENCH_CONSENT_BATCH") {
+        config.batch = batch;
+    }
+    config
+}
+
 async fn raw_postgres(url: &str, events: &[LifecycleEvent]) -> Duration {
     let store = Store::connect_and_migrate(url, 4).await.unwrap();
     let now = clock::SystemClock.now();
@@ -214,7 +228,7 @@ async fn custodian_ingest(bus: &Bus, url: &str, events: &[LifecycleEvent], repor
     };
     let shutdown = CancellationToken::new();
     let start = Instant::now();
-    let task = tokio::spawn(custodian_consent::run(deps, ConsentConfig::default(), shutdown.clone()));
+    let task = tokio::spawn(custodian_consent::run(deps, consent_config(), shutdown.clone()));
     let total = events.len() as u64;
     loop {
         let applied: u64 =
@@ -473,7 +487,10 @@ async fn main() {
     let rounds = audit_bench::rounds();
     println!(
         "custodian bench: {n} consent events (50% grants, 30% activity, 20% revocations), 2 cores shared, \
-         {rounds} alternated rounds (each on a fresh NATS server and fresh databases)\n"
+         {rounds} alternated rounds (each on a fresh NATS server and fresh databases); \
+         consent service: {} workers, batches of {}\n",
+        consent_config().workers,
+        consent_config().batch
     );
     let pg = PgCluster::shared();
     let events = events(n);
@@ -518,7 +535,7 @@ async fn main() {
         );
         // For reference (not a target's baseline): the raw insert with as many tasks as the
         // service has workers, after ours so that the target's phases run as before.
-        let tasks = ConsentConfig::default().workers;
+        let tasks = consent_config().workers;
         raw_pg_parallel.push(rate(n, raw_postgres_arrays(&pg.fresh_database(), &events, tasks).await));
         println!(
             "raw PostgreSQL     INSERT … unnest x1000, {tasks} tasks side by side     {:>9.0}/s",
