@@ -248,16 +248,19 @@ async fn a_crashed_consent_leader_is_replaced_by_its_standby() {
     .await;
 
     let standby_stop = CancellationToken::new();
+    let standby_metrics = custodian_consent::ConsentMetrics::default();
     let standby = {
         let deps = custodian_consent::Deps {
             store: stack.store.clone(),
             bus: stack.bus.clone(),
             clock: stack.clock.clone(),
-            metrics: custodian_consent::ConsentMetrics::default(),
+            metrics: standby_metrics.clone(),
         };
         let (config, stop) = (stack.consent_config.clone(), standby_stop.clone());
         tokio::spawn(async move { custodian_consent::run(deps, config, stop).await })
     };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(standby_metrics.leading.get(), 0, "the standby does not lead while the leader runs");
     stack.crash_consent().await;
     let revocations: Vec<_> = (0..300).map(|i| revoke_event(&format!("{run}-{i}"), "tp", 10)).collect();
     let results = stack.bus.publish_all(&revocations.iter().map(outgoing).collect::<Vec<_>>(), 256).await;
@@ -274,8 +277,10 @@ async fn a_crashed_consent_leader_is_replaced_by_its_standby() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(stack.count_on(subjects::CONSENT_ENDED).await, 300, "each ending published once");
     assert_eq!(history_count(&stack).await, 600, "one history row per grant and revoke");
+    assert_eq!(standby_metrics.leading.get(), 1, "the standby leads now");
     standby_stop.cancel();
     standby.await.expect("joined").expect("standby ran");
+    assert_eq!(standby_metrics.leading.get(), 0, "stopped, it leads no more");
 }
 
 /// An upgrade: the durable the replicas shared before leases (explicit acks) is the first

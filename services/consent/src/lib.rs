@@ -85,6 +85,7 @@ pub async fn run(deps: Deps, config: ConsentConfig, shutdown: CancellationToken)
     // batches are applied in (facts join; a replay after a takeover changes nothing).
     spec.exclusive = true;
     spec.appliers = config.workers.max(1);
+    spec.leading = Some(deps.metrics.leading.clone());
 
     let mut tasks = Supervisor::new(shutdown.clone());
     tasks.spawn("consent-relay", relay.run(shutdown.clone()));

@@ -81,6 +81,8 @@ pub struct ConsumerSpec {
     /// after the ack floor of the terms before. A stale holder's acks land on its own
     /// durable, so they can never cover what its successor was handed.
     pub exclusive: bool,
+    /// Exclusive only: set to 1 while this replica leads and consumes, 0 while it stands by.
+    pub leading: Option<prometheus_client::metrics::gauge::Gauge>,
 }
 
 impl ConsumerSpec {
@@ -99,6 +101,7 @@ impl ConsumerSpec {
             in_order: false,
             appliers: 1,
             exclusive: false,
+            leading: None,
         }
     }
 }
@@ -169,7 +172,12 @@ async fn run_exclusive<H: BatchHandler>(
                 end_on_loss.cancel();
             }));
             match take_over(bus, &spec.durable, &term_spec).await {
-                Ok(()) => consume(bus, &term_spec, handler, clock, &term_end).await,
+                Ok(()) => {
+                    set_leading(spec, true);
+                    let consumed = consume(bus, &term_spec, handler, clock, &term_end).await;
+                    set_leading(spec, false);
+                    consumed
+                }
                 Err(e) => Err(e),
             }
         };
@@ -188,6 +196,12 @@ async fn run_exclusive<H: BatchHandler>(
         }
     }
     Ok(())
+}
+
+fn set_leading(spec: &ConsumerSpec, leading: bool) {
+    if let Some(gauge) = &spec.leading {
+        gauge.set(i64::from(leading));
+    }
 }
 
 /// The durable of one leadership term of `base`.
