@@ -56,6 +56,19 @@ impl BatchHandler for Gate {
     }
 }
 
+/// A handler with a bug: it panics on the batch that carries `on`.
+#[derive(Clone)]
+struct Panics {
+    on: String,
+}
+
+impl BatchHandler for Panics {
+    async fn handle(&self, batch: &[Delivery]) -> Vec<Result<(), HandlerError>> {
+        assert!(batch.iter().all(|d| d.event.id() != self.on), "a bug in the handler");
+        batch.iter().map(|_| Ok(())).collect()
+    }
+}
+
 fn exclusive_spec() -> ConsumerSpec {
     let mut spec = in_order_spec();
     spec.exclusive = true;
@@ -129,6 +142,24 @@ async fn in_order_appliers_apply_side_by_side_but_ack_nothing_past_an_unfinished
     let mut expected = published.clone();
     expected.sort();
     assert_eq!(seen, expected, "each event applied once");
+}
+
+/// A panicking applier's batch is never acked, nor anything after it: the consumer must
+/// stop with the error (its service's supervisor reports it) instead of stalling silently
+/// once `max_ack_pending` is reached.
+#[tokio::test]
+async fn an_applier_that_panics_stops_the_consumer_instead_of_stalling_it() {
+    let stack = Stack::infrastructure().await;
+    let published = publish_seen(&stack, 20, 0).await;
+    let mut spec = in_order_spec();
+    spec.batch = 5;
+    spec.appliers = 3;
+    let task = spawn_consumer(&stack, spec, Panics { on: published[7].clone() }, &CancellationToken::new());
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(20), task).await.expect("the consumer stopped").expect("joined");
+    let error = outcome.expect_err("the consumer reports the failure");
+    assert!(error.to_string().contains("applier task failed"), "{error}");
+    assert!(ack_floor(&stack, "test-in-order").await <= 5, "nothing acked past the batch that panicked");
 }
 
 /// Two replicas: only the lease holder consumes; stopped gracefully, it releases the lease

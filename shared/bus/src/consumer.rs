@@ -473,8 +473,10 @@ where
     // In sets, so that a consumer dropped mid-way (its service aborted) takes its tasks
     // along instead of leaving them pulling messages nobody will apply.
     let mut reader = tokio::task::JoinSet::new();
+    // Ends the reader and the appliers on shutdown, or when an applier failed.
+    let stop = shutdown.child_token();
     {
-        let (bus, spec, clock, shutdown) = (bus.clone(), spec.clone(), clock.clone(), shutdown.clone());
+        let (bus, spec, clock, shutdown) = (bus.clone(), spec.clone(), clock.clone(), stop.clone());
         reader.spawn(async move {
             let mut number = 0u64;
             loop {
@@ -512,7 +514,7 @@ where
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Applied)>();
     let mut appliers = tokio::task::JoinSet::new();
     for _ in 0..spec.appliers.max(1) {
-        let (bus, spec, clock, shutdown) = (bus.clone(), spec.clone(), clock.clone(), shutdown.clone());
+        let (bus, spec, clock, stop) = (bus.clone(), spec.clone(), clock.clone(), stop.clone());
         let (decoded_rx, handler, done_tx) = (decoded_rx.clone(), handler.clone(), done_tx.clone());
         appliers.spawn(async move {
             loop {
@@ -521,13 +523,13 @@ where
                     let mut decoded_rx = decoded_rx.lock().await;
                     tokio::select! {
                         biased;
-                        () = shutdown.cancelled() => None,
+                        () = stop.cancelled() => None,
                         batch = decoded_rx.recv() => batch,
                     }
                 };
                 let Some(NumberedBatch { number, decoded, messages }) = next else { return };
                 let applied =
-                    handle_batch_in_order(&bus, &spec, handler.as_ref(), &clock, decoded, messages, &shutdown).await;
+                    handle_batch_in_order(&bus, &spec, handler.as_ref(), &clock, decoded, messages, &stop).await;
                 if done_tx.send((number, applied)).is_err() {
                     return;
                 }
@@ -535,36 +537,28 @@ where
         });
     }
     drop((done_tx, decoded_rx));
-    // Batches finish in any order: ack the last success of the longest run of finished
-    // batches from the start; after a batch left unfinished (stopping), ack nothing more.
-    let mut finished = std::collections::BTreeMap::new();
-    let mut next_to_ack = 0u64;
-    let mut halted = false;
-    while let Some((number, applied)) = done_rx.recv().await {
-        if halted {
-            continue;
-        }
-        finished.insert(number, applied);
-        let mut covering = None;
-        while let Some(applied) = finished.remove(&next_to_ack) {
-            next_to_ack += 1;
-            if let Some(message) = applied.last_success {
-                covering = Some(message);
-            }
-            if !applied.complete {
-                halted = true;
-                break;
-            }
-        }
-        if let Some(message) = covering {
-            ack(&message, AckKind::Ack).await;
-        }
-    }
+    let mut order = AckOrder::default();
     let mut outcome = Ok(InOrderEnd::Stopped);
-    while let Some(joined) = appliers.join_next().await {
-        if let Err(e) = joined {
-            outcome =
-                Err(BusError::Consumer { durable: spec.durable.clone(), reason: format!("applier task failed: {e}") });
+    let mut done_open = true;
+    while done_open || !appliers.is_empty() {
+        tokio::select! {
+            done = done_rx.recv(), if done_open => match done {
+                Some((number, applied)) => {
+                    if let Some(message) = order.finished(number, applied.last_success, applied.complete) {
+                        ack(&message, AckKind::Ack).await;
+                    }
+                }
+                None => done_open = false,
+            },
+            Some(joined) = appliers.join_next() => {
+                if let Err(e) = joined {
+                    // A panicked applier's batch is never acked, nor anything after it: stop
+                    // rather than stall silently once `max_ack_pending` is reached.
+                    tracing::error!(durable = %spec.durable, error = %e, "applier task failed; stopping the consumer");
+                    outcome = Err(BusError::Consumer { durable: spec.durable.clone(), reason: format!("applier task failed: {e}") });
+                    stop.cancel();
+                }
+            }
         }
     }
     let read = match reader.join_next().await {
@@ -579,6 +573,43 @@ where
         tracing::info!(durable = %spec.durable, "consumer stopped");
     }
     outcome
+}
+
+/// Batches finish in any order; under `AckPolicy::All` an ack covers everything before it.
+/// So the ack goes to the last success of the longest run of finished batches from the
+/// first, and after a batch left unfinished (stopping) nothing more is acked.
+struct AckOrder<T> {
+    finished: std::collections::BTreeMap<u64, (Option<T>, bool)>,
+    next: u64,
+    halted: bool,
+}
+
+impl<T> Default for AckOrder<T> {
+    fn default() -> Self {
+        Self { finished: std::collections::BTreeMap::new(), next: 0, halted: false }
+    }
+}
+
+impl<T> AckOrder<T> {
+    /// Batch `number` is done; returns what to ack now, if anything.
+    fn finished(&mut self, number: u64, last_success: Option<T>, complete: bool) -> Option<T> {
+        if self.halted {
+            return None;
+        }
+        self.finished.insert(number, (last_success, complete));
+        let mut covering = None;
+        while let Some((last_success, complete)) = self.finished.remove(&self.next) {
+            self.next += 1;
+            if last_success.is_some() {
+                covering = last_success;
+            }
+            if !complete {
+                self.halted = true;
+                break;
+            }
+        }
+        covering
+    }
 }
 
 /// A decoded batch, numbered in stream order by the reader.
@@ -859,6 +890,18 @@ mod tests {
         let mut next = 7;
         assert_eq!(first_after_gap([Some(3), Some(7)].into_iter(), &mut next), None, "lower is no gap");
         assert_eq!(next, 8);
+    }
+
+    #[test]
+    fn acks_follow_stream_order_whatever_order_batches_finish_in() {
+        let mut order = AckOrder::default();
+        assert_eq!(order.finished(1, Some(20), true), None, "batch 0 is not done yet");
+        assert_eq!(order.finished(2, Some(30), true), None);
+        assert_eq!(order.finished(0, Some(10), true), Some(30), "0 to 2 done: one ack covers them");
+        assert_eq!(order.finished(3, None, true), None, "all dead-lettered: nothing new to ack");
+        assert_eq!(order.finished(5, Some(60), true), None);
+        assert_eq!(order.finished(4, Some(50), false), Some(50), "4 stopped half-way: ack what it did");
+        assert_eq!(order.finished(6, Some(70), true), None, "nothing past an unfinished batch");
     }
 
     #[test]
