@@ -86,7 +86,7 @@ impl Sweeper {
 pub async fn run(deps: Deps, config: SweeperConfig, shutdown: CancellationToken) -> Result<(), SupervisorError> {
     config.validate().map_err(|e| SupervisorError { task: "sweeper-config".into(), reason: e.to_string() })?;
     let ttl = Duration::from_secs(config.lease_ttl_secs);
-    let kv = lease::bucket(deps.bus.jetstream(), ttl, 1)
+    let kv = lease::bucket(deps.bus.jetstream(), ttl, deps.bus.replicas())
         .await
         .map_err(|e| SupervisorError { task: "sweeper-leases".into(), reason: e.to_string() })?;
     let relay = OutboxRelay::new(deps.store.clone(), deps.bus.clone(), SERVICE, deps.clock.clone());
