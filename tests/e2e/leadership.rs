@@ -278,18 +278,8 @@ async fn a_crashed_consent_leader_is_replaced_by_its_standby() {
     })
     .await;
 
-    let standby_stop = CancellationToken::new();
     let standby_metrics = custodian_consent::ConsentMetrics::default();
-    let standby = {
-        let deps = custodian_consent::Deps {
-            store: stack.store.clone(),
-            bus: stack.bus.clone(),
-            clock: stack.clock.clone(),
-            metrics: standby_metrics.clone(),
-        };
-        let (config, stop) = (stack.consent_config.clone(), standby_stop.clone());
-        tokio::spawn(async move { custodian_consent::run(deps, config, stop).await })
-    };
+    let (standby_stop, standby) = stack.spawn_consent(standby_metrics.clone());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(standby_metrics.leading.get(), 0, "the standby does not lead while the leader runs");
     stack.crash_consent().await;
@@ -310,7 +300,7 @@ async fn a_crashed_consent_leader_is_replaced_by_its_standby() {
     assert_eq!(history_count(&stack).await, 600, "one history row per grant and revoke");
     assert_eq!(standby_metrics.leading.get(), 1, "the standby leads now");
     standby_stop.cancel();
-    standby.await.expect("joined").expect("standby ran");
+    standby.await.expect("standby ran");
     assert_eq!(standby_metrics.leading.get(), 0, "stopped, it leads no more");
 }
 

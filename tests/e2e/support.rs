@@ -140,11 +140,16 @@ impl Stack {
     }
 
     pub fn start_consent(&mut self) {
+        self.consent = Some(self.spawn_consent(ConsentMetrics::default()));
+    }
+
+    /// A consent service replica reporting to `metrics`, beside [`Stack::start_consent`]'s.
+    pub fn spawn_consent(&self, metrics: ConsentMetrics) -> (CancellationToken, JoinHandle<()>) {
         let deps = custodian_consent::Deps {
             store: self.store.clone(),
             bus: self.bus.clone(),
             clock: self.clock.clone(),
-            metrics: ConsentMetrics::default(),
+            metrics,
         };
         let token = CancellationToken::new();
         let config = self.consent_config.clone();
@@ -154,7 +159,7 @@ impl Stack {
                 tracing::error!(error = %e, "consent service stopped with an error");
             }
         });
-        self.consent = Some((token, handle));
+        (token, handle)
     }
 
     /// Ends the consent service as a crash would: its task is dropped wherever it is.

@@ -162,24 +162,14 @@ async fn run_exclusive<H: BatchHandler>(
     while let Some(leadership) = lease::lead(bus, &spec.durable, &holder, shutdown).await {
         let term_spec =
             ConsumerSpec { durable: term_durable(&spec.durable, leadership.term()), in_order: true, ..spec.clone() };
-        // The term ends on shutdown or when the lease is lost, whichever comes first.
-        let term_end = shutdown.child_token();
-        let outcome = {
-            let lost = leadership.lost().clone();
-            let end_on_loss = term_end.clone();
-            let _watch = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-                lost.cancelled().await;
-                end_on_loss.cancel();
-            }));
-            match take_over(bus, &spec.durable, &term_spec).await {
-                Ok(()) => {
-                    set_leading(spec, true);
-                    let consumed = consume(bus, &term_spec, handler, clock, &term_end).await;
-                    set_leading(spec, false);
-                    consumed
-                }
-                Err(e) => Err(e),
+        let outcome = match take_over(bus, &spec.durable, &term_spec).await {
+            Ok(()) => {
+                set_leading(spec, true);
+                let consumed = consume(bus, &term_spec, handler, clock, leadership.ended()).await;
+                set_leading(spec, false);
+                consumed
             }
+            Err(e) => Err(e),
         };
         leadership.release().await;
         match outcome {

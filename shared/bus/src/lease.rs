@@ -121,7 +121,7 @@ impl Lease {
 pub struct Leadership {
     /// The KV revision that created the lease: a later leadership of `name` has a higher one.
     term: u64,
-    lost: CancellationToken,
+    ended: CancellationToken,
     stop: CancellationToken,
     renewer: tokio::task::JoinHandle<()>,
 }
@@ -131,9 +131,10 @@ impl Leadership {
         self.term
     }
 
-    /// Cancelled when the lease is lost (taken over, or not renewed in time).
-    pub fn lost(&self) -> &CancellationToken {
-        &self.lost
+    /// Cancelled when the term ends: the lease is lost (taken over, or not renewed in time)
+    /// or the service is stopping.
+    pub fn ended(&self) -> &CancellationToken {
+        &self.ended
     }
 
     /// Stops renewing and deletes the lease if it is still this term's.
@@ -173,9 +174,9 @@ pub async fn lead(bus: &Bus, name: &str, holder: &str, shutdown: &CancellationTo
             Ok(Some(lease)) => {
                 let term = lease.revision();
                 tracing::info!(lease = name, term, holder, "lease taken: this replica leads");
-                let (lost, stop) = (CancellationToken::new(), CancellationToken::new());
-                let renewer = tokio::spawn(renew_until_stopped(lease, lost.clone(), stop.clone()));
-                return Some(Leadership { term, lost, stop, renewer });
+                let (ended, stop) = (shutdown.child_token(), CancellationToken::new());
+                let renewer = tokio::spawn(renew_until_stopped(lease, ended.clone(), stop.clone()));
+                return Some(Leadership { term, ended, stop, renewer });
             }
             Ok(None) if !standing_by => {
                 tracing::info!(lease = name, holder, "another replica leads; standing by");
