@@ -397,6 +397,86 @@ async fn an_audit_service_killed_mid_drain_and_restarted_chains_every_event_once
     assert_eq!(report.broken, None, "{report:?}");
 }
 
+/// Two audit replicas: one leads the chain, the other stands by. The leader is killed
+/// mid-drain while events keep coming; once its lease lapses the standby takes over from
+/// the leader's ack floor, and the chain carries on: every event once, in stream order, no
+/// fork, no gap, nothing the stream holds left unchained.
+#[tokio::test]
+async fn a_crashed_audit_leader_is_replaced_by_its_standby_and_the_chain_carries_on() {
+    use custodian_audit::AuditMetrics;
+    use custodian_audit::completeness::check_stream;
+    const N: usize = 1_500;
+    let stack = Stack::infrastructure().await;
+    let config = AuditConfig { batch: 50, ack_wait_secs: 120, ..audit_config(None) };
+    let (leader_metrics, standby_metrics) = (AuditMetrics::default(), AuditMetrics::default());
+    let (_leader_stop, leader) = stack.spawn_audit(config.clone(), leader_metrics.clone());
+    eventually("the first replica leads", Duration::from_secs(10), || async {
+        (leader_metrics.leading.get() == 1).then_some(())
+    })
+    .await;
+    let (standby_stop, standby) = stack.spawn_audit(config, standby_metrics.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(standby_metrics.leading.get(), 0, "the standby does not lead while the leader runs");
+
+    let events: Vec<CloudEvent<ConsentGrantedV1>> =
+        (0..N).map(|i| CloudEvent::new("urn:test", stack.clock.now(), grant(format!("failover-{i}")))).collect();
+    let publishing = {
+        let bus = stack.bus.clone();
+        let outgoing: Vec<custodian_bus::Outgoing> =
+            events.iter().map(|e| custodian_bus::Outgoing::event(subjects::CONSENT_GRANTED, e)).collect();
+        // One at a time, so that the stream's order is the list's.
+        tokio::spawn(async move { bus.publish_all(&outgoing, 1).await.into_iter().all(|r| r.is_ok()) })
+    };
+    let at_crash = eventually("the leader chains some", Duration::from_secs(30), || async {
+        let n = chained(&stack).await.len();
+        (n >= 100).then_some(n)
+    })
+    .await;
+    leader.abort();
+    let _ = leader.await;
+    assert!(publishing.await.expect("publisher ran"), "every event published");
+    assert!(at_crash < N, "killed mid-drain ({at_crash} of {N})");
+
+    let lapse = custodian_bus::lease::LEADERSHIP_TTL + Duration::from_secs(60);
+    let rows = eventually("the standby chains the rest", lapse, || async {
+        let rows = chained(&stack).await;
+        (rows.len() >= N).then_some(rows)
+    })
+    .await;
+    let expected: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(rows.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(), expected, "each once, in stream order");
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=N as i64).collect::<Vec<_>>(), "no gap");
+    let report = verify(stack.store.db(), &stack.audit_signer.public_key_base64(), None).await.expect("verify");
+    assert_eq!(report.broken, None, "{report:?}");
+    assert_eq!(standby_metrics.leading.get(), 1, "the standby leads now");
+    let completeness = eventually("the standby acknowledged everything", Duration::from_secs(10), || async {
+        let report = check_stream(stack.store.db(), &stack.bus).await.expect("checked");
+        (report.acknowledged == N as u64).then_some(report)
+    })
+    .await;
+    assert_eq!(completeness.unchained, None, "{completeness:?}");
+
+    standby_stop.cancel();
+    standby.await.expect("standby ran");
+    assert_eq!(standby_metrics.leading.get(), 0, "stopped, it leads no more");
+}
+
+/// The durable the chain's current leadership term consumes from.
+async fn chain_term_durable(stack: &Stack, base: &str) -> String {
+    let stream = stack.bus.jetstream().get_stream(subjects::STREAM).await.expect("stream");
+    let mut names = stream.consumer_names();
+    let prefix = format!("{base}-t");
+    let mut terms = Vec::new();
+    while let Some(name) = futures::StreamExt::next(&mut names).await {
+        let name = name.expect("consumer name");
+        if name.starts_with(&prefix) {
+            terms.push(name);
+        }
+    }
+    assert_eq!(terms.len(), 1, "one term's durable: {terms:?}");
+    terms.remove(0)
+}
+
 /// An event the stream holds and the audit service acknowledged, but never chained, breaks
 /// no link: the chain walk passes. Checked against the stream, it is found at its sequence.
 /// A malformed message the audit dead-lettered is no gap: its dead letter is in the chain.
@@ -431,7 +511,7 @@ async fn verify_against_the_stream_finds_an_acknowledged_event_the_chain_lacks()
     stack.bus.publish(&custodian_bus::Outgoing::event(subjects::CONSENT_GRANTED, &lost)).await.expect("published");
     let stream = js.get_stream(subjects::STREAM).await.expect("stream");
     let durable: async_nats::jetstream::consumer::PullConsumer =
-        stream.get_consumer(CHAIN_DURABLE).await.expect("the chain's durable");
+        stream.get_consumer(&chain_term_durable(&stack, CHAIN_DURABLE).await).await.expect("the chain's durable");
     let mut taken = durable.fetch().max_messages(1).expires(Duration::from_secs(10)).messages().await.expect("fetch");
     let message = futures::StreamExt::next(&mut taken).await.expect("one message").expect("a message");
     message.double_ack().await.expect("acknowledged");

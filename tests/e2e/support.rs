@@ -208,15 +208,24 @@ impl Stack {
 
     /// Starts the audit service (identities sealed under the stack's key ring).
     pub fn start_audit(&mut self, config: custodian_audit::AuditConfig) {
+        self.audit = Some(self.spawn_audit(config, custodian_audit::AuditMetrics::default()));
+    }
+
+    /// An audit service replica reporting to `metrics`, beside [`Stack::start_audit`]'s.
+    pub fn spawn_audit(
+        &self,
+        config: custodian_audit::AuditConfig,
+        metrics: custodian_audit::AuditMetrics,
+    ) -> (CancellationToken, JoinHandle<()>) {
         let deps = custodian_audit::Deps {
             store: self.store.clone(),
             bus: self.bus.clone(),
             clock: self.clock.clone(),
             keyring: self.keyring.clone(),
             signer: self.audit_signer.clone(),
-            metrics: Default::default(),
+            metrics,
         };
-        self.audit = Some(spawn_service("audit", |token| custodian_audit::run(deps, config, token)));
+        spawn_service("audit", |token| custodian_audit::run(deps, config, token))
     }
 
     /// Ends the audit service as a crash would: whatever it had in hand is dropped unacked.

@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 
 use async_nats::jetstream::consumer::pull::OrderedConfig;
-use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use custodian_bus::Bus;
 use custodian_events::{derived_event_id, subjects};
 use custodian_store::entities::audit_entry;
@@ -13,7 +12,8 @@ use futures::StreamExt;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 use serde::Serialize;
 
-/// The durable the chain is fed from.
+/// The durable the chain is fed from: the base name of its leadership terms' durables
+/// (`audit-chain-t<term>`, see `custodian_bus::ConsumerSpec::exclusive`).
 pub const CHAIN_DURABLE: &str = "audit-chain";
 
 /// Stream messages checked per database query.
@@ -57,12 +57,9 @@ pub struct Completeness {
 pub async fn check_stream<C: ConnectionTrait>(conn: &C, bus: &Bus) -> Result<Completeness, CompletenessError> {
     let nats = |e: &dyn std::fmt::Display| CompletenessError::Nats(e.to_string());
     let stream = bus.jetstream().get_stream(subjects::STREAM).await.map_err(|e| nats(&e))?;
-    let acknowledged = match stream.consumer_info(CHAIN_DURABLE).await {
-        Ok(info) => info.ack_floor.stream_sequence,
-        // The audit service never ran: nothing is claimed chained.
-        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => 0,
-        Err(e) => return Err(nats(&e)),
-    };
+    // `None`: the audit service never ran, nothing is claimed chained.
+    let acknowledged =
+        custodian_bus::acknowledged_through(bus, CHAIN_DURABLE).await.map_err(|e| nats(&e))?.unwrap_or(0);
     // The stream's state as `get_stream` read it, before the ack floor: a floor past its end
     // only means newer messages came since. Those, and any aged out before its start, are not
     // checked.

@@ -22,6 +22,7 @@ use custodian_store::Store;
 use custodian_store::clock::SharedClock;
 use custodian_store::entities::{audit_checkpoint, privacy_entry};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use secrecy::SecretString;
@@ -82,6 +83,8 @@ pub struct AuditMetrics {
     pub appended: Counter,
     pub checkpoints: Counter,
     pub privacy_reads: Counter,
+    /// 1 while this replica leads the chain consumer.
+    pub leading: Gauge,
 }
 
 impl AuditMetrics {
@@ -89,6 +92,11 @@ impl AuditMetrics {
         registry.register("custodian_audit_appended", "Events appended to the hash chain", self.appended.clone());
         registry.register("custodian_audit_checkpoints", "Checkpoints signed", self.checkpoints.clone());
         registry.register("custodian_audit_privacy_reads", "Privacy-log reads by the DPO", self.privacy_reads.clone());
+        registry.register(
+            "custodian_audit_chain_leading",
+            "1 while this replica leads the chain consumer; summed over the replicas it is 1, and 0 means events wait to be chained",
+            self.leading.clone(),
+        );
     }
 }
 
@@ -181,8 +189,13 @@ pub async fn run(deps: Deps, config: AuditConfig, shutdown: CancellationToken) -
     spec.batch = audit.config.batch.max(1);
     spec.max_deliver = audit.config.max_deliver.max(1);
     spec.ack_wait = Duration::from_secs(audit.config.ack_wait_secs.max(1));
-    // One chain, one tail: applied in stream order, one ack per batch.
+    // One chain, one tail: applied in stream order, one ack per batch, by one replica at a
+    // time (a lease); the others stand by and take over when it stops or its lease lapses.
+    // A stale leader's appends are refused by the chain's primary key (it links to a tail
+    // that is no longer the tail), and its acks land on its own term's deleted durable.
     spec.in_order = true;
+    spec.exclusive = true;
+    spec.leading = Some(deps.metrics.leading.clone());
     let handler = handler::ChainHandler { audit: audit.clone() };
     let (bus, clock, token) = (deps.bus.clone(), audit.clock.clone(), shutdown.clone());
     tasks.spawn("audit-chain", async move { custodian_bus::run_consumer(&bus, spec, handler, clock, token).await });

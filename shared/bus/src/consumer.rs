@@ -199,6 +199,17 @@ fn term_durable(base: &str, term: u64) -> String {
     format!("{base}-t{term}")
 }
 
+/// The durable's name without its leadership term (`consent-ledger-t42` → `consent-ledger`).
+fn durable_base(spec: &ConsumerSpec) -> &str {
+    if !spec.exclusive {
+        return &spec.durable;
+    }
+    match spec.durable.rsplit_once("-t") {
+        Some((base, term)) if is_durable_of(base, &spec.durable) && !term.is_empty() => base,
+        _ => &spec.durable,
+    }
+}
+
 /// Is `name` the durable of `base` (before leases) or of one of its terms?
 fn is_durable_of(base: &str, name: &str) -> bool {
     name == base
@@ -206,6 +217,43 @@ fn is_durable_of(base: &str, name: &str) -> bool {
             .strip_prefix(base)
             .and_then(|rest| rest.strip_prefix("-t"))
             .is_some_and(|term| !term.is_empty() && term.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Every durable of `base` on the stream (the one from before leases, and each term's) with
+/// its ack floor; `None` for one deleted while it was listed (by a concurrent take-over).
+async fn durables_of(
+    stream: &async_nats::jetstream::stream::Stream,
+    base: &str,
+) -> Result<Vec<(String, Option<u64>)>, String> {
+    let mut names = stream.consumer_names();
+    let mut durables = Vec::new();
+    while let Some(name) = names.next().await {
+        let name = name.map_err(|e| e.to_string())?;
+        if is_durable_of(base, &name) {
+            durables.push(name);
+        }
+    }
+    let mut floors = Vec::with_capacity(durables.len());
+    for name in durables {
+        match stream.consumer_info(&name).await {
+            Ok(info) => floors.push((name, Some(info.ack_floor.stream_sequence))),
+            Err(e) if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound => {
+                floors.push((name, None));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(floors)
+}
+
+/// How far an exclusive consumer has acknowledged the stream: the highest ack floor of the
+/// durables of `base` (whichever term holds it now), `None` if it never had one. Everything
+/// up to it was applied (each term acks in order from its predecessors' floor).
+pub async fn acknowledged_through(bus: &Bus, base: &str) -> Result<Option<u64>, BusError> {
+    let failed = |reason: String| BusError::Consumer { durable: base.to_owned(), reason };
+    let stream = bus.jetstream().get_stream(subjects::STREAM).await.map_err(|e| failed(e.to_string()))?;
+    let durables = durables_of(&stream, base).await.map_err(failed)?;
+    Ok(durables.iter().filter_map(|(_, floor)| *floor).max())
 }
 
 /// Creates the term's durable right after the highest ack floor of its predecessors, then
@@ -217,37 +265,19 @@ async fn take_over(bus: &Bus, base: &str, term_spec: &ConsumerSpec) -> Result<()
     let consumer_error =
         |e: &dyn std::fmt::Display| BusError::Consumer { durable: term_spec.durable.clone(), reason: e.to_string() };
     let stream = bus.jetstream().get_stream(subjects::STREAM).await.map_err(|e| consumer_error(&e))?;
-    let mut names = stream.consumer_names();
-    let mut predecessors = Vec::new();
-    while let Some(name) = names.next().await {
-        let name = name.map_err(|e| consumer_error(&e))?;
-        if is_durable_of(base, &name) {
-            predecessors.push(name);
-        }
-    }
-    let mut floor: Option<u64> = None;
-    for name in &predecessors {
-        match stream.consumer_info(name).await {
-            Ok(info) => {
-                let acked = info.ack_floor.stream_sequence;
-                floor = Some(floor.map_or(acked, |floor| floor.max(acked)));
-            }
-            // Deleted meanwhile by a concurrent take-over: the other floors are as good.
-            Err(e) if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound => {}
-            Err(e) => return Err(consumer_error(&e)),
-        }
-    }
+    let predecessors = durables_of(&stream, base).await.map_err(|e| consumer_error(&e))?;
+    let floor = predecessors.iter().filter_map(|(_, floor)| *floor).max();
     let mut config = consumer_config(term_spec);
     if let Some(floor) = floor {
         config.deliver_policy =
             async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: floor + 1 };
     }
-    if predecessors.contains(&term_spec.durable) {
+    if predecessors.iter().any(|(name, _)| *name == term_spec.durable) {
         // A retried take-over of this very term: start it over too.
         stream.delete_consumer(&term_spec.durable).await.map_err(|e| consumer_error(&e))?;
     }
     stream.create_consumer(config).await.map_err(|e| consumer_error(&e))?;
-    for name in predecessors.iter().filter(|name| **name != term_spec.durable) {
+    for (name, _) in predecessors.iter().filter(|(name, _)| *name != term_spec.durable) {
         if let Err(e) = stream.delete_consumer(name).await {
             // Left behind, the next take-over deletes it.
             tracing::warn!(durable = %name, error = %e, "predecessor durable not deleted");
@@ -813,8 +843,10 @@ async fn dead_letter(
         reason: reason.to_owned(),
         payload_base64: base64::engine::general_purpose::STANDARD.encode(&message.payload),
     };
-    // Deterministic id: a retried dead-letter publish is de-duplicated by the stream.
-    let id = derived_event_id("deadletter", &format!("{}:{stream_sequence}", spec.durable));
+    // Deterministic id, the same in every leadership term: a retried dead-letter publish,
+    // or a replay of the message by a successor, is de-duplicated by the stream, and the
+    // audit's completeness check finds it.
+    let id = derived_event_id("deadletter", &format!("{}:{stream_sequence}", durable_base(spec)));
     let event = CloudEvent::with_id(id, format!("urn:custodian:{}", spec.service), clock.now(), data);
     let out = Outgoing {
         subject: dl_subject,
@@ -902,6 +934,20 @@ mod tests {
         assert!(!is_durable_of("consent-ledger", "consent-ledger-t1x"));
         assert!(!is_durable_of("consent-ledger", "consent-ledger-archive"));
         assert!(!is_durable_of("consent-ledger", "consent-retention"));
+    }
+
+    #[test]
+    fn a_terms_dead_letters_are_named_after_the_base_durable() {
+        let mut spec = ConsumerSpec::new("audit", "chain", &["lifecycle.>"]);
+        assert_eq!(durable_base(&spec), "audit-chain");
+        spec.exclusive = true;
+        spec.durable = term_durable("audit-chain", 42);
+        assert_eq!(durable_base(&spec), "audit-chain", "every term dead-letters under one name");
+        spec.durable = "audit-chain-tx".into();
+        assert_eq!(durable_base(&spec), "audit-chain-tx", "not a term");
+        spec.exclusive = false;
+        spec.durable = "view-t7".into();
+        assert_eq!(durable_base(&spec), "view-t7", "a shared durable keeps its name whatever it looks like");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use custodian_events::{CONTENT_TYPE, CloudEvent, EventData, subjects};
 use futures::StreamExt;
 
-pub use consumer::{BatchHandler, ConsumerSpec, Delivery, HandlerError, run_consumer};
+pub use consumer::{BatchHandler, ConsumerSpec, Delivery, HandlerError, acknowledged_through, run_consumer};
 pub use relay::{OutboxRelay, RelayHandle};
 pub use supervisor::{Supervisor, SupervisorError};
 
