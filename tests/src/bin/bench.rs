@@ -6,6 +6,8 @@
 //! payloads and (b) raw batched PostgreSQL inserts of the same rows.
 //!
 //! `CUSTODIAN_BENCH_EVENTS` (default 200000) sets N.
+//! `CUSTODIAN_BENCH_WINDOWS=1` prints each apply phase's start and end on the monotonic
+//! clock, to cut a system-wide profile (`perf record -a -k CLOCK_MONOTONIC`) to it.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -242,6 +244,9 @@ async fn custodian_ingest(bus: &Bus, url: &str, events: &[LifecycleEvent], repor
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let apply = start.elapsed();
+    if std::env::var_os("CUSTODIAN_BENCH_WINDOWS").is_some() {
+        eprintln!("apply window {start:?} .. {:?}", Instant::now());
+    }
     shutdown.cancel();
     let _ = task.await;
     drop(store);
@@ -274,16 +279,18 @@ async fn print_update_kinds(url: &str) {
     if fresh.db().execute_unprepared("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await.is_err() {
         return;
     }
-    let sql = "SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS q \
+    let sql = "SELECT calls, total_exec_time, total_plan_time, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS q \
                FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                ORDER BY total_exec_time DESC LIMIT 10";
     let Ok(rows) = fresh.db().query_all_raw(Statement::from_string(DbBackend::Postgres, sql)).await else { return };
     for row in rows {
         let calls: i64 = row.try_get("", "calls").unwrap_or_default();
         let total: f64 = row.try_get("", "total_exec_time").unwrap_or_default();
+        // Zero unless `-c pg_stat_statements.track_planning=on`.
+        let plan: f64 = row.try_get("", "total_plan_time").unwrap_or_default();
         let n: i64 = row.try_get("", "rows").unwrap_or_default();
         let q: String = row.try_get("", "q").unwrap_or_default();
-        println!("  {calls:>6} calls {total:>8.0} ms {n:>8} rows  {q}");
+        println!("  {calls:>6} calls {total:>8.0} ms (plan {plan:>5.0} ms) {n:>8} rows  {q}");
     }
 }
 
