@@ -159,6 +159,5 @@ async fn wait_for_signal(shutdown: CancellationToken) -> Result<(), std::io::Err
 }
 
 fn default_replica() -> String {
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into());
-    format!("{host}-{}", std::process::id())
+    format!("{}-{}", custodian_bus::lease::host_name(), std::process::id())
 }

@@ -151,9 +151,20 @@ impl Drop for Leadership {
     }
 }
 
+/// This machine's or pod's name: `HOSTNAME` (set in containers, the pod's name in
+/// Kubernetes; a shell does not export it), else `/etc/hostname`, else `local`.
+pub fn host_name() -> String {
+    let named = |h: String| Some(h.trim().to_owned()).filter(|h| !h.is_empty());
+    std::env::var("HOSTNAME")
+        .ok()
+        .and_then(named)
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().and_then(named))
+        .unwrap_or_else(|| "local".into())
+}
+
 /// A name for this replica in a lease (logs and `nats kv get` show who holds it).
 pub fn holder_id(service: &str) -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    let host = host_name();
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     format!("{service}@{host}/{}/{}", std::process::id(), &nonce[..8])
 }
