@@ -27,6 +27,7 @@ test-unit: install ## unit tests and end-to-end tests on SQLite
 
 test-postgres: install ## end-to-end tests on PostgreSQL (a throwaway cluster on a free port)
 	$(ENV) CUSTODIAN_TEST_BACKEND=postgres $(CARGO) test --locked -p custodian-tests --test e2e
+	$(ENV) CUSTODIAN_TEST_BACKEND=postgres $(CARGO) test --locked -p custodian dossier::tests::the_live_state
 
 smoke: build ## `make run` comes up and shows a published grant
 	@bash scripts/smoke-run.sh

@@ -29,7 +29,14 @@ for _ in $(seq 1 100); do
     for _ in $(seq 1 100); do ls .data/mail/*.eml >/dev/null 2>&1 && break; sleep 0.1; done
     grep -l "Personal data breach" .data/mail/*.eml >/dev/null || { cat "$log"; echo "smoke: no DPO e-mail" >&2; exit 1; }
     target/debug/custodian incident show "$incident"
-    echo "smoke: 5 passed, 0 failed"
+    # The dossier (seed §1.6) documents the running stack and shows none of its secrets.
+    target/debug/custodian dossier > /tmp/smoke-dossier.md
+    grep -q "^- \*\*custodian-demo\*\*" /tmp/smoke-dossier.md || { cat /tmp/smoke-dossier.md; echo "smoke: the dossier lacks the platform custodian-demo" >&2; exit 1; }
+    grep -q "1 incident(s) open of 1" /tmp/smoke-dossier.md || { cat /tmp/smoke-dossier.md; echo "smoke: the dossier did not read the live state" >&2; exit 1; }
+    for secret in "$(cat .data/op/client_secret)" "$(cat .data/vault.key)" "$(cat .data/audit-identity.key)"; do
+      if grep -qF -- "$secret" /tmp/smoke-dossier.md; then echo "smoke: the dossier shows a secret" >&2; exit 1; fi
+    done
+    echo "smoke: 6 passed, 0 failed"
     exit 0
   fi
   sleep 0.1

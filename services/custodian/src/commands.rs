@@ -719,3 +719,50 @@ pub async fn sweep(config: &Config, cmd: SweepCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub struct DossierArgs {
+    /// Print JSON instead of Markdown.
+    #[arg(long)]
+    json: bool,
+    /// Write it to this file instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// From the configuration only: do not read the database.
+    #[arg(long)]
+    offline: bool,
+}
+
+pub async fn dossier(config: &Config, file: Option<&std::path::Path>, args: DossierArgs) -> anyhow::Result<()> {
+    let now = custodian_store::clock::SystemClock.now();
+    let mut dossier = crate::dossier::from_config(config, crate::dossier::Sources::of_this_process(file), now);
+    if !args.offline {
+        let current = config.vault.keyring.as_ref().map(|r| r.current.as_str());
+        let live = async {
+            let url = config.database_url.expose_secret();
+            if let Some(path) = url.strip_prefix("sqlite://").and_then(|p| p.split('?').next()) {
+                // Connecting would create an empty database.
+                if !std::path::Path::new(path).exists() {
+                    anyhow::bail!("the database file {path} does not exist");
+                }
+            }
+            let store = Store::connect(url, 2).await?;
+            Ok(crate::dossier::live_state(store.db(), current, now).await?)
+        };
+        let live: anyhow::Result<crate::dossier::LiveState> = live.await;
+        if let Err(e) = &live {
+            eprintln!("warning: live state not read ({e:#}); the dossier states the configuration only");
+        }
+        dossier.live = Some(live.map_err(|e| format!("{e:#}")));
+    }
+    let text = if args.json {
+        serde_json::to_string_pretty(&dossier)? + "\n"
+    } else {
+        crate::dossier::render_markdown(&dossier)
+    };
+    match args.output {
+        Some(path) => std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}

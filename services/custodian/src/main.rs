@@ -3,6 +3,7 @@
 
 mod commands;
 mod config;
+mod dossier;
 mod services;
 
 use std::path::PathBuf;
@@ -64,6 +65,10 @@ enum Command {
     /// Key-encryption keys for the vault.
     #[command(subcommand)]
     Keys(commands::KeysCommand),
+    /// The platform's documentation (seed §1.6): infrastructure, views, protocols and the
+    /// measures protecting its secret and the people's assertions, from the configuration
+    /// and the database's live state. Never prints a secret.
+    Dossier(commands::DossierArgs),
 }
 
 fn main() -> ExitCode {
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
             Command::Audit(cmd) => commands::audit(&config, cmd).await,
             Command::Incident(cmd) => commands::incident(&config, cmd).await,
             Command::Credentials(cmd) => commands::credentials(&config, cmd).await,
+            Command::Dossier(args) => commands::dossier(&config, cli.config.as_deref(), args).await,
         }
     });
     match result {
