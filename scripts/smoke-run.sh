@@ -36,7 +36,11 @@ for _ in $(seq 1 100); do
     for secret in "$(cat .data/op/client_secret)" "$(cat .data/vault.key)" "$(cat .data/audit-identity.key)"; do
       if grep -qF -- "$secret" /tmp/smoke-dossier.md; then echo "smoke: the dossier shows a secret" >&2; exit 1; fi
     done
-    echo "smoke: 6 passed, 0 failed"
+    # Status: the ledger and the chain each have a leader; nothing needs an operator.
+    target/debug/custodian status | tee /tmp/smoke-status
+    grep -Eq "^consent-ledger +consent@" /tmp/smoke-status || { echo "smoke: status shows no ledger leader" >&2; exit 1; }
+    grep -Eq "^audit-chain +audit@" /tmp/smoke-status || { echo "smoke: status shows no audit leader" >&2; exit 1; }
+    echo "smoke: 7 passed, 0 failed"
     exit 0
   fi
   sleep 0.1

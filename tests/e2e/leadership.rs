@@ -337,3 +337,74 @@ async fn the_first_leader_resumes_after_the_durable_shared_before_leases() {
     stop.cancel();
     task.await.expect("joined").expect("consumer ran");
 }
+
+/// `custodian status`'s view: the ledger's leader and what waits. A leader that crashed
+/// leaves events waiting with nobody leading once its lease lapses; an outbox event left
+/// unpublished and a dead letter show too.
+#[tokio::test]
+async fn status_names_the_leader_and_what_needs_an_operator() {
+    use custodian_bus::status::{bus_status, problems};
+    use custodian_store::outbox;
+    let mut stack = Stack::infrastructure().await;
+    let run = unique("status");
+    stack.start_consent();
+    let grants: Vec<_> = (0..10).map(|i| grant_event(&format!("{run}-{i}"), "tp", 0)).collect();
+    assert!(
+        stack.bus.publish_all(&grants.iter().map(outgoing).collect::<Vec<_>>(), 16).await.iter().all(Result::is_ok)
+    );
+    let js = stack.bus.jetstream().clone();
+    js.publish(subjects::CONSENT_GRANTED, "{not an event".into()).await.expect("sent").await.expect("stored");
+    // A reader, not a service (as `audit verify --stream` makes): not listed.
+    let stream = js.get_stream(subjects::STREAM).await.expect("stream");
+    let _reader: async_nats::jetstream::consumer::PullConsumer =
+        stream.create_consumer(async_nats::jetstream::consumer::pull::Config::default()).await.expect("ephemeral");
+    let status = eventually("the ledger applied everything", Duration::from_secs(30), || async {
+        let status = bus_status(&stack.bus).await.expect("status");
+        let ledger = status.consumers.iter().find(|c| c.name == "consent-ledger")?;
+        (ledger.acknowledged_through == 11 && !status.dead_letters.is_empty()).then_some(status)
+    })
+    .await;
+    let ledger = status.consumers.iter().find(|c| c.name == "consent-ledger").expect("the ledger");
+    assert!(ledger.takes_turns && ledger.durable.starts_with("consent-ledger-t"), "{ledger:?}");
+    assert!(ledger.leader.as_deref().is_some_and(|h| h.starts_with("consent@")), "{ledger:?}");
+    assert_eq!((ledger.pending, ledger.unacknowledged), (0, 0));
+    assert_eq!(status.dead_letters, vec![("lifecycle.deadletter.consent".to_owned(), 1)]);
+    let names: Vec<&str> = status.consumers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, vec!["consent-ledger", "consent-retention"], "the services' durables only");
+    let shared = status.consumers.iter().find(|c| c.name == "consent-retention").expect("a shared durable");
+    assert!(!shared.takes_turns && shared.leader.is_none(), "{shared:?}");
+    let now = stack.clock.now();
+    assert_eq!(problems(&status, &[], now), Vec::<String>::new(), "a dead letter alone needs no operator");
+
+    stack.crash_consent().await;
+    let more: Vec<_> = (10..15).map(|i| grant_event(&format!("{run}-{i}"), "tp", 0)).collect();
+    assert!(stack.bus.publish_all(&more.iter().map(outgoing).collect::<Vec<_>>(), 16).await.iter().all(Result::is_ok));
+    let lapse = custodian_bus::lease::LEADERSHIP_TTL + Duration::from_secs(20);
+    let status = eventually("the dead leader's lease lapsed", lapse, || async {
+        let status = bus_status(&stack.bus).await.expect("status");
+        let ledger = status.consumers.iter().find(|c| c.name == "consent-ledger")?;
+        ledger.leader.is_none().then_some(status)
+    })
+    .await;
+    assert_eq!(
+        problems(&status, &[], stack.clock.now()),
+        vec!["consent-ledger: 5 event(s) wait and no replica leads it".to_owned()]
+    );
+
+    let stale = outbox::OutgoingEvent {
+        event_id: unique("stuck"),
+        subject: subjects::CONSENT_ENDED.to_owned(),
+        payload: "{}".into(),
+        traceparent: None,
+    };
+    let written = stack.clock.now() - chrono::Duration::minutes(5);
+    outbox::enqueue(stack.store.db(), "vault", vec![stale], written).await.expect("enqueued");
+    let backlog = outbox::backlog(stack.store.db()).await.expect("backlog");
+    assert_eq!(backlog.len(), 1);
+    assert_eq!((backlog[0].publisher.as_str(), backlog[0].waiting), ("vault", 1));
+    let found = problems(&status, &backlog, stack.clock.now());
+    assert!(
+        found.iter().any(|p| p.starts_with("outbox of vault: 1 event(s) unpublished, the oldest for 30")),
+        "{found:?}"
+    );
+}

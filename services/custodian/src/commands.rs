@@ -766,3 +766,103 @@ pub async fn dossier(config: &Config, file: Option<&std::path::Path>, args: Doss
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Exit 1 when something needs an operator (for scripts and probes).
+    #[arg(long)]
+    check: bool,
+}
+
+pub async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<()> {
+    use custodian_bus::status;
+    let now = custodian_store::clock::SystemClock.now();
+    let bus = connect_bus(config, "custodian-cli").await.context("NATS")?;
+    let bus_status = status::bus_status(&bus).await?;
+    let store = Store::connect(config.database_url.expose_secret(), 2).await.context("database")?;
+    let backlog = custodian_store::outbox::backlog(store.db()).await.context("database")?;
+    let problems = status::problems(&bus_status, &backlog, now);
+    if args.json {
+        let out = serde_json::json!({ "bus": &bus_status, "outboxes": &backlog, "problems": &problems });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", render_status(&bus_status, &backlog, &problems, now));
+    }
+    if args.check && !problems.is_empty() {
+        bail!("{} problem(s) need an operator", problems.len());
+    }
+    Ok(())
+}
+
+fn render_status(
+    bus: &custodian_bus::status::BusStatus,
+    backlog: &[custodian_store::outbox::Backlog],
+    problems: &[String],
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    use std::fmt::Write as _;
+    let ago = |at: chrono::DateTime<chrono::Utc>| format!("{} s ago", (now - at).num_seconds().max(0));
+    let s = &bus.stream;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "stream {}: {} messages, {:.1} MiB, sequences {}–{}, {} replica(s)\n",
+        s.name,
+        s.messages,
+        s.bytes as f64 / (1024.0 * 1024.0),
+        s.first_sequence,
+        s.last_sequence,
+        s.replicas
+    );
+    let _ = writeln!(
+        out,
+        "{:<28} {:<40} {:>8} {:>8} {:>14}  {:>11}  last delivery",
+        "consumer", "leader (replicas take turns) / pulls", "pending", "unacked", "acked through", "redelivered"
+    );
+    for c in &bus.consumers {
+        let who = match (&c.leader, c.takes_turns) {
+            (Some(holder), _) => holder.clone(),
+            (None, true) => "NOBODY LEADS".to_owned(),
+            (None, false) => format!("{} pull(s) waiting", c.waiting_pulls),
+        };
+        let _ = writeln!(
+            out,
+            "{:<28} {:<40} {:>8} {:>8} {:>14}  {:>11}  {}",
+            c.name,
+            who,
+            c.pending,
+            c.unacknowledged,
+            c.acknowledged_through,
+            c.redelivered,
+            c.last_delivery.map_or_else(|| "never".to_owned(), ago)
+        );
+    }
+    if backlog.is_empty() {
+        let _ = writeln!(out, "\noutboxes: everything published");
+    } else {
+        let _ = writeln!(out, "\noutboxes (written, not yet published):");
+        for b in backlog {
+            let _ = writeln!(out, "  {:<12} {:>8}  oldest {}", b.publisher, b.waiting, ago(b.oldest));
+        }
+    }
+    if bus.dead_letters.is_empty() {
+        let _ = writeln!(out, "dead letters kept in the stream: none");
+    } else {
+        let _ = writeln!(out, "dead letters kept in the stream (see `nats stream view {}`):", s.name);
+        for (subject, n) in &bus.dead_letters {
+            let _ = writeln!(out, "  {subject:<40} {n:>8}");
+        }
+    }
+    if problems.is_empty() {
+        let _ = writeln!(out, "\nproblems: none");
+    } else {
+        let _ = writeln!(out, "\nproblems:");
+        for p in problems {
+            let _ = writeln!(out, "  - {p}");
+        }
+    }
+    out
+}

@@ -69,6 +69,9 @@ enum Command {
     /// measures protecting its secret and the people's assertions, from the configuration
     /// and the database's live state. Never prints a secret.
     Dossier(commands::DossierArgs),
+    /// The stream, each service's consumer (who leads, what waits), unpublished outbox
+    /// events, dead letters, and what needs an operator (`--check`: exit 1 then).
+    Status(commands::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
             Command::Incident(cmd) => commands::incident(&config, cmd).await,
             Command::Credentials(cmd) => commands::credentials(&config, cmd).await,
             Command::Dossier(args) => commands::dossier(&config, cli.config.as_deref(), args).await,
+            Command::Status(args) => commands::status(&config, args).await,
         }
     });
     match result {

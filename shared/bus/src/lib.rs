@@ -9,6 +9,7 @@
 mod consumer;
 pub mod lease;
 mod relay;
+pub mod status;
 mod supervisor;
 
 use std::time::Duration;

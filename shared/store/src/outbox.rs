@@ -150,3 +150,30 @@ pub async fn purge_published<C: ConnectionTrait>(
         .await?;
     Ok(res.rows_affected)
 }
+
+/// Per publisher, the events written and not yet published: how many, and since when.
+pub async fn backlog<C: ConnectionTrait>(conn: &C) -> Result<Vec<Backlog>, sea_orm::DbErr> {
+    let rows = outbox::Entity::find()
+        .select_only()
+        .column(outbox::Column::Publisher)
+        .column_as(outbox::Column::EventId.count(), "waiting")
+        .column_as(outbox::Column::CreatedAt.min(), "oldest")
+        .filter(outbox::Column::PublishedAt.is_null())
+        .group_by(outbox::Column::Publisher)
+        .order_by_asc(outbox::Column::Publisher)
+        .into_tuple::<(String, i64, DateTime<Utc>)>()
+        .all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(publisher, waiting, oldest)| Backlog { publisher, waiting: u64::try_from(waiting).unwrap_or(0), oldest })
+        .collect())
+}
+
+/// One publisher's unpublished events.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Backlog {
+    pub publisher: String,
+    pub waiting: u64,
+    pub oldest: DateTime<Utc>,
+}
