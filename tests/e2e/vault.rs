@@ -532,3 +532,96 @@ async fn a_revocation_settled_by_a_replica_that_stopped_before_marking_it_done_i
     assert_eq!(status, StatusCode::OK);
     assert_eq!(waiting_receipt.expect("receipt").state, "pending", "a revocation with a wipe unanswered was finished");
 }
+
+/// Views' acks in one batch, out of key order, one twice, one from the wrong view, one for a
+/// wipe never sent: each acked wipe once, its sessions wiped; the wrong view's ack refused
+/// (dead letter with the reason) and its wipe still pending; the unknown one changes nothing.
+#[tokio::test]
+async fn wipe_acks_are_applied_together_and_a_wrong_views_ack_is_refused() {
+    use custodian_events::SessionWipedV1;
+    use custodian_store::entities::{pending_wipe, view_session};
+    use sea_orm::{ActiveModelTrait, IntoActiveModel};
+    let mut stack = Stack::infrastructure().await;
+    let now = stack.clock.now();
+    let later = now + chrono::Duration::hours(1);
+    let run = unique("acks");
+    let wipe = |id: &str, view: &str, sessions: &[&str]| pending_wipe::Model {
+        wipe_id: format!("{run}-{id}"),
+        revocation_id: None,
+        view_id: view.into(),
+        issuer: "https://op.example".into(),
+        subject: "person".into(),
+        platform_id: "tp".into(),
+        reason: "consent_revoked".into(),
+        session_ids: serde_json::to_string(&sessions.iter().map(|s| format!("{run}-{s}")).collect::<Vec<_>>())
+            .expect("json"),
+        expires_at: later,
+        state: "pending".into(),
+        attempts: 1,
+        // Not due: the driver leaves them alone while the acks come in.
+        next_attempt_at: later,
+        sent_at: Some(now),
+        acked_at: None,
+        created_at: now,
+    };
+    for w in [wipe("w1", "view-a", &["s1", "s2"]), wipe("w2", "view-a", &["s3"]), wipe("w3", "view-b", &["s4"])] {
+        w.into_active_model().insert(stack.store.db()).await.expect("wipe");
+    }
+    for (s, view) in [("s1", "view-a"), ("s2", "view-a"), ("s3", "view-a"), ("s4", "view-b")] {
+        view_session::Model {
+            session_id: format!("{run}-{s}"),
+            view_id: view.into(),
+            issuer: "https://op.example".into(),
+            subject: "person".into(),
+            platform_id: "tp".into(),
+            expires_at: later,
+            opened_at: now,
+            closed_at: None,
+            wipe_id: None,
+            wiped_at: None,
+        }
+        .into_active_model()
+        .insert(stack.store.db())
+        .await
+        .expect("session");
+    }
+    let ack = |id: &str, view: &str, sessions: &[&str]| {
+        let data = SessionWipedV1 {
+            wipe_id: format!("{run}-{id}"),
+            view_id: view.into(),
+            session_ids: sessions.iter().map(|s| format!("{run}-{s}")).collect(),
+        };
+        custodian_bus::Outgoing::event(subjects::SESSION_WIPED, &CloudEvent::new("urn:test", now, data))
+    };
+    let acks = [
+        ack("w2", "view-a", &["s3"]),
+        ack("w1", "view-a", &["s1", "s2"]),
+        ack("w1", "view-a", &["s1", "s2"]),
+        ack("w3", "view-a", &["s4"]),
+        ack("unknown", "view-a", &["s9"]),
+    ];
+    assert!(stack.bus.publish_all(&acks, 8).await.iter().all(Result::is_ok));
+    stack.start_vault(test_vault_config(vec![]));
+
+    eventually("the wrong view's ack dead-lettered", Duration::from_secs(30), || async {
+        (stack.count_on("lifecycle.deadletter.vault").await == 1).then_some(())
+    })
+    .await;
+    let letters = stack.messages_on("lifecycle.deadletter.vault").await;
+    let reason = letters[0].1["data"]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("was sent to view view-b, not view-a"), "{reason}");
+    let wipes = pending_wipe::Entity::find().all(stack.store.db()).await.expect("wipes");
+    let state = |id: &str| {
+        let w = wipes.iter().find(|w| w.wipe_id == format!("{run}-{id}")).expect("wipe");
+        (w.state.clone(), w.acked_at.is_some())
+    };
+    assert_eq!(state("w1"), ("acked".to_owned(), true));
+    assert_eq!(state("w2"), ("acked".to_owned(), true));
+    assert_eq!(state("w3"), ("pending".to_owned(), false), "the wrong view cannot settle it");
+    assert_eq!(wipes.len(), 3, "an ack for an unknown wipe records nothing");
+    let sessions = view_session::Entity::find().all(stack.store.db()).await.expect("sessions");
+    let wiped =
+        |s: &str| sessions.iter().find(|v| v.session_id == format!("{run}-{s}")).expect("session").wiped_at.is_some();
+    assert!(wiped("s1") && wiped("s2") && wiped("s3"), "every acked session wiped");
+    assert!(!wiped("s4"), "not by the wrong view's ack");
+}

@@ -5,7 +5,7 @@
 //! revocation whose last item was settled by a replica that stopped before marking it done is
 //! finished by the next sweep for such stragglers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,12 +83,14 @@ async fn send_due_wipes(vault: &Vault) -> Result<(usize, HashSet<String>), Vault
     let mut expired = Vec::new();
     // Claim: one conditional UPDATE per retry level; a row another replica claimed
     // meanwhile (its attempts moved on) is not returned, so only one replica sends it.
-    let mut by_attempts: HashMap<i32, Vec<String>> = HashMap::new();
+    // In key order, as every writer of these rows locks them (the handler's acks too).
+    let mut by_attempts: BTreeMap<i32, Vec<String>> = BTreeMap::new();
     for wipe in &due {
         by_attempts.entry(wipe.attempts).or_default().push(wipe.wipe_id.clone());
     }
     let mut claimed = Vec::new();
-    for (attempts, ids) in by_attempts {
+    for (attempts, mut ids) in by_attempts {
+        ids.sort_unstable();
         let next = now + vault.config.retry_delay(attempts);
         for chunk in ids.chunks(500) {
             claimed.extend(

@@ -2,7 +2,7 @@
 //! `session.closed`, `session.wiped` (a view's ack). A batch is applied in one transaction;
 //! every effect is idempotent (keyed inserts, conditional updates), so redelivery is harmless.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -50,6 +50,10 @@ impl LifecycleHandler {
         let txn = vault.store.begin_write().await?;
         let mut effects = Effects::default();
         let mut results = Vec::with_capacity(batch.len());
+        // Views' acknowledgements are applied together after the rest of the batch, in wipe-id
+        // order: a few statements per batch instead of three per ack, and rows locked in the
+        // order the driver's claims lock them, so the two never deadlock.
+        let mut acks: Vec<(usize, &SessionWipedV1)> = Vec::new();
         for delivery in batch {
             let span = tracing::debug_span!("vault_event", event_id = delivery.event.id(), subject = %delivery.subject);
             custodian_telemetry::adopt_remote_parent(&span, delivery.traceparent.as_deref());
@@ -68,7 +72,11 @@ impl LifecycleHandler {
                     .await
                     .map(|_| ())
                     .map_err(VaultError::from),
-                LifecycleEvent::SessionWiped(e) => session_wiped(vault, &txn, &e.data, now, &mut effects).await,
+                LifecycleEvent::SessionWiped(e) => {
+                    acks.push((results.len(), &e.data));
+                    // Its place; `sessions_wiped` fills it in.
+                    Ok(())
+                }
                 LifecycleEvent::IncidentContain(e) => crate::incident::contain(vault, &txn, e, now, &mut effects).await,
                 LifecycleEvent::CredentialRotated(e) => crate::incident::switch_secret(vault, &e.data).await,
                 LifecycleEvent::SessionRevoke(e) => end_sessions(vault, &txn, e, now, &mut effects).await,
@@ -80,13 +88,10 @@ impl LifecycleHandler {
                     continue;
                 }
             };
-            match result {
-                Ok(()) => results.push(Ok(())),
-                // A database error aborts the whole batch (the transaction is unusable).
-                Err(VaultError::Db(e)) => return Err(VaultError::Db(e)),
-                Err(VaultError::Transient(e)) => results.push(Err(HandlerError::Transient(e))),
-                Err(e) => results.push(Err(HandlerError::Permanent(e.to_string()))),
-            }
+            results.push(outcome(result)?);
+        }
+        for (at, result) in sessions_wiped(vault, &txn, &acks, now, &mut effects).await? {
+            results[at] = outcome(result)?;
         }
         if !effects.outgoing.is_empty() {
             outbox::enqueue(&txn, SERVICE, std::mem::take(&mut effects.outgoing), now).await?;
@@ -99,6 +104,17 @@ impl LifecycleHandler {
             vault.work.notify_one();
         }
         Ok(results)
+    }
+}
+
+/// One event's result as the consumer takes it; a database error aborts the whole batch (the
+/// transaction is unusable).
+fn outcome(result: Result<(), VaultError>) -> Result<Result<(), HandlerError>, VaultError> {
+    match result {
+        Ok(()) => Ok(Ok(())),
+        Err(VaultError::Db(e)) => Err(VaultError::Db(e)),
+        Err(VaultError::Transient(e)) => Ok(Err(HandlerError::Transient(e))),
+        Err(e) => Ok(Err(HandlerError::Permanent(e.to_string()))),
     }
 }
 
@@ -444,45 +460,76 @@ async fn session_opened(
     Ok(())
 }
 
-async fn session_wiped(
+/// Views' acknowledgements of wipes (`at`: each one's place in the batch): the wipes marked
+/// acked and their sessions wiped, in key order, with one statement per 500 of each. An ack
+/// for a wipe never sent (another deployment, or purged long ago) records nothing; one from
+/// another view than the wipe was sent to is refused.
+async fn sessions_wiped(
     vault: &Vault,
     txn: &DatabaseTransaction,
-    data: &SessionWipedV1,
+    acks: &[(usize, &SessionWipedV1)],
     now: DateTime<Utc>,
     effects: &mut Effects,
-) -> Result<(), VaultError> {
-    let Some(wipe) = pending_wipe::Entity::find_by_id(data.wipe_id.clone()).one(txn).await? else {
-        // A wipe we never sent (another deployment, or purged long ago): nothing to record.
-        tracing::debug!(wipe_id = %data.wipe_id, "ack for an unknown wipe");
-        return Ok(());
-    };
-    if wipe.view_id != data.view_id {
-        return Err(VaultError::Invalid(format!(
-            "wipe {} was sent to view {}, not {}",
-            wipe.wipe_id, wipe.view_id, data.view_id
-        )));
+) -> Result<Vec<(usize, Result<(), VaultError>)>, VaultError> {
+    if acks.is_empty() {
+        return Ok(Vec::new());
     }
-    if wipe.state != "acked" {
-        pending_wipe::Entity::update_many()
+    let ids: BTreeSet<&str> = acks.iter().map(|(_, data)| data.wipe_id.as_str()).collect();
+    let ids: Vec<&str> = ids.into_iter().collect();
+    let mut known: HashMap<String, pending_wipe::Model> = HashMap::new();
+    for chunk in ids.chunks(500) {
+        let found = pending_wipe::Entity::find()
+            .filter(pending_wipe::Column::WipeId.is_in(chunk.iter().copied()))
+            .all(txn)
+            .await?;
+        known.extend(found.into_iter().map(|w| (w.wipe_id.clone(), w)));
+    }
+    let (mut to_ack, mut sessions) = (BTreeSet::new(), BTreeSet::new());
+    let mut results = Vec::with_capacity(acks.len());
+    for (at, data) in acks {
+        let result = match known.get(&data.wipe_id) {
+            None => {
+                tracing::debug!(wipe_id = %data.wipe_id, "ack for an unknown wipe");
+                Ok(())
+            }
+            Some(wipe) if wipe.view_id != data.view_id => Err(VaultError::Invalid(format!(
+                "wipe {} was sent to view {}, not {}",
+                wipe.wipe_id, wipe.view_id, data.view_id
+            ))),
+            Some(wipe) => {
+                if wipe.state != "acked" {
+                    to_ack.insert(wipe.wipe_id.as_str());
+                }
+                sessions.extend(data.session_ids.iter().map(String::as_str));
+                if let Some(revocation_id) = &wipe.revocation_id {
+                    effects.touched_revocations.insert(revocation_id.clone());
+                }
+                Ok(())
+            }
+        };
+        results.push((*at, result));
+    }
+    let to_ack: Vec<&str> = to_ack.into_iter().collect();
+    for chunk in to_ack.chunks(500) {
+        let acked = pending_wipe::Entity::update_many()
             .col_expr(pending_wipe::Column::State, "acked".into())
             .col_expr(pending_wipe::Column::AckedAt, Some(now).into())
-            .filter(pending_wipe::Column::WipeId.eq(wipe.wipe_id.clone()))
+            .filter(pending_wipe::Column::WipeId.is_in(chunk.iter().copied()))
+            .filter(pending_wipe::Column::State.ne("acked"))
             .exec(txn)
             .await?;
-        vault.metrics.wipes_acked.inc();
+        vault.metrics.wipes_acked.inc_by(acked.rows_affected);
     }
-    for chunk in data.session_ids.chunks(500) {
+    let sessions: Vec<&str> = sessions.into_iter().collect();
+    for chunk in sessions.chunks(500) {
         view_session::Entity::update_many()
             .col_expr(view_session::Column::WipedAt, Some(now).into())
-            .filter(view_session::Column::SessionId.is_in(chunk.to_vec()))
+            .filter(view_session::Column::SessionId.is_in(chunk.iter().copied()))
             .filter(view_session::Column::WipedAt.is_null())
             .exec(txn)
             .await?;
     }
-    if let Some(revocation_id) = wipe.revocation_id {
-        effects.touched_revocations.insert(revocation_id);
-    }
-    Ok(())
+    Ok(results)
 }
 
 /// The OP ended the person's session (back-channel logout, CAEP): tokens revoked and views
