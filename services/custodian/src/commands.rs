@@ -753,7 +753,10 @@ pub async fn dossier(config: &Config, file: Option<&std::path::Path>, args: Doss
         if let Err(e) = &live {
             eprintln!("warning: live state not read ({e:#}); the dossier states the configuration only");
         }
-        dossier.live = Some(live.map_err(|e| format!("{e:#}")));
+        match live {
+            Ok(live) => dossier.live = Some(live),
+            Err(e) => dossier.live_error = Some(format!("{e:#}")),
+        }
     }
     let text = if args.json {
         serde_json::to_string_pretty(&dossier)? + "\n"

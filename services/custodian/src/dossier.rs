@@ -71,8 +71,10 @@ pub struct Dossier {
     pub keys: Keys,
     pub retention: Retention,
     pub governance: Governance,
-    /// What the database says now; `Err` explains why it could not be read.
-    pub live: Option<Result<LiveState, String>>,
+    /// What the database says now (`None` offline or when it could not be read)…
+    pub live: Option<LiveState>,
+    /// …and why it could not be read.
+    pub live_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -297,6 +299,7 @@ pub fn from_config(config: &Config, sources: Sources, now: DateTime<Utc>) -> Dos
         retention,
         governance,
         live: None,
+        live_error: None,
     }
 }
 
@@ -583,7 +586,7 @@ pub fn render_markdown(d: &Dossier) -> String {
             let _ = writeln!(m, "- no view runs inside this process (views are deployed apart)");
         }
     }
-    if let Some(Ok(live)) = &d.live {
+    if let Some(live) = &d.live {
         for (view, open) in &live.views_with_open_sessions {
             let _ = writeln!(m, "- `{view}`: {open} open session(s) now");
         }
@@ -613,7 +616,7 @@ pub fn render_markdown(d: &Dossier) -> String {
     if !d.sources.secret_files.is_empty() {
         let _ = writeln!(m, "- settings mounted from files (`_FILE`): {}", d.sources.secret_files.join(", "));
     }
-    if let Some(Ok(live)) = &d.live {
+    if let Some(live) = &d.live {
         if live.credentials.is_empty() {
             let _ = writeln!(m, "- no credential stored yet (the configured secret is in use)");
         }
@@ -648,7 +651,7 @@ pub fn render_markdown(d: &Dossier) -> String {
         secs(r.web_session_ttl_secs)
     );
     let _ = writeln!(m, "- vault key ring: {}", ring(&k.vault));
-    if let Some(Ok(live)) = &d.live {
+    if let Some(live) = &d.live {
         let _ = writeln!(
             m,
             "- stored now: {} assertion(s), {} under an older key, the last kept until {}",
@@ -694,8 +697,8 @@ pub fn render_markdown(d: &Dossier) -> String {
         g.ssf_transmitter.as_deref().unwrap_or("— (off)"),
         g.ssf_receiver.as_deref().unwrap_or("— (off)")
     );
-    match &d.live {
-        Some(Ok(live)) => {
+    match (&d.live, &d.live_error) {
+        (Some(live), _) => {
             let _ = writeln!(
                 m,
                 "- now: {} consent(s); {} audit entries, last checkpoint {}; {} incident(s) open of {}",
@@ -709,10 +712,10 @@ pub fn render_markdown(d: &Dossier) -> String {
                 live.incidents_total
             );
         }
-        Some(Err(reason)) => {
+        (None, Some(reason)) => {
             let _ = writeln!(m, "- live state not read: {reason}");
         }
-        None => {}
+        (None, None) => {}
     }
     m.push('\n');
 
@@ -951,7 +954,7 @@ client_secret = "{client}"
         assert_eq!(live.credentials[0].not_after, Some(at(600)));
 
         let mut dossier = from_config(&config(), Sources::default(), now());
-        dossier.live = Some(Ok(live));
+        dossier.live = Some(live);
         let markdown = render_markdown(&dossier);
         assert!(markdown.contains("- tp-one version 2: current, sealed under `k2`"), "{markdown}");
         assert!(markdown.contains("- `view-a`: 2 open session(s) now"), "{markdown}");
