@@ -201,22 +201,21 @@ fn term_durable(base: &str, term: u64) -> String {
 
 /// The durable's name without its leadership term (`consent-ledger-t42` → `consent-ledger`).
 fn durable_base(spec: &ConsumerSpec) -> &str {
-    if !spec.exclusive {
-        return &spec.durable;
-    }
-    match spec.durable.rsplit_once("-t") {
-        Some((base, term)) if is_durable_of(base, &spec.durable) && !term.is_empty() => base,
+    match term_base(&spec.durable) {
+        Some(base) if spec.exclusive => base,
         _ => &spec.durable,
     }
 }
 
+/// `consent-ledger-t42` → `consent-ledger`; `None` for a name that is not a term's.
+pub(crate) fn term_base(durable: &str) -> Option<&str> {
+    let (base, term) = durable.rsplit_once("-t")?;
+    (!base.is_empty() && !term.is_empty() && term.bytes().all(|b| b.is_ascii_digit())).then_some(base)
+}
+
 /// Is `name` the durable of `base` (before leases) or of one of its terms?
 fn is_durable_of(base: &str, name: &str) -> bool {
-    name == base
-        || name
-            .strip_prefix(base)
-            .and_then(|rest| rest.strip_prefix("-t"))
-            .is_some_and(|term| !term.is_empty() && term.bytes().all(|b| b.is_ascii_digit()))
+    name == base || term_base(name) == Some(base)
 }
 
 /// Every durable of `base` on the stream (the one from before leases, and each term's) with

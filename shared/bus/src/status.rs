@@ -11,6 +11,7 @@ use custodian_store::outbox::Backlog;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use crate::consumer::term_base;
 use crate::lease::LEADERSHIP_BUCKET;
 use crate::{Bus, BusError};
 
@@ -127,12 +128,6 @@ pub async fn bus_status(bus: &Bus) -> Result<BusStatus, BusError> {
     }
     dead_letters.sort();
     Ok(BusStatus { stream: stream_status, consumers, dead_letters })
-}
-
-/// `consent-ledger-t42` → `consent-ledger`; `None` for a durable that is not a term's.
-fn term_base(durable: &str) -> Option<&str> {
-    let (base, term) = durable.rsplit_once("-t")?;
-    (!base.is_empty() && !term.is_empty() && term.bytes().all(|b| b.is_ascii_digit())).then_some(base)
 }
 
 /// What needs an operator: a consumer with work waiting that nobody leads or that has not
