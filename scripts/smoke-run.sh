@@ -37,7 +37,7 @@ for _ in $(seq 1 100); do
       if grep -qF -- "$secret" /tmp/smoke-dossier.md; then echo "smoke: the dossier shows a secret" >&2; exit 1; fi
     done
     # Status: the ledger and the chain each have a leader; nothing needs an operator.
-    target/debug/custodian status | tee /tmp/smoke-status
+    target/debug/custodian status --check | tee /tmp/smoke-status
     grep -Eq "^consent-ledger +consent@" /tmp/smoke-status || { echo "smoke: status shows no ledger leader" >&2; exit 1; }
     grep -Eq "^audit-chain +audit@" /tmp/smoke-status || { echo "smoke: status shows no audit leader" >&2; exit 1; }
     echo "smoke: 7 passed, 0 failed"
