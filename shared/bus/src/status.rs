@@ -61,7 +61,7 @@ pub struct ConsumerStatus {
 
 /// Reads the stream, its consumers, the leadership leases and the dead-letter counts.
 pub async fn bus_status(bus: &Bus) -> Result<BusStatus, BusError> {
-    let failed = |reason: String| BusError::Consumer { durable: subjects::STREAM.to_owned(), reason };
+    let failed = |reason: String| BusError::Stream { stream: subjects::STREAM.to_owned(), reason };
     let js = bus.jetstream();
     let mut stream = js.get_stream(subjects::STREAM).await.map_err(|e| failed(e.to_string()))?;
     let info = stream.info().await.map_err(|e| failed(e.to_string()))?.clone();
