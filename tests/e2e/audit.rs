@@ -22,6 +22,28 @@ async fn chained(stack: &Stack) -> Vec<audit_entry::Model> {
     audit_entry::Entity::find().order_by_asc(audit_entry::Column::Seq).all(stack.store.db()).await.expect("chain")
 }
 
+/// Waits (up to `within`) until the chain is as long as `events`, then checks that it holds
+/// each of them once, in stream order, at positions 1..=n with no gap, and that it verifies.
+async fn assert_chain_holds(
+    stack: &Stack,
+    events: &[CloudEvent<ConsentGrantedV1>],
+    what: &str,
+    within: Duration,
+) -> custodian_audit::verify::Report {
+    let rows = eventually(what, within, || async {
+        let rows = chained(stack).await;
+        (rows.len() >= events.len()).then_some(rows)
+    })
+    .await;
+    let expected: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(rows.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(), expected, "each once, in stream order");
+    let positions: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    assert_eq!(positions, (1..=events.len() as i64).collect::<Vec<_>>(), "no gap");
+    let report = verify(stack.store.db(), &stack.audit_signer.public_key_base64(), None).await.expect("verify");
+    assert_eq!(report.broken, None, "{report:?}");
+    report
+}
+
 async fn wait_for_chain(stack: &Stack, at_least: usize) -> Vec<audit_entry::Model> {
     eventually("the audit chain to catch up", Duration::from_secs(40), || async {
         let rows = chained(stack).await;
@@ -386,15 +408,7 @@ async fn an_audit_service_killed_mid_drain_and_restarted_chains_every_event_once
 
     stack.start_audit(config);
     events.extend(publish(grants(N..N + 100)).await);
-    let rows = eventually("every event chained after the restart", Duration::from_secs(60), || async {
-        let rows = chained(&stack).await;
-        (rows.len() >= events.len()).then_some(rows)
-    })
-    .await;
-    let expected: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(rows.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(), expected, "each once, in stream order");
-    let report = verify(stack.store.db(), &stack.audit_signer.public_key_base64(), None).await.expect("verify");
-    assert_eq!(report.broken, None, "{report:?}");
+    assert_chain_holds(&stack, &events, "every event chained after the restart", Duration::from_secs(60)).await;
 }
 
 /// Two audit replicas: one leads the chain, the other stands by. The leader is killed
@@ -438,16 +452,7 @@ async fn a_crashed_audit_leader_is_replaced_by_its_standby_and_the_chain_carries
     assert!(at_crash < N, "killed mid-drain ({at_crash} of {N})");
 
     let lapse = custodian_bus::lease::LEADERSHIP_TTL + Duration::from_secs(60);
-    let rows = eventually("the standby chains the rest", lapse, || async {
-        let rows = chained(&stack).await;
-        (rows.len() >= N).then_some(rows)
-    })
-    .await;
-    let expected: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(rows.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(), expected, "each once, in stream order");
-    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=N as i64).collect::<Vec<_>>(), "no gap");
-    let report = verify(stack.store.db(), &stack.audit_signer.public_key_base64(), None).await.expect("verify");
-    assert_eq!(report.broken, None, "{report:?}");
+    assert_chain_holds(&stack, &events, "the standby chains the rest", lapse).await;
     assert_eq!(standby_metrics.leading.get(), 1, "the standby leads now");
     let completeness = eventually("the standby acknowledged everything", Duration::from_secs(10), || async {
         let report = check_stream(stack.store.db(), &stack.bus).await.expect("checked");
@@ -626,15 +631,6 @@ async fn a_backlog_of_thousands_is_chained_in_stream_order() {
         result.expect("published");
     }
     stack.start_audit(AuditConfig { checkpoint_every: 500, ..audit_config(None) });
-    let rows = eventually("the backlog chained", Duration::from_secs(60), || async {
-        let rows = chained(&stack).await;
-        (rows.len() >= N).then_some(rows)
-    })
-    .await;
-    let expected: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(rows.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(), expected, "each once, in stream order");
-    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=N as i64).collect::<Vec<_>>(), "no gap");
-    let report = verify(stack.store.db(), &stack.audit_signer.public_key_base64(), None).await.expect("verify");
-    assert_eq!(report.broken, None, "{report:?}");
+    let report = assert_chain_holds(&stack, &events, "the backlog chained", Duration::from_secs(60)).await;
     assert_eq!((report.entries, report.checkpoints_checked), (N as u64, (N / 500) as u64), "{report:?}");
 }
