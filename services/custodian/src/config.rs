@@ -133,7 +133,7 @@ impl Config {
 }
 
 /// Variables read by other parts of the process, not settings of this struct.
-fn is_runtime_only(key: &str) -> bool {
+pub(crate) fn is_runtime_only(key: &str) -> bool {
     matches!(key, "CUSTODIAN_LOG" | "CUSTODIAN_LOG_FORMAT" | "CUSTODIAN_CONFIG") || key.starts_with("CUSTODIAN_TEST_")
 }
 

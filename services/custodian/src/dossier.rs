@@ -44,10 +44,8 @@ impl Sources {
 
     fn from_parts(file: Option<String>, names: impl Iterator<Item = String>) -> Self {
         let mut sources = Sources { file, ..Default::default() };
-        for name in names.filter(|k| k.starts_with("CUSTODIAN_") && !k.starts_with("CUSTODIAN_TEST_")) {
-            if matches!(name.as_str(), "CUSTODIAN_LOG" | "CUSTODIAN_LOG_FORMAT" | "CUSTODIAN_CONFIG") {
-                continue;
-            }
+        // The settings `Config::load_from` reads, not variables other parts of the process use.
+        for name in names.filter(|k| k.starts_with("CUSTODIAN_") && !crate::config::is_runtime_only(k)) {
             match name.strip_suffix("_FILE") {
                 Some(setting) => sources.secret_files.push(setting.to_owned()),
                 None => sources.environment.push(name),

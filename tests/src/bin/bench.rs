@@ -593,7 +593,7 @@ async fn main() {
     // line above keeps the publish in, as every session has measured it.
     let drain_slower: Vec<f64> =
         raw_js_consume.iter().zip(raw_pg).map(|(consume, insert)| consume.min(*insert)).collect();
-    let drain = ratio_of_apply(&ours_apply, &drain_slower);
+    let drain: Vec<f64> = ours_apply.iter().zip(&drain_slower).map(|(o, b)| o / b).collect();
     println!(
         "events already in JetStream → PostgreSQL (no publish; for reference): median {:.0} events/s, \
          ratio to the slower of raw consume and raw insert {:.2} (round ratios {})",
@@ -601,8 +601,4 @@ async fn main() {
         audit_bench::median(&drain),
         audit_bench::list(&drain)
     );
-}
-
-fn ratio_of_apply(ours: &[f64], baseline: &[f64]) -> Vec<f64> {
-    ours.iter().zip(baseline).map(|(o, b)| o / b).collect()
 }
