@@ -248,6 +248,40 @@ async fn the_ledger_carries_on_after_postgresql_drops_every_connection() {
 }
 
 #[tokio::test]
+async fn a_pipelined_publish_answers_for_each_event_in_order() {
+    let stack = Stack::infrastructure().await;
+    let mut events: Vec<Outgoing> =
+        (0..200).map(|i| outgoing(&grant_event(&format!("pipelined-{i}"), "tp", i))).collect();
+    // A repeat of an event already sent in this batch: the stream keeps one, both are acked.
+    events.insert(50, events[10].clone());
+    // A subject no stream takes: refused, and only that one.
+    let stray = Outgoing { subject: "elsewhere.nothing".into(), ..outgoing(&grant_event("stray", "tp", 0)) };
+    events.insert(120, stray.clone());
+
+    // A window far smaller than the batch, so acks are awaited while sending.
+    let results = stack.bus.publish_all(&events, 16).await;
+
+    assert_eq!(results.len(), events.len());
+    for (i, result) in results.iter().enumerate() {
+        if i == 120 {
+            let error = result.as_ref().expect_err("the stray subject is refused").to_string();
+            assert!(error.contains(&stray.event_id) && error.contains("no responders"), "{error}");
+        } else {
+            assert!(result.is_ok(), "event {i}: {result:?}");
+        }
+    }
+    assert_eq!(stack.count_on(subjects::CONSENT_GRANTED).await, 200);
+    // Each stored once, in the order sent.
+    let stored: Vec<String> = stack
+        .messages_on(subjects::CONSENT_GRANTED)
+        .await
+        .into_iter()
+        .map(|(_, event)| event["data"]["subject"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(stored, (0..200).map(|i| format!("pipelined-{i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test]
 async fn an_outbox_row_whose_publish_was_lost_is_re_driven() {
     let mut stack = Stack::infrastructure().await;
     let ended = CloudEvent::with_id(

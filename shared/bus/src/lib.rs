@@ -8,16 +8,16 @@
 
 mod consumer;
 pub mod lease;
+mod publish;
 mod relay;
 pub mod status;
 mod supervisor;
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
 use bytes::Bytes;
-use custodian_events::{CONTENT_TYPE, CloudEvent, EventData, subjects};
+use custodian_events::{CloudEvent, EventData, subjects};
 use futures::StreamExt;
 
 pub use consumer::{BatchHandler, ConsumerSpec, Delivery, HandlerError, acknowledged_through, run_consumer};
@@ -143,14 +143,8 @@ impl Bus {
     /// Sends one event; the returned future resolves on the stream's ack. Sending many
     /// before awaiting keeps many acks in flight (throughput).
     pub async fn send(&self, out: &Outgoing) -> Result<PublishAckFuture, BusError> {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", out.event_id.as_str());
-        headers.insert("content-type", CONTENT_TYPE);
-        if let Some(tp) = &out.traceparent {
-            headers.insert(custodian_telemetry::TRACEPARENT, tp.as_str());
-        }
         self.js
-            .publish_with_headers(out.subject.clone(), headers, out.payload.clone())
+            .publish_with_headers(out.subject.clone(), publish::headers(out), out.payload.clone())
             .await
             .map_err(|e| publish_error(out, e))
     }
@@ -169,8 +163,15 @@ impl Bus {
     }
 
     /// Publishes every event with up to `in_flight` acks outstanding; returns, in input
-    /// order, whether each was acked.
+    /// order, whether each was acked (pipelined over one reply subscription: see
+    /// `publish.rs`).
     pub async fn publish_all(&self, events: &[Outgoing], in_flight: usize) -> Vec<Result<(), BusError>> {
+        publish::publish_all(&self.client, events, in_flight).await
+    }
+
+    /// [`Bus::publish_all`] through async-nats's JetStream context, one request per event:
+    /// the library's way, kept for the benchmark's reference line.
+    pub async fn publish_all_per_request(&self, events: &[Outgoing], in_flight: usize) -> Vec<Result<(), BusError>> {
         // Owned values in each future: borrowed ones trip the compiler's Send inference
         // for spawned tasks (rust-lang/rust#102211).
         futures::stream::iter(events.to_vec())

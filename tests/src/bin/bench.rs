@@ -140,6 +140,25 @@ async fn raw_jetstream(bus: &Bus, events: &[LifecycleEvent]) -> (Duration, Durat
     (publish, start.elapsed())
 }
 
+/// For reference: the same publish through async-nats's JetStream context, one request per
+/// event (what `Bus::publish_all` did until session 12), into a stream of its own.
+async fn library_publish(bus: &Bus, events: &[LifecycleEvent]) -> Duration {
+    bus.jetstream()
+        .get_or_create_stream(stream::Config {
+            name: "BENCHLIB".into(),
+            subjects: vec!["benchlib.>".into()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let out = outgoing(events, Some("benchlib"));
+    let start = Instant::now();
+    let results = bus.publish_all_per_request(&out, 1024).await;
+    assert!(results.iter().all(Result::is_ok));
+    start.elapsed()
+}
+
 /// The consent service's settings: its defaults, unless an experiment overrides the
 /// workers or the batch (`CUSTODIAN_BENCH_CONSENT_WORKERS`, `CUSTODIAN_BENCH_CONSENT_BATCH`).
 fn consent_config() -> ConsentConfig {
@@ -504,7 +523,7 @@ async fn main() {
     // One rate per round for each baseline and for ours.
     let (mut raw_js, mut raw_pg_values, mut raw_pg_arrays) = (Vec::new(), Vec::new(), Vec::new());
     let (mut ours, mut ours_apply, mut raw_js_consume) = (Vec::new(), Vec::new(), Vec::new());
-    let mut raw_pg_parallel = Vec::new();
+    let (mut raw_pg_parallel, mut library_pub, mut raw_js_publish) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         println!("-- round {round}");
         let nats = NatsServer::start();
@@ -514,11 +533,17 @@ async fn main() {
         let (js_pub, js_cons) = raw_jetstream(&bus, &events).await;
         raw_js.push(rate(n, js_pub + js_cons));
         raw_js_consume.push(rate(n, js_cons));
+        raw_js_publish.push(rate(n, js_pub));
         println!(
             "raw JetStream      publish {:>9.0}/s  consume+decode+ack {:>9.0}/s  together {:>9.0}/s",
             rate(n, js_pub),
             rate(n, js_cons),
             rate(n, js_pub + js_cons)
+        );
+        library_pub.push(rate(n, library_publish(&bus, &events).await));
+        println!(
+            "raw JetStream      publish, one async-nats request per event (reference) {:>9.0}/s",
+            library_pub[round - 1]
         );
         raw_pg_values.push(rate(n, raw_postgres(&pg.fresh_database(), &events).await));
         println!(
@@ -582,6 +607,12 @@ async fn main() {
         "ratio to the raw insert with as many tasks as the service's workers (for reference; round ratios {}): {:.2}",
         audit_bench::list(&parallel),
         audit_bench::median(&parallel)
+    );
+    println!(
+        "publish, pipelined over one ack subscription (raw JetStream phase): median {:.0}/s; \
+         one async-nats request per event: median {:.0}/s",
+        audit_bench::median(&raw_js_publish),
+        audit_bench::median(&library_pub)
     );
     println!(
         "apply-only ratio (consume + apply against raw consume + decode + ack): {:.2}",

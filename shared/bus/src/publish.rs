@@ -1,0 +1,186 @@
+//! Many events published with many acks in flight, over one reply subscription.
+//!
+//! async-nats's JetStream `publish` costs, per message, a fresh inbox name, a oneshot
+//! channel, two timers, an entry in the client's request map and an untagged decoding of
+//! the ack. For a batch of thousands that made the client spend about as much CPU as
+//! nats-server spent storing the messages (a profile of the consent bench's publish phase:
+//! client 0.84 of a core, server 1.15), and on two cores the two compete. Here a batch has
+//! one inbox prefix and one subscription; message `i` asks for its ack on `<prefix>.<i>`, so
+//! each ack names its slot. Same wire protocol as a JetStream publish: the stream answers a
+//! publish that carries a reply subject with its ack (or an error, or the server with "no
+//! responders" when no stream takes the subject).
+
+use std::time::Duration;
+
+use async_nats::{HeaderMap, Message, StatusCode};
+use futures::StreamExt;
+use serde::Deserialize;
+
+use crate::{BusError, Outgoing, publish_error};
+
+/// How long the batch waits for the next ack before it gives up on every one still
+/// outstanding (the default of async-nats's JetStream context). A caller that keeps its
+/// events, like the outbox relay, sends them again; the stream de-duplicates by id.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The headers every event travels with.
+pub(crate) fn headers(out: &Outgoing) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", out.event_id.as_str());
+    headers.insert("content-type", custodian_events::CONTENT_TYPE);
+    if let Some(tp) = &out.traceparent {
+        headers.insert(custodian_telemetry::TRACEPARENT, tp.as_str());
+    }
+    headers
+}
+
+/// The part of a JetStream publish ack that decides success (`stream`, `seq` and
+/// `duplicate` are not needed: a duplicate is a success, the stream already holds it).
+#[derive(Debug, Deserialize)]
+struct PubAck {
+    #[serde(default)]
+    error: Option<ApiError>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    code: u16,
+    #[serde(default)]
+    description: String,
+}
+
+/// What an ack says: `Ok`, or why the stream did not store the message.
+fn verdict(message: &Message) -> Result<(), String> {
+    if let Some(status) = message.status.filter(|s| *s != StatusCode::OK) {
+        return Err(if status == StatusCode::NO_RESPONDERS {
+            "no stream takes this subject (no responders)".to_owned()
+        } else {
+            format!("status {status} instead of an ack")
+        });
+    }
+    match serde_json::from_slice::<PubAck>(&message.payload) {
+        Ok(PubAck { error: None }) => Ok(()),
+        Ok(PubAck { error: Some(e) }) => Err(format!("stream refused it ({}): {}", e.code, e.description)),
+        Err(e) => Err(format!("unreadable ack: {e}")),
+    }
+}
+
+/// Publishes every event with up to `in_flight` acks outstanding; returns, in input order,
+/// whether each was acked. When no ack comes for [`ACK_TIMEOUT`] (server gone, connection
+/// lost), the rest are not sent and every event without an ack is an error.
+pub(crate) async fn publish_all(
+    client: &async_nats::Client,
+    events: &[Outgoing],
+    in_flight: usize,
+) -> Vec<Result<(), BusError>> {
+    if events.is_empty() {
+        return Vec::new();
+    }
+    let prefix = client.new_inbox();
+    let mut acks = match client.subscribe(format!("{prefix}.*")).await {
+        Ok(acks) => acks,
+        Err(e) => {
+            let reason = format!("cannot subscribe to the acks: {e}");
+            return events.iter().map(|out| Err(publish_error(out, &reason))).collect();
+        }
+    };
+    let mut verdicts: Vec<Option<Result<(), String>>> = vec![None; events.len()];
+    let (mut waiting, window) = (0usize, in_flight.max(1));
+    // Why the batch stopped early, if it did: every event without a verdict gets it.
+    let mut gave_up: Option<String> = None;
+    'send: for (i, out) in events.iter().enumerate() {
+        while waiting >= window {
+            match next_verdict(&mut acks, &prefix, &mut verdicts).await {
+                Ok(()) => waiting -= 1,
+                Err(reason) => {
+                    gave_up = Some(reason);
+                    break 'send;
+                }
+            }
+        }
+        match client
+            .publish_with_reply_and_headers(
+                out.subject.clone(),
+                format!("{prefix}.{i}"),
+                headers(out),
+                out.payload.clone(),
+            )
+            .await
+        {
+            Ok(()) => waiting += 1,
+            Err(e) => verdicts[i] = Some(Err(e.to_string())),
+        }
+    }
+    while waiting > 0 && gave_up.is_none() {
+        match next_verdict(&mut acks, &prefix, &mut verdicts).await {
+            Ok(()) => waiting -= 1,
+            Err(reason) => gave_up = Some(reason),
+        }
+    }
+    let unanswered = gave_up.unwrap_or_else(|| "no ack".to_owned());
+    verdicts
+        .into_iter()
+        .zip(events)
+        .map(|(verdict, out)| verdict.unwrap_or_else(|| Err(unanswered.clone())).map_err(|r| publish_error(out, r)))
+        .collect()
+}
+
+/// Waits for the next ack that fills an empty slot and records it; `Err` when none comes in
+/// time or the subscription ended.
+async fn next_verdict(
+    acks: &mut async_nats::Subscriber,
+    prefix: &str,
+    verdicts: &mut [Option<Result<(), String>>],
+) -> Result<(), String> {
+    loop {
+        let message = match tokio::time::timeout(ACK_TIMEOUT, acks.next()).await {
+            Ok(Some(message)) => message,
+            Ok(None) => return Err("the connection closed before the ack".to_owned()),
+            Err(_) => return Err(format!("no ack within {ACK_TIMEOUT:?}")),
+        };
+        let slot = message
+            .subject
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| verdicts.get_mut(i))
+            .filter(|slot| slot.is_none());
+        // Anything else on the prefix (a repeated ack) fills nothing and is skipped.
+        if let Some(slot) = slot {
+            *slot = Some(verdict(&message));
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(payload: &str, status: Option<StatusCode>) -> Message {
+        Message {
+            subject: "_INBOX.x.0".into(),
+            reply: None,
+            payload: bytes::Bytes::from(payload.to_owned()),
+            headers: None,
+            status,
+            description: None,
+            length: payload.len(),
+        }
+    }
+
+    #[test]
+    fn an_ack_a_duplicate_an_error_and_no_responders_are_told_apart() {
+        assert_eq!(verdict(&ack(r#"{"stream":"LIFECYCLE","seq":7}"#, None)), Ok(()));
+        assert_eq!(verdict(&ack(r#"{"stream":"LIFECYCLE","seq":7,"duplicate":true}"#, None)), Ok(()));
+        let refused = verdict(&ack(
+            r#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"LIFECYCLE","seq":0}"#,
+            None,
+        ));
+        assert_eq!(refused, Err("stream refused it (503): maximum messages exceeded".to_owned()));
+        let nobody = verdict(&ack("", Some(StatusCode::NO_RESPONDERS)));
+        assert!(nobody.unwrap_err().contains("no responders"));
+        assert!(verdict(&ack("not json", None)).unwrap_err().starts_with("unreadable ack"));
+    }
+}
