@@ -179,10 +179,22 @@ async fn ours(events: &[LifecycleEvent]) -> f64 {
     let service = tokio::spawn(custodian_audit::run(deps, custodian_audit::AuditConfig::default(), shutdown.clone()));
     // The service's own counter (bumped after each commit): polling `count(*)` here would
     // compete with the service for the same two cores.
+    let mut first_commit = None;
     while (metrics.appended.get() as usize) < n {
         tokio::time::sleep(Duration::from_millis(5)).await;
+        if first_commit.is_none() && metrics.appended.get() > 0 {
+            first_commit = Some(start.elapsed());
+        }
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
+    if std::env::var_os("CUSTODIAN_BENCH_WINDOWS").is_some() {
+        eprintln!("drain window {start:?} .. {:?}", Instant::now());
+    }
+    println!(
+        "custodian audit: start to first commit {:.0} ms of {:.0} ms",
+        first_commit.unwrap_or_default().as_secs_f64() * 1e3,
+        start.elapsed().as_secs_f64() * 1e3
+    );
     shutdown.cancel();
     let _ = service.await;
     assert_eq!(audit_entry::Entity::find().count(store.db()).await.unwrap() as usize, n);
