@@ -20,6 +20,15 @@ target/debug/custodian events publish examples/consent-granted.json
 for _ in $(seq 1 100); do
   if target/debug/custodian consents list | grep -q "tp-demo .*granted .*demo-person"; then
     target/debug/custodian consents list
+    # A file of many events: one bad line refuses the whole file; the good file is published.
+    { head -1 examples/consent-grants.jsonl | sed 's/demo-grant-batch-0001/demo-grant-refused/; s/demo-person-2/demo-person-refused/'; echo '{"specversion":"1.0"}'; } > /tmp/smoke-bad.jsonl
+    if target/debug/custodian events publish /tmp/smoke-bad.jsonl 2>/tmp/smoke-bad.err; then echo "smoke: a file with a bad line was published" >&2; exit 1; fi
+    grep -q "line 2: " /tmp/smoke-bad.err || { cat /tmp/smoke-bad.err; echo "smoke: the refusal does not name the bad line" >&2; exit 1; }
+    published=$(target/debug/custodian events publish examples/consent-grants.jsonl)
+    [ "$published" = "published 3 of 3 events" ] || { echo "smoke: publishing the file said: $published" >&2; exit 1; }
+    for _ in $(seq 1 100); do [ "$(target/debug/custodian consents list | grep -c 'tp-demo .*granted .*demo-person-[234]')" = 3 ] && break; sleep 0.1; done
+    [ "$(target/debug/custodian consents list | grep -c 'tp-demo .*granted .*demo-person-[234]')" = 3 ] || { target/debug/custodian consents list; echo "smoke: the file's three grants are not listed" >&2; exit 1; }
+    if target/debug/custodian consents list | grep -q demo-person-refused; then echo "smoke: the refused file's good line was applied" >&2; exit 1; fi
     # The audit chain holds the grant and verifies (exit 0).
     for _ in $(seq 1 50); do target/debug/custodian audit verify | grep -q "^[1-9][0-9]* entries" && break; sleep 0.1; done
     target/debug/custodian audit verify --stream
@@ -40,7 +49,7 @@ for _ in $(seq 1 100); do
     target/debug/custodian status --check | tee /tmp/smoke-status
     grep -Eq "^consent-ledger +consent@" /tmp/smoke-status || { echo "smoke: status shows no ledger leader" >&2; exit 1; }
     grep -Eq "^audit-chain +audit@" /tmp/smoke-status || { echo "smoke: status shows no audit leader" >&2; exit 1; }
-    echo "smoke: 7 passed, 0 failed"
+    echo "smoke: 8 passed, 0 failed"
     exit 0
   fi
   sleep 0.1

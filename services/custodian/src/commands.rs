@@ -9,7 +9,7 @@ use clap::Subcommand;
 use custodian_bus::Outgoing;
 use custodian_events::queries::{self, ConsentQuery, ConsentReply, ConsentView};
 use custodian_events::vault::{self, Receipt, RevocationQuery, RevocationReply};
-use custodian_events::{CloudEvent, ConsentRevokedV1, LifecycleEvent, RevokeReason, subjects};
+use custodian_events::{CloudEvent, ConsentRevokedV1, RevokeReason, subjects};
 use custodian_store::{Store, clock::Clock as _};
 use secrecy::ExposeSecret;
 
@@ -61,7 +61,9 @@ pub enum ConsentsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
-    /// Publish one CloudEvent from a JSON file (validated exactly as on the bus).
+    /// Publish the CloudEvents of a file: one JSON event, a JSON array of events, or JSON
+    /// Lines (`-` reads standard input). Every event is validated as on the bus before any is
+    /// published; one bad event publishes nothing.
     Publish { file: PathBuf },
 }
 
@@ -607,23 +609,63 @@ pub async fn consents(config: &Config, cmd: ConsentsCommand) -> anyhow::Result<(
 pub async fn events(config: &Config, cmd: EventsCommand) -> anyhow::Result<()> {
     match cmd {
         EventsCommand::Publish { file } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let event = LifecycleEvent::decode(None, &bytes)
-                .with_context(|| format!("{} is not a valid event", file.display()))?;
-            let subject =
-                event.fixed_subject().context("routed commands (wipe, dead letter) are not published from the CLI")?;
+            let bytes = if file.as_os_str() == "-" {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).context("cannot read standard input")?;
+                bytes
+            } else {
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let events =
+                crate::event_file::events_of(&bytes).with_context(|| format!("{} not published", file.display()))?;
             let bus = connect_bus(config, "custodian-cli").await?;
-            bus.publish(&Outgoing {
-                subject: subject.to_owned(),
-                event_id: event.id().to_owned(),
-                payload: bytes.into(),
-                traceparent: event.traceparent().map(str::to_owned),
-            })
-            .await?;
-            println!("published {} on {subject}", event.id());
+            if let [event] = events.as_slice() {
+                bus.publish(event).await?;
+                println!("published {} on {}", event.event_id, event.subject);
+                return Ok(());
+            }
+            publish_many(&bus, &events).await?;
         }
     }
     Ok(())
+}
+
+/// Publishes a file's events with a progress bar; names each one the stream did not take.
+async fn publish_many(bus: &custodian_bus::Bus, events: &[Outgoing]) -> anyhow::Result<()> {
+    const CHUNK: usize = 5_000;
+    let bar = indicatif::ProgressBar::new(events.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} publishing [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut failed = Vec::new();
+    for chunk in events.chunks(CHUNK) {
+        for (event, result) in chunk.iter().zip(bus.publish_all(chunk, 1024).await) {
+            if let Err(e) = result {
+                failed.push((event.event_id.clone(), e));
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let published = events.len() - failed.len();
+    println!("published {published} of {} events", events.len());
+    if failed.is_empty() {
+        return Ok(());
+    }
+    for (event_id, error) in failed.iter().take(20) {
+        eprintln!("  not published: {event_id}: {error}");
+    }
+    if failed.len() > 20 {
+        eprintln!("  … and {} more", failed.len() - 20);
+    }
+    anyhow::bail!(
+        "{} event(s) not published; publishing the same file again is safe (the stream drops an id it \
+         received in the last 2 minutes, and each consumer applies an event once)",
+        failed.len()
+    )
 }
 
 pub fn token(cmd: TokenCommand) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 mod commands;
 mod config;
 mod dossier;
+mod event_file;
 mod services;
 
 use std::path::PathBuf;
