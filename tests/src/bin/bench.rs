@@ -94,17 +94,21 @@ fn outgoing(events: &[LifecycleEvent], subject_prefix: Option<&str>) -> Vec<Outg
         .collect()
 }
 
-async fn raw_jetstream(bus: &Bus, events: &[LifecycleEvent]) -> (Duration, Duration) {
-    let js = bus.jetstream();
-    let stream = js
+/// A file-backed stream of the bench's own, named `name` over `<prefix>.>`.
+async fn bench_stream(bus: &Bus, name: &str, prefix: &str) -> stream::Stream {
+    bus.jetstream()
         .get_or_create_stream(stream::Config {
-            name: "BENCH".into(),
-            subjects: vec!["bench.>".into()],
+            name: name.into(),
+            subjects: vec![format!("{prefix}.>")],
             storage: stream::StorageType::File,
             ..Default::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn raw_jetstream(bus: &Bus, events: &[LifecycleEvent]) -> (Duration, Duration) {
+    let stream = bench_stream(bus, "BENCH", "bench").await;
     let out = outgoing(events, Some("bench"));
     let start = Instant::now();
     let results = bus.publish_all(&out, 1024).await;
@@ -143,15 +147,7 @@ async fn raw_jetstream(bus: &Bus, events: &[LifecycleEvent]) -> (Duration, Durat
 /// For reference: the same publish through async-nats's JetStream context, one request per
 /// event (what `Bus::publish_all` did until session 12), into a stream of its own.
 async fn library_publish(bus: &Bus, events: &[LifecycleEvent]) -> Duration {
-    bus.jetstream()
-        .get_or_create_stream(stream::Config {
-            name: "BENCHLIB".into(),
-            subjects: vec!["benchlib.>".into()],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    bench_stream(bus, "BENCHLIB", "benchlib").await;
     let out = outgoing(events, Some("benchlib"));
     let start = Instant::now();
     let results = bus.publish_all_per_request(&out, 1024).await;
