@@ -282,6 +282,29 @@ async fn a_pipelined_publish_answers_for_each_event_in_order() {
 }
 
 #[tokio::test]
+async fn a_pipelined_publish_into_a_dead_server_fails_in_bounded_time_and_a_resend_lands_once() {
+    let mut stack = Stack::infrastructure().await;
+    let events: Vec<Outgoing> = (0..6_000).map(|i| outgoing(&grant_event(&format!("outage-{i}"), "tp", i))).collect();
+    stack.nats.kill();
+    // A window wider than what the client buffers while disconnected (2,048 publishes), and a
+    // second call on top: neither may hang.
+    for half in events.chunks(3_000) {
+        let results = tokio::time::timeout(Duration::from_secs(30), stack.bus.publish_all(half, 4096))
+            .await
+            .expect("a publish into a dead server gives up in time");
+        assert!(results.iter().all(Result::is_err), "nothing can be acked while the server is down");
+    }
+    // The server comes back; what the client had queued may land, and the resend (as the outbox
+    // relay would) lands the rest: each event stored once.
+    stack.nats.restart();
+    eventually("every event acked after the restart", Duration::from_secs(60), || async {
+        stack.bus.publish_all(&events, 1024).await.iter().all(Result::is_ok).then_some(())
+    })
+    .await;
+    assert_eq!(stack.count_on(subjects::CONSENT_GRANTED).await, 6_000);
+}
+
+#[tokio::test]
 async fn an_outbox_row_whose_publish_was_lost_is_re_driven() {
     let mut stack = Stack::infrastructure().await;
     let ended = CloudEvent::with_id(

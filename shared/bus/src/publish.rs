@@ -67,8 +67,9 @@ fn verdict(message: &Message) -> Result<(), String> {
 }
 
 /// Publishes every event with up to `in_flight` acks outstanding; returns, in input order,
-/// whether each was acked. When no ack comes for [`ACK_TIMEOUT`] (server gone, connection
-/// lost), the rest are not sent and every event without an ack is an error.
+/// whether each was acked. When no ack comes, or no publish can be sent, for
+/// [`ACK_TIMEOUT`] (server gone, connection lost), the rest are not sent and every event
+/// without an ack is an error.
 pub(crate) async fn publish_all(
     client: &async_nats::Client,
     events: &[Outgoing],
@@ -78,10 +79,16 @@ pub(crate) async fn publish_all(
         return Vec::new();
     }
     let prefix = client.new_inbox();
-    let mut acks = match client.subscribe(format!("{prefix}.*")).await {
-        Ok(acks) => acks,
-        Err(e) => {
+    // The subscription goes through the same client buffer as the publishes (see below).
+    let acks = tokio::time::timeout(ACK_TIMEOUT, client.subscribe(format!("{prefix}.*"))).await;
+    let mut acks = match acks {
+        Ok(Ok(acks)) => acks,
+        Ok(Err(e)) => {
             let reason = format!("cannot subscribe to the acks: {e}");
+            return events.iter().map(|out| Err(publish_error(out, &reason))).collect();
+        }
+        Err(_) => {
+            let reason = format!("cannot subscribe to the acks within {ACK_TIMEOUT:?} (NATS unreachable?)");
             return events.iter().map(|out| Err(publish_error(out, &reason))).collect();
         }
     };
@@ -99,17 +106,21 @@ pub(crate) async fn publish_all(
                 }
             }
         }
-        match client
-            .publish_with_reply_and_headers(
-                out.subject.clone(),
-                format!("{prefix}.{i}"),
-                headers(out),
-                out.payload.clone(),
-            )
-            .await
-        {
-            Ok(()) => waiting += 1,
-            Err(e) => verdicts[i] = Some(Err(e.to_string())),
+        // While the connection is down the client queues publishes up to its buffer, then a
+        // send waits for the reconnection: bounded like the acks, so a batch never hangs.
+        let send = client.publish_with_reply_and_headers(
+            out.subject.clone(),
+            format!("{prefix}.{i}"),
+            headers(out),
+            out.payload.clone(),
+        );
+        match tokio::time::timeout(ACK_TIMEOUT, send).await {
+            Ok(Ok(())) => waiting += 1,
+            Ok(Err(e)) => verdicts[i] = Some(Err(e.to_string())),
+            Err(_) => {
+                gave_up = Some(format!("not sent within {ACK_TIMEOUT:?} (NATS unreachable?)"));
+                break 'send;
+            }
         }
     }
     while waiting > 0 && gave_up.is_none() {
