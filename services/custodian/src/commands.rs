@@ -642,9 +642,9 @@ async fn publish_many(bus: &custodian_bus::Bus, events: &[Outgoing]) -> anyhow::
     );
     let mut failed = Vec::new();
     for chunk in events.chunks(CHUNK) {
-        for (event, result) in chunk.iter().zip(bus.publish_all(chunk, 1024).await) {
+        for result in bus.publish_all(chunk, 1024).await {
             if let Err(e) = result {
-                failed.push((event.event_id.clone(), e));
+                failed.push(e.to_string());
             }
         }
         bar.inc(chunk.len() as u64);
@@ -655,12 +655,7 @@ async fn publish_many(bus: &custodian_bus::Bus, events: &[Outgoing]) -> anyhow::
     if failed.is_empty() {
         return Ok(());
     }
-    for (event_id, error) in failed.iter().take(20) {
-        eprintln!("  not published: {event_id}: {error}");
-    }
-    if failed.len() > 20 {
-        eprintln!("  … and {} more", failed.len() - 20);
-    }
+    eprintln!("{}", crate::event_file::listed(&failed));
     anyhow::bail!(
         "{} event(s) not published; publishing the same file again is safe (the stream drops an id it \
          received in the last 2 minutes, and each consumer applies an event once)",

@@ -72,12 +72,16 @@ pub fn events_of(bytes: &[u8]) -> Result<Vec<Outgoing>, EventFileError> {
     if refusals.is_empty() {
         return Ok(events);
     }
-    let count = refusals.len();
-    let mut details: Vec<String> = refusals.into_iter().take(LISTED).map(|r| format!("  {r}")).collect();
-    if count > LISTED {
-        details.push(format!("  … and {} more", count - LISTED));
+    Err(EventFileError::Refused { count: refusals.len(), total, details: listed(&refusals) })
+}
+
+/// The first [`LISTED`] of `lines`, indented one per line, then "… and N more".
+pub fn listed(lines: &[String]) -> String {
+    let mut shown: Vec<String> = lines.iter().take(LISTED).map(|line| format!("  {line}")).collect();
+    if lines.len() > LISTED {
+        shown.push(format!("  … and {} more", lines.len() - LISTED));
     }
-    Err(EventFileError::Refused { count, total, details: details.join("\n") })
+    shown.join("\n")
 }
 
 #[cfg(test)]

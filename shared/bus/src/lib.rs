@@ -168,25 +168,6 @@ impl Bus {
     pub async fn publish_all(&self, events: &[Outgoing], in_flight: usize) -> Vec<Result<(), BusError>> {
         publish::publish_all(&self.client, events, in_flight).await
     }
-
-    /// [`Bus::publish_all`] through async-nats's JetStream context, one request per event:
-    /// the library's way, kept for the benchmark's reference line.
-    pub async fn publish_all_per_request(&self, events: &[Outgoing], in_flight: usize) -> Vec<Result<(), BusError>> {
-        // Owned values in each future: borrowed ones trip the compiler's Send inference
-        // for spawned tasks (rust-lang/rust#102211).
-        futures::stream::iter(events.to_vec())
-            .map(|out| {
-                let bus = self.clone();
-                async move {
-                    let ack = bus.send(&out).await?;
-                    ack.await.map_err(|e| publish_error(&out, e))?;
-                    Ok(())
-                }
-            })
-            .buffered(in_flight.max(1))
-            .collect()
-            .await
-    }
 }
 
 fn publish_error(out: &Outgoing, e: impl std::fmt::Display) -> BusError {

@@ -80,17 +80,14 @@ pub(crate) async fn publish_all(
     }
     let prefix = client.new_inbox();
     // The subscription goes through the same client buffer as the publishes (see below).
-    let acks = tokio::time::timeout(ACK_TIMEOUT, client.subscribe(format!("{prefix}.*"))).await;
-    let mut acks = match acks {
-        Ok(Ok(acks)) => acks,
-        Ok(Err(e)) => {
-            let reason = format!("cannot subscribe to the acks: {e}");
-            return events.iter().map(|out| Err(publish_error(out, &reason))).collect();
-        }
-        Err(_) => {
-            let reason = format!("cannot subscribe to the acks within {ACK_TIMEOUT:?} (NATS unreachable?)");
-            return events.iter().map(|out| Err(publish_error(out, &reason))).collect();
-        }
+    let subscribed = match tokio::time::timeout(ACK_TIMEOUT, client.subscribe(format!("{prefix}.*"))).await {
+        Ok(Ok(acks)) => Ok(acks),
+        Ok(Err(e)) => Err(format!("cannot subscribe to the acks: {e}")),
+        Err(_) => Err(format!("cannot subscribe to the acks within {ACK_TIMEOUT:?} (NATS unreachable?)")),
+    };
+    let mut acks = match subscribed {
+        Ok(acks) => acks,
+        Err(reason) => return events.iter().map(|out| Err(publish_error(out, &reason))).collect(),
     };
     let mut verdicts: Vec<Option<Result<(), String>>> = vec![None; events.len()];
     let (mut waiting, window) = (0usize, in_flight.max(1));
