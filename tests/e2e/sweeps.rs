@@ -402,12 +402,17 @@ async fn a_replica_fenced_off_by_a_takeover_finishes_the_sweep_when_the_new_hold
     stack.start_sweeper("replica-b", config);
     request_sweep(&stack, "sweep-lost", "tp-lost").await;
     let first = holder_mid_sweep(&stack, "sweep-lost").await;
-    // The lease ages out under the holder (as if it stalled): the other replica takes it.
+    // The lease ages out under the holder (as if it stalled): the other replica takes it. Both
+    // contend once it is gone, and the holder may win it back; then it ages out again.
     let kv = stack.bus.jetstream().get_key_value(custodian_sweeper::lease::BUCKET).await.unwrap();
-    kv.purge("sweep-lost").await.unwrap();
     let second = eventually("the sweep taken over by the other replica", Duration::from_secs(30), || async {
         let row = sweep_row(&stack, "sweep-lost").await?;
-        row.holder.filter(|h| *h != first)
+        let holder = row.holder.filter(|h| *h != first);
+        if holder.is_none() {
+            kv.purge("sweep-lost").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        holder
     })
     .await;
     stack.crash_sweeper(&second).await;
