@@ -14,6 +14,7 @@ use custodian_store::Store;
 use custodian_store::clock::{self, Clock as _};
 use custodian_store::entities::audit_entry;
 use custodian_store::sea_orm::{EntityTrait, PaginatorTrait};
+use custodian_testkit::cpu::CpuSnapshot;
 use custodian_testkit::{NatsServer, PgCluster};
 use tokio_util::sync::CancellationToken;
 
@@ -73,23 +74,32 @@ pub async fn run(events: Vec<LifecycleEvent>) {
     let mut raw: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); sizes.len()];
     let mut ours_rates = Vec::with_capacity(rounds);
     let mut raw_two = Vec::with_capacity(rounds);
+    // CPU per event: the one-connection insert (both sizes), ours, the two-connection insert.
+    let (mut raw_cpu, mut ours_cpu, mut raw_two_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         println!("-- round {round}");
         // The statement the service itself uses (one array per column), on a fresh table.
         for (i, per_statement) in sizes.iter().enumerate() {
-            let rate = raw_insert_rate(&rows, *per_statement, 1).await;
+            let Measured { rate, cpu } = raw_insert_rate(&rows, *per_statement, 1).await;
             println!("raw PostgreSQL INSERT … unnest x{per_statement} of the chained rows      {rate:>9.0}/s");
             raw[i].push(rate);
+            raw_cpu.push(cpu);
         }
-        let ours = ours(&events).await;
+        let Measured { rate: ours, cpu } = ours(&events).await;
         println!("custodian audit: consume + chain + insert (JetStream → PG)      {ours:>9.0}/s");
+        println!(
+            "custodian audit: CPU per event, µs: service {:.1}, nats-server {:.1}, PostgreSQL {:.1}",
+            cpu.client, cpu.nats, cpu.postgres
+        );
         ours_rates.push(ours);
+        ours_cpu.push(cpu);
         // For reference (not the target's baseline): the same statement on two connections
         // side by side, as the service's two lanes insert; measured after ours, so that the
         // target's phases run as they did before it was added.
-        let rate = raw_insert_rate(&rows, 1000, 2).await;
+        let Measured { rate, cpu } = raw_insert_rate(&rows, 1000, 2).await;
         println!("raw PostgreSQL INSERT … unnest x1000 on two connections side by side {rate:>9.0}/s");
         raw_two.push(rate);
+        raw_two_cpu.push(cpu);
     }
     // The baseline is the statement size that is faster over the whole run (by median), each
     // round compared with that size's rate in the same round. Taking the faster of two sizes
@@ -114,14 +124,44 @@ pub async fn run(events: Vec<LifecycleEvent>) {
         list(&two),
         median(&two)
     );
+    print_cpu(&CpuPerEvent::median_of(&ours_cpu), &CpuPerEvent::median_of(&raw_cpu), &CpuPerEvent::median_of(&raw_two_cpu));
+}
+
+/// Where the cycles went, per event (medians over the rounds). On two cores a phase's rate is
+/// bounded by 2 s of CPU per second over its CPU per event, whatever the ratio says.
+fn print_cpu(ours: &CpuPerEvent, raw: &CpuPerEvent, raw_two: &CpuPerEvent) {
+    println!("\nCPU per event, µs (median over the rounds):");
+    println!(
+        "  custodian audit: service {:.1} + nats-server {:.1} + PostgreSQL {:.1} = {:.1}",
+        ours.client,
+        ours.nats,
+        ours.postgres,
+        ours.total()
+    );
+    for (name, raw) in [("one connection", raw), ("two connections", raw_two)] {
+        println!(
+            "  raw insert, {name}: client {:.1} + PostgreSQL {:.1} = {:.1}",
+            raw.client,
+            raw.postgres,
+            raw.total()
+        );
+    }
+    if raw.postgres > 0.0 {
+        println!(
+            "  PostgreSQL per event in the service's run / in the raw insert's: {:.2}; total CPU per event: {:.2}",
+            ours.postgres / raw.postgres,
+            ours.total() / raw.total()
+        );
+    }
 }
 
 /// Rows per second of the raw insert into a fresh table: `per_statement` rows per `unnest`
 /// statement, on `connections` connections side by side (each taking every
 /// `connections`-th statement), from a fresh `CHECKPOINT`.
-async fn raw_insert_rate(rows: &[audit_entry::Model], per_statement: usize, connections: usize) -> f64 {
+async fn raw_insert_rate(rows: &[audit_entry::Model], per_statement: usize, connections: usize) -> Measured {
     let store = Store::connect_and_migrate(&PgCluster::shared().fresh_database(), 4).await.unwrap();
     checkpoint(store.db()).await;
+    let cpu = CpuMeter::start(None);
     let start = Instant::now();
     let connection = |first: usize| {
         let db = store.db().clone();
@@ -132,7 +172,64 @@ async fn raw_insert_rate(rows: &[audit_entry::Model], per_statement: usize, conn
         }
     };
     futures::future::join_all((0..connections).map(connection)).await;
-    rows.len() as f64 / start.elapsed().as_secs_f64()
+    let rate = rows.len() as f64 / start.elapsed().as_secs_f64();
+    Measured { rate, cpu: cpu.per_event(rows.len()) }
+}
+
+/// A phase's rate, and the CPU it took per event.
+struct Measured {
+    rate: f64,
+    cpu: CpuPerEvent,
+}
+
+/// Microseconds of CPU per event, by process: this one (the service, or the raw insert's
+/// client), nats-server, and PostgreSQL (postmaster and backends; empty for a cluster given
+/// by `CUSTODIAN_TEST_PG_URL`). A wall-clock rate cannot tell contention for the two cores
+/// from work: this can.
+#[derive(Clone, Copy, Default)]
+struct CpuPerEvent {
+    client: f64,
+    nats: f64,
+    postgres: f64,
+}
+
+impl CpuPerEvent {
+    fn total(&self) -> f64 {
+        self.client + self.nats + self.postgres
+    }
+
+    fn median_of(all: &[CpuPerEvent]) -> CpuPerEvent {
+        let of = |f: fn(&CpuPerEvent) -> f64| median(&all.iter().map(f).collect::<Vec<_>>());
+        CpuPerEvent { client: of(|c| c.client), nats: of(|c| c.nats), postgres: of(|c| c.postgres) }
+    }
+}
+
+/// Readings of CPU time at the start of a phase.
+struct CpuMeter {
+    nats: Option<u32>,
+    client: CpuSnapshot,
+    nats_server: CpuSnapshot,
+    postgres: CpuSnapshot,
+}
+
+impl CpuMeter {
+    fn start(nats: Option<u32>) -> Self {
+        Self {
+            nats,
+            client: CpuSnapshot::of(&[std::process::id()]),
+            nats_server: CpuSnapshot::of(&Vec::from_iter(nats)),
+            postgres: CpuSnapshot::of(&PgCluster::shared().server_pids()),
+        }
+    }
+
+    fn per_event(&self, events: usize) -> CpuPerEvent {
+        let micros = |now: CpuSnapshot, then: &CpuSnapshot| now.used_since(then).as_secs_f64() * 1e6 / events as f64;
+        CpuPerEvent {
+            client: micros(CpuSnapshot::of(&[std::process::id()]), &self.client),
+            nats: micros(CpuSnapshot::of(&Vec::from_iter(self.nats)), &self.nats_server),
+            postgres: micros(CpuSnapshot::of(&PgCluster::shared().server_pids()), &self.postgres),
+        }
+    }
 }
 
 /// Which of several baselines, each measured once per round, is the fastest over the run.
@@ -146,7 +243,7 @@ pub fn list(values: &[f64]) -> String {
 
 /// One run of the service: a fresh NATS server and database, the events published first, then
 /// the audit service started to drain the backlog; checks the chain, then times `verify`.
-async fn ours(events: &[LifecycleEvent]) -> f64 {
+async fn ours(events: &[LifecycleEvent]) -> Measured {
     let n = events.len();
     let nats = NatsServer::start();
     let client = custodian_bus::connect(&nats.url(), "bench").await.unwrap();
@@ -175,6 +272,7 @@ async fn ours(events: &[LifecycleEvent]) -> f64 {
         metrics: metrics.clone(),
     };
     checkpoint(store.db()).await;
+    let cpu = CpuMeter::start(nats.pid());
     let start = Instant::now();
     let service = tokio::spawn(custodian_audit::run(deps, custodian_audit::AuditConfig::default(), shutdown.clone()));
     // The service's own counter (bumped after each commit): polling `count(*)` here would
@@ -187,6 +285,7 @@ async fn ours(events: &[LifecycleEvent]) -> f64 {
         }
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
+    let cpu = cpu.per_event(n);
     if std::env::var_os("CUSTODIAN_BENCH_WINDOWS").is_some() {
         eprintln!("drain window {start:?} .. {:?}", Instant::now());
     }
@@ -203,7 +302,7 @@ async fn ours(events: &[LifecycleEvent]) -> f64 {
     let verify_rate = n as f64 / verify_start.elapsed().as_secs_f64();
     assert!(report.broken.is_none() && report.entries as usize == n, "{report:?}");
     println!("custodian audit verify: walk and recompute                      {verify_rate:>9.0}/s");
-    rate
+    Measured { rate, cpu }
 }
 
 /// The median (the upper one of an even count).

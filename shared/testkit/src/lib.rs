@@ -7,6 +7,7 @@
 
 #![allow(clippy::expect_used)]
 
+pub mod cpu;
 mod nats;
 mod postgres;
 mod provider;

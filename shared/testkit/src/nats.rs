@@ -70,6 +70,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id, while it runs (benchmarks read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server (SIGKILL), keeping its store.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub struct PgCluster {
     /// `postgres://user@host:port` without a database name.
     base_url: String,
+    /// The data directory of a cluster started here (not of one given by URL).
+    data_dir: Option<std::path::PathBuf>,
 }
 
 static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
@@ -16,7 +18,7 @@ static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
 impl PgCluster {
     pub fn shared() -> &'static PgCluster {
         CLUSTER.get_or_init(|| match std::env::var("CUSTODIAN_TEST_PG_URL") {
-            Ok(url) => PgCluster { base_url: url.trim_end_matches('/').to_owned() },
+            Ok(url) => PgCluster { base_url: url.trim_end_matches('/').to_owned(), data_dir: None },
             Err(_) => Self::start_private(),
         })
     }
@@ -82,7 +84,18 @@ impl PgCluster {
             assert!(Instant::now() < deadline, "PostgreSQL did not start, see {dir_s}/postgres.log");
             std::thread::sleep(Duration::from_millis(100));
         }
-        PgCluster { base_url: format!("postgres://postgres@127.0.0.1:{port}") }
+        PgCluster { base_url: format!("postgres://postgres@127.0.0.1:{port}"), data_dir: Some(data) }
+    }
+
+    /// The server's processes (postmaster and backends) now, for a cluster started here:
+    /// benchmarks read their CPU time. Empty for a cluster given by URL.
+    pub fn server_pids(&self) -> Vec<u32> {
+        let postmaster = self
+            .data_dir
+            .as_ref()
+            .and_then(|data| std::fs::read_to_string(data.join("postmaster.pid")).ok())
+            .and_then(|pidfile| pidfile.lines().next()?.trim().parse::<u32>().ok());
+        postmaster.map(crate::cpu::with_children).unwrap_or_default()
     }
 
     /// The URL of database `name` on this cluster.
