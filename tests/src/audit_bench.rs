@@ -5,6 +5,8 @@
 //! baseline), in alternated rounds whose median ratio is the figure. For reference, each round
 //! also times the same statement on two connections side by side: the service inserts on two
 //! (its lanes), so that ratio shows how much of its speed is parallelism a raw insert has too.
+//! Every phase also reports the CPU time per event of each process taking part (this one,
+//! nats-server, PostgreSQL), which tells work from contention for the two cores.
 
 use std::time::{Duration, Instant};
 
