@@ -64,13 +64,18 @@ impl Provider {
         std::fs::write(&clients_file, clients.to_string()).expect("clients file");
         let script = crate::repo_root().join("tests/provider/provider.mjs");
         let cmd = format!("node {} --dir {} --clients {}", script.display(), dir.display(), clients_file.display());
-        let cleanup = format!("rm -rf {}", dir.display());
+        // The OP's own errors (renderError prints them), for debugging a failing test: the log
+        // outlives the run only if it holds more than oidc-provider's start-up warnings.
+        let log = std::env::temp_dir().join(format!("custodian-op-{}.log", std::process::id()));
+        let cleanup = format!(
+            "rm -rf {dir}; grep -qv '^oidc-provider WARNING' {log} 2>/dev/null || rm -f {log}",
+            dir = dir.display(),
+            log = log.display()
+        );
         let mut child = crate::spawn_with_watchdog(&cmd, &cleanup, None).expect("node must be installed");
         let stdout = child.stdout.take().expect("stdout");
         let mut stderr = child.stderr.take().expect("stderr");
         std::thread::spawn(move || {
-            // Kept for debugging a failing test: the OP's own errors (renderError prints them).
-            let log = std::env::temp_dir().join(format!("custodian-op-{}.log", std::process::id()));
             match std::fs::File::create(&log) {
                 Ok(mut file) => {
                     let _ = std::io::copy(&mut stderr, &mut file);
