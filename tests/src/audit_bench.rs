@@ -126,7 +126,11 @@ pub async fn run(events: Vec<LifecycleEvent>) {
         list(&two),
         median(&two)
     );
-    print_cpu(&CpuPerEvent::median_of(&ours_cpu), &CpuPerEvent::median_of(&raw_cpu), &CpuPerEvent::median_of(&raw_two_cpu));
+    print_cpu(
+        &CpuPerEvent::median_of(&ours_cpu),
+        &CpuPerEvent::median_of(&raw_cpu),
+        &CpuPerEvent::median_of(&raw_two_cpu),
+    );
 }
 
 /// Where the cycles went, per event (medians over the rounds). On two cores a phase's rate is

@@ -75,15 +75,13 @@ impl Provider {
         let mut child = crate::spawn_with_watchdog(&cmd, &cleanup, None).expect("node must be installed");
         let stdout = child.stdout.take().expect("stdout");
         let mut stderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            match std::fs::File::create(&log) {
-                Ok(mut file) => {
-                    let _ = std::io::copy(&mut stderr, &mut file);
-                }
-                Err(_) => {
-                    let mut sink = Vec::new();
-                    let _ = stderr.read_to_end(&mut sink);
-                }
+        std::thread::spawn(move || match std::fs::File::create(&log) {
+            Ok(mut file) => {
+                let _ = std::io::copy(&mut stderr, &mut file);
+            }
+            Err(_) => {
+                let mut sink = Vec::new();
+                let _ = stderr.read_to_end(&mut sink);
             }
         });
         let (tx, rx) = std::sync::mpsc::channel();
