@@ -64,11 +64,12 @@ impl Provider {
         std::fs::write(&clients_file, clients.to_string()).expect("clients file");
         let script = crate::repo_root().join("tests/provider/provider.mjs");
         let cmd = format!("node {} --dir {} --clients {}", script.display(), dir.display(), clients_file.display());
-        // The OP's own errors (renderError prints them), for debugging a failing test: the log
-        // outlives the run only if it holds more than oidc-provider's start-up warnings.
+        // The OP's own errors (renderError and the `*.error` events print them), for
+        // debugging a failing test: the log outlives the run only if it holds an error (start-up
+        // warnings and `*.success` events alone are not worth keeping).
         let log = std::env::temp_dir().join(format!("custodian-op-{}.log", std::process::id()));
         let cleanup = format!(
-            "rm -rf {dir}; grep -qv '^oidc-provider WARNING' {log} 2>/dev/null || rm -f {log}",
+            "rm -rf {dir}; grep -qi error {log} 2>/dev/null || rm -f {log}",
             dir = dir.display(),
             log = log.display()
         );
