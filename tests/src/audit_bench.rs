@@ -152,7 +152,9 @@ fn print_cpu(ours: &CpuPerEvent, raw: &CpuPerEvent, raw_two: &CpuPerEvent) {
             raw.total()
         );
     }
-    if raw.postgres > 0.0 {
+    if PgCluster::shared().server_pids().is_empty() {
+        println!("  (PostgreSQL's processes are not visible here: a cluster given by CUSTODIAN_TEST_PG_URL)");
+    } else {
         println!(
             "  PostgreSQL per event in the service's run / in the raw insert's: {:.2}; total CPU per event: {:.2}",
             ours.postgres / raw.postgres,
