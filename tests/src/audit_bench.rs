@@ -89,10 +89,7 @@ pub async fn run(events: Vec<LifecycleEvent>) {
         }
         let Measured { rate: ours, cpu } = ours(&events).await;
         println!("custodian audit: consume + chain + insert (JetStream → PG)      {ours:>9.0}/s");
-        println!(
-            "custodian audit: CPU per event, µs: service {:.1}, nats-server {:.1}, PostgreSQL {:.1}",
-            cpu.client, cpu.nats, cpu.postgres
-        );
+        println!("custodian audit: CPU per event, µs: {}", cpu.line("service"));
         ours_rates.push(ours);
         ours_cpu.push(cpu);
         // For reference (not the target's baseline): the same statement on two connections
@@ -137,21 +134,9 @@ pub async fn run(events: Vec<LifecycleEvent>) {
 /// bounded by 2 s of CPU per second over its CPU per event, whatever the ratio says.
 fn print_cpu(ours: &CpuPerEvent, raw: &CpuPerEvent, raw_two: &CpuPerEvent) {
     println!("\nCPU per event, µs (median over the rounds):");
-    println!(
-        "  custodian audit: service {:.1} + nats-server {:.1} + PostgreSQL {:.1} = {:.1}",
-        ours.client,
-        ours.nats,
-        ours.postgres,
-        ours.total()
-    );
-    for (name, raw) in [("one connection", raw), ("two connections", raw_two)] {
-        println!(
-            "  raw insert, {name}: client {:.1} + PostgreSQL {:.1} = {:.1}",
-            raw.client,
-            raw.postgres,
-            raw.total()
-        );
-    }
+    println!("  custodian audit: {}", ours.line("service"));
+    println!("  raw insert, one connection: {}", raw.line("client"));
+    println!("  raw insert, two connections: {}", raw_two.line("client"));
     if PgCluster::shared().server_pids().is_empty() {
         println!("  (PostgreSQL's processes are not visible here: a cluster given by CUSTODIAN_TEST_PG_URL)");
     } else {
@@ -195,25 +180,36 @@ struct Measured {
 /// by `CUSTODIAN_TEST_PG_URL`). A wall-clock rate cannot tell contention for the two cores
 /// from work: this can.
 #[derive(Clone, Copy, Default)]
-struct CpuPerEvent {
-    client: f64,
-    nats: f64,
-    postgres: f64,
+pub struct CpuPerEvent {
+    pub client: f64,
+    pub nats: f64,
+    pub postgres: f64,
 }
 
 impl CpuPerEvent {
-    fn total(&self) -> f64 {
+    pub fn total(&self) -> f64 {
         self.client + self.nats + self.postgres
     }
 
-    fn median_of(all: &[CpuPerEvent]) -> CpuPerEvent {
+    /// `this process 6.5 + nats-server 3.5 + PostgreSQL 8.6 = 18.6` (µs).
+    pub fn line(&self, this_process: &str) -> String {
+        format!(
+            "{this_process} {:.1} + nats-server {:.1} + PostgreSQL {:.1} = {:.1}",
+            self.client,
+            self.nats,
+            self.postgres,
+            self.total()
+        )
+    }
+
+    pub fn median_of(all: &[CpuPerEvent]) -> CpuPerEvent {
         let of = |f: fn(&CpuPerEvent) -> f64| median(&all.iter().map(f).collect::<Vec<_>>());
         CpuPerEvent { client: of(|c| c.client), nats: of(|c| c.nats), postgres: of(|c| c.postgres) }
     }
 }
 
 /// Readings of CPU time at the start of a phase.
-struct CpuMeter {
+pub struct CpuMeter {
     nats: Option<u32>,
     client: CpuSnapshot,
     nats_server: CpuSnapshot,
@@ -221,7 +217,8 @@ struct CpuMeter {
 }
 
 impl CpuMeter {
-    fn start(nats: Option<u32>) -> Self {
+    /// `nats`: the nats-server taking part, if any.
+    pub fn start(nats: Option<u32>) -> Self {
         Self {
             nats,
             client: CpuSnapshot::of(&[std::process::id()]),
@@ -230,7 +227,7 @@ impl CpuMeter {
         }
     }
 
-    fn per_event(&self, events: usize) -> CpuPerEvent {
+    pub fn per_event(&self, events: usize) -> CpuPerEvent {
         let micros = |now: CpuSnapshot, then: &CpuSnapshot| now.used_since(then).as_secs_f64() * 1e6 / events as f64;
         CpuPerEvent {
             client: micros(CpuSnapshot::of(&[std::process::id()]), &self.client),

@@ -5,6 +5,9 @@
 //! service into PostgreSQL, versus (a) raw JetStream publish + pull-consume of the same
 //! payloads and (b) raw batched PostgreSQL inserts of the same rows.
 //!
+//! The consent and audit benches also print µs of CPU per event for each process taking part
+//! (this one, nats-server, PostgreSQL), read from `/proc`: work, apart from contention.
+//!
 //! `CUSTODIAN_BENCH_EVENTS` (default 200000) sets N.
 //! `CUSTODIAN_BENCH_WINDOWS=1` prints each apply phase's start and end on the monotonic
 //! clock, to cut a system-wide profile (`perf record -a -k CLOCK_MONOTONIC`) to it.
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use async_nats::jetstream::{consumer::pull, stream};
+use audit_bench::{CpuMeter, CpuPerEvent};
 use bytes::Bytes;
 use custodian_bus::{Bus, Outgoing, StreamSettings};
 use custodian_consent::{ConsentConfig, ConsentMetrics, ledger::Consent, persistence};
@@ -107,7 +111,8 @@ async fn bench_stream(bus: &Bus, name: &str, prefix: &str) -> stream::Stream {
         .unwrap()
 }
 
-async fn raw_jetstream(bus: &Bus, events: &[LifecycleEvent]) -> (Duration, Duration) {
+/// Publish time, then consume time and its CPU per event (this process and `nats`).
+async fn raw_jetstream(bus: &Bus, nats: Option<u32>, events: &[LifecycleEvent]) -> (Duration, Duration, CpuPerEvent) {
     let stream = bench_stream(bus, "BENCH", "bench").await;
     let out = outgoing(events, Some("bench"));
     let start = Instant::now();
@@ -125,6 +130,7 @@ async fn raw_jetstream(bus: &Bus, events: &[LifecycleEvent]) -> (Duration, Durat
         })
         .await
         .unwrap();
+    let cpu = CpuMeter::start(nats);
     let start = Instant::now();
     let mut messages = consumer.stream().max_messages_per_batch(1000).messages().await.unwrap().ready_chunks(1000);
     let mut seen = 0;
@@ -141,7 +147,7 @@ async fn raw_jetstream(bus: &Bus, events: &[LifecycleEvent]) -> (Duration, Durat
             m.ack().await.unwrap();
         }
     }
-    (publish, start.elapsed())
+    (publish, start.elapsed(), cpu.per_event(events.len()))
 }
 
 /// For reference: the same publish through async-nats's JetStream context, one request per
@@ -201,7 +207,7 @@ async fn raw_postgres(url: &str, events: &[LifecycleEvent]) -> Duration {
 /// The same rows through the `unnest` statement the consent service inserts with, 1,000 per
 /// statement, by `tasks` tasks side by side (each on its own connection, taking every
 /// `tasks`-th statement).
-async fn raw_postgres_arrays(url: &str, events: &[LifecycleEvent], tasks: usize) -> Duration {
+async fn raw_postgres_arrays(url: &str, events: &[LifecycleEvent], tasks: usize) -> (Duration, CpuPerEvent) {
     use custodian_store::sea_orm::TryIntoModel;
     let store = Store::connect_and_migrate(url, 4).await.unwrap();
     let now = clock::SystemClock.now();
@@ -217,6 +223,7 @@ async fn raw_postgres_arrays(url: &str, events: &[LifecycleEvent], tasks: usize)
         })
         .collect();
     audit_bench::checkpoint(store.db()).await;
+    let cpu = CpuMeter::start(None);
     let start = Instant::now();
     let task = |first: usize| {
         let (db, rows) = (store.db().clone(), &rows);
@@ -227,10 +234,17 @@ async fn raw_postgres_arrays(url: &str, events: &[LifecycleEvent], tasks: usize)
         }
     };
     futures::future::join_all((0..tasks).map(task)).await;
-    start.elapsed()
+    (start.elapsed(), cpu.per_event(events.len()))
 }
 
-async fn custodian_ingest(bus: &Bus, url: &str, events: &[LifecycleEvent], report: bool) -> (Duration, Duration) {
+/// Publish time, then apply time and its CPU per event (the service, `nats`, PostgreSQL).
+async fn custodian_ingest(
+    bus: &Bus,
+    nats: Option<u32>,
+    url: &str,
+    events: &[LifecycleEvent],
+    report: bool,
+) -> (Duration, Duration, CpuPerEvent) {
     let store = Store::connect_and_migrate(url, 8).await.unwrap();
     let out = outgoing(events, None);
     audit_bench::checkpoint(store.db()).await;
@@ -247,6 +261,7 @@ async fn custodian_ingest(bus: &Bus, url: &str, events: &[LifecycleEvent], repor
         metrics: metrics.clone(),
     };
     let shutdown = CancellationToken::new();
+    let cpu = CpuMeter::start(nats);
     let start = Instant::now();
     let task = tokio::spawn(custodian_consent::run(deps, consent_config(), shutdown.clone()));
     let total = events.len() as u64;
@@ -262,6 +277,7 @@ async fn custodian_ingest(bus: &Bus, url: &str, events: &[LifecycleEvent], repor
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let apply = start.elapsed();
+    let cpu = cpu.per_event(events.len());
     if std::env::var_os("CUSTODIAN_BENCH_WINDOWS").is_some() {
         eprintln!("apply window {start:?} .. {:?}", Instant::now());
     }
@@ -271,7 +287,7 @@ async fn custodian_ingest(bus: &Bus, url: &str, events: &[LifecycleEvent], repor
     if report {
         print_update_kinds(url).await;
     }
-    (publish, apply)
+    (publish, apply, cpu)
 }
 
 /// How many updates of the ledger and the outbox were HOT (no index writes): informational,
@@ -523,13 +539,16 @@ async fn main() {
     let (mut raw_js, mut raw_pg_values, mut raw_pg_arrays) = (Vec::new(), Vec::new(), Vec::new());
     let (mut ours, mut ours_apply, mut raw_js_consume) = (Vec::new(), Vec::new(), Vec::new());
     let (mut raw_pg_parallel, mut library_pub, mut raw_js_publish) = (Vec::new(), Vec::new(), Vec::new());
+    // CPU per event: the raw consume, the raw one-task insert, our apply.
+    let (mut consume_cpu, mut insert_cpu, mut apply_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         println!("-- round {round}");
         let nats = NatsServer::start();
         let client = custodian_bus::connect(&nats.url(), "bench").await.unwrap();
         let bus = Bus::new(client, &StreamSettings::default()).await.unwrap();
 
-        let (js_pub, js_cons) = raw_jetstream(&bus, &events).await;
+        let (js_pub, js_cons, cpu) = raw_jetstream(&bus, nats.pid(), &events).await;
+        consume_cpu.push(cpu);
         raw_js.push(rate(n, js_pub + js_cons));
         raw_js_consume.push(rate(n, js_cons));
         raw_js_publish.push(rate(n, js_pub));
@@ -544,13 +563,17 @@ async fn main() {
             "raw PostgreSQL     insert_many (VALUES) x1000, 1 task                {:>9.0}/s",
             raw_pg_values[round - 1]
         );
-        raw_pg_arrays.push(rate(n, raw_postgres_arrays(&pg.fresh_database(), &events, 1).await));
+        let (insert, cpu) = raw_postgres_arrays(&pg.fresh_database(), &events, 1).await;
+        raw_pg_arrays.push(rate(n, insert));
+        insert_cpu.push(cpu);
         println!(
             "raw PostgreSQL     INSERT … unnest x1000, 1 task                     {:>9.0}/s",
             raw_pg_arrays[round - 1]
         );
 
-        let (c_pub, c_apply) = custodian_ingest(&bus, &pg.fresh_database(), &events, round == rounds).await;
+        let (c_pub, c_apply, cpu) =
+            custodian_ingest(&bus, nats.pid(), &pg.fresh_database(), &events, round == rounds).await;
+        apply_cpu.push(cpu);
         ours.push(rate(n, c_pub + c_apply));
         ours_apply.push(rate(n, c_apply));
         println!(
@@ -559,10 +582,11 @@ async fn main() {
             rate(n, c_apply),
             rate(n, c_pub + c_apply)
         );
+        println!("custodian consent  apply, CPU per event, µs: {}", cpu.line("service"));
         // For reference (not a target's baseline): the raw insert with as many tasks as the
         // service has workers, after ours so that the target's phases run as before.
         let tasks = consent_config().workers;
-        raw_pg_parallel.push(rate(n, raw_postgres_arrays(&pg.fresh_database(), &events, tasks).await));
+        raw_pg_parallel.push(rate(n, raw_postgres_arrays(&pg.fresh_database(), &events, tasks).await.0));
         println!(
             "raw PostgreSQL     INSERT … unnest x1000, {tasks} tasks side by side     {:>9.0}/s",
             raw_pg_parallel[round - 1]
@@ -632,5 +656,17 @@ async fn main() {
         audit_bench::median(&ours_apply),
         audit_bench::median(&drain),
         audit_bench::list(&drain)
+    );
+    let (consume, insert, apply) =
+        (CpuPerEvent::median_of(&consume_cpu), CpuPerEvent::median_of(&insert_cpu), CpuPerEvent::median_of(&apply_cpu));
+    println!("\nCPU per event, µs (median over the rounds):");
+    println!("  custodian consent, consume + apply: {}", apply.line("service"));
+    println!("  raw JetStream consume + decode + ack: {}", consume.line("client"));
+    println!("  raw PostgreSQL INSERT … unnest, 1 task: {}", insert.line("client"));
+    println!(
+        "  the service's apply / the two raw phases together: {:.2} (nats-server {:.2}, PostgreSQL {:.2})",
+        apply.total() / (consume.total() + insert.total()),
+        apply.nats / consume.nats,
+        apply.postgres / insert.postgres
     );
 }
