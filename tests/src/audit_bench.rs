@@ -179,7 +179,7 @@ struct Measured {
 /// client), nats-server, and PostgreSQL (postmaster and backends; empty for a cluster given
 /// by `CUSTODIAN_TEST_PG_URL`). A wall-clock rate cannot tell contention for the two cores
 /// from work: this can.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct CpuPerEvent {
     pub client: f64,
     pub nats: f64,

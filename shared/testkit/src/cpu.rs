@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// CPU time used so far by each of some processes (the threads alive at the reading).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CpuSnapshot(HashMap<u32, u64>);
 
 impl CpuSnapshot {
