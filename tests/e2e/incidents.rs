@@ -222,8 +222,8 @@ async fn a_platform_compromise_notifies_the_dpo_contains_and_rotates_the_secret(
     // The vault switched without restart: a new sign-in (code exchange with the secret) works.
     stack.login_through_gateway(&unique("after")).await;
     assert_eq!(stored_bundles(&stack).await.len(), 1, "the new login's tokens are stored");
-    assert_eq!(stack.count_on(custodian_events::subjects::CREDENTIAL_ROTATED).await, 1);
-    assert_eq!(stack.count_on(custodian_events::subjects::DPO_NOTIFIED).await, 4);
+    assert_eq!(stack.count_on_settled(custodian_events::subjects::CREDENTIAL_ROTATED, 1).await, 1);
+    assert_eq!(stack.count_on_settled(custodian_events::subjects::DPO_NOTIFIED, 4).await, 4);
 }
 
 #[tokio::test]

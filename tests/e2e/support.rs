@@ -13,7 +13,7 @@ use custodian_events::{CloudEvent, EventData, subjects};
 use custodian_gateway::{GatewayConfig, MachineToken, PersonAuthConfig, Role, token_digest};
 use custodian_store::Store;
 use custodian_store::clock::{self, SharedClock};
-use custodian_testkit::{NatsServer, Provider, TEST_CLIENT_ID};
+use custodian_testkit::{NatsServer, Provider, TEST_CLIENT_ID, eventually};
 use sea_orm::EntityTrait;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -442,6 +442,19 @@ impl Stack {
     /// How many messages the stream holds on `subject` (wildcards allowed).
     pub async fn count_on(&self, subject: &str) -> u64 {
         count_on(self.bus.jetstream(), subject).await
+    }
+
+    /// How many messages the stream holds on `subject` once at least `expected` have arrived.
+    /// Events written to an outbox reach the stream after the state change that wrote them
+    /// commits, so a count read right after observing that state can be short; a count above
+    /// `expected` is returned as is for the caller's assertion to catch.
+    pub async fn count_on_settled(&self, subject: &str, expected: u64) -> u64 {
+        let what = format!("{expected} message(s) on {subject}");
+        eventually(&what, Duration::from_secs(20), || async {
+            let n = self.count_on(subject).await;
+            (n >= expected).then_some(n)
+        })
+        .await
     }
 
     /// Every message on `subject`, in stream order, as JSON.

@@ -106,7 +106,7 @@ async fn idle_consents_expire_fresh_ones_do_not_and_a_dry_run_changes_nothing() 
         (stack.count_on(subjects::CONSENT_ENDED).await == 20).then_some(())
     })
     .await;
-    assert_eq!(stack.count_on(subjects::SWEEP_FINISHED).await, 2);
+    assert_eq!(stack.count_on_settled(subjects::SWEEP_FINISHED, 2).await, 2);
 
     let r = stack.http.get(stack.url("/v1/sweeps/sweep-unknown")).bearer_auth(OPS_TOKEN).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
@@ -296,7 +296,7 @@ async fn two_replicas_sweep_once_and_a_killed_holder_is_taken_over() {
     })
     .await;
     assert_eq!(stack.count_on(subjects::CONSENT_EXPIRE).await, 3000, "no consent expired twice");
-    assert_eq!(stack.count_on(subjects::SWEEP_FINISHED).await, 1);
+    assert_eq!(stack.count_on_settled(subjects::SWEEP_FINISHED, 1).await, 1);
 }
 
 #[tokio::test]
