@@ -351,6 +351,7 @@ async fn a_vault_holding_a_rotated_out_secret_fetches_the_current_one_when_the_o
     );
     // The rotation event is gone (as past the stream's retention), so the vault, started only
     // now with the configured secret, can learn of the rotation from the OP's refusal alone.
+    stack.count_on_settled(custodian_events::subjects::CREDENTIAL_ROTATED, 1).await;
     let purged = stack
         .bus
         .jetstream()
@@ -413,6 +414,7 @@ async fn the_dpo_webhook_gets_each_notification_signed_with_hmac_sha256() {
     let stages: Vec<Value> =
         calls.iter().map(|(_, b)| serde_json::from_slice::<Value>(b).expect("json")["stage"].clone()).collect();
     assert_eq!(stages, vec![json!("initial"), json!("containment"), json!("final")]);
+    stack.count_on_settled(custodian_events::subjects::DPO_NOTIFIED, 6).await;
     let notified = stack.messages_on(custodian_events::subjects::DPO_NOTIFIED).await;
     assert_eq!(notified.iter().filter(|(_, e)| e["data"]["channel"] == "webhook").count(), 3);
     assert_eq!(notified.iter().filter(|(_, e)| e["data"]["channel"] == "email").count(), 3);
