@@ -6,7 +6,7 @@ use std::time::Duration;
 use custodian_events::incident::IncidentView;
 use custodian_incident::{DpoConfig, IncidentConfig, PlatformRegistration};
 use custodian_store::entities::credential;
-use custodian_testkit::{RegisteredClient, SmtpServer, eventually};
+use custodian_testkit::{RegisteredClient, SmtpServer, eventually, eventually_explained};
 use reqwest::StatusCode;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
@@ -242,10 +242,10 @@ async fn an_incident_service_killed_after_each_step_resumes_without_doubling_any
     let mut crashes = 0;
     let mut seen_done = 0;
     loop {
-        let (view, done) = eventually("another step to finish", Duration::from_secs(30), || async {
-            let view = incident(&stack, &id).await?;
+        let (view, done) = eventually_explained("another step to finish", Duration::from_secs(30), || async {
+            let view = incident(&stack, &id).await.ok_or_else(|| "no answer from the incident service".to_owned())?;
             let done = view.steps.iter().filter(|s| s.state == "done").count();
-            (done > seen_done).then_some((view, done))
+            if done > seen_done { Ok((view, done)) } else { Err(format!("after {crashes} crash(es): {view:?}")) }
         })
         .await;
         stack.crash_incident().await;

@@ -44,6 +44,27 @@ where
     }
 }
 
+/// Like [`eventually`], for a wait whose failure needs the state it last saw to be understood:
+/// `check` returns what it saw when not yet satisfied, and the panic quotes the latest.
+pub async fn eventually_explained<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let seen = match check().await {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}; last seen: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// Runs `cmd` in the background under a watchdog that kills it when this process exits
 /// (checked through /proc: `kill -0` fails across users when the server runs as postgres).
 /// Returns the watchdog child (its stdout/stderr are the command's).
