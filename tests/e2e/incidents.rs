@@ -242,10 +242,20 @@ async fn an_incident_service_killed_after_each_step_resumes_without_doubling_any
     let mut crashes = 0;
     let mut seen_done = 0;
     loop {
+        let waiting = std::time::Instant::now();
         let (view, done) = eventually_explained("another step to finish", Duration::from_secs(30), || async {
             let view = incident(&stack, &id).await.ok_or_else(|| "no answer from the incident service".to_owned())?;
             let done = view.steps.iter().filter(|s| s.state == "done").count();
-            if done > seen_done { Ok((view, done)) } else { Err(format!("after {crashes} crash(es): {view:?}")) }
+            if done > seen_done {
+                return Ok((view, done));
+            }
+            // Only a wait about to time out is worth a look at the database.
+            let database = if waiting.elapsed() > Duration::from_secs(25) {
+                stack.database_activity().await
+            } else {
+                String::new()
+            };
+            Err(format!("after {crashes} crash(es): {view:?}; database: {database}"))
         })
         .await;
         stack.crash_incident().await;

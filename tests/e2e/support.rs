@@ -444,6 +444,34 @@ impl Stack {
         count_on(self.bus.jetstream(), subject).await
     }
 
+    /// What this test's PostgreSQL sessions are doing (state, what they wait for, their last
+    /// statement's start), to explain a wait that timed out; empty on SQLite.
+    pub async fn database_activity(&self) -> String {
+        use sea_orm::{ConnectionTrait, DbBackend, Statement};
+        if self.store.db().get_database_backend() != DbBackend::Postgres {
+            return String::new();
+        }
+        let sql = "SELECT pid, state, coalesce(wait_event_type || ':' || wait_event, '-') AS waiting, \
+                   coalesce(extract(epoch FROM now() - xact_start)::int, -1) AS xact_secs, left(query, 80) AS query \
+                   FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                   AND state <> 'idle' ORDER BY xact_start";
+        match self.store.db().query_all_raw(Statement::from_string(DbBackend::Postgres, sql)).await {
+            Ok(rows) => rows
+                .iter()
+                .map(|r| {
+                    let pid: i32 = r.try_get("", "pid").unwrap_or_default();
+                    let state: String = r.try_get("", "state").unwrap_or_default();
+                    let waiting: String = r.try_get("", "waiting").unwrap_or_default();
+                    let secs: i32 = r.try_get("", "xact_secs").unwrap_or_default();
+                    let query: String = r.try_get("", "query").unwrap_or_default();
+                    format!("[{pid} {state} wait={waiting} xact={secs}s: {query}]")
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+            Err(e) => format!("pg_stat_activity unreadable: {e}"),
+        }
+    }
+
     /// How many messages the stream holds on `subject` once at least `expected` have arrived.
     /// Events written to an outbox reach the stream after the state change that wrote them
     /// commits, so a count read right after observing that state can be short; a count above
