@@ -693,3 +693,45 @@ async fn an_aborted_transaction_leaves_no_pooled_connection_inside_a_transaction
     }
     assert!(leaked.is_empty(), "connections left inside a transaction after aborts {leaked:?}");
 }
+
+/// An answer built from several queries (an incident and its steps, a receipt and its tokens)
+/// reads them in one snapshot: a commit landing between its statements is not half seen.
+#[tokio::test]
+async fn a_snapshot_read_sees_one_instant_across_its_statements() {
+    use custodian_store::sea_orm::{ConnectionTrait, DbBackend};
+    let stack = Stack::infrastructure().await;
+    let db = stack.store.db();
+    db.execute_unprepared("CREATE TABLE snapshot_probe (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)").await.unwrap();
+    db.execute_unprepared("INSERT INTO snapshot_probe (id, v) VALUES (1, 0), (2, 0)").await.unwrap();
+
+    let (first, second, snapshot) = straddle(&stack.store, stack.store.begin_snapshot().await.unwrap(), 1).await;
+    assert_eq!((first, second), (0, 0), "the second statement sees the first one's instant");
+    if stack.store.backend() == DbBackend::Postgres {
+        assert!(snapshot.execute_unprepared("UPDATE snapshot_probe SET v = 9").await.is_err(), "read-only");
+        // The control: PostgreSQL's default (READ COMMITTED) does show the commit half-way.
+        drop(snapshot);
+        let (first, second, _) = straddle(&stack.store, stack.store.begin().await.unwrap(), 2).await;
+        assert_eq!((first, second), (1, 2), "a plain transaction sees each statement's own instant");
+    }
+}
+
+/// Reads row 1 of the probe in `txn`, lets another connection commit `v = round` to both rows
+/// (as the step closing an incident does), then reads row 2 in `txn`.
+async fn straddle(
+    store: &custodian_store::Store,
+    txn: custodian_store::sea_orm::DatabaseTransaction,
+    round: i32,
+) -> (i32, i32, custodian_store::sea_orm::DatabaseTransaction) {
+    use custodian_store::sea_orm::{ConnectionTrait, Statement};
+    async fn probe(txn: &custodian_store::sea_orm::DatabaseTransaction, id: i32) -> i32 {
+        let sql = format!("SELECT v FROM snapshot_probe WHERE id = {id}");
+        let row = txn.query_one_raw(Statement::from_string(txn.get_database_backend(), sql)).await.unwrap().unwrap();
+        row.try_get::<i32>("", "v").unwrap()
+    }
+    let first = probe(&txn, 1).await;
+    let writer = store.begin_write().await.unwrap();
+    writer.execute_unprepared(&format!("UPDATE snapshot_probe SET v = {round}")).await.unwrap();
+    writer.commit().await.unwrap();
+    let second = probe(&txn, 2).await;
+    (first, second, txn)
+}

@@ -1,7 +1,7 @@
 //! Answers read-only questions about the ledger over NATS request/reply, so the gateway and
 //! the CLI never read this service's tables.
 
-use custodian_events::queries::{self, ConsentQuery, ConsentReply, IdleQuery, IdleReply};
+use custodian_events::queries::{self, ConsentQuery, ConsentReply, ConsentView, IdleQuery, IdleReply};
 use custodian_store::Store;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ pub async fn serve(
             }),
             _ => serde_json::to_vec(&match serde_json::from_slice::<ConsentQuery>(&request.payload) {
                 Err(e) => ConsentReply::Error(format!("invalid query: {e}")),
-                Ok(query) => match persistence::query(store.db(), &query).await {
+                Ok(query) => match answer_consents(&store, &query).await {
                     Ok(views) => ConsentReply::Consents(views),
                     Err(e) => unavailable(&e, ConsentReply::Error),
                 },
@@ -45,6 +45,19 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// With their histories, the consents and the history rows are read in one snapshot, so that
+/// a consent's state is the one its history ends in.
+async fn answer_consents(
+    store: &Store,
+    query: &ConsentQuery,
+) -> Result<Vec<ConsentView>, custodian_store::sea_orm::DbErr> {
+    if !query.with_history {
+        return persistence::query(store.db(), query).await;
+    }
+    let snapshot = store.begin_snapshot().await?;
+    persistence::query(&snapshot, query).await
 }
 
 async fn answer_idle(store: &Store, payload: &[u8]) -> IdleReply {

@@ -698,7 +698,12 @@ pub(crate) async fn view(incidents: &Incidents, query: Result<IncidentQuery, Str
         Ok(q) => q,
         Err(e) => return IncidentReply::Error(e),
     };
-    let db = incidents.store.db();
+    // One snapshot: the step that closes an incident commits both at once.
+    let db = match incidents.store.begin_snapshot().await {
+        Ok(txn) => txn,
+        Err(e) => return IncidentReply::Error(e.to_string()),
+    };
+    let db = &db;
     let incident = match incident::Entity::find_by_id(query.incident_id.clone()).one(db).await {
         Ok(Some(i)) => i,
         Ok(None) => return IncidentReply::NotFound,

@@ -14,7 +14,15 @@ pub(crate) async fn answer(vault: &Vault, query: Result<RevocationQuery, String>
     if query.revocation_id.is_none() && query.subject.is_none() && query.platform_id.is_none() {
         return RevocationReply::Error("give a revocation_id, or a subject and/or platform_id".into());
     }
-    match receipts(vault.store.db(), &query).await {
+    // One snapshot: a receipt's state and its tokens and views are read as of one instant.
+    let snapshot = match vault.store.begin_snapshot().await {
+        Ok(txn) => txn,
+        Err(e) => {
+            tracing::warn!(error = %e, "receipt query failed");
+            return RevocationReply::Error("the vault's database is unavailable".into());
+        }
+    };
+    match receipts(&snapshot, &query).await {
         Ok(list) => RevocationReply::Receipts(list),
         Err(e) => {
             tracing::warn!(error = %e, "receipt query failed");

@@ -116,6 +116,19 @@ impl Store {
         Ok(txn)
     }
 
+    /// Begins a read-only transaction whose statements all see one snapshot, for an answer built
+    /// from several queries. Without it PostgreSQL (READ COMMITTED) lets a commit land between
+    /// them: an incident read as open beside its steps read as all done. SQLite's read
+    /// transactions are snapshots already.
+    pub async fn begin_snapshot(&self) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
+        use sea_orm::ConnectionTrait;
+        let txn = begin(&self.db).await?;
+        if self.backend() == DbBackend::Postgres {
+            txn.execute_unprepared("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
+        }
+        Ok(txn)
+    }
+
     /// Begins a transaction (see [`begin`]).
     pub async fn begin(&self) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
         begin(&self.db).await
