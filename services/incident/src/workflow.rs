@@ -699,11 +699,11 @@ pub(crate) async fn view(incidents: &Incidents, query: Result<IncidentQuery, Str
         Err(e) => return IncidentReply::Error(e),
     };
     // One snapshot: the step that closes an incident commits both at once.
-    let db = match incidents.store.begin_snapshot().await {
+    let snapshot = match incidents.store.begin_snapshot().await {
         Ok(txn) => txn,
         Err(e) => return IncidentReply::Error(e.to_string()),
     };
-    let db = &db;
+    let db = &snapshot;
     let incident = match incident::Entity::find_by_id(query.incident_id.clone()).one(db).await {
         Ok(Some(i)) => i,
         Ok(None) => return IncidentReply::NotFound,

@@ -34,14 +34,11 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    eventually_explained(what, timeout, || {
+        let checked = check();
+        async move { checked.await.ok_or_else(String::new) }
+    })
+    .await
 }
 
 /// Like [`eventually`], for a wait whose failure needs the state it last saw to be understood:
@@ -57,10 +54,10 @@ where
             Ok(value) => return value,
             Err(seen) => seen,
         };
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}; last seen: {seen}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let seen = if seen.is_empty() { String::new() } else { format!("; last seen: {seen}") };
+            panic!("timed out after {timeout:?} waiting for: {what}{seen}");
+        }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
