@@ -444,11 +444,12 @@ impl Stack {
         count_on(self.bus.jetstream(), subject).await
     }
 
-    /// What this test's PostgreSQL sessions are doing (state, what they wait for, their last
-    /// statement's start), to explain a wait that timed out; empty on SQLite.
+    /// What this test's busy PostgreSQL sessions are doing (state, what they wait for, how long
+    /// their transaction has been open, their statement), to explain a wait that timed out;
+    /// empty on SQLite.
     pub async fn database_activity(&self) -> String {
         use sea_orm::{ConnectionTrait, DbBackend, Statement};
-        if self.store.db().get_database_backend() != DbBackend::Postgres {
+        if self.store.backend() != DbBackend::Postgres {
             return String::new();
         }
         let sql = "SELECT pid, state, coalesce(wait_event_type || ':' || wait_event, '-') AS waiting, \
