@@ -10,7 +10,7 @@ use custodian_events::queries::{self, ConsentQuery, IdleCursor, IdleQuery, IdleR
 use custodian_events::*;
 use custodian_store::entities::sweep;
 use custodian_store::sea_orm::EntityTrait;
-use custodian_testkit::eventually;
+use custodian_testkit::{eventually, eventually_explained};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -403,18 +403,33 @@ async fn a_replica_fenced_off_by_a_takeover_finishes_the_sweep_when_the_new_hold
     request_sweep(&stack, "sweep-lost", "tp-lost").await;
     let first = holder_mid_sweep(&stack, "sweep-lost").await;
     // The lease ages out under the holder (as if it stalled): the other replica takes it. Both
-    // contend once it is gone, and the holder may win it back; then it ages out again.
+    // contend once it is gone, and the holder may win it back; then it ages out again. Each
+    // round waits for the lease to be won before judging it (purging again while the row still
+    // names the old holder could take the lease from a replica that has just won it).
     let kv = stack.bus.jetstream().get_key_value(custodian_sweeper::lease::BUCKET).await.unwrap();
-    let second = eventually("the sweep taken over by the other replica", Duration::from_secs(30), || async {
-        let row = sweep_row(&stack, "sweep-lost").await?;
-        let holder = row.holder.filter(|h| *h != first);
-        if holder.is_none() {
-            kv.purge("sweep-lost").await.unwrap();
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut rounds = 0;
+    let second = loop {
+        assert!(rounds < 30, "the other replica never won the lease in {rounds} rounds");
+        rounds += 1;
+        kv.purge("sweep-lost").await.unwrap();
+        let winner = eventually_explained("a replica to win the lease", Duration::from_secs(10), || async {
+            match kv.get("sweep-lost").await.unwrap() {
+                Some(holder) => Ok(String::from_utf8(holder.to_vec()).unwrap()),
+                None => Err(format!("{:?}", sweep_row(&stack, "sweep-lost").await)),
+            }
+        })
+        .await;
+        if winner != first {
+            break winner;
         }
-        holder
+    };
+    eventually_explained("the winner to claim the sweep", Duration::from_secs(10), || async {
+        let row = sweep_row(&stack, "sweep-lost").await.ok_or("no row")?;
+        if row.holder.as_deref() == Some(second.as_str()) { Ok(()) } else { Err(format!("{row:?}")) }
     })
     .await;
+    let row = sweep_row(&stack, "sweep-lost").await.unwrap();
+    assert_eq!(row.state, "running", "taken over mid-sweep: {row:?}");
     stack.crash_sweeper(&second).await;
     let done = eventually("the fenced replica to finish it", Duration::from_secs(60), || async {
         let row = sweep_row(&stack, "sweep-lost").await?;
