@@ -103,13 +103,14 @@ async fn every_event_of_a_revocation_is_chained_once_in_stream_order() {
     let chain_ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
     assert_eq!(chain_ids, stream_ids, "the chain is the stream, in order, once each");
     let types: Vec<&str> = rows.iter().map(|r| r.subject.as_str()).collect();
+    let by_view = |subject: &str| subjects::by_view(subject, view.view_id()).expect("view-bound subject");
     for expected in [
         subjects::CONSENT_GRANTED,
-        subjects::SESSION_OPENED,
+        &by_view(subjects::SESSION_OPENED),
         subjects::CONSENT_REVOKED,
         subjects::CONSENT_ENDED,
         subjects::TOKEN_REVOKED,
-        subjects::SESSION_WIPED,
+        &by_view(subjects::SESSION_WIPED),
     ] {
         assert!(types.contains(&expected), "{expected} missing from the chain: {types:?}");
     }

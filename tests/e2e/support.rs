@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
+use custodian_bus::trust::{Identity, Service};
 use custodian_bus::{Bus, StreamSettings};
 use custodian_consent::{ConsentConfig, ConsentMetrics};
 use custodian_events::queries::ConsentView;
@@ -26,7 +27,9 @@ pub const RESPONDER_TOKEN: &str = "test-responder-token-0123456789";
 pub struct Stack {
     pub nats: NatsServer,
     pub store: Store,
+    /// The test's own connection (the harness user).
     pub bus: Bus,
+    service_buses: Vec<(Service, Bus)>,
     pub clock: SharedClock,
     pub gateway_url: String,
     pub http: reqwest::Client,
@@ -110,12 +113,22 @@ impl Stack {
         let url = custodian_testkit::test_database_url(dir.path());
         let store = Store::connect_and_migrate(&url, 8).await.expect("database");
         let bus = connect(&nats).await;
+        // What `custodian nats provision` does before the services start: they may not.
+        let sweeper_ttl = Duration::from_secs(test_sweeper_config().lease_ttl_secs);
+        custodian_bus::provision(&bus, sweeper_ttl).await.expect("provisioning");
+        let mut service_buses = Vec::new();
+        for service in Service::ALL {
+            let client = nats.connect(&Identity::Service(service), "custodian-test").await;
+            service_buses
+                .push((service, Bus::new(client, &StreamSettings::default()).await.expect("stream, as a service")));
+        }
         let provider = Provider::shared();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("http");
         Stack {
             nats,
             store,
             bus,
+            service_buses,
             clock: clock::system(),
             gateway_url: String::new(),
             http,
@@ -145,16 +158,12 @@ impl Stack {
 
     /// A consent service replica reporting to `metrics`, beside [`Stack::start_consent`]'s.
     pub fn spawn_consent(&self, metrics: ConsentMetrics) -> (CancellationToken, JoinHandle<()>) {
-        let deps = custodian_consent::Deps {
-            store: self.store.clone(),
-            bus: self.bus.clone(),
-            clock: self.clock.clone(),
-            metrics,
-        };
+        let (store, clock, bus) = (self.store.clone(), self.clock.clone(), self.service_bus(Service::Consent));
         let token = CancellationToken::new();
         let config = self.consent_config.clone();
         let run_token = token.clone();
         let handle = tokio::spawn(async move {
+            let deps = custodian_consent::Deps { store, bus, clock, metrics };
             if let Err(e) = custodian_consent::run(deps, config, run_token).await {
                 tracing::error!(error = %e, "consent service stopped with an error");
             }
@@ -169,16 +178,12 @@ impl Stack {
 
     /// Starts a sweeper replica named `replica`.
     pub fn start_sweeper(&mut self, replica: &str, config: custodian_sweeper::SweeperConfig) {
-        let deps = custodian_sweeper::Deps {
-            store: self.store.clone(),
-            bus: self.bus.clone(),
-            clock: self.clock.clone(),
-            metrics: Default::default(),
-            replica: replica.to_owned(),
-        };
+        let (store, clock, bus) = (self.store.clone(), self.clock.clone(), self.service_bus(Service::Sweeper));
+        let name = replica.to_owned();
         let token = CancellationToken::new();
         let run_token = token.clone();
         let handle = tokio::spawn(async move {
+            let deps = custodian_sweeper::Deps { store, bus, clock, metrics: Default::default(), replica: name };
             if let Err(e) = custodian_sweeper::run(deps, config, run_token).await {
                 tracing::error!(error = %e, "sweeper stopped with an error");
             }
@@ -196,14 +201,12 @@ impl Stack {
 
     /// Starts the vault with `config` (see [`test_vault_config`]).
     pub fn start_vault(&mut self, config: custodian_vault::VaultConfig) {
-        let deps = custodian_vault::Deps {
-            store: self.store.clone(),
-            bus: self.bus.clone(),
-            clock: self.clock.clone(),
-            keyring: self.keyring.clone(),
-            metrics: Default::default(),
-        };
-        self.vault = Some(spawn_service("vault", |token| custodian_vault::run(deps, config, token)));
+        let (store, clock, keyring, bus) =
+            (self.store.clone(), self.clock.clone(), self.keyring.clone(), self.service_bus(Service::Vault));
+        self.vault = Some(spawn_service("vault", |token| async move {
+            let deps = custodian_vault::Deps { store, bus, clock, keyring, metrics: Default::default() };
+            custodian_vault::run(deps, config, token).await
+        }));
     }
 
     /// Starts the audit service (identities sealed under the stack's key ring).
@@ -217,15 +220,17 @@ impl Stack {
         config: custodian_audit::AuditConfig,
         metrics: custodian_audit::AuditMetrics,
     ) -> (CancellationToken, JoinHandle<()>) {
-        let deps = custodian_audit::Deps {
-            store: self.store.clone(),
-            bus: self.bus.clone(),
-            clock: self.clock.clone(),
-            keyring: self.keyring.clone(),
-            signer: self.audit_signer.clone(),
-            metrics,
-        };
-        spawn_service("audit", |token| custodian_audit::run(deps, config, token))
+        let (store, clock, keyring, signer, bus) = (
+            self.store.clone(),
+            self.clock.clone(),
+            self.keyring.clone(),
+            self.audit_signer.clone(),
+            self.service_bus(Service::Audit),
+        );
+        spawn_service("audit", |token| async move {
+            let deps = custodian_audit::Deps { store, bus, clock, keyring, signer, metrics };
+            custodian_audit::run(deps, config, token).await
+        })
     }
 
     /// Ends the audit service as a crash would: whatever it had in hand is dropped unacked.
@@ -235,14 +240,12 @@ impl Stack {
 
     /// Starts the incident service (credentials sealed under the stack's key ring).
     pub fn start_incident(&mut self, config: custodian_incident::IncidentConfig) {
-        let deps = custodian_incident::Deps {
-            store: self.store.clone(),
-            bus: self.bus.clone(),
-            clock: self.clock.clone(),
-            keyring: self.keyring.clone(),
-            metrics: Default::default(),
-        };
-        self.incident = Some(spawn_service("incident", |token| custodian_incident::run(deps, config, token)));
+        let (store, clock, keyring, bus) =
+            (self.store.clone(), self.clock.clone(), self.keyring.clone(), self.service_bus(Service::Incident));
+        self.incident = Some(spawn_service("incident", |token| async move {
+            let deps = custodian_incident::Deps { store, bus, clock, keyring, metrics: Default::default() };
+            custodian_incident::run(deps, config, token).await
+        }));
     }
 
     /// Ends the incident service as a crash would.
@@ -257,7 +260,8 @@ impl Stack {
 
     /// A view (the SDK) on its own NATS connection, listening for wipes.
     pub async fn start_view(&mut self, view_id: &str) -> custodian_view_sdk::View {
-        let view = custodian_view_sdk::View::new(view_id, connect(&self.nats).await, self.clock.clone()).expect("view");
+        let view =
+            custodian_view_sdk::View::new(view_id, self.view_bus(view_id).await, self.clock.clone()).expect("view");
         self.run_view(&view);
         view
     }
@@ -390,16 +394,12 @@ impl Stack {
             ssf_transmitter: self.ssf_transmitter.clone(),
             ssf_receiver: self.ssf_receiver.clone(),
         };
-        let deps = custodian_gateway::Deps {
-            bus: self.bus.clone(),
-            store: Some(self.store.clone()),
-            clock: self.clock.clone(),
-            listener,
-            registry: Default::default(),
-        };
+        let (store, clock, bus) = (self.store.clone(), self.clock.clone(), self.service_bus(Service::Gateway));
         let token = CancellationToken::new();
         let run_token = token.clone();
         let handle = tokio::spawn(async move {
+            let deps =
+                custodian_gateway::Deps { bus, store: Some(store), clock, listener, registry: Default::default() };
             if let Err(e) = custodian_gateway::run(deps, config, run_token).await {
                 tracing::error!(error = %e, "gateway stopped with an error");
             }
@@ -512,9 +512,30 @@ impl Stack {
     }
 }
 
+/// The test's own connection (the harness user: it inspects the stream and plays whatever a
+/// test needs it to); it creates the stream.
 pub async fn connect(nats: &NatsServer) -> Bus {
-    let client = custodian_bus::connect(&nats.url(), "custodian-test").await.expect("nats");
-    Bus::new(client, &StreamSettings::default()).await.expect("stream")
+    Bus::new(nats.connect_harness().await, &StreamSettings::default()).await.expect("stream")
+}
+
+impl Stack {
+    /// `service`'s connection, as its own identity: nats-server holds it to what the
+    /// permission table allows. One per service for the whole test (its replicas and restarts
+    /// share it, as a crash of a task leaves the process's connection up).
+    pub fn service_bus(&self, service: Service) -> Bus {
+        self.service_buses
+            .iter()
+            .find(|(s, _)| *s == service)
+            .map(|(_, bus)| bus.clone())
+            .expect("every service has one")
+    }
+
+    /// A connection as view `view_id`'s identity (given one on the server first).
+    pub async fn view_bus(&mut self, view_id: &str) -> Bus {
+        self.nats.add_view(view_id);
+        let identity = Identity::view(view_id).expect("view id");
+        Bus::attach(self.nats.connect(&identity, "custodian-test-view").await)
+    }
 }
 
 pub async fn count_on(js: &jetstream::Context, subject: &str) -> u64 {

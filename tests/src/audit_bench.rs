@@ -250,7 +250,7 @@ pub fn list(values: &[f64]) -> String {
 /// the audit service started to drain the backlog; checks the chain, then times `verify`.
 async fn ours(events: &[LifecycleEvent]) -> Measured {
     let n = events.len();
-    let nats = NatsServer::start();
+    let nats = NatsServer::start_plain();
     let client = custodian_bus::connect(&nats.url(), "bench").await.unwrap();
     let bus = Bus::new(client, &StreamSettings::default()).await.unwrap();
     let outgoing: Vec<Outgoing> = events

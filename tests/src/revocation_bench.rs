@@ -274,7 +274,7 @@ pub async fn run() {
     let n: usize = std::env::var("CUSTODIAN_BENCH_REVOCATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let n_op: usize = std::env::var("CUSTODIAN_BENCH_OP_REVOCATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     println!("custodian revocation bench: PostgreSQL, {VIEWS} views, 2 cores shared\n");
-    let nats = NatsServer::start();
+    let nats = NatsServer::start_plain();
     let provider = Provider::shared();
     let bench = setup(&nats, provider).await;
 
@@ -431,7 +431,7 @@ pub async fn run() {
 pub async fn run_incident() {
     use lettre::AsyncTransport;
     println!("custodian incident bench: PostgreSQL, {VIEWS} views, aiosmtpd, 2 cores shared\n");
-    let nats = NatsServer::start();
+    let nats = NatsServer::start_plain();
     let provider = Provider::shared();
     let bench = setup(&nats, provider).await;
     let smtp = custodian_testkit::SmtpServer::start();

@@ -205,9 +205,16 @@ pub async fn run(deps: Deps, config: AuditConfig, shutdown: CancellationToken) -
     let (bus, clock, token) = (deps.bus.clone(), audit.clock.clone(), shutdown.clone());
     tasks.spawn("audit-chain", async move { custodian_bus::run_consumer(&bus, spec, handler, clock, token).await });
     tasks.spawn("audit-checkpoints", periodic_checkpoints(audit.clone(), shutdown.clone()));
-    tasks.respond("audit-privacy-log", deps.bus.client(), PRIVACY_LOG, SERVICE, audit.clone(), |a, q| async move {
-        privacy_log(&a, q).await
-    });
+    // `custodian.query.privacy_log.<identity>`: nats-server lets each identity ask only on
+    // its own name, so the read is recorded with who really asked.
+    tasks.respond_bound(
+        "audit-privacy-log",
+        deps.bus.client(),
+        format!("{PRIVACY_LOG}.*"),
+        SERVICE,
+        audit.clone(),
+        |a, identity, q| async move { privacy_log(&a, &identity, q).await },
+    );
     tasks.wait().await
 }
 
@@ -239,7 +246,7 @@ async fn checkpoint_now(audit: &Audit) -> Result<(), AuditError> {
     Ok(())
 }
 
-async fn privacy_log(audit: &Audit, query: Result<PrivacyLogQuery, String>) -> PrivacyLogReply {
+async fn privacy_log(audit: &Audit, identity: &str, query: Result<PrivacyLogQuery, String>) -> PrivacyLogReply {
     let query = match query {
         Ok(q) => q,
         Err(e) => return PrivacyLogReply::Error(e),
@@ -296,7 +303,7 @@ async fn privacy_log(audit: &Audit, query: Result<PrivacyLogQuery, String>) -> P
         });
     }
     audit.metrics.privacy_reads.inc();
-    tracing::info!(asked_by = %query.asked_by, entries = entries.len(), "privacy log read");
+    tracing::info!(nats_identity = %identity, on_behalf_of = %query.asked_by, entries = entries.len(), "privacy log read");
     let json = zeroize::Zeroizing::new(serde_json::to_vec(&entries).unwrap_or_default());
     match custodian_crypto::seal_to(&query.reply_key, &json) {
         Ok(sealed) => PrivacyLogReply::Sealed(sealed),

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use base64::Engine as _;
 use clap::Subcommand;
 use custodian_bus::Outgoing;
+use custodian_bus::trust::{Identity, Operator};
 use custodian_events::queries::{self, ConsentQuery, ConsentReply, ConsentView};
 use custodian_events::vault::{self, Receipt, RevocationQuery, RevocationReply};
 use custodian_events::{CloudEvent, ConsentRevokedV1, RevokeReason, subjects};
@@ -14,7 +15,11 @@ use custodian_store::{Store, clock::Clock as _};
 use secrecy::ExposeSecret;
 
 use crate::config::Config;
-use crate::services::connect_bus;
+use crate::services::{connect_bus, connect_client};
+
+/// Who the command line is on NATS: an operator; the privacy log is the DPO's.
+const OPS: Identity = Identity::Operator(Operator::Ops);
+const DPO: Identity = Identity::Operator(Operator::Dpo);
 
 #[derive(Debug, Subcommand)]
 pub enum ConsentsCommand {
@@ -103,7 +108,7 @@ pub enum CredentialsCommand {
 pub async fn credentials(config: &Config, cmd: CredentialsCommand) -> anyhow::Result<()> {
     match cmd {
         CredentialsCommand::Rotate { platform, wait } => {
-            let client = custodian_bus::connect(&config.nats_url, "custodian-cli").await?;
+            let client = connect_client(config, &OPS, "custodian-cli").await?;
             let request = custodian_events::incident::RotateRequest {
                 platform_id: platform,
                 requested_by: format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into())),
@@ -171,7 +176,7 @@ pub async fn incident(config: &Config, cmd: IncidentCommand) -> anyhow::Result<(
     match cmd {
         IncidentCommand::Report { kind, platform, summary, subject, issuer, reporter } => {
             let kind: custodian_events::IncidentKind = serde_json::from_value(serde_json::Value::String(kind))?;
-            let bus = connect_bus(config, "custodian-cli").await?;
+            let bus = connect_bus(config, &OPS, "custodian-cli").await?;
             let now = custodian_store::clock::SystemClock.now();
             let data = custodian_events::IncidentReportedV1 {
                 incident_id: format!("inc-{}", uuid::Uuid::new_v4()),
@@ -193,7 +198,7 @@ pub async fn incident(config: &Config, cmd: IncidentCommand) -> anyhow::Result<(
             );
         }
         IncidentCommand::Show { incident_id, json } => {
-            let client = custodian_bus::connect(&config.nats_url, "custodian-cli").await?;
+            let client = connect_client(config, &OPS, "custodian-cli").await?;
             let query = custodian_events::incident::IncidentQuery { incident_id: incident_id.clone() };
             let reply: custodian_events::incident::IncidentReply =
                 custodian_bus::query(&client, custodian_events::incident::INCIDENTS, &query, Duration::from_secs(10))
@@ -319,7 +324,7 @@ pub async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<()> {
             let store = Store::connect(config.database_url.expose_secret(), 2).await?;
             let report = custodian_audit::verify::verify(store.db(), &public_key, exported).await?;
             let completeness = if stream {
-                let bus = connect_bus(config, "custodian-cli").await?;
+                let bus = connect_bus(config, &OPS, "custodian-cli").await?;
                 Some(custodian_audit::completeness::check_stream(store.db(), &bus).await?)
             } else {
                 None
@@ -365,7 +370,7 @@ pub async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<()> {
             }
         }
         AuditCommand::PrivacyLog { platform, from, to, json } => {
-            let client = custodian_bus::connect(&config.nats_url, "custodian-cli").await?;
+            let client = connect_client(config, &DPO, "custodian-cli").await?;
             let key = custodian_crypto::ReplyKey::new();
             let query = custodian_events::audit::PrivacyLogQuery {
                 platform_id: platform,
@@ -375,9 +380,13 @@ pub async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<()> {
                 asked_by: format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into())),
                 reply_key: key.public_base64(),
             };
-            let reply: custodian_events::audit::PrivacyLogReply =
-                custodian_bus::query(&client, custodian_events::audit::PRIVACY_LOG, &query, Duration::from_secs(10))
-                    .await?;
+            let reply: custodian_events::audit::PrivacyLogReply = custodian_bus::query(
+                &client,
+                &format!("{}.{DPO}", custodian_events::audit::PRIVACY_LOG),
+                &query,
+                Duration::from_secs(10),
+            )
+            .await?;
             let entries: Vec<custodian_events::audit::PrivacyLogEntry> = match reply {
                 custodian_events::audit::PrivacyLogReply::Sealed(sealed) => {
                     serde_json::from_slice(&key.open(&sealed).map_err(|e| anyhow::anyhow!("{e}"))?)?
@@ -454,7 +463,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn ask(config: &Config, query: &ConsentQuery) -> anyhow::Result<Vec<ConsentView>> {
-    let client = custodian_bus::connect(&config.nats_url, "custodian-cli").await?;
+    let client = connect_client(config, &OPS, "custodian-cli").await?;
     match custodian_bus::query::<_, ConsentReply>(&client, queries::CONSENTS, query, Duration::from_secs(10)).await? {
         ConsentReply::Consents(views) => Ok(views),
         ConsentReply::Error(reason) => bail!("the consent service refused the query: {reason}"),
@@ -463,7 +472,7 @@ async fn ask(config: &Config, query: &ConsentQuery) -> anyhow::Result<Vec<Consen
 
 /// The vault's receipts for a consent (what its revocations did).
 async fn ask_receipts(config: &Config, view: &ConsentView) -> anyhow::Result<Vec<Receipt>> {
-    let client = custodian_bus::connect(&config.nats_url, "custodian-cli").await?;
+    let client = connect_client(config, &OPS, "custodian-cli").await?;
     let query = RevocationQuery {
         revocation_id: None,
         issuer: Some(view.issuer.clone()),
@@ -590,7 +599,7 @@ pub async fn consents(config: &Config, cmd: ConsentsCommand) -> anyhow::Result<(
             }
         }
         ConsentsCommand::Revoke { issuer, subject, platform, actor } => {
-            let bus = connect_bus(config, "custodian-cli").await?;
+            let bus = connect_bus(config, &OPS, "custodian-cli").await?;
             let data = ConsentRevokedV1 {
                 issuer,
                 subject,
@@ -618,7 +627,7 @@ pub async fn events(config: &Config, cmd: EventsCommand) -> anyhow::Result<()> {
             };
             let events =
                 crate::event_file::events_of(&bytes).with_context(|| format!("{} not published", file.display()))?;
-            let bus = connect_bus(config, "custodian-cli").await?;
+            let bus = connect_bus(config, &OPS, "custodian-cli").await?;
             if let [event] = events.as_slice() {
                 bus.publish(event).await?;
                 println!("published {} on {}", event.event_id, event.subject);
@@ -708,7 +717,7 @@ fn print_sweep(v: &queries::SweepView) {
 }
 
 pub async fn sweep(config: &Config, cmd: SweepCommand) -> anyhow::Result<()> {
-    let bus = connect_bus(config, "custodian-cli").await?;
+    let bus = connect_bus(config, &OPS, "custodian-cli").await?;
     match cmd {
         SweepCommand::Show { sweep_id } => {
             let Some(view) = sweep_view(bus.client(), &sweep_id).await? else { bail!("no sweep {sweep_id}") };
@@ -820,7 +829,7 @@ pub struct StatusArgs {
 pub async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<()> {
     use custodian_bus::status;
     let now = custodian_store::clock::SystemClock.now();
-    let bus = connect_bus(config, "custodian-cli").await.context("NATS")?;
+    let bus = connect_bus(config, &OPS, "custodian-cli").await.context("NATS")?;
     let bus_status = status::bus_status(&bus).await?;
     let store = Store::connect(config.database_url.expose_secret(), 2).await.context("database")?;
     let backlog = custodian_store::outbox::backlog(store.db()).await.context("database")?;

@@ -22,6 +22,8 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://.data/custodian.db";
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub nats_url: String,
+    /// TLS, client certificate and the folder of NATS credentials (`[nats]`).
+    pub nats: custodian_bus::NatsAccess,
     /// May carry a password: a secret, redacted in `Debug`.
     pub database_url: SecretString,
     pub database_max_connections: u32,
@@ -55,6 +57,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             nats_url: DEFAULT_NATS_URL.to_owned(),
+            nats: custodian_bus::NatsAccess::default(),
             database_url: SecretString::from(DEFAULT_DATABASE_URL),
             database_max_connections: 16,
             stream: StreamConfig::default(),
@@ -101,7 +104,8 @@ impl Config {
                 value.parse().unwrap_or_else(|_| figment::value::Value::from(value.clone()));
             figment = figment.merge(Serialized::global(&dotted, parsed));
         }
-        let config: Config = figment.extract().map_err(|e| anyhow::anyhow!(describe(e)))?;
+        let mut config: Config = figment.extract().map_err(|e| anyhow::anyhow!(describe(e)))?;
+        config.nats.url = config.nats_url.clone();
         config.validate()?;
         Ok(config)
     }
@@ -110,6 +114,7 @@ impl Config {
         if !["nats://", "tls://", "ws://", "wss://"].iter().any(|s| self.nats_url.starts_with(s)) {
             bail!("CUSTODIAN_NATS_URL / nats_url must be a nats:// or tls:// URL, got {:?}", self.nats_url);
         }
+        self.nats.check().map_err(|e| anyhow::anyhow!("CUSTODIAN_NATS_URL / nats_url: {e}"))?;
         let db = self.database_url.expose_secret();
         if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
             bail!("CUSTODIAN_DATABASE_URL / database_url must start with sqlite:// or postgres://");

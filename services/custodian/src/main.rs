@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod dossier;
 mod event_file;
+mod nats;
 mod services;
 
 use std::path::PathBuf;
@@ -70,6 +71,9 @@ enum Command {
     /// measures protecting its secret and the people's assertions, from the configuration
     /// and the database's live state. Never prints a secret.
     Dossier(commands::DossierArgs),
+    /// NATS identities, the server's rendered permissions, and provisioning.
+    #[command(subcommand)]
+    Nats(nats::NatsCommand),
     /// The stream, each service's consumer (who leads, what waits), unpublished outbox
     /// events, dead letters, and what needs an operator (`--check`: exit 1 then).
     Status(commands::StatusArgs),
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
             Command::Credentials(cmd) => commands::credentials(&config, cmd).await,
             Command::Dossier(args) => commands::dossier(&config, cli.config.as_deref(), args).await,
             Command::Status(args) => commands::status(&config, args).await,
+            Command::Nats(cmd) => nats::nats(&config, cmd).await,
         }
     });
     match result {

@@ -2,6 +2,7 @@
 //! wired to real connections and OS signals.
 
 use anyhow::Context;
+use custodian_bus::trust::{Identity, Service};
 use custodian_bus::{Bus, StreamSettings, Supervisor};
 use custodian_store::Store;
 use custodian_store::clock;
@@ -45,16 +46,35 @@ pub fn stream_settings(config: &Config) -> StreamSettings {
     }
 }
 
-pub async fn connect_bus(config: &Config, client_name: &str) -> anyhow::Result<Bus> {
-    let client = custodian_bus::connect(&config.nats_url, client_name).await?;
-    Ok(Bus::new(client, &stream_settings(config)).await?)
+/// A NATS connection as `identity` (its own credentials and inbox).
+pub async fn connect_client(
+    config: &Config,
+    identity: &Identity,
+    client_name: &str,
+) -> anyhow::Result<async_nats::Client> {
+    Ok(config.nats.connect(identity, client_name).await.with_context(|| format!("NATS as {identity}"))?)
+}
+
+/// [`connect_client`] with the stream opened (it must exist: `custodian nats provision`).
+pub async fn connect_bus(config: &Config, identity: &Identity, client_name: &str) -> anyhow::Result<Bus> {
+    let client = connect_client(config, identity, client_name).await?;
+    Bus::new(client, &stream_settings(config))
+        .await
+        .with_context(|| format!("the stream, as {identity} (provisioned? `custodian nats provision`)"))
+}
+
+fn service(s: custodian_bus::trust::Service) -> Identity {
+    Identity::Service(s)
 }
 
 async fn run_services(config: Config, which: &[ServiceName]) -> anyhow::Result<()> {
     let store = Store::connect_and_migrate(config.database_url.expose_secret(), config.database_max_connections)
         .await
         .context("database")?;
-    let bus = connect_bus(&config, "custodian").await.context("NATS")?;
+    // Every service on its own connection, as its own identity: nats-server holds each to
+    // what the permission table lets it do, also when they share this process.
+    let config_ref = &config;
+    let bus_of = move |s: Service| async move { connect_bus(config_ref, &service(s), "custodian").await };
     let clock = clock::system();
     let shutdown = CancellationToken::new();
     let mut registry = Registry::default();
@@ -64,15 +84,16 @@ async fn run_services(config: Config, which: &[ServiceName]) -> anyhow::Result<(
     if which.contains(&ServiceName::Consent) {
         let metrics = custodian_consent::ConsentMetrics::default();
         metrics.register(&mut registry);
-        let deps = custodian_consent::Deps { store: store.clone(), bus: bus.clone(), clock: clock.clone(), metrics };
+        let bus = bus_of(Service::Consent).await?;
+        let deps = custodian_consent::Deps { store: store.clone(), bus, clock: clock.clone(), metrics };
         tasks.spawn("consent", custodian_consent::run(deps, config.consent.clone(), shutdown.clone()));
     }
     if which.contains(&ServiceName::Sweeper) {
         let metrics = custodian_sweeper::SweeperMetrics::default();
         metrics.register(&mut registry);
         let replica = config.replica.clone().unwrap_or_else(default_replica);
-        let deps =
-            custodian_sweeper::Deps { store: store.clone(), bus: bus.clone(), clock: clock.clone(), metrics, replica };
+        let bus = bus_of(Service::Sweeper).await?;
+        let deps = custodian_sweeper::Deps { store: store.clone(), bus, clock: clock.clone(), metrics, replica };
         tasks.spawn("sweeper", custodian_sweeper::run(deps, config.sweeper.clone(), shutdown.clone()));
     }
     if which.contains(&ServiceName::Vault) {
@@ -82,8 +103,8 @@ async fn run_services(config: Config, which: &[ServiceName]) -> anyhow::Result<(
         let keyring = custodian_crypto::KeyRing::from_config(ring).context("vault.keyring")?;
         let metrics = custodian_vault::VaultMetrics::default();
         metrics.register(&mut registry);
-        let deps =
-            custodian_vault::Deps { store: store.clone(), bus: bus.clone(), clock: clock.clone(), keyring, metrics };
+        let bus = bus_of(Service::Vault).await?;
+        let deps = custodian_vault::Deps { store: store.clone(), bus, clock: clock.clone(), keyring, metrics };
         tasks.spawn("vault", custodian_vault::run(deps, config.vault.clone(), shutdown.clone()));
     }
     if which.contains(&ServiceName::Audit) {
@@ -102,7 +123,7 @@ async fn run_services(config: Config, which: &[ServiceName]) -> anyhow::Result<(
         metrics.register(&mut registry);
         let deps = custodian_audit::Deps {
             store: store.clone(),
-            bus: bus.clone(),
+            bus: bus_of(Service::Audit).await?,
             clock: clock.clone(),
             keyring,
             signer,
@@ -117,15 +138,16 @@ async fn run_services(config: Config, which: &[ServiceName]) -> anyhow::Result<(
         let keyring = custodian_crypto::KeyRing::from_config(ring).context("incident.keyring")?;
         let metrics = custodian_incident::IncidentMetrics::default();
         metrics.register(&mut registry);
-        let deps =
-            custodian_incident::Deps { store: store.clone(), bus: bus.clone(), clock: clock.clone(), keyring, metrics };
+        let bus = bus_of(Service::Incident).await?;
+        let deps = custodian_incident::Deps { store: store.clone(), bus, clock: clock.clone(), keyring, metrics };
         tasks.spawn("incident", custodian_incident::run(deps, config.incident.clone(), shutdown.clone()));
     }
     if which.contains(&ServiceName::DemoView) {
         let listener = tokio::net::TcpListener::bind(config.demo_view.listen)
             .await
             .with_context(|| format!("cannot listen on {} (CUSTODIAN_DEMO_VIEW__LISTEN)", config.demo_view.listen))?;
-        let view_bus = connect_bus(&config, "custodian-demo-view").await.context("NATS")?;
+        let view = Identity::view(&config.demo_view.view_id).context("demo_view.view_id")?;
+        let view_bus = Bus::attach(connect_client(&config, &view, "custodian-demo-view").await?);
         let deps = custodian_demo_view::Deps { bus: view_bus, clock: clock.clone(), listener };
         tasks.spawn("demo-view", custodian_demo_view::run(deps, config.demo_view.clone(), shutdown.clone()));
     }
@@ -134,7 +156,7 @@ async fn run_services(config: Config, which: &[ServiceName]) -> anyhow::Result<(
             .await
             .with_context(|| format!("cannot listen on {} (CUSTODIAN_GATEWAY__LISTEN)", config.gateway.listen))?;
         let deps = custodian_gateway::Deps {
-            bus: bus.clone(),
+            bus: bus_of(Service::Gateway).await?,
             store: Some(store.clone()),
             clock: clock.clone(),
             listener,
@@ -142,7 +164,7 @@ async fn run_services(config: Config, which: &[ServiceName]) -> anyhow::Result<(
         };
         tasks.spawn("gateway", custodian_gateway::run(deps, config.gateway.clone(), shutdown.clone()));
     }
-    tracing::info!(services = ?which, nats = %config.nats_url, "custodian running; Ctrl-C to stop");
+    tracing::info!(services = ?which, nats = %custodian_bus::redact(&config.nats_url), "custodian running; Ctrl-C to stop");
     tasks.wait().await?;
     Ok(())
 }

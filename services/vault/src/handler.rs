@@ -496,6 +496,10 @@ async fn sessions_wiped(
                 "wipe {} was sent to view {}, not {}",
                 wipe.wipe_id, wipe.view_id, data.view_id
             ))),
+            Some(wipe) if !names_only_its_sessions(wipe, &data.session_ids) => Err(VaultError::Invalid(format!(
+                "the ack of wipe {} names sessions that wipe did not ask view {} to wipe",
+                wipe.wipe_id, wipe.view_id
+            ))),
             Some(wipe) => {
                 if wipe.state != "acked" {
                     to_ack.insert(wipe.wipe_id.as_str());
@@ -530,6 +534,14 @@ async fn sessions_wiped(
             .await?;
     }
     Ok(results)
+}
+
+/// Does an ack name only sessions of the wipe it acknowledges? A view acks what it was told
+/// to wipe; anything else would mark another view's (or person's) session wiped.
+fn names_only_its_sessions(wipe: &pending_wipe::Model, acked: &[String]) -> bool {
+    let asked: HashSet<String> =
+        serde_json::from_str::<Vec<String>>(&wipe.session_ids).unwrap_or_default().into_iter().collect();
+    acked.iter().all(|s| asked.contains(s))
 }
 
 /// The OP ended the person's session (back-channel logout, CAEP): tokens revoked and views

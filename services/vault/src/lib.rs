@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use custodian_bus::{Bus, ConsumerSpec, OutboxRelay, Supervisor, SupervisorError};
 use custodian_crypto::KeyRing;
-use custodian_events::{subjects, vault};
+use custodian_events::vault;
 use custodian_oidc::ClientSettings;
 use custodian_store::Store;
 use custodian_store::clock::SharedClock;
@@ -161,19 +161,7 @@ pub async fn run(deps: Deps, config: VaultConfig, shutdown: CancellationToken) -
     let mut tasks = Supervisor::new(shutdown.clone());
     tasks.spawn("vault-relay", relay.run(shutdown.clone()));
 
-    let mut spec = ConsumerSpec::new(
-        SERVICE,
-        "lifecycle",
-        &[
-            subjects::CONSENT_ENDED,
-            subjects::SESSION_OPENED,
-            subjects::SESSION_CLOSED,
-            subjects::SESSION_WIPED,
-            subjects::INCIDENT_CONTAIN,
-            subjects::CREDENTIAL_ROTATED,
-            subjects::SESSION_REVOKE,
-        ],
-    );
+    let mut spec = ConsumerSpec::new(SERVICE, "lifecycle", custodian_bus::trust::VAULT_LIFECYCLE_SUBJECTS);
     spec.batch = vault.config.batch.max(1);
     spec.max_deliver = vault.config.max_deliver.max(1);
     spec.ack_wait = Duration::from_secs(vault.config.ack_wait_secs.max(1));
@@ -199,16 +187,23 @@ pub async fn run(deps: Deps, config: VaultConfig, shutdown: CancellationToken) -
     tasks.respond("vault-logout", &client, vault::LOGOUT, SERVICE, vault.clone(), |v, q| async move {
         login::logout(&v, q).await
     });
-    tasks.respond("vault-token", &client, vault::TOKEN, SERVICE, vault.clone(), |v, q| async move {
-        tokens::hand_out(&v, q).await
-    });
-    tasks.respond(
-        "vault-hok",
+    // `custodian.vault.token.<view_id>` (and `.hok.<view_id>`): a view may ask only under its
+    // own id (nats-server's permissions), so the vault knows which view it hands a token to.
+    tasks.respond_bound(
+        "vault-token",
         &client,
-        vault::HOK,
+        format!("{}.*", vault::TOKEN),
         SERVICE,
         vault.clone(),
-        |v, q| async move { tokens::hok(&v, q).await },
+        |v, view_id, q| async move { tokens::hand_out(&v, &view_id, q).await },
+    );
+    tasks.respond_bound(
+        "vault-hok",
+        &client,
+        format!("{}.*", vault::HOK),
+        SERVICE,
+        vault.clone(),
+        |v, view_id, q| async move { tokens::hok(&v, &view_id, q).await },
     );
     tasks.respond(
         "vault-containment",

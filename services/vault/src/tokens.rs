@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::assertions::{self, TokenBundle};
 use crate::{SERVICE, SOURCE, Vault, VaultError};
 
-pub(crate) async fn hand_out(vault: &Vault, request: Result<TokenRequest, String>) -> TokenReply {
+pub(crate) async fn hand_out(vault: &Vault, view_id: &str, request: Result<TokenRequest, String>) -> TokenReply {
     let request = match request {
         Ok(r) => r,
         Err(e) => return TokenReply::Error(e),
@@ -25,7 +25,7 @@ pub(crate) async fn hand_out(vault: &Vault, request: Result<TokenRequest, String
     match token_for(vault, &request).await {
         Ok(reply) => reply,
         Err(e) => {
-            tracing::warn!(platform_id = %request.platform_id, error = %e, "no token handed out");
+            tracing::warn!(%view_id, platform_id = %request.platform_id, error = %e, "no token handed out");
             TokenReply::Error(e.to_string())
         }
     }
@@ -100,7 +100,7 @@ async fn token_for(vault: &Vault, request: &TokenRequest) -> Result<TokenReply, 
     Ok(TokenReply::Token { sealed_access_token: sealed, expires_at, acr: row.acr, issuer: row.issuer })
 }
 
-pub(crate) async fn hok(vault: &Vault, request: Result<HokRequest, String>) -> HokReply {
+pub(crate) async fn hok(vault: &Vault, view_id: &str, request: Result<HokRequest, String>) -> HokReply {
     let request = match request {
         Ok(r) => r,
         Err(e) => return HokReply::Error(e),
@@ -108,7 +108,7 @@ pub(crate) async fn hok(vault: &Vault, request: Result<HokRequest, String>) -> H
     match exchange(vault, &request).await {
         Ok(reply) => reply,
         Err(e) => {
-            tracing::warn!(platform_id = %request.platform_id, error = %e, "no holder-of-key token handed out");
+            tracing::warn!(%view_id, platform_id = %request.platform_id, error = %e, "no holder-of-key token handed out");
             HokReply::Error(e.to_string())
         }
     }

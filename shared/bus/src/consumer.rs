@@ -194,9 +194,10 @@ fn set_leading(spec: &ConsumerSpec, leading: bool) {
     }
 }
 
-/// The durable of one leadership term of `base`.
+/// The durable of one leadership term of `base`: one of a bounded set of slots, so that
+/// nats-server's permissions can name each (see [`crate::trust::TERM_SLOTS`]).
 fn term_durable(base: &str, term: u64) -> String {
-    format!("{base}-t{term}")
+    format!("{base}-t{}", term % crate::trust::TERM_SLOTS)
 }
 
 /// The durable's name without its leadership term (`consent-ledger-t42` → `consent-ledger`).
@@ -286,10 +287,22 @@ async fn take_over(bus: &Bus, base: &str, term_spec: &ConsumerSpec) -> Result<()
     Ok(())
 }
 
+fn is_not_found(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
+    matches!(e.kind(), async_nats::jetstream::stream::ConsumerErrorKind::JetStream(js)
+        if js.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND)
+}
+
 fn consumer_config(spec: &ConsumerSpec) -> pull::Config {
+    // One filter goes in `filter_subject`: the create request's subject then carries it, and
+    // nats-server's permissions pin the durable to it.
+    let (filter_subject, filter_subjects) = match spec.filter_subjects.as_slice() {
+        [one] => (one.clone(), Vec::new()),
+        many => (String::new(), many.to_vec()),
+    };
     pull::Config {
         durable_name: Some(spec.durable.clone()),
-        filter_subjects: spec.filter_subjects.clone(),
+        filter_subject,
+        filter_subjects,
         ack_policy: ack_policy(spec),
         max_deliver: spec.max_deliver,
         ack_wait: spec.ack_wait,
@@ -340,11 +353,16 @@ async fn open_with_retry(
 async fn open(bus: &Bus, spec: &ConsumerSpec, config: &pull::Config) -> Result<Opened, BusError> {
     let consumer_error =
         |e: &dyn std::fmt::Display| BusError::Consumer { durable: spec.durable.clone(), reason: e.to_string() };
-    let stream = bus.jetstream().get_stream(subjects::STREAM).await.map_err(|e| consumer_error(&e))?;
-    let mut consumer = stream
-        .get_or_create_consumer::<pull::Config>(&spec.durable, config.clone())
-        .await
-        .map_err(|e| consumer_error(&e))?;
+    // Opened by name on the stream, without reading the stream's information: a view's
+    // identity may only touch its own consumer.
+    let js = bus.jetstream();
+    let mut consumer = match js.get_consumer_from_stream::<pull::Config, _, _>(&spec.durable, subjects::STREAM).await {
+        Ok(consumer) => consumer,
+        Err(e) if is_not_found(&e) => {
+            js.create_consumer_on_stream(config.clone(), subjects::STREAM).await.map_err(|e| consumer_error(&e))?
+        }
+        Err(e) => return Err(consumer_error(&e)),
+    };
     let existing = consumer.cached_info().clone();
     let replace_because = if existing.config.ack_policy != config.ack_policy {
         // The ack policy of a durable cannot be updated.
@@ -365,12 +383,12 @@ async fn open(bus: &Bus, spec: &ConsumerSpec, config: &pull::Config) -> Result<O
         // flight comes again).
         let start_sequence = existing.ack_floor.stream_sequence + 1;
         tracing::info!(durable = %spec.durable, start_sequence, reason, "replacing the durable consumer");
-        stream.delete_consumer(&spec.durable).await.map_err(|e| consumer_error(&e))?;
+        js.delete_consumer_from_stream(&spec.durable, subjects::STREAM).await.map_err(|e| consumer_error(&e))?;
         let replacement = pull::Config {
             deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence },
             ..config.clone()
         };
-        consumer = stream.create_consumer(replacement).await.map_err(|e| consumer_error(&e))?;
+        consumer = js.create_consumer_on_stream(replacement, subjects::STREAM).await.map_err(|e| consumer_error(&e))?;
         last_delivery = 0;
     }
     let messages = consumer

@@ -12,6 +12,7 @@ mod publish;
 mod relay;
 pub mod status;
 mod supervisor;
+pub mod trust;
 
 use std::time::Duration;
 
@@ -42,6 +43,17 @@ pub enum BusError {
     InvalidSubjectToken(String),
     #[error("database error in the outbox relay: {0}")]
     Db(#[from] sea_orm::DbErr),
+    #[error(
+        "refusing plain-text NATS to {url}: use tls:// (or nats.ca_file), or set nats.allow_plaintext for a network you trust"
+    )]
+    Plaintext { url: String },
+    #[error("cannot read the NATS credentials of {identity} from {path}: {source}")]
+    Credentials {
+        identity: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How the `LIFECYCLE` stream is created (if missing).
@@ -61,15 +73,119 @@ impl Default for StreamSettings {
     }
 }
 
-/// Connects to NATS with a client name (shows up in the server's connection list).
+/// How to reach NATS: the server, the CA that signed its certificate, this process's client
+/// certificate (mTLS), and where each identity's nkey seed lives (`<dir>/<identity>.nk`).
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsAccess {
+    /// The server (`nats_url` in Custodian's configuration).
+    #[serde(skip)]
+    pub url: String,
+    /// The CA of the server's certificate; set, the connection must be TLS.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and its key, for a server that verifies clients (mTLS).
+    pub client_cert_file: Option<std::path::PathBuf>,
+    pub client_key_file: Option<std::path::PathBuf>,
+    /// A folder with one nkey seed per identity (`vault.nk`, `view-demo.nk`, …), as
+    /// `custodian nats identity new` writes them. Unset: connect without credentials.
+    pub credentials_dir: Option<std::path::PathBuf>,
+    /// Allow plain-text NATS to a host other than loopback (a network you trust).
+    pub allow_plaintext: bool,
+}
+
+impl Default for NatsAccess {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            credentials_dir: None,
+            allow_plaintext: false,
+        }
+    }
+}
+
+impl NatsAccess {
+    /// Would this connection go over TLS?
+    pub fn is_tls(&self) -> bool {
+        self.url.starts_with("tls://") || self.url.starts_with("wss://") || self.ca_file.is_some()
+    }
+
+    /// Refuses plain text to anything but loopback unless explicitly allowed.
+    pub fn check(&self) -> Result<(), BusError> {
+        if self.is_tls() || self.allow_plaintext || self.url.split(',').all(is_loopback_url) {
+            Ok(())
+        } else {
+            Err(BusError::Plaintext { url: redact(&self.url) })
+        }
+    }
+
+    /// The credential file of `identity`, if a folder is configured.
+    pub fn seed_file(&self, identity: &trust::Identity) -> Option<std::path::PathBuf> {
+        self.credentials_dir.as_ref().map(|dir| dir.join(format!("{}.nk", identity.name())))
+    }
+
+    /// Connects as `identity` (its nkey, its private inbox prefix), named `client_name` in
+    /// the server's connection list.
+    pub async fn connect(&self, identity: &trust::Identity, client_name: &str) -> Result<async_nats::Client, BusError> {
+        self.check()?;
+        install_crypto_provider();
+        let mut options = async_nats::ConnectOptions::new()
+            .name(client_name)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .custom_inbox_prefix(identity.inbox_prefix());
+        if let Some(path) = self.seed_file(identity) {
+            let seed = std::fs::read_to_string(&path).map_err(|source| BusError::Credentials {
+                identity: identity.name(),
+                path: path.display().to_string(),
+                source,
+            })?;
+            options = options.nkey(seed.trim().to_owned());
+        }
+        if self.is_tls() {
+            options = options.require_tls(true);
+        }
+        if let Some(ca) = &self.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert_file, &self.client_key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        options.connect(self.url.as_str()).await.map_err(|source| BusError::Connect { url: redact(&self.url), source })
+    }
+}
+
+/// rustls needs one process-wide crypto provider; more than one backend is linked in, so
+/// none is picked by default.
+pub fn install_crypto_provider() {
+    // Already installed (by an earlier connection, or the process) is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h).trim_matches(['[', ']']);
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A NATS URL without a user or password in it (fit for a log line).
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// Connects without credentials (a server that needs none: benchmarks on a bare server).
 pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client, BusError> {
-    async_nats::ConnectOptions::new()
-        .name(client_name)
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .map_err(|source| BusError::Connect { url: url.to_owned(), source })
+    let access = NatsAccess { url: url.to_owned(), allow_plaintext: true, ..NatsAccess::default() };
+    access.connect(&trust::Identity::Provisioner, client_name).await
 }
 
 /// The JetStream side of a NATS client, with the `LIFECYCLE` stream ensured.
@@ -123,6 +239,13 @@ impl Bus {
         Ok(Self { client, js, replicas: settings.replicas })
     }
 
+    /// Wraps `client` without touching the stream (a view: it may not read the stream's
+    /// information, only its own consumer).
+    pub fn attach(client: async_nats::Client) -> Self {
+        let js = jetstream::new(client.clone());
+        Self { client, js, replicas: 1 }
+    }
+
     pub fn client(&self) -> &async_nats::Client {
         &self.client
     }
@@ -170,6 +293,25 @@ impl Bus {
     }
 }
 
+/// What the provisioner creates before any service starts (`custodian nats provision`): the
+/// stream, and the KV buckets of the leases and of the signals' seen `jti`s. Services only
+/// open them: their identities may not create them. Idempotent; what exists is left as its
+/// operator configured it.
+pub async fn provision(bus: &Bus, sweeper_lease_ttl: Duration) -> Result<(), lease::LeaseError> {
+    let buckets = [
+        (trust::buckets::LEADERSHIP, lease::LEADERSHIP_TTL),
+        (trust::buckets::SWEEPER_LEASES, sweeper_lease_ttl),
+        (trust::buckets::GATEWAY_SEEN_JTI, SEEN_JTI_TTL),
+    ];
+    for (name, ttl) in buckets {
+        lease::bucket(bus.jetstream(), name, ttl, bus.replicas()).await?;
+    }
+    Ok(())
+}
+
+/// How long a signal's `jti` is remembered (replays refused).
+pub const SEEN_JTI_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 fn publish_error(out: &Outgoing, e: impl std::fmt::Display) -> BusError {
     BusError::Publish { event_id: out.event_id.clone(), subject: out.subject.clone(), reason: e.to_string() }
 }
@@ -192,16 +334,28 @@ pub async fn query<Q: serde::Serialize, R: serde::de::DeserializeOwned>(
     timeout: Duration,
 ) -> Result<R, QueryError> {
     let failed = |reason: String| QueryError::Failed { subject: subject.to_owned(), reason };
-    let body = serde_json::to_vec(question).map_err(|e| failed(e.to_string()))?;
-    let reply = tokio::time::timeout(timeout, client.request(subject.to_owned(), body.into()))
-        .await
-        .map_err(|_| QueryError::NoAnswer { subject: subject.to_owned(), timeout })?
-        .map_err(|e| match e.kind() {
-            async_nats::RequestErrorKind::NoResponders | async_nats::RequestErrorKind::TimedOut => {
-                QueryError::NoAnswer { subject: subject.to_owned(), timeout }
-            }
-            _ => failed(e.to_string()),
-        })?;
+    let body = bytes::Bytes::from(serde_json::to_vec(question).map_err(|e| failed(e.to_string()))?);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let no_answer = || QueryError::NoAnswer { subject: subject.to_owned(), timeout };
+    // "No responders" means nobody received it (a service starting or restarting): asking
+    // again is safe, until the deadline. A request that was received and not answered is not
+    // asked again here.
+    let reply = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, client.request(subject.to_owned(), body.clone())).await {
+            Err(_) => return Err(no_answer()),
+            Ok(Ok(reply)) => break reply,
+            Ok(Err(e)) => match e.kind() {
+                async_nats::RequestErrorKind::NoResponders if left > Duration::from_millis(50) => {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                async_nats::RequestErrorKind::NoResponders | async_nats::RequestErrorKind::TimedOut => {
+                    return Err(no_answer());
+                }
+                _ => return Err(failed(e.to_string())),
+            },
+        }
+    };
     serde_json::from_slice(&reply.payload).map_err(|e| failed(format!("unreadable answer: {e}")))
 }
 
@@ -231,6 +385,24 @@ where
     F: Fn(Result<Q, String>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = R> + Send + 'static,
 {
+    respond_bound(client, subject, queue, shutdown, move |_: String, q| handler(q)).await
+}
+
+/// [`respond`] on `subject` (ending in `.*`), handing `handler` the last token of each
+/// request's subject: the identity nats-server bound the asker to (a view id, an operator).
+pub async fn respond_bound<Q, R, F, Fut>(
+    client: async_nats::Client,
+    subject: &str,
+    queue: &str,
+    shutdown: tokio_util::sync::CancellationToken,
+    handler: F,
+) -> Result<(), async_nats::SubscribeError>
+where
+    Q: serde::de::DeserializeOwned + Send + 'static,
+    R: serde::Serialize + Send + 'static,
+    F: Fn(String, Result<Q, String>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = R> + Send + 'static,
+{
     let mut requests = client.queue_subscribe(subject.to_owned(), queue.to_owned()).await?;
     loop {
         let request = tokio::select! {
@@ -241,8 +413,9 @@ where
         let (client, handler) = (client.clone(), handler.clone());
         let subject = subject.to_owned();
         tokio::spawn(async move {
+            let bound = request.subject.rsplit('.').next().unwrap_or_default().to_owned();
             let question = serde_json::from_slice::<Q>(&request.payload).map_err(|e| format!("invalid request: {e}"));
-            let answer = handler(question).await;
+            let answer = handler(bound, question).await;
             let body = serde_json::to_vec(&answer).unwrap_or_default();
             if let Err(e) = client.publish(reply_to, body.into()).await {
                 tracing::warn!(%subject, error = %e, "reply not sent");

@@ -52,6 +52,29 @@ impl Supervisor {
         self.spawn(name, crate::respond(client.clone(), subject, queue, self.shutdown.clone(), answer));
     }
 
+    /// [`Supervisor::respond`] on a subject ending in `.*`: `handler` also gets the last token
+    /// of each request's subject, the identity nats-server bound the asker to.
+    pub fn respond_bound<S, Q, R, F, Fut>(
+        &mut self,
+        name: &str,
+        client: &async_nats::Client,
+        subject: String,
+        queue: &'static str,
+        state: std::sync::Arc<S>,
+        handler: F,
+    ) where
+        S: Send + Sync + 'static,
+        Q: serde::de::DeserializeOwned + Send + 'static,
+        R: serde::Serialize + Send + 'static,
+        F: Fn(std::sync::Arc<S>, String, Result<Q, String>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        let answer = move |bound: String, request: Result<Q, String>| handler(state.clone(), bound, request);
+        let shutdown = self.shutdown.clone();
+        let client = client.clone();
+        self.spawn(name, async move { crate::respond_bound(client, &subject, queue, shutdown, answer).await });
+    }
+
     /// Waits for every task. The first failure cancels the rest and is returned.
     pub async fn wait(mut self) -> Result<(), SupervisorError> {
         let mut first_error = None;

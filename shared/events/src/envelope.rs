@@ -118,6 +118,12 @@ macro_rules! lifecycle_events {
             /// Decode a structured-mode CloudEvent. With `subject`, the event type must be
             /// the one that subject carries; without, the subject is derived from the type.
             pub fn decode(subject: Option<&str>, bytes: &[u8]) -> Result<Self, DecodeError> {
+                let event = Self::decode_unbound(subject, bytes)?;
+                event.check_view_binding(subject)?;
+                Ok(event)
+            }
+
+            fn decode_unbound(subject: Option<&str>, bytes: &[u8]) -> Result<Self, DecodeError> {
                 let raw: RawEvent = serde_json::from_slice(bytes).map_err(DecodeError::Envelope)?;
                 raw.check_attributes()?;
                 let event_type = raw.event_type.clone();
@@ -189,12 +195,35 @@ lifecycle_events! {
 fn subject_matches(expected: &str, actual: &str) -> bool {
     if expected == subjects::SESSION_WIPE_PREFIX || expected == subjects::DEADLETTER_PREFIX {
         subjects::token_after(actual, expected).is_some()
+    } else if [subjects::SESSION_OPENED, subjects::SESSION_CLOSED, subjects::SESSION_WIPED].contains(&expected) {
+        // The v1 subject, or the one bound to the publishing view.
+        expected == actual || subjects::token_after(actual, expected).is_some()
     } else {
         expected == actual
     }
 }
 
 impl LifecycleEvent {
+    /// The view a session event speaks for.
+    pub fn view_id(&self) -> Option<&str> {
+        match self {
+            Self::SessionOpened(e) => Some(&e.data.view_id),
+            Self::SessionClosed(e) => Some(&e.data.view_id),
+            Self::SessionWiped(e) => Some(&e.data.view_id),
+            _ => None,
+        }
+    }
+
+    /// A session event on a view-bound subject must name that view.
+    fn check_view_binding(&self, subject: Option<&str>) -> Result<(), DecodeError> {
+        match (subject.and_then(subjects::view_of), self.view_id()) {
+            (Some(bound), Some(claimed)) if bound != claimed => {
+                Err(DecodeError::ViewMismatch { claimed: claimed.to_owned(), bound: bound.to_owned() })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The subject a publisher without one (e.g. `POST /v1/events`) sends this event on.
     /// `None` for routed commands, which need their routing token.
     pub fn fixed_subject(&self) -> Option<&'static str> {

@@ -14,6 +14,10 @@ pub enum DecodeError {
     UnknownType(String),
     #[error("event type {event_type:?} does not belong on subject {subject:?}")]
     SubjectMismatch { event_type: String, subject: String },
+    #[error(
+        "view {claimed:?} named in the event is not the view {bound:?} its subject binds (a view speaks only for itself)"
+    )]
+    ViewMismatch { claimed: String, bound: String },
     #[error("invalid data for {event_type}: {error}")]
     Data { event_type: String, error: serde_json::Error },
     #[error("invalid field {field}: {reason}")]

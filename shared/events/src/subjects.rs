@@ -14,6 +14,12 @@ pub const SESSION_CLOSED: &str = "lifecycle.session.closed";
 /// Prefix of `lifecycle.session.wipe.<view_id>`; see [`session_wipe`].
 pub const SESSION_WIPE_PREFIX: &str = "lifecycle.session.wipe";
 pub const SESSION_WIPED: &str = "lifecycle.session.wiped";
+/// A view publishes its session events on the v1 subject followed by its view id
+/// (`lifecycle.session.opened.<view_id>`), so that nats-server binds them to its identity;
+/// these match them all.
+pub const SESSION_OPENED_BY_VIEW: &str = "lifecycle.session.opened.*";
+pub const SESSION_CLOSED_BY_VIEW: &str = "lifecycle.session.closed.*";
+pub const SESSION_WIPED_BY_VIEW: &str = "lifecycle.session.wiped.*";
 pub const SESSION_REVOKE: &str = "lifecycle.session.revoke";
 pub const TOKEN_REVOKED: &str = "lifecycle.token.revoked";
 pub const TOKEN_HOK_USED: &str = "lifecycle.token.hok_used";
@@ -37,6 +43,17 @@ pub fn is_valid_token(token: &str) -> bool {
 /// `lifecycle.session.wipe.<view_id>`, or `None` when the view id is not a valid token.
 pub fn session_wipe(view_id: &str) -> Option<String> {
     is_valid_token(view_id).then(|| format!("{SESSION_WIPE_PREFIX}.{view_id}"))
+}
+
+/// `<subject>.<view_id>` for a view's own session event (`subject` one of the session
+/// subjects), or `None` when the view id is not a valid token.
+pub fn by_view(subject: &str, view_id: &str) -> Option<String> {
+    is_valid_token(view_id).then(|| format!("{subject}.{view_id}"))
+}
+
+/// The view id a view-bound session subject carries (`None` for the v1 subject).
+pub fn view_of(subject: &str) -> Option<&str> {
+    [SESSION_OPENED, SESSION_CLOSED, SESSION_WIPED].into_iter().find_map(|s| token_after(subject, s))
 }
 
 /// `lifecycle.deadletter.<service>`, or `None` when the service name is not a valid token.

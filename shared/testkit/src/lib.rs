@@ -13,7 +13,7 @@ mod postgres;
 mod provider;
 mod smtp;
 
-pub use nats::NatsServer;
+pub use nats::{HARNESS, NatsServer, TestCertificates, test_certificates};
 pub use postgres::{PgCluster, test_backend, test_database_url};
 pub use provider::{
     Provider, RegisteredClient, TEST_CLIENT_ID, TEST_CLIENT_SECRET, TEST_OP_KID, TEST_REDIRECT_URI, TokenSet,

@@ -97,6 +97,12 @@ impl View {
         &self.view_id
     }
 
+    /// `subject` bound to this view (`<subject>.<view_id>`): nats-server lets this view's
+    /// identity publish only there, and the vault takes the view id from it.
+    fn own(&self, subject: &str) -> String {
+        format!("{subject}.{}", self.view_id)
+    }
+
     pub fn store(&self) -> &MemoryStore {
         &self.store
     }
@@ -132,7 +138,7 @@ impl View {
             expires_at: token_expires_at,
         };
         let event = CloudEvent::new(&self.source, self.clock.now(), data);
-        self.bus.publish_event(subjects::SESSION_OPENED, &event).await?;
+        self.bus.publish_event(&self.own(subjects::SESSION_OPENED), &event).await?;
         self.store.open_session(session_id, token_expires_at);
         Ok(())
     }
@@ -142,7 +148,7 @@ impl View {
         self.store.wipe(&[session_id.to_owned()]);
         let data = SessionClosedV1 { session_id: session_id.to_owned(), view_id: self.view_id.clone() };
         let event = CloudEvent::new(&self.source, self.clock.now(), data);
-        self.bus.publish_event(subjects::SESSION_CLOSED, &event).await?;
+        self.bus.publish_event(&self.own(subjects::SESSION_CLOSED), &event).await?;
         Ok(())
     }
 
@@ -168,7 +174,8 @@ impl View {
         let reply: TokenReply = loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let attempt = left.min(Duration::from_secs(2));
-            match custodian_bus::query(self.bus.client(), custodian_events::vault::TOKEN, &request, attempt).await {
+            let subject = self.own(custodian_events::vault::TOKEN);
+            match custodian_bus::query(self.bus.client(), &subject, &request, attempt).await {
                 Ok(reply) => break reply,
                 Err(custodian_bus::QueryError::NoAnswer { .. }) if left > Duration::from_millis(100) => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -204,7 +211,7 @@ impl View {
             reply_key: key.public_base64(),
         };
         let reply: custodian_events::vault::HokReply =
-            custodian_bus::query(self.bus.client(), custodian_events::vault::HOK, &question, timeout)
+            custodian_bus::query(self.bus.client(), &self.own(custodian_events::vault::HOK), &question, timeout)
                 .await
                 .map_err(|e| ViewError::Vault(e.to_string()))?;
         match reply {
@@ -267,7 +274,7 @@ impl BatchHandler for WipeHandler {
             results.push(
                 self.view
                     .bus
-                    .publish_event(subjects::SESSION_WIPED, &event)
+                    .publish_event(&self.view.own(subjects::SESSION_WIPED), &event)
                     .await
                     .map_err(|e| HandlerError::Transient(e.to_string())),
             );

@@ -356,7 +356,7 @@ fn current_rss_kb() -> u64 {
 async fn sweep_bench(n: usize) {
     use custodian_store::sea_orm::{ConnectionTrait, DbBackend, Statement};
     println!("custodian sweep bench: {n} consents, 10% idle, 10 platforms, PostgreSQL\n");
-    let nats = NatsServer::start();
+    let nats = NatsServer::start_plain();
     let client = custodian_bus::connect(&nats.url(), "bench").await.unwrap();
     let bus = Bus::new(client, &StreamSettings::default()).await.unwrap();
     let url = PgCluster::shared().fresh_database();
@@ -543,7 +543,7 @@ async fn main() {
     let (mut consume_cpu, mut insert_cpu, mut apply_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         println!("-- round {round}");
-        let nats = NatsServer::start();
+        let nats = NatsServer::start_plain();
         let client = custodian_bus::connect(&nats.url(), "bench").await.unwrap();
         let bus = Bus::new(client, &StreamSettings::default()).await.unwrap();
 

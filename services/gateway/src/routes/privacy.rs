@@ -50,10 +50,12 @@ pub async fn read(
         reply_key: key.public_base64(),
     };
     let reply: PrivacyLogReply =
-        custodian_bus::query(state.bus.client(), PRIVACY_LOG, &query, Duration::from_secs(10)).await.map_err(|e| {
-            tracing::warn!(error = %e, "privacy log query failed");
-            Problem::unavailable("the audit service did not answer")
-        })?;
+        custodian_bus::query(state.bus.client(), &format!("{PRIVACY_LOG}.gateway"), &query, Duration::from_secs(10))
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "privacy log query failed");
+                Problem::unavailable("the audit service did not answer")
+            })?;
     match reply {
         PrivacyLogReply::Sealed(sealed) => {
             let plain =
