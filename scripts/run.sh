@@ -21,10 +21,19 @@ trap cleanup EXIT INT TERM
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# NATS as it is deployed: TLS with client certificates from a throwaway CA, an nkey per
+# service, view and operator (made once, kept in .data/nats-identities/), and the permissions
+# rendered from the table in code. Nobody connects without one of those keys.
+bash scripts/nats-tls.sh "$DATA/nats-tls"
+IDENTITIES="$DATA/nats-identities"
+target/debug/custodian nats identity new --all --dir "$IDENTITIES" >/dev/null
+[ -s "$IDENTITIES/view-demo.nk" ] || target/debug/custodian nats identity new --view demo --dir "$IDENTITIES" >/dev/null
+target/debug/custodian nats server-config --dir "$IDENTITIES" --tls-cert "$DATA/nats-tls/server.pem" \
+  --tls-key "$DATA/nats-tls/server.key" --tls-ca "$DATA/nats-tls/ca.pem" --verify-clients -o "$DATA/nats-server.conf"
 if port_open "$NATS_PORT"; then
-  echo "using the NATS server already on port $NATS_PORT"
+  echo "using the NATS server already on port $NATS_PORT (it must run $DATA/nats-server.conf)"
 else
-  nats-server -js -a 127.0.0.1 -p "$NATS_PORT" --store_dir "$DATA/nats" >"$DATA/nats.log" 2>&1 &
+  nats-server -c "$DATA/nats-server.conf" -js -a 127.0.0.1 -p "$NATS_PORT" --store_dir "$DATA/nats" >"$DATA/nats.log" 2>&1 &
   pids+=($!)
 fi
 
@@ -66,7 +75,13 @@ digest() { printf '%s' "$(cat "$1")" | sha256sum | cut -d' ' -f1; }
 cat >"$DATA/custodian.toml" <<TOML
 # Written by \`make run\`; edit custodian.toml at the top level for your own settings.
 database_url = "sqlite://$DATA/custodian.db"
-nats_url = "nats://127.0.0.1:${NATS_PORT}"
+nats_url = "tls://127.0.0.1:${NATS_PORT}"
+
+[nats]
+ca = "$DATA/nats-tls/ca.pem"
+client_cert = "$DATA/nats-tls/client.pem"
+client_key = "$DATA/nats-tls/client.key"
+credentials_dir = "$IDENTITIES"
 
 [gateway]
 listen = "127.0.0.1:${GATEWAY_PORT}"
@@ -133,13 +148,16 @@ chmod 600 "$DATA/custodian.toml"
 export CUSTODIAN_CONFIG="$DATA/custodian.toml"
 
 target/debug/custodian migrate >/dev/null
+for _ in $(seq 1 100); do port_open "$NATS_PORT" && break; sleep 0.1; done
+target/debug/custodian nats provision >/dev/null
 target/debug/custodian up &
 pids+=($!)
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:${GATEWAY_PORT}/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 
 cat <<TOUR
 
-  Custodian is up: gateway http://127.0.0.1:${GATEWAY_PORT}, NATS nats://127.0.0.1:${NATS_PORT},
+  Custodian is up: gateway http://127.0.0.1:${GATEWAY_PORT}, NATS tls://127.0.0.1:${NATS_PORT}
+  (client certificates and one nkey per identity: $IDENTITIES),
   OpenID provider ${ISSUER} (CA in $DATA/op/ca.pem), database $DATA/custodian.db,
   demo view http://127.0.0.1:${DEMO_VIEW_PORT}.
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NATS_PORT=14222 OP_PORT=19443 GATEWAY_PORT=18080 DEMO_VIEW_PORT=18081 SMTP_PORT=12525
-rm -rf .data/nats .data/custodian.db* .data/audit-checkpoints.jsonl .data/mail
+rm -rf .data/nats .data/nats-server.conf .data/custodian.db* .data/audit-checkpoints.jsonl .data/mail
 log=$(mktemp)
 bash scripts/run.sh >"$log" 2>&1 &
 run_pid=$!
@@ -49,7 +49,13 @@ for _ in $(seq 1 100); do
     target/debug/custodian status --check | tee /tmp/smoke-status
     grep -Eq "^consent-ledger +consent@" /tmp/smoke-status || { echo "smoke: status shows no ledger leader" >&2; exit 1; }
     grep -Eq "^audit-chain +audit@" /tmp/smoke-status || { echo "smoke: status shows no audit leader" >&2; exit 1; }
-    echo "smoke: 8 passed, 0 failed"
+    # NATS refuses a client without credentials, even with a valid client certificate.
+    if CUSTODIAN_NATS__CREDENTIALS_DIR=/nonexistent timeout 20 target/debug/custodian status >/tmp/smoke-anon 2>&1; then echo "smoke: NATS took a client without credentials" >&2; exit 1; fi
+    grep -q "cannot read the NATS credentials" /tmp/smoke-anon || { cat /tmp/smoke-anon; echo "smoke: no clear error without credentials" >&2; exit 1; }
+    printf 'nats_url = "tls://127.0.0.1:14222"\n[nats]\nca = ".data/nats-tls/ca.pem"\nclient_cert = ".data/nats-tls/client.pem"\nclient_key = ".data/nats-tls/client.key"\n' >/tmp/smoke-anon.toml
+    if timeout 20 target/debug/custodian --config /tmp/smoke-anon.toml status >/tmp/smoke-anon 2>&1; then echo "smoke: NATS took an anonymous client" >&2; exit 1; fi
+    grep -qi "authorization" /tmp/smoke-anon || { cat /tmp/smoke-anon; echo "smoke: the anonymous refusal does not say why" >&2; exit 1; }
+    echo "smoke: 9 passed, 0 failed"
     exit 0
   fi
   sleep 0.1

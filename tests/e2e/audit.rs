@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::support::{DPO_TOKEN, OPS_TOKEN, Stack, test_vault_config, unique};
 
-fn audit_config(checkpoint_file: Option<std::path::PathBuf>) -> AuditConfig {
+pub(crate) fn audit_config(checkpoint_file: Option<std::path::PathBuf>) -> AuditConfig {
     AuditConfig { checkpoint_every: 5, checkpoint_secs: 3600, checkpoint_file, ack_wait_secs: 2, ..Default::default() }
 }
 

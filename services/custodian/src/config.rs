@@ -182,6 +182,7 @@ mod tests {
             None,
             env(&[
                 ("CUSTODIAN_NATS_URL", "nats://10.0.0.1:4222"),
+                ("CUSTODIAN_NATS__ALLOW_PLAINTEXT", "true"),
                 ("CUSTODIAN_GATEWAY__LISTEN", "0.0.0.0:9000"),
                 ("CUSTODIAN_CONSENT__BATCH", "250"),
                 ("CUSTODIAN_DATABASE_URL_FILE", secret.to_str().unwrap()),
@@ -193,6 +194,24 @@ mod tests {
         assert_eq!(c.consent.batch, 250);
         assert_eq!(c.database_url.expose_secret(), "postgres://app:hunter2@db/custodian");
         assert!(!format!("{c:?}").contains("hunter2"), "Debug must redact secrets");
+    }
+
+    #[test]
+    fn plain_text_nats_beyond_loopback_is_refused_unless_allowed_and_tls_is_taken_as_is() {
+        let refused = Config::load_from(None, env(&[("CUSTODIAN_NATS_URL", "nats://10.0.0.1:4222")])).unwrap_err();
+        assert!(
+            refused.to_string().contains("CUSTODIAN_NATS_URL") && refused.to_string().contains("plain-text"),
+            "{refused}"
+        );
+        let tls = Config::load_from(None, env(&[("CUSTODIAN_NATS_URL", "tls://nats.internal:4222")])).unwrap();
+        assert!(tls.nats.is_tls());
+        let with_ca = Config::load_from(
+            None,
+            env(&[("CUSTODIAN_NATS_URL", "nats://nats.internal:4222"), ("CUSTODIAN_NATS__CA", "/etc/ca.pem")]),
+        )
+        .unwrap();
+        assert!(with_ca.nats.is_tls(), "a CA makes the connection TLS");
+        Config::load_from(None, env(&[])).expect("loopback plain text is the local default");
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub enum BusError {
     #[error("database error in the outbox relay: {0}")]
     Db(#[from] sea_orm::DbErr),
     #[error(
-        "refusing plain-text NATS to {url}: use tls:// (or nats.ca_file), or set nats.allow_plaintext for a network you trust"
+        "refusing plain-text NATS to {url}: use tls:// (or nats.ca), or set nats.allow_plaintext for a network you trust"
     )]
     Plaintext { url: String },
     #[error("cannot read the NATS credentials of {identity} from {path}: {source}")]
@@ -81,11 +81,11 @@ pub struct NatsAccess {
     /// The server (`nats_url` in Custodian's configuration).
     #[serde(skip)]
     pub url: String,
-    /// The CA of the server's certificate; set, the connection must be TLS.
-    pub ca_file: Option<std::path::PathBuf>,
+    /// The CA of the server's certificate (a path); set, the connection must be TLS.
+    pub ca: Option<std::path::PathBuf>,
     /// A client certificate and its key, for a server that verifies clients (mTLS).
-    pub client_cert_file: Option<std::path::PathBuf>,
-    pub client_key_file: Option<std::path::PathBuf>,
+    pub client_cert: Option<std::path::PathBuf>,
+    pub client_key: Option<std::path::PathBuf>,
     /// A folder with one nkey seed per identity (`vault.nk`, `view-demo.nk`, …), as
     /// `custodian nats identity new` writes them. Unset: connect without credentials.
     pub credentials_dir: Option<std::path::PathBuf>,
@@ -97,9 +97,9 @@ impl Default for NatsAccess {
     fn default() -> Self {
         Self {
             url: "nats://127.0.0.1:4222".to_owned(),
-            ca_file: None,
-            client_cert_file: None,
-            client_key_file: None,
+            ca: None,
+            client_cert: None,
+            client_key: None,
             credentials_dir: None,
             allow_plaintext: false,
         }
@@ -109,7 +109,7 @@ impl Default for NatsAccess {
 impl NatsAccess {
     /// Would this connection go over TLS?
     pub fn is_tls(&self) -> bool {
-        self.url.starts_with("tls://") || self.url.starts_with("wss://") || self.ca_file.is_some()
+        self.url.starts_with("tls://") || self.url.starts_with("wss://") || self.ca.is_some()
     }
 
     /// Refuses plain text to anything but loopback unless explicitly allowed.
@@ -147,10 +147,10 @@ impl NatsAccess {
         if self.is_tls() {
             options = options.require_tls(true);
         }
-        if let Some(ca) = &self.ca_file {
+        if let Some(ca) = &self.ca {
             options = options.add_root_certificates(ca.clone());
         }
-        if let (Some(cert), Some(key)) = (&self.client_cert_file, &self.client_key_file) {
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
         options.connect(self.url.as_str()).await.map_err(|source| BusError::Connect { url: redact(&self.url), source })

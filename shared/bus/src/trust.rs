@@ -497,6 +497,7 @@ mod tests {
         let p = permissions(&Identity::view("v1").unwrap());
         for subject in &p.publish {
             let own = subject.ends_with(".v1")
+                || subject.ends_with(".view-v1")
                 || subject.contains(".view-v1-wipes")
                 || subject.ends_with(".view-v1-wipes.lifecycle.session.wipe.v1");
             assert!(own, "a view may publish {subject}");

@@ -203,9 +203,9 @@ impl NatsServer {
         let certs = test_certificates();
         NatsAccess {
             url: self.url(),
-            ca_file: Some(certs.ca()),
-            client_cert_file: Some(certs.dir.join("client.pem")),
-            client_key_file: Some(certs.dir.join("client.key")),
+            ca: Some(certs.ca()),
+            client_cert: Some(certs.dir.join("client.pem")),
+            client_key: Some(certs.dir.join("client.key")),
             credentials_dir: Some(self.config_dir.path().to_path_buf()),
             allow_plaintext: false,
         }

@@ -1,0 +1,245 @@
+//! The bus as an attacker on the same host finds it: nats-server started with the rendered
+//! configuration (TLS with client certificates, an nkey per identity, the permission table).
+//! Each refusal is a clear error at the client, and nothing changes.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::Utc;
+use custodian_bus::trust::{Identity, durables};
+use custodian_events::{CloudEvent, ConsentEndedV1, EndReason, SessionWipedV1, subjects};
+use custodian_testkit::{NatsServer, test_certificates};
+
+use crate::support::{Stack, unique};
+
+/// What the server told a client: its `-ERR` lines (permission violations).
+#[derive(Clone, Default)]
+struct ServerErrors(Arc<Mutex<Vec<String>>>);
+
+impl ServerErrors {
+    fn seen(&self) -> Vec<String> {
+        self.0.lock().expect("errors").clone()
+    }
+
+    /// Waits for the server to name `subject` in a violation reported to this client.
+    async fn violation_on(&self, subject: &str) -> String {
+        let what = format!("a permission violation on {subject}");
+        custodian_testkit::eventually(&what, Duration::from_secs(5), || async {
+            self.seen().into_iter().find(|e| e.contains("Violation") && e.contains(subject))
+        })
+        .await
+    }
+}
+
+/// A client with its own options, no retry: what an attacker's program would do.
+async fn client(
+    nats: &NatsServer,
+    seed_of: Option<&Identity>,
+    certificates: &Path,
+) -> Result<(async_nats::Client, ServerErrors), async_nats::ConnectError> {
+    custodian_bus::install_crypto_provider();
+    let errors = ServerErrors::default();
+    let sink = errors.clone();
+    let mut options = async_nats::ConnectOptions::new()
+        .name("attacker")
+        .connection_timeout(Duration::from_secs(3))
+        .require_tls(true)
+        .add_root_certificates(test_certificates().ca())
+        .add_client_certificate(certificates.join("client.pem"), certificates.join("client.key"))
+        .event_callback(move |event| {
+            let sink = sink.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    sink.0.lock().expect("errors").push(e.to_string());
+                }
+            }
+        });
+    if let Some(identity) = seed_of {
+        let seed = std::fs::read_to_string(nats.credentials_dir().join(format!("{identity}.nk"))).expect("seed");
+        options = options.nkey(seed);
+    }
+    let client = options.connect(nats.url()).await?;
+    Ok((client, errors))
+}
+
+#[tokio::test]
+async fn a_client_without_credentials_or_with_another_cas_certificate_is_refused() {
+    let mut stack = Stack::infrastructure().await;
+    stack.nats.add_view("v1");
+    let trusted = &test_certificates().dir;
+
+    let anonymous = client(&stack.nats, None, trusted).await.err().expect("an anonymous client is refused");
+    assert!(anonymous.to_string().to_lowercase().contains("authorization"), "{anonymous}");
+
+    let view = Identity::view("v1").unwrap();
+    let foreign = &test_certificates().foreign_dir;
+    let refused = client(&stack.nats, Some(&view), foreign).await.err().expect("another CA's certificate is refused");
+    assert!(!refused.to_string().is_empty(), "the refusal says why: {refused:?}");
+
+    // Plain TCP to a server that requires TLS is refused too.
+    let plain = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(3))
+        .connect(format!("nats://127.0.0.1:{}", stack.nats.port()))
+        .await;
+    assert!(plain.is_err(), "plain text is refused");
+
+    // The services' own client refuses plain text to anything but loopback before connecting.
+    let remote = custodian_bus::NatsAccess { url: "nats://10.0.0.7:4222".into(), ..Default::default() };
+    let error = remote.connect(&view, "x").await.err().expect("refused");
+    assert!(error.to_string().contains("plain-text"), "{error}");
+
+    // Nothing was written by any of them.
+    assert_eq!(stack.count_on(subjects::ALL).await, 0);
+}
+
+#[tokio::test]
+async fn a_view_is_confined_to_its_own_wipes_and_its_own_subjects() {
+    let mut stack = Stack::start().await;
+    stack.start_vault(crate::support::test_vault_config(Vec::new()));
+    stack.start_audit(crate::audit::audit_config(None));
+    let (mine, theirs) = (unique("mine"), unique("theirs"));
+    let victim = stack.start_view(&theirs).await;
+    stack.nats.add_view(&mine);
+    let me = Identity::view(&mine).unwrap();
+    let (attacker, errors) = client(&stack.nats, Some(&me), &test_certificates().dir).await.expect("the view connects");
+    let js = jetstream::new(attacker.clone());
+    let before = stack.count_on(subjects::ALL).await;
+
+    // The stream's information and its messages are not for a view.
+    let info = tokio::time::timeout(Duration::from_secs(3), js.get_stream(subjects::STREAM)).await;
+    assert!(!matches!(info, Ok(Ok(_))), "a view read the stream's information");
+    errors.violation_on("$JS.API.STREAM.INFO.LIFECYCLE").await;
+    let reader = jetstream::consumer::pull::Config {
+        durable_name: Some("reader".into()),
+        filter_subject: subjects::ALL.into(),
+        ..Default::default()
+    };
+    let created =
+        tokio::time::timeout(Duration::from_secs(3), js.create_consumer_on_stream(reader, subjects::STREAM)).await;
+    assert!(!matches!(created, Ok(Ok(_))), "a view made a consumer reading the whole stream");
+    errors.violation_on("$JS.API.CONSUMER.CREATE.LIFECYCLE.reader").await;
+
+    // Nor another view's wipe commands, under that view's durable or a name of its own.
+    let theirs_durable = durables::view_wipes(&theirs);
+    let opened = tokio::time::timeout(
+        Duration::from_secs(3),
+        js.get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(&theirs_durable, subjects::STREAM),
+    )
+    .await;
+    assert!(!matches!(opened, Ok(Ok(_))), "a view opened another view's wipe consumer");
+    errors.violation_on(&format!("$JS.API.CONSUMER.INFO.LIFECYCLE.{theirs_durable}")).await;
+    let spy = jetstream::consumer::pull::Config {
+        durable_name: Some(durables::view_wipes(&mine)),
+        filter_subject: subjects::session_wipe(&theirs).unwrap(),
+        ..Default::default()
+    };
+    let spied = tokio::time::timeout(Duration::from_secs(3), js.create_consumer_on_stream(spy, subjects::STREAM)).await;
+    assert!(!matches!(spied, Ok(Ok(_))), "a view's own durable was pointed at another view's wipes");
+
+    // Outcomes and other views' events cannot be published.
+    let ended = CloudEvent::new(
+        "urn:attacker",
+        Utc::now(),
+        ConsentEndedV1 {
+            issuer: "https://op.example".into(),
+            subject: "someone".into(),
+            platform_id: "tp".into(),
+            reason: EndReason::Revoked,
+            cause_event_id: "x".into(),
+        },
+    );
+    let wiped = CloudEvent::new(
+        "urn:attacker",
+        Utc::now(),
+        SessionWipedV1 { wipe_id: "w".into(), view_id: theirs.clone(), session_ids: vec!["s".into()] },
+    );
+    let forged = [
+        (subjects::CONSENT_ENDED.to_owned(), ended.to_json()),
+        (subjects::TOKEN_REVOKED.to_owned(), ended.to_json()),
+        (subjects::session_wipe(&theirs).unwrap(), ended.to_json()),
+        (subjects::by_view(subjects::SESSION_WIPED, &theirs).unwrap(), wiped.to_json()),
+        (subjects::SESSION_WIPED.to_owned(), wiped.to_json()),
+    ];
+    for (subject, payload) in forged {
+        let sent = js.publish(subject.clone(), payload.into()).await;
+        let acked = match sent {
+            Ok(ack) => tokio::time::timeout(Duration::from_secs(2), ack).await.is_ok_and(|a| a.is_ok()),
+            Err(_) => false,
+        };
+        assert!(!acked, "the stream took a view's {subject}");
+        errors.violation_on(&subject).await;
+    }
+
+    // It cannot answer in a service's place, nor reach the leases, the privacy log or secrets.
+    let _queue = attacker
+        .queue_subscribe(format!("{}.*", custodian_events::vault::TOKEN), "vault".into())
+        .await
+        .expect("the client sends the subscription");
+    errors.violation_on("custodian.vault.token.*").await;
+    let leases =
+        tokio::time::timeout(Duration::from_secs(3), js.get_key_value(custodian_bus::lease::LEADERSHIP_BUCKET)).await;
+    assert!(!matches!(leases, Ok(Ok(_))), "a view opened the lease bucket");
+    let forbidden = [
+        format!("{}.{}", custodian_events::audit::PRIVACY_LOG, me.name()),
+        format!("{}.dpo", custodian_events::audit::PRIVACY_LOG),
+        custodian_events::incident::CREDENTIAL.to_owned(),
+        custodian_events::incident::ROTATE.to_owned(),
+        format!("{}.{theirs}", custodian_events::vault::TOKEN),
+        custodian_events::vault::LOGIN_START.to_owned(),
+    ];
+    for subject in &forbidden {
+        let asked = tokio::time::timeout(Duration::from_secs(2), attacker.request(subject.clone(), "{}".into())).await;
+        assert!(!matches!(asked, Ok(Ok(_))), "a view got an answer on {subject}");
+        errors.violation_on(subject).await;
+    }
+
+    // Nothing reached the stream, and the victim view still gets its own wipes: its
+    // consumer is untouched (a positive control that the server is not simply refusing all).
+    assert_eq!(stack.count_on(subjects::ALL).await, before, "nothing was published");
+    let asked_own = custodian_bus::query::<_, custodian_events::vault::TokenReply>(
+        victim_client(&stack, &theirs).await.client(),
+        &format!("{}.{theirs}", custodian_events::vault::TOKEN),
+        &custodian_events::vault::TokenRequest {
+            issuer: None,
+            subject: "nobody".into(),
+            platform_id: "nowhere".into(),
+            reply_key: custodian_crypto::ReplyKey::new().public_base64(),
+        },
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("a view asks under its own id and is answered");
+    assert!(!matches!(asked_own, custodian_events::vault::TokenReply::Token { .. }));
+    drop(victim);
+}
+
+async fn victim_client(stack: &Stack, view_id: &str) -> custodian_bus::Bus {
+    let identity = Identity::view(view_id).unwrap();
+    custodian_bus::Bus::attach(stack.nats.connect(&identity, "victim").await)
+}
+
+#[tokio::test]
+async fn a_session_event_naming_another_view_than_its_subject_is_dead_lettered() {
+    let mut stack = Stack::start().await;
+    stack.start_vault(crate::support::test_vault_config(Vec::new()));
+    let (mine, theirs) = (unique("mine"), unique("theirs"));
+    let bus = stack.view_bus(&mine).await;
+    // On its own subject, the view claims to be another one.
+    let claim = CloudEvent::new(
+        "urn:attacker",
+        Utc::now(),
+        SessionWipedV1 { wipe_id: "w-1".into(), view_id: theirs.clone(), session_ids: vec!["s".into()] },
+    );
+    bus.publish_event(&subjects::by_view(subjects::SESSION_WIPED, &mine).unwrap(), &claim)
+        .await
+        .expect("the view may publish on its own subject");
+    let letters = custodian_testkit::eventually("the vault's dead letter", Duration::from_secs(20), || async {
+        let letters = stack.messages_on("lifecycle.deadletter.vault").await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    let reason = letters[0].1["data"]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("is not the view") && reason.contains(&mine), "{reason}");
+}
