@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 
-use async_nats::jetstream::consumer::pull::OrderedConfig;
 use custodian_bus::Bus;
 use custodian_events::{derived_event_id, subjects};
 use custodian_store::entities::audit_entry;
@@ -69,8 +68,19 @@ pub async fn check_stream<C: ConnectionTrait>(conn: &C, bus: &Bus) -> Result<Com
     if upto == 0 || state.messages == 0 || state.first_sequence > upto {
         return Ok(report);
     }
+    // A consumer of a fixed name, so that the operator's identity may make, read and delete
+    // just this one (nats-server's permissions name it); a leftover of a check that was
+    // stopped is replaced. Nothing is acknowledged: it only reads.
+    let reader_name = custodian_bus::trust::durables::STREAM_CHECK;
+    let _ = stream.delete_consumer(reader_name).await;
     let reader = stream
-        .create_consumer(OrderedConfig { filter_subject: subjects::ALL.to_owned(), ..Default::default() })
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            name: Some(reader_name.to_owned()),
+            filter_subject: subjects::ALL.to_owned(),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            inactive_threshold: std::time::Duration::from_secs(60),
+            ..Default::default()
+        })
         .await
         .map_err(|e| nats(&e))?;
     let mut messages = reader.messages().await.map_err(|e| nats(&e))?;
@@ -104,6 +114,8 @@ pub async fn check_stream<C: ConnectionTrait>(conn: &C, bus: &Bus) -> Result<Com
             break;
         }
     }
+    drop(messages);
+    let _ = stream.delete_consumer(reader_name).await;
     if !batch.is_empty() {
         report.unchained = first_unchained(conn, batch).await?;
     }

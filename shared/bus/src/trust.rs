@@ -158,6 +158,8 @@ pub mod durables {
     pub const AUDIT_CHAIN: &str = "audit-chain";
     pub const INCIDENT_REPORTS: &str = "incident-reports";
     pub const GATEWAY_SSF_TRANSMIT: &str = "gateway-ssf-transmit";
+    /// The operator's read of the whole stream (`custodian audit verify --stream`).
+    pub const STREAM_CHECK: &str = "ops-stream-check";
 
     /// A view's wipe consumer: `view-<id>-wipes`.
     pub fn view_wipes(view_id: &str) -> String {
@@ -374,8 +376,9 @@ pub fn permissions(identity: &Identity) -> Permissions {
                 "$JS.API.CONSUMER.LIST.*",
             ])
             .kv(buckets::LEADERSHIP, &[">"])
-            // `audit verify --stream` reads the stream with an ordered consumer of its own.
-            .publish(&[&format!("$JS.API.CONSUMER.CREATE.{stream}.*.{}", subjects::ALL), "$JS.FC.>"])
+            // `audit verify --stream` reads the whole stream with a consumer of its own: an
+            // operator's check of what was acknowledged.
+            .consumer(stream, durables::STREAM_CHECK, &[subjects::ALL])
             .publish(PLATFORM_FACTS)
             .publish(&[subjects::SWEEP_REQUESTED, subjects::INCIDENT_REPORTED])
             .request(&[
