@@ -243,3 +243,71 @@ async fn a_session_event_naming_another_view_than_its_subject_is_dead_lettered()
     let reason = letters[0].1["data"]["reason"].as_str().unwrap_or_default().to_owned();
     assert!(reason.contains("is not the view") && reason.contains(&mine), "{reason}");
 }
+
+#[tokio::test]
+async fn a_platform_fact_carrying_the_id_of_the_next_consent_ended_cannot_suppress_it() {
+    let mut stack = Stack::start().await;
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    stack.start_vault(crate::support::test_vault_config(vec![settings]));
+    let person = unique("oscar");
+    let (browser, cookie, _) = stack.login_through_gateway(&person).await;
+
+    // The attacker knows everything public: the grant's id, and so the id the consent.ended
+    // of that grant will carry.
+    let grant_id =
+        custodian_testkit::eventually("the login's grant on the stream", Duration::from_secs(20), || async {
+            let grants = stack.messages_on(subjects::CONSENT_GRANTED).await;
+            grants
+                .into_iter()
+                .find(|(_, e)| e["data"]["subject"] == person.as_str())
+                .and_then(|(_, e)| e["id"].as_str().map(str::to_owned))
+        })
+        .await;
+    let next_ended = custodian_events::derived_event_id("consent.ended", &grant_id);
+    let fact = CloudEvent::with_id(
+        next_ended.clone(),
+        "urn:platform",
+        Utc::now(),
+        custodian_events::ActivitySeenV1 {
+            issuer: stack.provider.issuer.clone(),
+            subject: person.clone(),
+            platform_id: platform.clone(),
+        },
+    );
+    let answer = stack
+        .http
+        .post(stack.url("/v1/events"))
+        .bearer_auth(crate::support::PLATFORM_TOKEN)
+        .body(fact.to_json())
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED);
+    let accepted: serde_json::Value = answer.json().await.expect("body");
+    assert_eq!(accepted["source_id"], next_ended.as_str());
+    assert_ne!(accepted["id"], next_ended.as_str(), "the caller's id is kept under the outside namespace");
+
+    // A view holds the person's data.
+    let view = stack.start_view(&unique("phone")).await;
+    let token = view.access_token(None, &person, &platform, Duration::from_secs(10)).await.expect("token");
+    let session = view.open_session(&token.issuer, &person, &platform, token.expires_at).await.expect("session");
+    view.store().put(&session, "labs", b"data".to_vec(), Duration::from_secs(60)).expect("held");
+
+    // The person revokes: the consent.ended arrives under its own id, the token dies at the
+    // OP, the view is wiped.
+    let revoked = browser.delete(stack.url(&format!("/v1/me/consents/{platform}"))).send().await.expect("revoke");
+    assert_eq!(revoked.status(), reqwest::StatusCode::ACCEPTED);
+    let body: serde_json::Value = revoked.json().await.expect("body");
+    let revocation_id = body["revocation_id"].as_str().expect("revocation id").to_owned();
+    let receipt = crate::vault::done_receipt(&stack, Some(&cookie), &revocation_id, Duration::from_secs(30)).await;
+    assert!(receipt.tokens.iter().all(|t| t.outcome == "revoked" || t.outcome == "already_invalid"), "{receipt:?}");
+    let ended = stack.messages_on(subjects::CONSENT_ENDED).await;
+    assert!(ended.iter().any(|(_, e)| e["id"] == next_ended.as_str()), "consent.ended published: {ended:?}");
+    let introspected = stack
+        .provider
+        .introspect(&platform, &client.client_secret, secrecy::ExposeSecret::expose_secret(&token.token))
+        .await;
+    assert_eq!(introspected["active"], false, "{introspected}");
+    assert_eq!(view.store().counts(), (0, 0), "the view was wiped");
+}

@@ -50,7 +50,7 @@ async fn fetch_receipt(
     (status, if status.is_success() { response.json().await.ok() } else { None })
 }
 
-async fn done_receipt(stack: &Stack, cookie: Option<&str>, id: &str, timeout: Duration) -> Receipt {
+pub(crate) async fn done_receipt(stack: &Stack, cookie: Option<&str>, id: &str, timeout: Duration) -> Receipt {
     let http = stack.http.clone();
     eventually("the revocation to finish", timeout, || {
         let http = http.clone();

@@ -144,6 +144,11 @@ macro_rules! lifecycle_events {
                 match self { $(Self::$variant(e) => &e.id,)* }
             }
 
+            /// Gives the event another id (the edge's: see [`outside_event_id`]).
+            pub fn set_id(&mut self, id: String) {
+                match self { $(Self::$variant(e) => e.id = id,)* }
+            }
+
             pub fn time(&self) -> DateTime<Utc> {
                 match self { $(Self::$variant(e) => e.time,)* }
             }

@@ -45,5 +45,18 @@ pub fn derived_event_id(purpose: &str, parent: &str) -> String {
     uuid::Uuid::new_v5(&ID_NAMESPACE, format!("{purpose}\u{0}{parent}").as_bytes()).to_string()
 }
 
+/// The id under which Custodian keeps an event that came from outside (a platform's, over
+/// the gateway): derived from who sent it and the id it chose, in a namespace of its own. So
+/// an id a caller chooses never equals one of Custodian's own (each derived id is a UUIDv5 of
+/// a purpose and a parent, a random one a UUIDv4): it cannot make the stream's
+/// de-duplication, an inbox or the audit chain take one of Custodian's events for its own.
+/// The same caller re-sending the same id gets the same id (its retries stay idempotent).
+pub fn outside_event_id(caller: &str, their_id: &str) -> String {
+    uuid::Uuid::new_v5(&OUTSIDE_NAMESPACE, format!("{caller}\u{0}{their_id}").as_bytes()).to_string()
+}
+
+/// Namespace of the ids of events from outside.
+const OUTSIDE_NAMESPACE: uuid::Uuid = uuid::uuid!("b3c8a6e2-57d4-5f0e-8c19-4e2a7d6b1f93");
+
 /// Namespace of every UUIDv5 Custodian derives.
 const ID_NAMESPACE: uuid::Uuid = uuid::uuid!("6f1d2c8e-3c1a-5d7b-9a41-0c7e2b5f4a10");
