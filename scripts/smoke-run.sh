@@ -41,6 +41,7 @@ for _ in $(seq 1 100); do
     # The dossier (seed §1.6) documents the running stack and shows none of its secrets.
     target/debug/custodian dossier > /tmp/smoke-dossier.md
     grep -q "^- \*\*custodian-demo\*\*" /tmp/smoke-dossier.md || { cat /tmp/smoke-dossier.md; echo "smoke: the dossier lacks the platform custodian-demo" >&2; exit 1; }
+    grep -q "protected: TLS with client certificates (mTLS), an nkey per service and view" /tmp/smoke-dossier.md || { grep -i nats /tmp/smoke-dossier.md; echo "smoke: the dossier does not report the bus protected" >&2; exit 1; }
     grep -q "1 incident(s) open of 1" /tmp/smoke-dossier.md || { cat /tmp/smoke-dossier.md; echo "smoke: the dossier did not read the live state" >&2; exit 1; }
     for secret in "$(cat .data/op/client_secret)" "$(cat .data/vault.key)" "$(cat .data/audit-identity.key)"; do
       if grep -qF -- "$secret" /tmp/smoke-dossier.md; then echo "smoke: the dossier shows a secret" >&2; exit 1; fi

@@ -66,6 +66,8 @@ pub struct Dossier {
     pub platforms: Vec<PlatformFacts>,
     pub views: Views,
     pub protocols: Vec<Protocol>,
+    /// Who may do what on NATS: the permission table nats-server enforces.
+    pub bus_identities: Vec<BusIdentity>,
     pub keys: Keys,
     pub retention: Retention,
     pub governance: Governance,
@@ -80,6 +82,10 @@ pub struct Infrastructure {
     pub services: Vec<&'static str>,
     pub nats: String,
     pub nats_tls: bool,
+    /// A client certificate is presented (the server may verify clients: mTLS).
+    pub nats_client_certificate: bool,
+    /// Each service and view connects with an nkey of its own.
+    pub nats_identities: bool,
     pub stream_replicas: usize,
     pub stream_duplicate_window_secs: u64,
     pub stream_max_age_secs: u64,
@@ -92,6 +98,35 @@ pub struct Infrastructure {
     pub gateway_public_url: String,
     pub gateway_https: bool,
     pub openid_providers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BusIdentity {
+    pub identity: String,
+    pub publishes: Vec<String>,
+    pub subscribes: Vec<String>,
+    pub answers_requests: bool,
+}
+
+fn bus_identities(config: &Config) -> Vec<BusIdentity> {
+    let mut identities = custodian_bus::trust::Identity::fixed();
+    if config.demo_view.enabled
+        && let Ok(view) = custodian_bus::trust::Identity::view(&config.demo_view.view_id)
+    {
+        identities.push(view);
+    }
+    identities
+        .into_iter()
+        .map(|identity| {
+            let p = custodian_bus::trust::permissions(&identity);
+            BusIdentity {
+                identity: identity.name(),
+                publishes: p.publish,
+                subscribes: p.subscribe,
+                answers_requests: p.allow_responses,
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -202,7 +237,7 @@ pub struct CredentialFacts {
 pub fn from_config(config: &Config, sources: Sources, now: DateTime<Utc>) -> Dossier {
     let db_url = config.database_url.expose_secret();
     let (database_backend, database, database_sslmode) = describe_database(db_url);
-    let nats_tls = config.nats_url.starts_with("tls://") || config.nats_url.starts_with("wss://");
+    let nats_tls = config.nats.is_tls();
     let mut openid_providers: Vec<String> = config.vault.clients.iter().map(|c| c.issuer.clone()).collect();
     if let Some(oidc) = &config.gateway.oidc {
         openid_providers.push(oidc.issuer.clone());
@@ -217,6 +252,8 @@ pub fn from_config(config: &Config, sources: Sources, now: DateTime<Utc>) -> Dos
         services,
         nats: without_userinfo(&config.nats_url),
         nats_tls,
+        nats_client_certificate: config.nats.client_cert.is_some() && config.nats.client_key.is_some(),
+        nats_identities: config.nats.credentials_dir.is_some(),
         stream_replicas: config.stream.replicas,
         stream_duplicate_window_secs: config.stream.duplicate_window_secs,
         stream_max_age_secs: config.stream.max_age_secs,
@@ -285,6 +322,7 @@ pub fn from_config(config: &Config, sources: Sources, now: DateTime<Utc>) -> Dos
         ssf_receiver: config.gateway.ssf_receiver.as_ref().map(|r| format!("{} ({})", r.transmitter, r.mode)),
     };
     let protocols = protocols(&infrastructure);
+    let bus_identities = bus_identities(config);
     Dossier {
         generated_at: now,
         custodian_version: env!("CARGO_PKG_VERSION"),
@@ -293,6 +331,7 @@ pub fn from_config(config: &Config, sources: Sources, now: DateTime<Utc>) -> Dos
         platforms,
         views,
         protocols,
+        bus_identities,
         keys,
         retention,
         governance,
@@ -302,7 +341,17 @@ pub fn from_config(config: &Config, sources: Sources, now: DateTime<Utc>) -> Dos
 }
 
 fn protocols(infra: &Infrastructure) -> Vec<Protocol> {
-    let nats = if infra.nats_tls { "TLS" } else { "plain TCP: set a tls:// NATS URL outside one host" };
+    let nats = match (infra.nats_tls, infra.nats_client_certificate, infra.nats_identities) {
+        (true, true, true) => "protected: TLS with client certificates (mTLS), an nkey per service and view, \
+                               permissions from the table in section 3a"
+            .to_owned(),
+        (true, _, _) => format!(
+            "TLS{}{}",
+            if infra.nats_client_certificate { "" } else { "; no client certificate (set nats.client_cert)" },
+            if infra.nats_identities { "" } else { "; no NATS identities (set nats.credentials_dir)" }
+        ),
+        (false, _, _) => "plain TCP: set a tls:// NATS URL outside one host".to_owned(),
+    };
     let http = if infra.gateway_https { "HTTPS (cookies Secure)" } else { "plain HTTP: put the gateway behind HTTPS" };
     vec![
         Protocol {
@@ -331,7 +380,8 @@ fn protocols(infra: &Infrastructure) -> Vec<Protocol> {
                 subjects::SESSION_WIPED
             ),
             protection: format!(
-                "{nats}; every token in a reply is sealed (X25519 sealed box) to the asking view's one-time key"
+                "{nats}; a view reads only its own wipe commands and publishes only on subjects bound to its \
+                 own id; every token in a reply is sealed (X25519 sealed box) to the asking view's one-time key"
             ),
         },
         Protocol {
@@ -340,7 +390,7 @@ fn protocols(infra: &Infrastructure) -> Vec<Protocol> {
                 "NATS JetStream stream `{}` (CloudEvents 1.0, strict schemas: identifiers only, no medical data)",
                 subjects::STREAM
             ),
-            protection: nats.into(),
+            protection: nats.clone(),
         },
         Protocol {
             between: "platform and its database",
@@ -598,6 +648,26 @@ pub fn render_markdown(d: &Dossier) -> String {
     }
     m.push('\n');
 
+    let _ = writeln!(m, "### 3a. Who may do what on the bus\n");
+    let _ = writeln!(
+        m,
+        "nats-server enforces this table (rendered by `custodian nats server-config`); each identity's replies \
+         come to its own inbox, which no other may read.\n"
+    );
+    let _ = writeln!(m, "| identity | may publish | may subscribe | answers requests |\n|---|---|---|---|");
+    for b in &d.bus_identities {
+        let code = |items: &[String]| items.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} |",
+            b.identity,
+            code(&b.publishes),
+            code(&b.subscribes),
+            yes(b.answers_requests)
+        );
+    }
+    m.push('\n');
+
     let k = &d.keys;
     let _ = writeln!(m, "## 4. The platform's cryptographic secret\n");
     let _ = writeln!(
@@ -828,10 +898,28 @@ client_secret = "{client}"
             "nightly: 90 days idle, `0 0 3 * * *`",
             "from files: CUSTODIAN_DATABASE_URL",
             "environment: CUSTODIAN_NATS_URL",
+            "TLS; no client certificate (set nats.client_cert); no NATS identities (set nats.credentials_dir)",
+            "### 3a. Who may do what on the bus",
+            "| vault | ",
+            "`custodian.vault.token.* vault`",
         ] {
             assert!(markdown.contains(fact), "missing {fact:?} in:\n{markdown}");
         }
         assert!(!markdown.contains("CUSTODIAN_LOG"), "runtime variables are not settings");
+    }
+
+    #[test]
+    fn a_bus_with_tls_client_certificates_and_identities_is_reported_protected() {
+        let mut config = config();
+        config.nats.client_cert = Some("/run/nats/client.pem".into());
+        config.nats.client_key = Some("/run/nats/client.key".into());
+        config.nats.credentials_dir = Some("/run/nats/identities".into());
+        let markdown = render_markdown(&from_config(&config, Sources::default(), now()));
+        assert!(
+            markdown.contains("protected: TLS with client certificates (mTLS), an nkey per service and view"),
+            "{markdown}"
+        );
+        assert!(!markdown.contains("plain TCP"), "{markdown}");
     }
 
     #[test]
