@@ -234,3 +234,38 @@ fn env_user(identity: Identity) -> trust::User {
     let nkey = format!("$NKEY_{}", identity.name().to_uppercase().replace('-', "_"));
     trust::User { identity, nkey }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kubernetes_authorization_is_the_one_rendered_from_the_table() {
+        let users: Vec<trust::User> = Identity::fixed().into_iter().map(env_user).collect();
+        let rendered = trust::render_server_config(&users, None);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../k8s/base/nats/authorization.conf");
+        let committed = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            committed == rendered,
+            "k8s/base/nats/authorization.conf is stale: run `custodian nats server-config --env-keys -o k8s/base/nats/authorization.conf`"
+        );
+    }
+
+    #[test]
+    fn identities_are_written_private_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("creds");
+        let vault = Identity::Service(Service::Vault);
+        let (public, written) = new_identity(&creds, &vault, false).unwrap();
+        assert!(written && public.starts_with('U'));
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&creds), 0o700);
+        assert_eq!(mode(&creds.join("vault.nk")), 0o600);
+        assert!(new_identity(&creds, &vault, false).is_err(), "an existing key is never replaced");
+        assert_eq!(new_identity(&creds, &vault, true).unwrap(), (public.clone(), false));
+        let users = users_in(&creds).unwrap();
+        assert_eq!(users.len(), 1);
+        assert_eq!((users[0].identity.clone(), users[0].nkey.clone()), (vault, public));
+    }
+}

@@ -447,8 +447,8 @@ pub fn render_server_config(users: &[User], tls: Option<&ServerTls>) -> String {
         let p = permissions(&user.identity);
         let nkey = if user.nkey.starts_with('$') { user.nkey.clone() } else { quote(&user.nkey) };
         out.push_str(&format!("    # {}\n    {{\n      nkey: {nkey}\n      permissions: {{\n", user.identity));
-        out.push_str(&format!("        publish: {{ allow: {} }}\n", list(&p.publish)));
-        out.push_str(&format!("        subscribe: {{ allow: {} }}\n", list(&p.subscribe)));
+        out.push_str(&format!("        publish: {{ allow: {} }}\n", list(&p.publish, 10)));
+        out.push_str(&format!("        subscribe: {{ allow: {} }}\n", list(&p.subscribe, 10)));
         if p.allow_responses {
             out.push_str("        allow_responses: true\n");
         }
@@ -462,9 +462,11 @@ fn quote(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }
 
-fn list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| quote(s)).collect();
-    format!("[{}]", quoted.join(", "))
+/// One subject a line: the rendered file is read by people reviewing a deployment.
+fn list(items: &[String], indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let quoted: Vec<String> = items.iter().map(|s| format!("{pad}  {}", quote(s))).collect();
+    format!("[\n{}\n{pad}]", quoted.join("\n"))
 }
 
 #[cfg(test)]
