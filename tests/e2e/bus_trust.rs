@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use chrono::Utc;
 use custodian_bus::trust::{Identity, durables};
 use custodian_events::{CloudEvent, ConsentEndedV1, EndReason, SessionWipedV1, subjects};
 use custodian_testkit::{NatsServer, test_certificates};
@@ -87,7 +86,7 @@ async fn a_client_without_credentials_or_with_another_cas_certificate_is_refused
 
     // The services' own client refuses plain text to anything but loopback before connecting.
     let remote = custodian_bus::NatsAccess { url: "nats://10.0.0.7:4222".into(), ..Default::default() };
-    let error = remote.connect(&view, "x").await.err().expect("refused");
+    let error = remote.connect(&view, "x").await.expect_err("refused");
     assert!(error.to_string().contains("plain-text"), "{error}");
 
     // Nothing was written by any of them.
@@ -141,7 +140,7 @@ async fn a_view_is_confined_to_its_own_wipes_and_its_own_subjects() {
     // Outcomes and other views' events cannot be published.
     let ended = CloudEvent::new(
         "urn:attacker",
-        Utc::now(),
+        stack.clock.now(),
         ConsentEndedV1 {
             issuer: "https://op.example".into(),
             subject: "someone".into(),
@@ -152,7 +151,7 @@ async fn a_view_is_confined_to_its_own_wipes_and_its_own_subjects() {
     );
     let wiped = CloudEvent::new(
         "urn:attacker",
-        Utc::now(),
+        stack.clock.now(),
         SessionWipedV1 { wipe_id: "w".into(), view_id: theirs.clone(), session_ids: vec!["s".into()] },
     );
     let forged = [
@@ -229,7 +228,7 @@ async fn a_session_event_naming_another_view_than_its_subject_is_dead_lettered()
     // On its own subject, the view claims to be another one.
     let claim = CloudEvent::new(
         "urn:attacker",
-        Utc::now(),
+        stack.clock.now(),
         SessionWipedV1 { wipe_id: "w-1".into(), view_id: theirs.clone(), session_ids: vec!["s".into()] },
     );
     bus.publish_event(&subjects::by_view(subjects::SESSION_WIPED, &mine).unwrap(), &claim)
@@ -268,7 +267,7 @@ async fn a_platform_fact_carrying_the_id_of_the_next_consent_ended_cannot_suppre
     let fact = CloudEvent::with_id(
         next_ended.clone(),
         "urn:platform",
-        Utc::now(),
+        stack.clock.now(),
         custodian_events::ActivitySeenV1 {
             issuer: stack.provider.issuer.clone(),
             subject: person.clone(),
@@ -310,4 +309,58 @@ async fn a_platform_fact_carrying_the_id_of_the_next_consent_ended_cannot_suppre
         .await;
     assert_eq!(introspected["active"], false, "{introspected}");
     assert_eq!(view.store().counts(), (0, 0), "the view was wiped");
+}
+
+#[tokio::test]
+async fn a_wipe_ack_naming_sessions_outside_its_wipe_is_refused_and_wipes_nothing() {
+    use sea_orm::EntityTrait;
+    let mut stack = Stack::start().await;
+    stack.start_vault(crate::support::test_vault_config(Vec::new()));
+    let (person, other, platform) = (unique("pia"), unique("quinn"), unique("platform"));
+    let issuer = stack.provider.issuer.clone();
+    crate::vault::grant(&stack, &person, &platform).await;
+    crate::vault::grant(&stack, &other, &platform).await;
+    let expiry = stack.clock.now() + chrono::Duration::seconds(300);
+    let attacker = stack.start_view(&unique("attacker")).await;
+    let victim = stack.start_view(&unique("victim")).await;
+    let mine = attacker.open_session(&issuer, &person, &platform, expiry).await.expect("session");
+    let theirs = victim.open_session(&issuer, &other, &platform, expiry).await.expect("session");
+    // The attacker does not ack by itself: it forges its ack below.
+    stack.pause_view(attacker.view_id()).await;
+    let revocation_id = crate::vault::revoke(&stack, &person, &platform).await;
+    custodian_testkit::eventually("the wipe sent to the attacker", Duration::from_secs(15), || async {
+        let (_, r) = crate::vault::fetch_receipt(&stack, &stack.http, None, &revocation_id).await;
+        r.filter(|r| r.views.iter().any(|v| v.attempts >= 1))
+    })
+    .await;
+
+    let wipe_id =
+        custodian_events::derived_event_id("session.wipe", &format!("{revocation_id}:{}", attacker.view_id()));
+    let forged = CloudEvent::new(
+        "urn:attacker",
+        stack.clock.now(),
+        SessionWipedV1 { wipe_id, view_id: attacker.view_id().to_owned(), session_ids: vec![mine, theirs.clone()] },
+    );
+    let bus = stack.view_bus(attacker.view_id()).await;
+    bus.publish_event(&subjects::by_view(subjects::SESSION_WIPED, attacker.view_id()).unwrap(), &forged)
+        .await
+        .expect("published on its own subject");
+    let letters = custodian_testkit::eventually("the vault's dead letter", Duration::from_secs(20), || async {
+        let letters = stack.messages_on("lifecycle.deadletter.vault").await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    let reason = letters[0].1["data"]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("did not ask"), "{reason}");
+    // The other person's session is untouched, and the wipe is still pending.
+    let row = custodian_store::entities::view_session::Entity::find_by_id(theirs.clone())
+        .one(stack.store.db())
+        .await
+        .expect("query")
+        .expect("the victim's session");
+    assert_eq!(row.wiped_at, None, "a forged ack marked another person's session wiped");
+    let (_, receipt) = crate::vault::fetch_receipt(&stack, &stack.http, None, &revocation_id).await;
+    let receipt = receipt.expect("receipt");
+    let entry = receipt.views.iter().find(|v| v.view_id == attacker.view_id()).expect("attacker on the receipt");
+    assert_eq!(entry.state, "pending", "{receipt:?}");
 }

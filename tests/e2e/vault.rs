@@ -34,7 +34,7 @@ async fn raw_assertion_bytes(stack: &Stack) -> String {
     text
 }
 
-async fn fetch_receipt(
+pub(crate) async fn fetch_receipt(
     stack: &Stack,
     http: &reqwest::Client,
     cookie: Option<&str>,
@@ -171,7 +171,7 @@ async fn a_revocation_ends_every_token_at_the_op_and_every_view_session() {
 }
 
 /// Grant + revoke published as a platform would (no tokens involved).
-async fn grant(stack: &Stack, person: &str, platform: &str) {
+pub(crate) async fn grant(stack: &Stack, person: &str, platform: &str) {
     let data = ConsentGrantedV1 {
         issuer: stack.provider.issuer.clone(),
         subject: person.to_owned(),
@@ -182,7 +182,7 @@ async fn grant(stack: &Stack, person: &str, platform: &str) {
     stack.publish(subjects::CONSENT_GRANTED, &CloudEvent::new("urn:test", stack.clock.now(), data)).await;
 }
 
-async fn revoke(stack: &Stack, person: &str, platform: &str) -> String {
+pub(crate) async fn revoke(stack: &Stack, person: &str, platform: &str) -> String {
     let data = ConsentRevokedV1 {
         issuer: stack.provider.issuer.clone(),
         subject: person.to_owned(),

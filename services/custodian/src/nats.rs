@@ -105,7 +105,7 @@ pub async fn nats(config: &Config, cmd: NatsCommand) -> anyhow::Result<()> {
                 for view in &args.views {
                     identities.push(Identity::view(view)?);
                 }
-                identities.into_iter().map(|identity| env_user(identity)).collect()
+                identities.into_iter().map(env_user).collect()
             } else {
                 users_in(&folder(config, args.dir.as_deref())?)?
             };

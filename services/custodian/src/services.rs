@@ -52,7 +52,14 @@ pub async fn connect_client(
     identity: &Identity,
     client_name: &str,
 ) -> anyhow::Result<async_nats::Client> {
-    Ok(config.nats.connect(identity, client_name).await.with_context(|| format!("NATS as {identity}"))?)
+    // Services wait for a server that is not up yet; one-shot commands fail at once, with
+    // the server's reason (a refused certificate or credentials).
+    let connected = if matches!(identity, Identity::Service(_) | Identity::View(_)) {
+        config.nats.connect(identity, client_name).await
+    } else {
+        config.nats.connect_once(identity, client_name).await
+    };
+    connected.with_context(|| format!("NATS as {identity}"))
 }
 
 /// [`connect_client`] with the stream opened (it must exist: `custodian nats provision`).

@@ -129,13 +129,34 @@ impl NatsAccess {
     /// Connects as `identity` (its nkey, its private inbox prefix), named `client_name` in
     /// the server's connection list.
     pub async fn connect(&self, identity: &trust::Identity, client_name: &str) -> Result<async_nats::Client, BusError> {
+        self.connect_with(identity, client_name, true).await
+    }
+
+    /// [`NatsAccess::connect`] that fails at once, with the server's reason (a refused
+    /// certificate or credentials), when the first attempt does: for one-shot commands.
+    pub async fn connect_once(
+        &self,
+        identity: &trust::Identity,
+        client_name: &str,
+    ) -> Result<async_nats::Client, BusError> {
+        self.connect_with(identity, client_name, false).await
+    }
+
+    async fn connect_with(
+        &self,
+        identity: &trust::Identity,
+        client_name: &str,
+        wait_for_server: bool,
+    ) -> Result<async_nats::Client, BusError> {
         self.check()?;
         install_crypto_provider();
         let mut options = async_nats::ConnectOptions::new()
             .name(client_name)
-            .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .custom_inbox_prefix(identity.inbox_prefix());
+        if wait_for_server {
+            options = options.retry_on_initial_connect();
+        }
         if let Some(path) = self.seed_file(identity) {
             let seed = std::fs::read_to_string(&path).map_err(|source| BusError::Credentials {
                 identity: identity.name(),

@@ -25,6 +25,8 @@ pub struct NatsServer {
     views: Vec<String>,
     /// Configuration reloads the server has reported in its log.
     reloads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// More configuration, after the rendered blocks (e.g. `jetstream { sync_interval: always }`).
+    extra_config: String,
 }
 
 /// The test process's throwaway CAs: the one every test server trusts and one it does not.
@@ -82,17 +84,37 @@ impl NatsServer {
         Self::start_with(false)
     }
 
+    /// [`NatsServer::start`] or [`NatsServer::start_plain`] with more configuration
+    /// (benchmarks: `jetstream { sync_interval: always }`).
+    pub fn start_configured(secured: bool, extra_config: &str) -> Self {
+        Self::start_inner(secured, extra_config.to_owned())
+    }
+
     fn start_with(secured: bool) -> Self {
+        Self::start_inner(secured, String::new())
+    }
+
+    fn start_inner(secured: bool, extra_config: String) -> Self {
         let store = tempfile::tempdir().expect("temp dir for JetStream");
         let config_dir = tempfile::tempdir().expect("temp dir for the server's configuration");
-        let mut server =
-            Self { child: None, port: 0, store, config_dir, secured, views: Vec::new(), reloads: Default::default() };
+        let mut server = Self {
+            child: None,
+            port: 0,
+            store,
+            config_dir,
+            secured,
+            views: Vec::new(),
+            reloads: Default::default(),
+            extra_config,
+        };
         if secured {
             for identity in Identity::fixed() {
                 server.seed(&identity.name());
             }
             server.seed(HARNESS);
             server.write_config();
+        } else if !server.extra_config.is_empty() {
+            std::fs::write(server.config_file(), &server.extra_config).expect("nats-server.conf");
         }
         server.spawn(None);
         server
@@ -134,13 +156,14 @@ impl NatsServer {
         );
         let end = rendered.rfind("  ]\n}").expect("users list");
         rendered.replace_range(end.., &harness);
+        rendered.push_str(&self.extra_config);
         std::fs::write(self.config_file(), rendered).expect("nats-server.conf");
     }
 
     fn spawn(&mut self, port: Option<u16>) {
         let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
         let mut command = Command::new(nats_server_binary());
-        if self.secured {
+        if self.secured || !self.extra_config.is_empty() {
             command.arg("-c").arg(self.config_file());
         }
         let mut child = command

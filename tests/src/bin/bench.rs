@@ -351,6 +351,46 @@ fn current_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
+/// `custodian-bench bus N`: JetStream publishes (1,024 acks in flight) of N events, on a
+/// plain server (the raw baseline), on one run as deployed (TLS with client certificates, an
+/// nkey user, the permission table), and on plain servers that fsync every write
+/// (`sync_interval: always`), alone and with TLS.
+async fn bus_bench(n: usize) {
+    println!("custodian bus bench: {n} events published with 1,024 acks in flight, 3 rounds (median)\n");
+    let events = events(n);
+    let mut table: Vec<(&str, Vec<f64>)> = Vec::new();
+    for (name, secured, extra) in [
+        ("plain TCP, no auth (baseline)", false, ""),
+        ("TLS + client certificate + nkey + permissions", true, ""),
+        ("plain, sync_interval: always", false, "jetstream { sync_interval: always }\n"),
+        ("TLS + … + sync_interval: always", true, "jetstream { sync_interval: always }\n"),
+    ] {
+        let mut rates = Vec::new();
+        for round in 0..3 {
+            let nats = NatsServer::start_configured(secured, extra);
+            let client = if secured {
+                nats.connect_harness().await
+            } else {
+                custodian_bus::connect(&nats.url(), "bench").await.unwrap()
+            };
+            let bus = Bus::new(client, &StreamSettings::default()).await.unwrap();
+            let _ = bench_stream(&bus, "BENCH", "bench").await;
+            let out = outgoing(&events, Some(&format!("bench.r{round}")));
+            let start = Instant::now();
+            let results = bus.publish_all(&out, 1024).await;
+            assert!(results.iter().all(Result::is_ok));
+            rates.push(n as f64 / start.elapsed().as_secs_f64());
+        }
+        rates.sort_by(f64::total_cmp);
+        table.push((name, rates));
+    }
+    let baseline = table[0].1[1];
+    println!("| server | events/s (median) | min–max | ratio to baseline |\n|---|---|---|---|");
+    for (name, rates) in &table {
+        println!("| {name} | {:.0} | {:.0}–{:.0} | {:.2} |", rates[1], rates[0], rates[2], rates[1] / baseline);
+    }
+}
+
 /// `custodian-bench sweep N`: N consents (10% idle for 200 days) over 10 platforms; the
 /// sweep scans and expires the idle ones; baseline: the same keyset scan in plain SQL.
 async fn sweep_bench(n: usize) {
@@ -507,6 +547,10 @@ async fn main() {
     custodian_telemetry::set_default_filter("warn");
     let _telemetry = custodian_telemetry::init("custodian-bench").ok();
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("bus") {
+        let n = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+        return bus_bench(n).await;
+    }
     if args.get(1).map(String::as_str) == Some("audit") {
         let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(100_000);
         audit_bench::run(events(n)).await;
