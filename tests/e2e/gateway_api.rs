@@ -102,3 +102,40 @@ async fn probes_metrics_and_openapi_answer() {
     let openapi: Value = stack.http.get(stack.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(openapi["openapi"], "3.1.0");
 }
+
+#[tokio::test]
+async fn the_gateway_serves_https_with_secure_prefixed_cookies_and_refuses_plain_text() {
+    let mut stack = Stack::infrastructure().await;
+    let certs = custodian_testkit::test_certificates();
+    stack.gateway_tls = Some(custodian_web::TlsFiles {
+        cert_file: certs.dir.join("server.pem"),
+        key_file: certs.dir.join("server.key"),
+    });
+    stack.start_consent();
+    stack.start_gateway().await;
+    assert!(stack.gateway_url.starts_with("https://"), "{}", stack.gateway_url);
+    let (_client, settings) = stack.register_platform().await;
+    stack.start_vault(crate::support::test_vault_config(vec![settings]));
+
+    let health = stack.http.get(stack.url("/healthz")).send().await.expect("https");
+    assert_eq!(health.status(), StatusCode::OK);
+    // Plain HTTP on the same port gets no answer.
+    let plain = reqwest::Client::new().get(stack.url("/healthz").replacen("https://", "http://", 1)).send().await;
+    assert!(plain.is_err() || !plain.as_ref().is_ok_and(|r| r.status().is_success()), "{plain:?}");
+
+    // Over HTTPS the cookies are Secure, and prefixed so that no other origin can plant them.
+    let browser = stack.provider.browser();
+    let start = browser.get(stack.url("/login")).send().await.expect("login");
+    let login_cookie = start
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("__Secure-custodian_login="))
+        .map(str::to_owned)
+        .expect("a __Secure- login cookie");
+    assert!(login_cookie.contains("; Secure") && login_cookie.contains("Path=/callback"), "{login_cookie}");
+    let (browser, _cookie, _) = stack.login_through_gateway(&crate::support::unique("tls")).await;
+    let mine = browser.get(stack.url("/v1/me/consents")).send().await.expect("my consents");
+    assert_eq!(mine.status(), StatusCode::OK, "the __Host- session cookie signs the person in");
+}

@@ -29,7 +29,6 @@ pub struct Stack {
     pub store: Store,
     /// The test's own connection (the harness user).
     pub bus: Bus,
-    service_buses: Vec<(Service, Bus)>,
     pub clock: SharedClock,
     pub gateway_url: String,
     pub http: reqwest::Client,
@@ -54,6 +53,8 @@ pub struct Stack {
     pub ssf_receiver: Option<custodian_gateway::ssf_receiver::SsfReceiverConfig>,
     /// Platforms (client ids) besides the test client whose signals the gateway accepts.
     pub extra_audiences: Vec<String>,
+    /// Serve the gateway over HTTPS with these (the tests' certificate for 127.0.0.1).
+    pub gateway_tls: Option<custodian_web::TlsFiles>,
     /// The vault's key ring, kept across vault restarts.
     pub keyring: custodian_crypto::KeyRing,
     _dir: tempfile::TempDir,
@@ -116,19 +117,17 @@ impl Stack {
         // What `custodian nats provision` does before the services start: they may not.
         let sweeper_ttl = Duration::from_secs(test_sweeper_config().lease_ttl_secs);
         custodian_bus::provision(&bus, sweeper_ttl).await.expect("provisioning");
-        let mut service_buses = Vec::new();
-        for service in Service::ALL {
-            let client = nats.connect(&Identity::Service(service), "custodian-test").await;
-            service_buses
-                .push((service, Bus::new(client, &StreamSettings::default()).await.expect("stream, as a service")));
-        }
         let provider = Provider::shared();
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("http");
+        let ours = std::fs::read(custodian_testkit::test_certificates().ca()).expect("the tests' CA");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .add_root_certificate(reqwest::Certificate::from_pem(&ours).expect("CA PEM"))
+            .build()
+            .expect("http");
         Stack {
             nats,
             store,
             bus,
-            service_buses,
             clock: clock::system(),
             gateway_url: String::new(),
             http,
@@ -144,6 +143,7 @@ impl Stack {
             views: Vec::new(),
             keyring: custodian_crypto::KeyRing::ephemeral(),
             extra_audiences: Vec::new(),
+            gateway_tls: None,
             ssf_transmitter: None,
             gateway_socket: None,
             ssf_receiver: None,
@@ -163,7 +163,7 @@ impl Stack {
         let config = self.consent_config.clone();
         let run_token = token.clone();
         let handle = tokio::spawn(async move {
-            let deps = custodian_consent::Deps { store, bus, clock, metrics };
+            let deps = custodian_consent::Deps { store, bus: bus.await, clock, metrics };
             if let Err(e) = custodian_consent::run(deps, config, run_token).await {
                 tracing::error!(error = %e, "consent service stopped with an error");
             }
@@ -183,7 +183,8 @@ impl Stack {
         let token = CancellationToken::new();
         let run_token = token.clone();
         let handle = tokio::spawn(async move {
-            let deps = custodian_sweeper::Deps { store, bus, clock, metrics: Default::default(), replica: name };
+            let deps =
+                custodian_sweeper::Deps { store, bus: bus.await, clock, metrics: Default::default(), replica: name };
             if let Err(e) = custodian_sweeper::run(deps, config, run_token).await {
                 tracing::error!(error = %e, "sweeper stopped with an error");
             }
@@ -204,7 +205,7 @@ impl Stack {
         let (store, clock, keyring, bus) =
             (self.store.clone(), self.clock.clone(), self.keyring.clone(), self.service_bus(Service::Vault));
         self.vault = Some(spawn_service("vault", |token| async move {
-            let deps = custodian_vault::Deps { store, bus, clock, keyring, metrics: Default::default() };
+            let deps = custodian_vault::Deps { store, bus: bus.await, clock, keyring, metrics: Default::default() };
             custodian_vault::run(deps, config, token).await
         }));
     }
@@ -228,7 +229,7 @@ impl Stack {
             self.service_bus(Service::Audit),
         );
         spawn_service("audit", |token| async move {
-            let deps = custodian_audit::Deps { store, bus, clock, keyring, signer, metrics };
+            let deps = custodian_audit::Deps { store, bus: bus.await, clock, keyring, signer, metrics };
             custodian_audit::run(deps, config, token).await
         })
     }
@@ -243,7 +244,7 @@ impl Stack {
         let (store, clock, keyring, bus) =
             (self.store.clone(), self.clock.clone(), self.keyring.clone(), self.service_bus(Service::Incident));
         self.incident = Some(spawn_service("incident", |token| async move {
-            let deps = custodian_incident::Deps { store, bus, clock, keyring, metrics: Default::default() };
+            let deps = custodian_incident::Deps { store, bus: bus.await, clock, keyring, metrics: Default::default() };
             custodian_incident::run(deps, config, token).await
         }));
     }
@@ -321,7 +322,11 @@ impl Stack {
         let browser = self.provider.browser();
         let start = browser.get(self.url("/login")).send().await.expect("GET /login");
         assert_eq!(start.status(), reqwest::StatusCode::SEE_OTHER, "{:?}", start.text().await);
-        let login_cookie = set_cookie_header(&start, "custodian_login").expect("login cookie");
+        let (login_name, session_name) = match self.gateway_tls {
+            Some(_) => ("__Secure-custodian_login", "__Host-custodian_session"),
+            None => ("custodian_login", "custodian_session"),
+        };
+        let login_cookie = set_cookie_header(&start, login_name).expect("login cookie");
         assert!(login_cookie.contains("HttpOnly") && login_cookie.contains("SameSite=Lax"), "{login_cookie}");
         let to_op = start.headers()[reqwest::header::LOCATION].to_str().expect("location").to_owned();
         let back = self.provider.drive_interactions(&browser, to_op, username, &self.url("/callback")).await;
@@ -333,7 +338,7 @@ impl Stack {
             .expect("code in callback");
         let done = browser.get(&back).send().await.expect("GET /callback");
         assert_eq!(done.status(), reqwest::StatusCode::SEE_OTHER, "callback: {:?}", done.text().await);
-        let session = set_cookie_header(&done, "custodian_session").expect("session cookie");
+        let session = set_cookie_header(&done, session_name).expect("session cookie");
         assert!(session.contains("HttpOnly") && session.contains("SameSite=Lax"), "{session}");
         let value =
             session.split(';').next().and_then(|kv| kv.split_once('=')).map(|(_, v)| v.to_owned()).expect("value");
@@ -360,7 +365,8 @@ impl Stack {
         }
         let socket = self.gateway_socket.as_ref().expect("socket").try_clone().expect("dup socket");
         let listener = tokio::net::TcpListener::from_std(socket).expect("listener");
-        self.gateway_url = format!("http://{}", listener.local_addr().expect("addr"));
+        let scheme = if self.gateway_tls.is_some() { "https" } else { "http" };
+        self.gateway_url = format!("{scheme}://{}", listener.local_addr().expect("addr"));
         let config = GatewayConfig {
             listen: listener.local_addr().expect("addr"),
             oidc: Some(PersonAuthConfig {
@@ -393,13 +399,20 @@ impl Stack {
             login: custodian_gateway::LoginConfig { public_url: self.gateway_url.clone(), after_login: "/".into() },
             ssf_transmitter: self.ssf_transmitter.clone(),
             ssf_receiver: self.ssf_receiver.clone(),
+            tls: self.gateway_tls.clone(),
+            behind_tls_proxy: false,
         };
         let (store, clock, bus) = (self.store.clone(), self.clock.clone(), self.service_bus(Service::Gateway));
         let token = CancellationToken::new();
         let run_token = token.clone();
         let handle = tokio::spawn(async move {
-            let deps =
-                custodian_gateway::Deps { bus, store: Some(store), clock, listener, registry: Default::default() };
+            let deps = custodian_gateway::Deps {
+                bus: bus.await,
+                store: Some(store),
+                clock,
+                listener,
+                registry: Default::default(),
+            };
             if let Err(e) = custodian_gateway::run(deps, config, run_token).await {
                 tracing::error!(error = %e, "gateway stopped with an error");
             }
@@ -519,15 +532,17 @@ pub async fn connect(nats: &NatsServer) -> Bus {
 }
 
 impl Stack {
-    /// `service`'s connection, as its own identity: nats-server holds it to what the
-    /// permission table allows. One per service for the whole test (its replicas and restarts
-    /// share it, as a crash of a task leaves the process's connection up).
-    pub fn service_bus(&self, service: Service) -> Bus {
-        self.service_buses
-            .iter()
-            .find(|(s, _)| *s == service)
-            .map(|(_, bus)| bus.clone())
-            .expect("every service has one")
+    /// A connection as `service`'s own identity, made when the returned future runs (in the
+    /// service's task): nats-server holds it to what the permission table allows. Each
+    /// instance has its own, and loses it when it crashes, as a process would: its
+    /// subscriptions go with it (a request then finds no responder and is asked again).
+    pub fn service_bus(&self, service: Service) -> impl std::future::Future<Output = Bus> + Send + 'static {
+        let access = self.nats.access();
+        async move {
+            let identity = Identity::Service(service);
+            let client = access.connect(&identity, "custodian-test").await.expect("NATS as a service");
+            Bus::new(client, &StreamSettings::default()).await.expect("stream opened as a service")
+        }
     }
 
     /// A connection as view `view_id`'s identity (given one on the server first).

@@ -37,6 +37,10 @@ pub struct DemoViewConfig {
     pub ca_file: Option<std::path::PathBuf>,
     /// How long it keeps what it fetched (never past the token).
     pub keep_secs: u64,
+    /// Serve HTTPS with this certificate and key (plain HTTP only on loopback, or with
+    /// `behind_tls_proxy`).
+    pub tls: Option<custodian_web::TlsFiles>,
+    pub behind_tls_proxy: bool,
 }
 
 impl Default for DemoViewConfig {
@@ -49,6 +53,8 @@ impl Default for DemoViewConfig {
             userinfo_url: None,
             ca_file: None,
             keep_secs: 300,
+            tls: None,
+            behind_tls_proxy: false,
         }
     }
 }
@@ -59,6 +65,8 @@ pub enum DemoViewError {
     Setup(String),
     #[error("demo view HTTP server: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("demo view: {0}")]
+    Web(#[from] custodian_web::WebError),
 }
 
 #[derive(Debug)]
@@ -82,6 +90,7 @@ pub async fn run(deps: Deps, config: DemoViewConfig, shutdown: CancellationToken
         View::new(&config.view_id, deps.bus, deps.clock.clone()).map_err(|e| DemoViewError::Setup(e.to_string()))?;
     let http = custodian_oidc::http_client(config.ca_file.as_deref(), Duration::from_secs(10))
         .map_err(|e| DemoViewError::Setup(e.to_string()))?;
+    let (tls, behind_tls_proxy) = (config.tls.clone(), config.behind_tls_proxy);
     let state =
         Arc::new(AppState { view: view.clone(), config, http, clock: deps.clock, held: std::sync::Mutex::default() });
     let listener_view = view.clone();
@@ -93,7 +102,17 @@ pub async fn run(deps: Deps, config: DemoViewConfig, shutdown: CancellationToken
         .route("/sessions/{session_id}", get(show))
         .with_state(state);
     tracing::info!(addr = ?deps.listener.local_addr().ok(), view_id = %view.view_id(), "demo view listening");
-    axum::serve(deps.listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+    let stopped = async move { shutdown.cancelled().await };
+    match tls {
+        Some(files) => {
+            let listener = custodian_web::TlsListener::new(deps.listener, files.server_config()?)?;
+            axum::serve(listener, app).with_graceful_shutdown(stopped).await?;
+        }
+        None => {
+            custodian_web::check_plaintext(deps.listener.local_addr()?, behind_tls_proxy)?;
+            axum::serve(deps.listener, app).with_graceful_shutdown(stopped).await?;
+        }
+    }
     wipes.abort();
     Ok(())
 }

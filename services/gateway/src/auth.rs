@@ -394,7 +394,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         // A person signed in through /login carries a session cookie instead.
         if header.is_none()
-            && let Some(cookie) = crate::routes::login::session_cookie(&parts.headers)
+            && let Some(cookie) = crate::routes::login::session_cookie(&state.login, &parts.headers)
         {
             return crate::routes::login::person_of_cookie(state, &cookie).await;
         }

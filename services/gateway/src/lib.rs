@@ -42,6 +42,8 @@ pub enum GatewayError {
     Config(String),
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Web(#[from] custodian_web::WebError),
 }
 
 /// `[gateway]` in custodian.toml, `CUSTODIAN_GATEWAY__*`.
@@ -57,6 +59,11 @@ pub struct GatewayConfig {
     pub ssf_transmitter: Option<transmit::TransmitterConfig>,
     /// Receive SETs from a transmitter: stream set-up, push or poll.
     pub ssf_receiver: Option<ssf_receiver::SsfReceiverConfig>,
+    /// Serve HTTPS with this certificate and key.
+    pub tls: Option<custodian_web::TlsFiles>,
+    /// Without `tls`, plain HTTP is served only on loopback, unless a proxy in front
+    /// terminates TLS and this says so.
+    pub behind_tls_proxy: bool,
 }
 
 /// `[gateway.login]`: the person's sign-in (the code flow itself runs in the vault).
@@ -79,6 +86,18 @@ impl LoginConfig {
     pub fn cookie_secure(&self) -> bool {
         self.public_url.starts_with("https://")
     }
+
+    /// The session cookie's name: `__Host-` prefixed over HTTPS, so the browser takes it
+    /// only from this host, sent Secure, for the whole site (a plain-HTTP or sibling-domain
+    /// page cannot plant one).
+    pub fn session_cookie_name(&self) -> &'static str {
+        if self.cookie_secure() { "__Host-custodian_session" } else { routes::login::SESSION_COOKIE }
+    }
+
+    /// The login cookie is scoped to `/callback`, so `__Secure-` (a `__Host-` cookie's path is `/`).
+    pub fn login_cookie_name(&self) -> &'static str {
+        if self.cookie_secure() { "__Secure-custodian_login" } else { routes::login::LOGIN_COOKIE }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -90,6 +109,8 @@ impl Default for GatewayConfig {
             login: LoginConfig::default(),
             ssf_transmitter: None,
             ssf_receiver: None,
+            tls: None,
+            behind_tls_proxy: false,
         }
     }
 }
@@ -218,10 +239,19 @@ pub async fn run(deps: Deps, config: GatewayConfig, shutdown: CancellationToken)
     tracing::info!(%addr, "gateway listening");
     let receiving =
         config.ssf_receiver.clone().map(|c| tokio::spawn(ssf_receiver::run(state.clone(), c, shutdown.clone())));
-    let served = axum::serve(deps.listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(GatewayError::Serve);
+    let app = router(state);
+    let stopped = async move { shutdown.cancelled().await };
+    let served = match &config.tls {
+        Some(files) => {
+            let listener = custodian_web::TlsListener::new(deps.listener, files.server_config()?)?;
+            axum::serve(listener, app).with_graceful_shutdown(stopped).await
+        }
+        None => {
+            custodian_web::check_plaintext(addr, config.behind_tls_proxy)?;
+            axum::serve(deps.listener, app).with_graceful_shutdown(stopped).await
+        }
+    }
+    .map_err(GatewayError::Serve);
     for task in [transmitting, receiving].into_iter().flatten() {
         task.abort();
     }

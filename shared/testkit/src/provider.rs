@@ -113,8 +113,11 @@ impl Provider {
     /// An HTTP client that trusts the provider's CA, keeps cookies and does not follow redirects.
     pub fn browser(&self) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(&self.ca_pem()).expect("CA PEM");
+        // The tests' own CA too: a gateway under test may serve HTTPS with its certificate.
+        let ours = std::fs::read(crate::test_certificates().ca()).expect("the tests' CA");
+        let ours = reqwest::Certificate::from_pem(&ours).expect("CA PEM");
         reqwest::Client::builder()
-            .tls_certs_only([ca])
+            .tls_certs_only([ca, ours])
             .cookie_store(true)
             .redirect(reqwest::redirect::Policy::none())
             .build()

@@ -18,7 +18,7 @@ fn escape(s: &str) -> String {
 }
 
 pub async fn page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Html<String> {
-    let person = match session_cookie(&headers) {
+    let person = match session_cookie(&state.login, &headers) {
         Some(cookie) => person_of_cookie(&state, &cookie).await.ok(),
         None => None,
     };

@@ -3,7 +3,8 @@
 //! cookie, `/logout` ends it here and at the OP. The gateway never sees a token: the vault
 //! exchanges the code, and keeps only the SHA-256 of the session cookie.
 //!
-//! Cookies: HttpOnly, SameSite=Lax, Secure when the public URL is https. The login cookie
+//! Cookies: HttpOnly, SameSite=Lax; over HTTPS Secure and prefixed (`__Host-` for the session,
+//! `__Secure-` for the login cookie, which is scoped to `/callback`). The login cookie
 //! carries the OAuth `state`, so a callback is accepted only in the browser that started it.
 
 use std::sync::Arc;
@@ -38,8 +39,8 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    cookie_value(headers, SESSION_COOKIE)
+pub fn session_cookie(login: &crate::LoginConfig, headers: &HeaderMap) -> Option<String> {
+    cookie_value(headers, login.session_cookie_name())
 }
 
 fn set_cookie(state: &AppState, name: &str, value: &str, path: &str, max_age: i64) -> HeaderValue {
@@ -80,7 +81,7 @@ pub async fn login(State(state): State<Arc<AppState>>, Query(params): Query<Logi
     match reply {
         LoginStartReply::Redirect { authorize_url, state: oauth_state } => {
             let mut response = Redirect::to(&authorize_url).into_response();
-            let cookie = set_cookie(&state, LOGIN_COOKIE, &oauth_state, "/callback", 600);
+            let cookie = set_cookie(&state, state.login.login_cookie_name(), &oauth_state, "/callback", 600);
             response.headers_mut().append(header::SET_COOKIE, cookie);
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             Ok(response)
@@ -117,7 +118,7 @@ pub async fn callback(
     let (Some(code), Some(oauth_state)) = (params.code, params.state) else {
         return Err(Problem::bad_request("the callback needs code and state"));
     };
-    let expected = cookie_value(&headers, LOGIN_COOKIE).ok_or_else(|| {
+    let expected = cookie_value(&headers, state.login.login_cookie_name()).ok_or_else(|| {
         Problem::bad_request("no sign-in in progress in this browser (cookie missing); start at /login")
     })?;
     if !constant_time_eq(expected.as_bytes(), oauth_state.as_bytes()) {
@@ -133,8 +134,11 @@ pub async fn callback(
             let max_age = (person.expires_at - state.clock.now()).num_seconds().max(0);
             let mut response = Redirect::to(&state.login.after_login).into_response();
             let headers = response.headers_mut();
-            headers.append(header::SET_COOKIE, set_cookie(&state, SESSION_COOKIE, &cookie, "/", max_age));
-            headers.append(header::SET_COOKIE, set_cookie(&state, LOGIN_COOKIE, "", "/callback", 0));
+            headers.append(
+                header::SET_COOKIE,
+                set_cookie(&state, state.login.session_cookie_name(), &cookie, "/", max_age),
+            );
+            headers.append(header::SET_COOKIE, set_cookie(&state, state.login.login_cookie_name(), "", "/callback", 0));
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             Ok(response)
         }
@@ -148,7 +152,7 @@ pub async fn callback(
 /// `GET|POST /logout`: ends the session here and sends the browser to the OP to end it there.
 pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let mut target = state.login.after_login.clone();
-    if let Some(cookie) = session_cookie(&headers) {
+    if let Some(cookie) = session_cookie(&state.login, &headers) {
         let lookup = SessionLookup { session_digest: crate::auth::token_digest(&cookie) };
         match custodian_bus::query::<_, LogoutReply>(state.bus.client(), vault::LOGOUT, &lookup, VAULT_TIMEOUT).await {
             Ok(LogoutReply { end_session_url: Some(url) }) => target = url,
@@ -157,7 +161,9 @@ pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
         }
     }
     let mut response = Redirect::to(&target).into_response();
-    response.headers_mut().append(header::SET_COOKIE, set_cookie(&state, SESSION_COOKIE, "", "/", 0));
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, set_cookie(&state, state.login.session_cookie_name(), "", "/", 0));
     response
 }
 
