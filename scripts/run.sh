@@ -24,12 +24,12 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # NATS as it is deployed: TLS with client certificates from a throwaway CA, an nkey per
 # service, view and operator (made once, kept in .data/nats-identities/), and the permissions
 # rendered from the table in code. Nobody connects without one of those keys.
-bash scripts/nats-tls.sh "$DATA/nats-tls"
+bash scripts/tls.sh "$DATA/tls"
 IDENTITIES="$DATA/nats-identities"
 target/debug/custodian nats identity new --all --dir "$IDENTITIES" >/dev/null
 [ -s "$IDENTITIES/view-demo.nk" ] || target/debug/custodian nats identity new --view demo --dir "$IDENTITIES" >/dev/null
-target/debug/custodian nats server-config --dir "$IDENTITIES" --tls-cert "$DATA/nats-tls/server.pem" \
-  --tls-key "$DATA/nats-tls/server.key" --tls-ca "$DATA/nats-tls/ca.pem" --verify-clients -o "$DATA/nats-server.conf"
+target/debug/custodian nats server-config --dir "$IDENTITIES" --tls-cert "$DATA/tls/server.pem" \
+  --tls-key "$DATA/tls/server.key" --tls-ca "$DATA/tls/ca.pem" --verify-clients -o "$DATA/nats-server.conf"
 if port_open "$NATS_PORT"; then
   echo "using the NATS server already on port $NATS_PORT (it must run $DATA/nats-server.conf)"
 else
@@ -42,18 +42,20 @@ mkdir -p "$DATA/mail"
 .tools/venv/bin/python tests/smtp/smtp_server.py --dir "$DATA/mail" --port "$SMTP_PORT" >"$DATA/smtp.ready" 2>"$DATA/smtp.log" &
 pids+=($!)
 
+GATEWAY="https://127.0.0.1:${GATEWAY_PORT}"
 # The demo platform's client at the OP; its secret is made once and kept in .data/.
 [ -s "$DATA/op/client_secret" ] || openssl rand -hex 24 >"$DATA/op/client_secret"
 cat >"$DATA/op/clients.json" <<JSON
 [{"client_id":"custodian-demo","client_secret":"$(cat "$DATA/op/client_secret")",
-  "redirect_uris":["http://127.0.0.1:${GATEWAY_PORT}/callback","https://127.0.0.1/callback"],
+  "redirect_uris":["${GATEWAY}/callback","https://127.0.0.1/callback"],
   "grant_types":["authorization_code","refresh_token","urn:ietf:params:oauth:grant-type:token-exchange"],"response_types":["code"],
   "token_endpoint_auth_method":"client_secret_basic",
-  "backchannel_logout_uri":"http://127.0.0.1:${GATEWAY_PORT}/oidc/backchannel-logout",
-  "post_logout_redirect_uris":["http://127.0.0.1:${GATEWAY_PORT}/"]}]
+  "backchannel_logout_uri":"${GATEWAY}/oidc/backchannel-logout",
+  "post_logout_redirect_uris":["${GATEWAY}/"]}]
 JSON
 rm -f "$DATA/op/ready"
-node tests/provider/provider.mjs --dir "$DATA/op" --port "$OP_PORT" --clients "$DATA/op/clients.json" \
+# The OP trusts the gateway's certificate (back-channel logout goes to it over HTTPS).
+NODE_EXTRA_CA_CERTS="$DATA/tls/ca.pem" node tests/provider/provider.mjs --dir "$DATA/op" --port "$OP_PORT" --clients "$DATA/op/clients.json" \
   >"$DATA/op/ready" 2>"$DATA/op/provider.log" &
 pids+=($!)
 for _ in $(seq 1 100); do [ -s "$DATA/op/ready" ] && break; sleep 0.1; done
@@ -78,13 +80,17 @@ database_url = "sqlite://$DATA/custodian.db"
 nats_url = "tls://127.0.0.1:${NATS_PORT}"
 
 [nats]
-ca = "$DATA/nats-tls/ca.pem"
-client_cert = "$DATA/nats-tls/client.pem"
-client_key = "$DATA/nats-tls/client.key"
+ca = "$DATA/tls/ca.pem"
+client_cert = "$DATA/tls/client.pem"
+client_key = "$DATA/tls/client.key"
 credentials_dir = "$IDENTITIES"
 
 [gateway]
 listen = "127.0.0.1:${GATEWAY_PORT}"
+tls = { cert_file = "$DATA/tls/server.pem", key_file = "$DATA/tls/server.key" }
+
+[gateway.login]
+public_url = "${GATEWAY}"
 
 [gateway.oidc]
 issuer = "$ISSUER"
@@ -117,7 +123,7 @@ issuer = "$ISSUER"
 ca_file = "$DATA/op/ca.pem"
 client_id = "custodian-demo"
 client_secret = "$(cat "$DATA/op/client_secret")"
-redirect_uri = "http://127.0.0.1:${GATEWAY_PORT}/callback"
+redirect_uri = "${GATEWAY}/callback"
 
 [audit]
 signing_key_id = "local-audit-1"
@@ -139,6 +145,7 @@ contact = "The DPO of the demo platform, dpo@custodian.localhost"
 [demo_view]
 enabled = true
 listen = "127.0.0.1:${DEMO_VIEW_PORT}"
+tls = { cert_file = "$DATA/tls/server.pem", key_file = "$DATA/tls/server.key" }
 view_id = "demo"
 platform_id = "custodian-demo"
 userinfo_url = "$ISSUER/me"
@@ -152,20 +159,21 @@ for _ in $(seq 1 100); do port_open "$NATS_PORT" && break; sleep 0.1; done
 target/debug/custodian nats provision >/dev/null
 target/debug/custodian up &
 pids+=($!)
-for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:${GATEWAY_PORT}/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 1 100); do curl -fs --cacert "$DATA/tls/ca.pem" "${GATEWAY}/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 
 cat <<TOUR
 
-  Custodian is up: gateway http://127.0.0.1:${GATEWAY_PORT}, NATS tls://127.0.0.1:${NATS_PORT}
+  Custodian is up: gateway https://127.0.0.1:${GATEWAY_PORT}, NATS tls://127.0.0.1:${NATS_PORT}
   (client certificates and one nkey per identity: $IDENTITIES),
   OpenID provider ${ISSUER} (CA in $DATA/op/ca.pem), database $DATA/custodian.db,
-  demo view http://127.0.0.1:${DEMO_VIEW_PORT}.
+  demo view https://127.0.0.1:${DEMO_VIEW_PORT}.
 
-  Watch a revocation (a browser; the OP's certificate is from a throwaway CA: accept it):
-    1. http://127.0.0.1:${GATEWAY_PORT}/login — sign in at the OP as anyone (any password), consent.
-    2. http://127.0.0.1:${DEMO_VIEW_PORT}/ — open a session for that name: the view fetches your
+  Watch a revocation (a browser; the certificates are from throwaway CAs, $DATA/tls/ca.pem
+  and $DATA/op/ca.pem: accept them):
+    1. https://127.0.0.1:${GATEWAY_PORT}/login — sign in at the OP as anyone (any password), consent.
+    2. https://127.0.0.1:${DEMO_VIEW_PORT}/ — open a session for that name: the view fetches your
        profile with a token from the vault and holds it in memory.
-    3. http://127.0.0.1:${GATEWAY_PORT}/ — revoke: the token is revoked at the OP, the view drops
+    3. https://127.0.0.1:${GATEWAY_PORT}/ — revoke: the token is revoked at the OP, the view drops
        the data and acks; the receipt link shows each step with its time.
 
   Try, in another terminal at the top of the repository:
@@ -174,8 +182,8 @@ cat <<TOUR
     target/debug/custodian consents list
     target/debug/custodian consents show --issuer https://op.example --subject demo-person --platform tp-demo
     target/debug/custodian sweep run --dry-run
-    curl -s -H "Authorization: Bearer \$(cat $DATA/tokens/ops.token)" http://127.0.0.1:${GATEWAY_PORT}/v1/consents
-    curl -s http://127.0.0.1:${GATEWAY_PORT}/metrics | grep custodian_
+    curl -s --cacert $DATA/tls/ca.pem -H "Authorization: Bearer \$(cat $DATA/tokens/ops.token)" https://127.0.0.1:${GATEWAY_PORT}/v1/consents
+    curl -s --cacert $DATA/tls/ca.pem https://127.0.0.1:${GATEWAY_PORT}/metrics | grep custodian_
   Report an incident; the DPO's e-mails land in $DATA/mail/:
     target/debug/custodian incident report --kind data_leak --platform custodian-demo --summary "laptop lost"
     target/debug/custodian incident show <incident id>

@@ -13,9 +13,9 @@ for _ in $(seq 1 300); do grep -q "Custodian is up" "$log" && break; sleep 0.1; 
 grep -q "Custodian is up" "$log" || { cat "$log"; echo "smoke: make run did not come up" >&2; exit 1; }
 export CUSTODIAN_CONFIG=.data/custodian.toml
 # The person's sign-in starts (the vault makes the authorization request), the demo view serves.
-login=$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' http://127.0.0.1:18080/login)
+login=$(curl -s --cacert .data/tls/ca.pem -o /dev/null -w '%{http_code} %{redirect_url}' https://127.0.0.1:18080/login)
 case "$login" in "303 https://127.0.0.1:19443/auth?"*code_challenge_method=S256*) ;; *) cat "$log"; echo "smoke: /login gave $login" >&2; exit 1;; esac
-curl -fs http://127.0.0.1:18081/ | grep -q "View <code>demo</code>" || { cat "$log"; echo "smoke: demo view not serving" >&2; exit 1; }
+curl -fs --cacert .data/tls/ca.pem https://127.0.0.1:18081/ | grep -q "View <code>demo</code>" || { cat "$log"; echo "smoke: demo view not serving" >&2; exit 1; }
 target/debug/custodian events publish examples/consent-granted.json
 for _ in $(seq 1 100); do
   if target/debug/custodian consents list | grep -q "tp-demo .*granted .*demo-person"; then
@@ -53,10 +53,13 @@ for _ in $(seq 1 100); do
     # NATS refuses a client without credentials, even with a valid client certificate.
     if CUSTODIAN_NATS__CREDENTIALS_DIR=/nonexistent timeout 20 target/debug/custodian status >/tmp/smoke-anon 2>&1; then echo "smoke: NATS took a client without credentials" >&2; exit 1; fi
     grep -q "cannot read the NATS credentials" /tmp/smoke-anon || { cat /tmp/smoke-anon; echo "smoke: no clear error without credentials" >&2; exit 1; }
-    printf 'nats_url = "tls://127.0.0.1:14222"\n[nats]\nca = ".data/nats-tls/ca.pem"\nclient_cert = ".data/nats-tls/client.pem"\nclient_key = ".data/nats-tls/client.key"\n' >/tmp/smoke-anon.toml
+    printf 'nats_url = "tls://127.0.0.1:14222"\n[nats]\nca = ".data/tls/ca.pem"\nclient_cert = ".data/tls/client.pem"\nclient_key = ".data/tls/client.key"\n' >/tmp/smoke-anon.toml
     if timeout 20 target/debug/custodian --config /tmp/smoke-anon.toml status >/tmp/smoke-anon 2>&1; then echo "smoke: NATS took an anonymous client" >&2; exit 1; fi
     grep -qi "authorization" /tmp/smoke-anon || { cat /tmp/smoke-anon; echo "smoke: the anonymous refusal does not say why" >&2; exit 1; }
-    echo "smoke: 9 passed, 0 failed"
+    # The gateway and the demo view speak HTTPS only; the session cookie is __Host-.
+    if curl -fs -m 5 http://127.0.0.1:18080/healthz >/dev/null 2>&1; then echo "smoke: the gateway answered plain HTTP" >&2; exit 1; fi
+    curl -s --cacert .data/tls/ca.pem -D - -o /dev/null https://127.0.0.1:18080/login | grep -qi "^set-cookie: __Secure-custodian_login=.*Secure" || { echo "smoke: no __Secure- login cookie" >&2; exit 1; }
+    echo "smoke: 10 passed, 0 failed"
     exit 0
   fi
   sleep 0.1

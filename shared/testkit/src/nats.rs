@@ -46,14 +46,14 @@ impl TestCertificates {
 
 static CERTIFICATES: OnceLock<TestCertificates> = OnceLock::new();
 
-/// Made once per test process by `scripts/nats-tls.sh`, removed when the process ends.
+/// Made once per test process by `scripts/tls.sh`, removed when the process ends.
 pub fn test_certificates() -> &'static TestCertificates {
     CERTIFICATES.get_or_init(|| {
         let root = std::env::temp_dir().join(format!("custodian-nats-tls-{}", std::process::id()));
-        let script = crate::repo_root().join("scripts/nats-tls.sh");
+        let script = crate::repo_root().join("scripts/tls.sh");
         for (dir, name) in [(root.join("trusted"), "Custodian test NATS CA"), (root.join("foreign"), "Another CA")] {
             let status = Command::new("bash").arg(&script).arg(&dir).arg(name).status().expect("bash");
-            assert!(status.success(), "scripts/nats-tls.sh failed (is openssl installed?)");
+            assert!(status.success(), "scripts/tls.sh failed (is openssl installed?)");
         }
         // Removed once this process is gone, however it ends.
         let _watchdog = crate::spawn_with_watchdog("sleep 1000000", &format!("rm -rf {}", root.display()), None);

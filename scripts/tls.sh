@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# A throwaway CA for NATS, a server certificate for 127.0.0.1/localhost and one client
-# certificate (mTLS), in <dir>: ca.pem, server.pem/.key, client.pem/.key. Made once: files
-# already there are kept. Used by `make run` and by the tests' nats-server.
+# A throwaway CA, a server certificate for 127.0.0.1/localhost (NATS, the gateway, the demo
+# view) and one client certificate (NATS mTLS), in <dir>: ca.pem, server.pem/.key, client.pem/.key. Made once: files
+# already there are kept. Used by `make run` and by the tests.
 set -euo pipefail
 dir=${1:?usage: nats-tls.sh <dir> [common name of the CA]}
 name=${2:-Custodian NATS CA}
