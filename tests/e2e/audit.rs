@@ -66,9 +66,8 @@ async fn every_event_of_a_revocation_is_chained_once_in_stream_order() {
     })
     .await;
     let view = stack.start_view(&unique("aud")).await;
-    let token = view.access_token(None, &person, &client.client_id, Duration::from_secs(10)).await.expect("token");
-    let session =
-        view.open_session(&token.issuer, &person, &client.client_id, token.expires_at).await.expect("session");
+    let started = view.start_session(None, &person, &client.client_id, Duration::from_secs(10)).await.expect("token");
+    let session = started.session_id;
     view.store().put(&session, "k", b"v".to_vec(), Duration::from_secs(30)).expect("put");
     let revoked =
         browser.delete(stack.url(&format!("/v1/me/consents/{}", client.client_id))).send().await.expect("revoke");
@@ -258,12 +257,18 @@ async fn ten_holder_of_key_uses_make_ten_privacy_log_entries_readable_by_the_dpo
     let person = unique("julia");
     stack.login_through_gateway(&person).await;
     let view = stack.start_view(&unique("hok")).await;
+    let session = view
+        .start_session(None, &person, &client.client_id, Duration::from_secs(10))
+        .await
+        .expect("session")
+        .session_id;
     let national_number = "85073003328";
     let mut assertion_ids = Vec::new();
     for i in 0..10 {
         let token = view
             .holder_of_key_token(
                 HokUse {
+                    session_id: &session,
                     issuer: None,
                     subject: &person,
                     platform_id: &client.client_id,

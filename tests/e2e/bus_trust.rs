@@ -204,6 +204,7 @@ async fn a_view_is_confined_to_its_own_wipes_and_its_own_subjects() {
             issuer: None,
             subject: "nobody".into(),
             platform_id: "nowhere".into(),
+            session_id: Some("s-1".into()),
             reply_key: custodian_crypto::ReplyKey::new().public_base64(),
         },
         Duration::from_secs(10),
@@ -289,8 +290,8 @@ async fn a_platform_fact_carrying_the_id_of_the_next_consent_ended_cannot_suppre
 
     // A view holds the person's data.
     let view = stack.start_view(&unique("phone")).await;
-    let token = view.access_token(None, &person, &platform, Duration::from_secs(10)).await.expect("token");
-    let session = view.open_session(&token.issuer, &person, &platform, token.expires_at).await.expect("session");
+    let started = view.start_session(None, &person, &platform, Duration::from_secs(10)).await.expect("token");
+    let (session, token) = (started.session_id, started.token);
     view.store().put(&session, "labs", b"data".to_vec(), Duration::from_secs(60)).expect("held");
 
     // The person revokes: the consent.ended arrives under its own id, the token dies at the
@@ -363,4 +364,83 @@ async fn a_wipe_ack_naming_sessions_outside_its_wipe_is_refused_and_wipes_nothin
     let receipt = receipt.expect("receipt");
     let entry = receipt.views.iter().find(|v| v.view_id == attacker.view_id()).expect("attacker on the receipt");
     assert_eq!(entry.state, "pending", "{receipt:?}");
+}
+
+#[tokio::test]
+async fn a_view_gets_a_token_only_under_an_open_session_of_its_own() {
+    use custodian_view_sdk::{HokUse, ViewError};
+    use sea_orm::EntityTrait;
+    let mut stack = Stack::start().await;
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    stack.start_vault(crate::support::test_vault_config(vec![settings]));
+    let (person, other) = (unique("paula"), unique("quinn"));
+    stack.login_through_gateway(&person).await;
+    stack.login_through_gateway(&other).await;
+    let mine = stack.start_view(&unique("mine")).await;
+    let theirs = stack.start_view(&unique("theirs")).await;
+
+    // The session is on record, bound to the view that asked, before the token is handed out.
+    let started = mine.start_session(None, &person, &platform, Duration::from_secs(10)).await.expect("own session");
+    let recorded = custodian_store::entities::view_session::Entity::find_by_id(started.session_id.clone())
+        .one(stack.store.db())
+        .await
+        .expect("db")
+        .expect("the vault recorded the session when it handed out the token");
+    assert_eq!((recorded.view_id.as_str(), recorded.subject.as_str()), (mine.view_id(), person.as_str()));
+    assert_eq!(recorded.expires_at, started.token.expires_at, "the session's data may live as long as its token");
+    let again = mine.access_token(&started.session_id, None, &person, &platform, Duration::from_secs(10)).await;
+    assert!(again.is_ok(), "its own open session gets a token again: {again:?}");
+
+    // Another view's session, or another person under this session: no token.
+    let borrowed = theirs.access_token(&started.session_id, None, &person, &platform, Duration::from_secs(10)).await;
+    assert!(
+        matches!(&borrowed, Err(ViewError::NoToken(r)) if r.contains("not a session of this view")),
+        "{borrowed:?}"
+    );
+    let someone_else = mine.access_token(&started.session_id, None, &other, &platform, Duration::from_secs(10)).await;
+    assert!(matches!(&someone_else, Err(ViewError::NoToken(_))), "{someone_else:?}");
+
+    // A request naming no session (as a view built before sessions were bound) is refused.
+    let bare = custodian_bus::query::<_, custodian_events::vault::TokenReply>(
+        stack.view_bus(mine.view_id()).await.client(),
+        &format!("{}.{}", custodian_events::vault::TOKEN, mine.view_id()),
+        &custodian_events::vault::TokenRequest {
+            issuer: None,
+            subject: person.clone(),
+            platform_id: platform.clone(),
+            session_id: None,
+            reply_key: custodian_crypto::ReplyKey::new().public_base64(),
+        },
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("answered");
+    assert!(matches!(&bare, custodian_events::vault::TokenReply::Error(r) if r.contains("session_id")), "{bare:?}");
+
+    // A holder-of-key use needs an open session of the view's own, on record.
+    let hok = |session_id| HokUse {
+        session_id,
+        issuer: None,
+        subject: &person,
+        platform_id: &platform,
+        token_type: custodian_events::HokTokenType::Saml2,
+        service: "https://services.example/recipe",
+        caller_identity: "85073003328",
+        caller_organisation: None,
+        purpose: None,
+    };
+    let unknown = mine.holder_of_key_token(hok("never-opened"), Duration::from_secs(10)).await;
+    assert!(matches!(&unknown, Err(ViewError::NoToken(_))), "{unknown:?}");
+    let borrowed_hok = theirs.holder_of_key_token(hok(&started.session_id), Duration::from_secs(10)).await;
+    assert!(matches!(&borrowed_hok, Err(ViewError::NoToken(_))), "{borrowed_hok:?}");
+
+    // Once the view closes it, the session gets nothing more.
+    mine.close_session(&started.session_id).await.expect("closed");
+    custodian_testkit::eventually("the closed session gets no token", Duration::from_secs(20), || async {
+        let after = mine.access_token(&started.session_id, None, &person, &platform, Duration::from_secs(5)).await;
+        matches!(&after, Err(ViewError::NoToken(r)) if r.contains("closed")).then_some(())
+    })
+    .await;
+    assert_eq!(stack.count_on(subjects::TOKEN_HOK_USED).await, 0, "no holder-of-key use happened, none was logged");
 }

@@ -76,8 +76,8 @@ async fn people_with_sessions(stack: &mut Stack, platform: &str, n: usize) -> Ve
         let person = unique("pat");
         stack.login_through_gateway(&person).await;
         for view in &views {
-            let token = view.access_token(None, &person, platform, Duration::from_secs(10)).await.expect("token");
-            let session = view.open_session(&token.issuer, &person, platform, token.expires_at).await.expect("session");
+            let started = view.start_session(None, &person, platform, Duration::from_secs(10)).await.expect("token");
+            let session = started.session_id;
             view.store().put(&session, "record", b"diagnosis".to_vec(), Duration::from_secs(120)).expect("put");
         }
     }

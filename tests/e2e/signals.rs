@@ -48,8 +48,8 @@ async fn person_with_a_view(stack: &mut Stack, platform: &str) -> (String, custo
     })
     .await;
     let view = stack.start_view(&unique("sigview")).await;
-    let token = view.access_token(None, &person, platform, Duration::from_secs(10)).await.expect("token");
-    let session = view.open_session(&token.issuer, &person, platform, token.expires_at).await.expect("session");
+    let started = view.start_session(None, &person, platform, Duration::from_secs(10)).await.expect("token");
+    let session = started.session_id;
     view.store().put(&session, "k", b"v".to_vec(), Duration::from_secs(60)).expect("put");
     (person, view, session)
 }
@@ -66,8 +66,8 @@ async fn logout_at_the_op_ends_the_sessions_and_a_replayed_logout_token_is_refus
     })
     .await;
     let view = stack.start_view(&unique("bcl")).await;
-    let token = view.access_token(None, &person, &platform, Duration::from_secs(10)).await.expect("token");
-    let session = view.open_session(&token.issuer, &person, &platform, token.expires_at).await.expect("session");
+    let started = view.start_session(None, &person, &platform, Duration::from_secs(10)).await.expect("token");
+    let (session, token) = (started.session_id, started.token);
     view.store().put(&session, "k", b"v".to_vec(), Duration::from_secs(60)).expect("put");
     let access = secrecy::ExposeSecret::expose_secret(&token.token).to_owned();
 

@@ -106,14 +106,14 @@ async fn a_revocation_ends_every_token_at_the_op_and_every_view_session() {
     let mut views = Vec::new();
     for name in ["view-a", "view-b"] {
         let view = stack.start_view(&unique(name)).await;
-        let token =
-            view.access_token(None, &person, &platform, Duration::from_secs(10)).await.expect("token from vault");
+        let started =
+            view.start_session(None, &person, &platform, Duration::from_secs(10)).await.expect("token from vault");
+        let (session, token) = (started.session_id, started.token);
         assert_eq!(
             secrecy::ExposeSecret::expose_secret(&token.token),
             access.as_str(),
             "the vault hands out the stored token"
         );
-        let session = view.open_session(&token.issuer, &person, &platform, token.expires_at).await.expect("session");
         view.store().put(&session, "labs", b"HbA1c 6.1%".to_vec(), Duration::from_secs(60)).expect("held");
         views.push((view, session));
     }
@@ -155,7 +155,7 @@ async fn a_revocation_ends_every_token_at_the_op_and_every_view_session() {
     }
     // The ciphertext is gone, the vault hands out nothing any more.
     assert!(assertion::Entity::find().all(stack.store.db()).await.expect("rows").is_empty());
-    let refused = views[0].0.access_token(None, &person, &platform, Duration::from_secs(5)).await;
+    let refused = views[0].0.start_session(None, &person, &platform, Duration::from_secs(5)).await;
     assert!(matches!(refused, Err(custodian_view_sdk::ViewError::NoToken(_))), "{refused:?}");
     // One token.revoked per token, on the stream.
     assert_eq!(stack.count_on_settled(subjects::TOKEN_REVOKED, 2).await, 2);
@@ -349,7 +349,7 @@ async fn rotating_the_key_encryption_key_rewraps_every_record_while_tokens_keep_
     stack.keyring = ring("new", &[("old", &old_secret), ("new", &new_secret)]);
     stack.start_vault(config.clone());
     let view = stack.start_view(&unique("rot")).await;
-    let token = view.access_token(None, &people[0], &platform, Duration::from_secs(10)).await;
+    let token = view.start_session(None, &people[0], &platform, Duration::from_secs(10)).await;
     assert!(token.is_ok(), "tokens flow during the rotation: {token:?}");
     eventually("every record re-wrapped under the new key", Duration::from_secs(15), || async {
         let rows = assertion::Entity::find().all(stack.store.db()).await.ok()?;
@@ -365,7 +365,7 @@ async fn rotating_the_key_encryption_key_rewraps_every_record_while_tokens_keep_
     stack.start_vault(config);
     for person in &people {
         let started = std::time::Instant::now();
-        let token = view.access_token(None, person, &platform, Duration::from_secs(40)).await;
+        let token = view.start_session(None, person, &platform, Duration::from_secs(40)).await;
         eprintln!("token for {person} after {:?}", started.elapsed());
         assert!(token.is_ok(), "readable with the new key only: {token:?}");
     }

@@ -70,9 +70,9 @@ async fn no_secret_reaches_a_log_line_or_a_debug_print() {
     }
     let view = stack.start_view(&unique("logs")).await;
     for _ in 0..2 {
-        let token = view.access_token(None, &person, &platform, Duration::from_secs(10)).await.expect("token");
+        let started = view.start_session(None, &person, &platform, Duration::from_secs(10)).await.expect("token");
+        let (session, token) = (started.session_id, started.token);
         secrets.push(("handed-out access token".into(), token.token.expose_secret().to_owned()));
-        let session = view.open_session(&token.issuer, &person, &platform, token.expires_at).await.expect("session");
         view.store().put(&session, "k", b"v".to_vec(), Duration::from_secs(30)).expect("put");
     }
     let handed: Vec<&String> = secrets.iter().filter(|(w, _)| w == "handed-out access token").map(|(_, v)| v).collect();

@@ -135,27 +135,34 @@ fn problem(status: StatusCode, detail: String) -> Response {
 }
 
 async fn open(State(state): State<Arc<AppState>>, Form(request): Form<OpenRequest>) -> Response {
-    let token =
-        match state.view.access_token(None, &request.subject, &state.config.platform_id, Duration::from_secs(10)).await
-        {
-            Ok(t) => t,
-            Err(e) => return problem(StatusCode::FORBIDDEN, e.to_string()),
-        };
-    let data = match &state.config.userinfo_url {
-        Some(url) => match state.http.get(url).bearer_auth(token.token.expose_secret()).send().await {
-            Ok(r) if r.status().is_success() => r.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
-            Ok(r) => return problem(StatusCode::BAD_GATEWAY, format!("userinfo answered {}", r.status())),
-            Err(e) => return problem(StatusCode::BAD_GATEWAY, format!("userinfo unreachable: {e}")),
-        },
-        None => format!("{{\"fetched_at\":\"{}\"}}", state.clock.now()).into_bytes(),
-    };
-    let session_id = match state
+    // The session is on record at the vault before any data is fetched.
+    let started = match state
         .view
-        .open_session(&token.issuer, &request.subject, &state.config.platform_id, token.expires_at)
+        .start_session(None, &request.subject, &state.config.platform_id, Duration::from_secs(10))
         .await
     {
-        Ok(id) => id,
+        Ok(started) => started,
+        Err(e @ custodian_view_sdk::ViewError::NoToken(_)) => return problem(StatusCode::FORBIDDEN, e.to_string()),
         Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let (session_id, token) = (started.session_id, started.token);
+    let fetched = match &state.config.userinfo_url {
+        Some(url) => match state.http.get(url).bearer_auth(token.token.expose_secret()).send().await {
+            Ok(r) if r.status().is_success() => Ok(r.bytes().await.map(|b| b.to_vec()).unwrap_or_default()),
+            Ok(r) => Err(format!("userinfo answered {}", r.status())),
+            Err(e) => Err(format!("userinfo unreachable: {e}")),
+        },
+        None => Ok(format!("{{\"fetched_at\":\"{}\"}}", state.clock.now()).into_bytes()),
+    };
+    let data = match fetched {
+        Ok(data) => data,
+        Err(reason) => {
+            // Nothing held: the session ends here (a failure to say so leaves it to expire).
+            if let Err(e) = state.view.close_session(&session_id).await {
+                tracing::warn!(error = %e, "session not closed");
+            }
+            return problem(StatusCode::BAD_GATEWAY, reason);
+        }
     };
     let until_token = (token.expires_at - state.clock.now()).to_std().unwrap_or_default();
     let keep = Duration::from_secs(state.config.keep_secs).min(until_token);

@@ -10,8 +10,10 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use custodian_events::vault::{HokReply, HokRequest, TokenReply, TokenRequest};
 use custodian_events::{ActivitySeenV1, CloudEvent, HokTokenType, TokenHokUsedV1, subjects};
-use custodian_store::entities::assertion;
+use custodian_store::entities::{assertion, view_session};
 use custodian_store::outbox;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::assertions::{self, TokenBundle};
@@ -22,7 +24,7 @@ pub(crate) async fn hand_out(vault: &Vault, view_id: &str, request: Result<Token
         Ok(r) => r,
         Err(e) => return TokenReply::Error(e),
     };
-    match token_for(vault, &request).await {
+    match token_for(vault, view_id, &request).await {
         Ok(reply) => reply,
         Err(e) => {
             tracing::warn!(%view_id, platform_id = %request.platform_id, error = %e, "no token handed out");
@@ -76,13 +78,21 @@ async fn valid_access(
     Ok(Ok((row, next.access(), renewed.access_expires_at)))
 }
 
-async fn token_for(vault: &Vault, request: &TokenRequest) -> Result<TokenReply, VaultError> {
-    let now = vault.clock.now();
+async fn token_for(vault: &Vault, view_id: &str, request: &TokenRequest) -> Result<TokenReply, VaultError> {
+    let session_id = required_session(request.session_id.as_deref())?;
+    let db = vault.store.db();
+    if let Err(reason) =
+        session_of_view(db, view_id, session_id, request.issuer.as_deref(), &request.subject, &request.platform_id)
+            .await?
+    {
+        return Ok(TokenReply::NotFound(reason));
+    }
     let (row, access, expires_at) =
         match valid_access(vault, request.issuer.as_deref(), &request.subject, &request.platform_id).await? {
             Ok(found) => found,
             Err(reason) => return Ok(TokenReply::NotFound(reason)),
         };
+    let now = vault.clock.now();
     let sealed = custodian_crypto::seal_to(&request.reply_key, access.expose_secret().as_bytes())?;
 
     // A token handed out is the person's platform being used: activity for the ledger.
@@ -93,6 +103,14 @@ async fn token_for(vault: &Vault, request: &TokenRequest) -> Result<TokenReply, 
     };
     let event = CloudEvent::new(SOURCE, now, seen);
     let txn = vault.store.begin_write().await?;
+    // The session is on record before the token leaves, in the step that hands it out: a
+    // revocation finds it whatever the view does next.
+    if let Err(reason) = record_session(&txn, view_id, session_id, &row, expires_at, now).await? {
+        return Ok(TokenReply::NotFound(reason));
+    }
+    if assertions::usable(&txn, Some(&row.issuer), &row.subject, &row.platform_id, now).await?.is_none() {
+        return Ok(TokenReply::NotFound("the consent ended".into()));
+    }
     outbox::enqueue(&txn, SERVICE, vec![custodian_bus::outbox_row(subjects::ACTIVITY_SEEN, &event)], now).await?;
     txn.commit().await?;
     vault.relay.wake();
@@ -105,13 +123,96 @@ pub(crate) async fn hok(vault: &Vault, view_id: &str, request: Result<HokRequest
         Ok(r) => r,
         Err(e) => return HokReply::Error(e),
     };
-    match exchange(vault, &request).await {
+    match exchange(vault, view_id, &request).await {
         Ok(reply) => reply,
         Err(e) => {
             tracing::warn!(%view_id, platform_id = %request.platform_id, error = %e, "no holder-of-key token handed out");
             HokReply::Error(e.to_string())
         }
     }
+}
+
+fn required_session(session_id: Option<&str>) -> Result<&str, VaultError> {
+    match session_id {
+        Some(id) if !id.is_empty() && id.len() <= 128 && !id.chars().any(char::is_control) => Ok(id),
+        Some(_) => {
+            Err(VaultError::Invalid("session_id must be a non-empty identifier of at most 128 characters".into()))
+        }
+        None => Err(VaultError::Invalid(
+            "name the view's session the token is for (session_id): the vault hands a view tokens only for a \
+             session of its own"
+                .into(),
+        )),
+    }
+}
+
+/// The session, if on record: `Err(reason)` when it is not an open session of this view for
+/// this person at this platform (another view's or person's, closed, or wiped).
+async fn session_of_view<C: ConnectionTrait>(
+    conn: &C,
+    view_id: &str,
+    session_id: &str,
+    issuer: Option<&str>,
+    subject: &str,
+    platform_id: &str,
+) -> Result<Result<Option<view_session::Model>, String>, VaultError> {
+    let Some(session) = view_session::Entity::find_by_id(session_id).one(conn).await? else {
+        return Ok(Ok(None));
+    };
+    let same_person = session.subject == subject
+        && session.platform_id == platform_id
+        && issuer.is_none_or(|issuer| session.issuer == issuer);
+    if session.view_id != view_id || !same_person {
+        return Ok(Err(format!("session {session_id} is not a session of this view for this person")));
+    }
+    if session.closed_at.is_some() || session.wipe_id.is_some() {
+        return Ok(Err(format!("session {session_id} was closed or wiped")));
+    }
+    Ok(Ok(Some(session)))
+}
+
+/// Records the view's session for the token about to be handed out (its data may live until
+/// the token expires), or extends the one on record to the new token's expiry.
+async fn record_session(
+    txn: &DatabaseTransaction,
+    view_id: &str,
+    session_id: &str,
+    assertion: &assertion::Model,
+    token_expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Result<(), String>, VaultError> {
+    let row = view_session::ActiveModel {
+        session_id: Set(session_id.to_owned()),
+        view_id: Set(view_id.to_owned()),
+        issuer: Set(assertion.issuer.clone()),
+        subject: Set(assertion.subject.clone()),
+        platform_id: Set(assertion.platform_id.clone()),
+        expires_at: Set(token_expires_at),
+        opened_at: Set(now),
+        closed_at: Set(None),
+        wipe_id: Set(None),
+        wiped_at: Set(None),
+    };
+    let inserted = view_session::Entity::insert(row)
+        .on_conflict(OnConflict::column(view_session::Column::SessionId).do_nothing().to_owned())
+        .exec_without_returning(txn)
+        .await?;
+    if inserted == 1 {
+        return Ok(Ok(()));
+    }
+    if let Err(reason) =
+        session_of_view(txn, view_id, session_id, Some(&assertion.issuer), &assertion.subject, &assertion.platform_id)
+            .await?
+    {
+        return Ok(Err(reason));
+    }
+    view_session::Entity::update_many()
+        .col_expr(view_session::Column::ExpiresAt, token_expires_at.into())
+        .filter(view_session::Column::SessionId.eq(session_id))
+        .filter(view_session::Column::ExpiresAt.lt(token_expires_at))
+        .exec(txn)
+        .await?;
+    Ok(Ok(()))
 }
 
 fn token_type_urn(kind: HokTokenType) -> &'static str {
@@ -134,7 +235,7 @@ pub(crate) fn saml_assertion_id(xml: &str) -> Option<String> {
     None
 }
 
-async fn exchange(vault: &Vault, request: &HokRequest) -> Result<HokReply, VaultError> {
+async fn exchange(vault: &Vault, view_id: &str, request: &HokRequest) -> Result<HokReply, VaultError> {
     let check = |field: &str, v: &str| {
         if v.is_empty() || v.len() > 512 || v.chars().any(char::is_control) {
             Err(VaultError::Invalid(format!("{field} must be a non-empty identifier")))
@@ -144,6 +245,15 @@ async fn exchange(vault: &Vault, request: &HokRequest) -> Result<HokReply, Vault
     };
     check("caller_identity", &request.caller_identity)?;
     check("service", &request.service)?;
+    let session_id = required_session(request.session_id.as_deref())?;
+    let db = vault.store.db();
+    match session_of_view(db, view_id, session_id, request.issuer.as_deref(), &request.subject, &request.platform_id)
+        .await?
+    {
+        Ok(Some(_)) => {}
+        Ok(None) => return Ok(HokReply::NotFound(format!("session {session_id} is not an open session of this view"))),
+        Err(reason) => return Ok(HokReply::NotFound(reason)),
+    }
     let (row, access, _) =
         match valid_access(vault, request.issuer.as_deref(), &request.subject, &request.platform_id).await? {
             Ok(found) => found,

@@ -90,6 +90,12 @@ pub struct TokenRequest {
     pub issuer: Option<String>,
     pub subject: String,
     pub platform_id: String,
+    /// The view's session the token is for. The vault records it (bound to the view named by
+    /// the request subject) in the step that hands out the token, so a revocation always finds
+    /// it; a session of another view or person, or one closed or wiped, gets no token.
+    /// Required; a request without one is refused.
+    #[serde(default)]
+    pub session_id: Option<String>,
     /// Base64 X25519 public key; the token comes back sealed to it.
     pub reply_key: String,
 }
@@ -187,6 +193,10 @@ pub struct HokRequest {
     pub caller_organisation: Option<String>,
     #[serde(default)]
     pub purpose: Option<String>,
+    /// The view's open session (recorded when its access token was handed out) the use is
+    /// for. Required; a request without one is refused.
+    #[serde(default)]
+    pub session_id: Option<String>,
     /// Base64 X25519 public key; the assertion comes back sealed to it.
     pub reply_key: String,
 }

@@ -2,13 +2,16 @@
 //!
 //! - [`MemoryStore`]: memory only; an entry may not outlive the token it was fetched under;
 //!   evicted at expiry; zeroed on drop.
-//! - [`View::open_session`] / [`View::close_session`]: `session.opened` / `session.closed`
-//!   (awaited JetStream acks), so the vault knows whom to wipe.
+//! - [`View::start_session`]: a new session and the person's access token for it. The vault
+//!   records the session in the step that hands the token out, so a revocation always finds
+//!   it; the view then announces it (`session.opened`) and holds its data until the token
+//!   expires at the latest.
+//! - [`View::close_session`]: `session.closed` (awaited JetStream ack), after the data is gone.
 //! - [`View::run`]: consumes `lifecycle.session.wipe.<view_id>` on a durable consumer (so a
 //!   view that was away gets its wipes when it is back), drops the named sessions, and acks
 //!   with `session.wiped` — also for sessions it no longer holds (a restart emptied memory).
-//! - [`View::access_token`]: asks the vault for a person's access token, which comes back
-//!   sealed to a one-time key.
+//! - [`View::access_token`]: asks the vault for a person's access token under a session of
+//!   this view; it comes back sealed to a one-time key.
 
 mod store;
 
@@ -47,9 +50,17 @@ pub struct AccessToken {
     pub acr: Option<String>,
 }
 
-/// One use of a holder-of-key token: for whom, by whom, for what.
+/// A session started with [`View::start_session`] and the token it holds data under.
+#[derive(Debug)]
+pub struct StartedSession {
+    pub session_id: String,
+    pub token: AccessToken,
+}
+
+/// One use of a holder-of-key token: for whom, by whom, for what, under which open session.
 #[derive(Debug, Clone, Copy)]
 pub struct HokUse<'a> {
+    pub session_id: &'a str,
     pub issuer: Option<&'a str>,
     pub subject: &'a str,
     pub platform_id: &'a str,
@@ -107,7 +118,24 @@ impl View {
         &self.store
     }
 
-    /// Opens a session for a person, bound to the token that expires at `token_expires_at`.
+    /// Starts a session for a person: the vault records it and hands out the person's access
+    /// token for it, then the session is announced (`session.opened`) and registered in the
+    /// store, its data bound to the token's expiry.
+    pub async fn start_session(
+        &self,
+        issuer: Option<&str>,
+        subject: &str,
+        platform_id: &str,
+        timeout: Duration,
+    ) -> Result<StartedSession, ViewError> {
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let token = self.access_token(&session_id, issuer, subject, platform_id, timeout).await?;
+        self.open_session_with_id(&session_id, &token.issuer, subject, platform_id, token.expires_at).await?;
+        Ok(StartedSession { session_id, token })
+    }
+
+    /// Announces a session for a person, bound to the token that expires at
+    /// `token_expires_at` (see [`View::start_session`] for a session with its token).
     pub async fn open_session(
         &self,
         issuer: &str,
@@ -152,9 +180,12 @@ impl View {
         Ok(())
     }
 
-    /// A person's access token, sealed by the vault to a key made for this request.
+    /// A person's access token for a session of this view (a new one is recorded by the
+    /// vault; one on record must be this view's, for this person, open), sealed by the vault
+    /// to a key made for this request.
     pub async fn access_token(
         &self,
+        session_id: &str,
         issuer: Option<&str>,
         subject: &str,
         platform_id: &str,
@@ -165,6 +196,7 @@ impl View {
             issuer: issuer.map(str::to_owned),
             subject: subject.to_owned(),
             platform_id: platform_id.to_owned(),
+            session_id: Some(session_id.to_owned()),
             reply_key: key.public_base64(),
         };
         // A vault restarting has no responder for a moment, and a request can go to a replica
@@ -208,6 +240,7 @@ impl View {
             caller_identity: request.caller_identity.to_owned(),
             caller_organisation: request.caller_organisation.map(str::to_owned),
             purpose: request.purpose.map(str::to_owned),
+            session_id: Some(request.session_id.to_owned()),
             reply_key: key.public_base64(),
         };
         let reply: custodian_events::vault::HokReply =
