@@ -14,6 +14,7 @@ mod m20261124_000007_consent_storage;
 mod m20261129_000008_consent_idle_day;
 mod m20261129_000009_outbox_pending_index;
 mod m20261129_000010_consent_history_key;
+mod m20261203_000011_deployment_keys;
 
 /// Runs `sql` on PostgreSQL only: storage tuning SQLite has no counterpart for.
 async fn on_postgres(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000008_consent_idle_day::Migration),
             Box::new(m20261129_000009_outbox_pending_index::Migration),
             Box::new(m20261129_000010_consent_history_key::Migration),
+            Box::new(m20261203_000011_deployment_keys::Migration),
         ]
     }
 }

@@ -288,6 +288,30 @@ async fn a_platform_fact_carrying_the_id_of_the_next_consent_ended_cannot_suppre
     assert_eq!(accepted["source_id"], next_ended.as_str());
     assert_ne!(accepted["id"], next_ended.as_str(), "the caller's id is kept under the outside namespace");
 
+    // A view publishes into the same stream under the best id an outsider can compute for
+    // the next consent.ended: the derivation the source code shows, without the deployment's
+    // key. Custodian's own ids are keyed, so that is not the id the consent.ended carries.
+    let outsiders_guess = uuid::Uuid::new_v5(
+        &uuid::uuid!("6f1d2c8e-3c1a-5d7b-9a41-0c7e2b5f4a10"),
+        format!("consent.ended\u{0}{grant_id}").as_bytes(),
+    )
+    .to_string();
+    assert!(custodian_events::ids_are_keyed(), "the store installed the deployment's id key");
+    assert_ne!(outsiders_guess, next_ended, "Custodian's ids are keyed by the deployment");
+    let pre_empting = unique("pre-empting");
+    let closed = CloudEvent::with_id(
+        outsiders_guess.clone(),
+        format!("urn:custodian:view:{pre_empting}"),
+        stack.clock.now(),
+        custodian_events::SessionClosedV1 { session_id: unique("s"), view_id: pre_empting.clone() },
+    );
+    stack
+        .view_bus(&pre_empting)
+        .await
+        .publish_event(&subjects::by_view(subjects::SESSION_CLOSED, &pre_empting).expect("subject"), &closed)
+        .await
+        .expect("a view may publish its own session events");
+
     // A view holds the person's data.
     let view = stack.start_view(&unique("phone")).await;
     let started = view.start_session(None, &person, &platform, Duration::from_secs(10)).await.expect("token");
@@ -304,6 +328,7 @@ async fn a_platform_fact_carrying_the_id_of_the_next_consent_ended_cannot_suppre
     assert!(receipt.tokens.iter().all(|t| t.outcome == "revoked" || t.outcome == "already_invalid"), "{receipt:?}");
     let ended = stack.messages_on(subjects::CONSENT_ENDED).await;
     assert!(ended.iter().any(|(_, e)| e["id"] == next_ended.as_str()), "consent.ended published: {ended:?}");
+    assert!(!ended.iter().any(|(_, e)| e["id"] == outsiders_guess.as_str()));
     let introspected = stack
         .provider
         .introspect(&platform, &client.client_secret, secrecy::ExposeSecret::expose_secret(&token.token))

@@ -46,3 +46,28 @@ async fn every_migration_rolls_back_and_applies_again() {
         .expect("the row");
     assert_eq!(row.try_get::<String>("", "day").unwrap(), "2026-11-29");
 }
+
+#[tokio::test]
+async fn each_database_makes_its_own_secret_event_id_key_when_migrated() {
+    let key_of = |store: Store| async move {
+        let row = store
+            .db()
+            .query_one_raw(Statement::from_string(
+                store.db().get_database_backend(),
+                "SELECT key_hex FROM deployment_keys WHERE name = 'event-ids'",
+            ))
+            .await
+            .unwrap()
+            .expect("the key");
+        row.try_get::<String>("", "key_hex").unwrap()
+    };
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first =
+        key_of(Store::connect_and_migrate(&custodian_testkit::test_database_url(one.path()), 1).await.unwrap()).await;
+    let second =
+        key_of(Store::connect_and_migrate(&custodian_testkit::test_database_url(two.path()), 1).await.unwrap()).await;
+    assert_eq!(first.len(), 64, "256 bits, in hex");
+    assert!(first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+    assert_ne!(first, second, "a key per deployment, never a shared constant");
+    assert!(custodian_events::ids_are_keyed(), "connecting installed it for this process");
+}

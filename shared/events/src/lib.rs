@@ -41,22 +41,58 @@ impl ConsentKey {
 
 /// Deterministic event id derived from a parent id and a purpose, so that re-running the
 /// same work publishes nothing new (JetStream de-duplicates on `Nats-Msg-Id`).
+///
+/// Under the deployment's id key (see [`install_id_key`]) it is an HMAC-SHA256 of the purpose
+/// and the parent: no one without the key can compute the id of an event Custodian is about to
+/// publish, so no publisher into the stream (a view choosing its own `Nats-Msg-Id`) can make
+/// the stream's de-duplication swallow it.
 pub fn derived_event_id(purpose: &str, parent: &str) -> String {
-    uuid::Uuid::new_v5(&ID_NAMESPACE, format!("{purpose}\u{0}{parent}").as_bytes()).to_string()
+    keyed_id(&ID_NAMESPACE, "derived", purpose, parent)
 }
 
 /// The id under which Custodian keeps an event that came from outside (a platform's, over
-/// the gateway): derived from who sent it and the id it chose, in a namespace of its own. So
-/// an id a caller chooses never equals one of Custodian's own (each derived id is a UUIDv5 of
-/// a purpose and a parent, a random one a UUIDv4): it cannot make the stream's
+/// the gateway): derived from who sent it and the id it chose, in a domain of its own. So an
+/// id a caller chooses never equals one of Custodian's own: it cannot make the stream's
 /// de-duplication, an inbox or the audit chain take one of Custodian's events for its own.
-/// The same caller re-sending the same id gets the same id (its retries stay idempotent).
+/// The same caller re-sending the same id gets the same id (its retries stay idempotent);
+/// under the deployment's key no one else can compute it.
 pub fn outside_event_id(caller: &str, their_id: &str) -> String {
-    uuid::Uuid::new_v5(&OUTSIDE_NAMESPACE, format!("{caller}\u{0}{their_id}").as_bytes()).to_string()
+    keyed_id(&OUTSIDE_NAMESPACE, "outside", caller, their_id)
 }
 
-/// Namespace of the ids of events from outside.
+/// The deployment's secret for ids, installed once per process from the database (the store
+/// does it when it connects): every replica of every service derives the same ids.
+static ID_KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+
+/// Makes this process derive ids under `key`. The first key installed stays (a process serves
+/// one deployment); `false` when another one already is in force.
+pub fn install_id_key(key: [u8; 32]) -> bool {
+    *ID_KEY.get_or_init(|| key) == key
+}
+
+/// Whether ids are derived under a deployment key (else from public namespaces: only in unit
+/// tests and tools that have no database).
+pub fn ids_are_keyed() -> bool {
+    ID_KEY.get().is_some()
+}
+
+fn keyed_id(namespace: &uuid::Uuid, domain: &str, first: &str, second: &str) -> String {
+    let Some(key) = ID_KEY.get() else {
+        return uuid::Uuid::new_v5(namespace, format!("{first}\u{0}{second}").as_bytes()).to_string();
+    };
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    for part in [domain, first, second] {
+        mac.update(part.as_bytes());
+        mac.update(&[0]);
+    }
+    let digest = mac.finalize().into_bytes();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
+}
+
+/// Namespace of the ids of events from outside (without a key).
 const OUTSIDE_NAMESPACE: uuid::Uuid = uuid::uuid!("b3c8a6e2-57d4-5f0e-8c19-4e2a7d6b1f93");
 
-/// Namespace of every UUIDv5 Custodian derives.
 const ID_NAMESPACE: uuid::Uuid = uuid::uuid!("6f1d2c8e-3c1a-5d7b-9a41-0c7e2b5f4a10");

@@ -37,6 +37,20 @@ pub enum StoreError {
     Migrate(#[source] sea_orm::DbErr),
     #[error("database error: {0}")]
     Db(#[from] sea_orm::DbErr),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn decode_key(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        key[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(key)
 }
 
 /// A handle on the database, cheap to clone.
@@ -76,7 +90,33 @@ impl Store {
         });
         let db =
             Database::connect(options).await.map_err(|source| StoreError::Connect { url: redact_url(&url), source })?;
-        Ok(Self { db, max_connections })
+        let store = Self { db, max_connections };
+        // Before migration the table may not exist yet: `migrate` installs it then.
+        if let Err(e) = store.install_id_key().await {
+            tracing::debug!(error = %e, "no deployment id key yet");
+        }
+        Ok(store)
+    }
+
+    /// Makes this process derive Custodian's event ids under the deployment's key (made by the
+    /// migration, shared by every replica through the database).
+    pub async fn install_id_key(&self) -> Result<(), StoreError> {
+        use sea_orm::{ConnectionTrait, Statement};
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(
+                self.db.get_database_backend(),
+                "SELECT key_hex FROM deployment_keys WHERE name = 'event-ids'",
+            ))
+            .await?
+            .ok_or_else(|| StoreError::Invalid("the database has no event id key".into()))?;
+        let hex: String = row.try_get("", "key_hex")?;
+        let key =
+            decode_key(&hex).ok_or_else(|| StoreError::Invalid("the event id key is not 64 hex digits".into()))?;
+        if !custodian_events::install_id_key(key) {
+            tracing::warn!("this process already derives ids under another database's key; it keeps that one");
+        }
+        Ok(())
     }
 
     /// Connects and applies every pending migration.
@@ -87,7 +127,8 @@ impl Store {
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        custodian_migrations::Migrator::up(&self.db, None).await.map_err(StoreError::Migrate)
+        custodian_migrations::Migrator::up(&self.db, None).await.map_err(StoreError::Migrate)?;
+        self.install_id_key().await
     }
 
     pub fn db(&self) -> &DatabaseConnection {
