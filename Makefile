@@ -38,6 +38,8 @@ bench: install ## benchmarks with raw baselines measured in the same run (see BE
 	$(ENV) $(CARGO) build --locked --release -p custodian-tests --bin custodian-bench
 	$(ENV) target/release/custodian-bench
 	$(ENV) target/release/custodian-bench sweep 100000
+	$(ENV) target/release/custodian-bench revocation
+	$(ENV) target/release/custodian-bench bus 50000
 	$(ENV) target/release/custodian-bench sweep 1000000
 	$(ENV) target/release/custodian-bench revocation
 	$(ENV) target/release/custodian-bench audit 100000

@@ -86,9 +86,21 @@ struct Bench {
     _shutdown: CancellationToken,
 }
 
-async fn setup(nats: &NatsServer, provider: &Provider) -> Bench {
-    let client = custodian_bus::connect(&nats.url(), "bench").await.unwrap();
+/// On the secured server (TLS, client certificates, an nkey per identity, the permission
+/// table): the bench's own publisher is the harness (it provisions, as `custodian nats
+/// provision` would), each service and view runs on its own identity.
+async fn setup(nats: &mut NatsServer, provider: &Provider) -> Bench {
+    let client = nats.connect_harness().await;
     let bus = Bus::new(client.clone(), &StreamSettings::default()).await.unwrap();
+    custodian_bus::provision(&bus, Duration::from_secs(30)).await.unwrap();
+    let service_bus = async |service| {
+        let client = nats.connect(&custodian_bus::trust::Identity::Service(service), "bench-service").await;
+        Bus::new(client, &StreamSettings::default()).await.unwrap()
+    };
+    let (consent_bus, vault_bus) = (
+        service_bus(custodian_bus::trust::Service::Consent).await,
+        service_bus(custodian_bus::trust::Service::Vault).await,
+    );
     let store = Store::connect_and_migrate(&PgCluster::shared().fresh_database(), 16).await.unwrap();
     let clock = clock::system();
     let shutdown = CancellationToken::new();
@@ -96,7 +108,7 @@ async fn setup(nats: &NatsServer, provider: &Provider) -> Bench {
 
     let consent = custodian_consent::Deps {
         store: store.clone(),
-        bus: bus.clone(),
+        bus: consent_bus,
         clock: clock.clone(),
         metrics: Default::default(),
     };
@@ -104,7 +116,7 @@ async fn setup(nats: &NatsServer, provider: &Provider) -> Bench {
     tokio::spawn(custodian_consent::run(consent, config, shutdown.clone()));
     let vault = custodian_vault::Deps {
         store: store.clone(),
-        bus: bus.clone(),
+        bus: vault_bus,
         clock: clock.clone(),
         keyring: keyring.clone(),
         metrics: Default::default(),
@@ -124,10 +136,11 @@ async fn setup(nats: &NatsServer, provider: &Provider) -> Bench {
     tokio::spawn(custodian_vault::run(vault, vault_config, shutdown.clone()));
     let mut views = Vec::new();
     for v in 0..VIEWS {
-        let view_bus = Bus::new(custodian_bus::connect(&nats.url(), "view").await.unwrap(), &StreamSettings::default())
-            .await
-            .unwrap();
-        let view = custodian_view_sdk::View::new(&format!("bench-view-{v}"), view_bus, clock.clone()).unwrap();
+        let view_id = format!("bench-view-{v}");
+        nats.add_view(&view_id);
+        let identity = custodian_bus::trust::Identity::view(&view_id).unwrap();
+        let view_bus = Bus::attach(nats.connect(&identity, "bench-view").await);
+        let view = custodian_view_sdk::View::new(&view_id, view_bus, clock.clone()).unwrap();
         let running = view.clone();
         let token = shutdown.clone();
         tokio::spawn(async move { running.run(token).await });
@@ -273,10 +286,13 @@ async fn raw_relay(bus: &Bus, n: usize) -> Vec<Duration> {
 pub async fn run() {
     let n: usize = std::env::var("CUSTODIAN_BENCH_REVOCATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let n_op: usize = std::env::var("CUSTODIAN_BENCH_OP_REVOCATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    println!("custodian revocation bench: PostgreSQL, {VIEWS} views, 2 cores shared\n");
-    let nats = NatsServer::start_plain();
+    println!(
+        "custodian revocation bench: PostgreSQL, {VIEWS} views, NATS with TLS, client certificates, an nkey per \
+         service and view and the permission table, 2 cores shared\n"
+    );
+    let mut nats = NatsServer::start();
     let provider = Provider::shared();
-    let bench = setup(&nats, provider).await;
+    let bench = setup(&mut nats, provider).await;
 
     let raw = raw_relay(&bench.bus, n).await;
     println!(
@@ -431,9 +447,9 @@ pub async fn run() {
 pub async fn run_incident() {
     use lettre::AsyncTransport;
     println!("custodian incident bench: PostgreSQL, {VIEWS} views, aiosmtpd, 2 cores shared\n");
-    let nats = NatsServer::start_plain();
+    let mut nats = NatsServer::start();
     let provider = Provider::shared();
-    let bench = setup(&nats, provider).await;
+    let bench = setup(&mut nats, provider).await;
     let smtp = custodian_testkit::SmtpServer::start();
 
     // Baseline: one e-mail over SMTP with nothing else.
@@ -455,9 +471,15 @@ pub async fn run_incident() {
     let baseline_mails = smtp.messages().len();
 
     let shutdown = CancellationToken::new();
+    let incident_bus = Bus::new(
+        nats.connect(&custodian_bus::trust::Identity::Service(custodian_bus::trust::Service::Incident), "bench").await,
+        &StreamSettings::default(),
+    )
+    .await
+    .unwrap();
     let deps = custodian_incident::Deps {
         store: bench.store.clone(),
-        bus: bench.bus.clone(),
+        bus: incident_bus,
         clock: clock::system(),
         keyring: bench.keyring.clone(),
         metrics: Default::default(),

@@ -81,7 +81,10 @@ fn keyed_id(namespace: &uuid::Uuid, domain: &str, first: &str, second: &str) -> 
         return uuid::Uuid::new_v5(namespace, format!("{first}\u{0}{second}").as_bytes()).to_string();
     };
     use hmac::Mac as _;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    // A key shorter than SHA-256's block is zero-padded to it (RFC 2104), here explicitly.
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new(&block.into());
     for part in [domain, first, second] {
         mac.update(part.as_bytes());
         mac.update(&[0]);

@@ -240,6 +240,7 @@ async fn raw_postgres_arrays(url: &str, events: &[LifecycleEvent], tasks: usize)
 /// Publish time, then apply time and its CPU per event (the service, `nats`, PostgreSQL).
 async fn custodian_ingest(
     bus: &Bus,
+    consent_bus: &Bus,
     nats: Option<u32>,
     url: &str,
     events: &[LifecycleEvent],
@@ -256,7 +257,7 @@ async fn custodian_ingest(
     let metrics = ConsentMetrics::default();
     let deps = custodian_consent::Deps {
         store: store.clone(),
-        bus: bus.clone(),
+        bus: consent_bus.clone(),
         clock: clock::system(),
         metrics: metrics.clone(),
     };
@@ -571,7 +572,8 @@ async fn main() {
     let n: usize = std::env::var("CUSTODIAN_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     let rounds = audit_bench::rounds();
     println!(
-        "custodian bench: {n} consent events (50% grants, 30% activity, 20% revocations), 2 cores shared, \
+        "custodian bench: {n} consent events (50% grants, 30% activity, 20% revocations), NATS with TLS, client \
+         certificates, nkeys and the permission table, 2 cores shared, \
          {rounds} alternated rounds (each on a fresh NATS server and fresh databases); \
          consent service: {} workers, batches of {}\n",
         consent_config().workers,
@@ -587,9 +589,18 @@ async fn main() {
     let (mut consume_cpu, mut insert_cpu, mut apply_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         println!("-- round {round}");
-        let nats = NatsServer::start_plain();
-        let client = custodian_bus::connect(&nats.url(), "bench").await.unwrap();
-        let bus = Bus::new(client, &StreamSettings::default()).await.unwrap();
+        // TLS, client certificates, an nkey per identity and the permission table: the
+        // baselines publish and consume as the harness, the consent service as itself.
+        let nats = NatsServer::start();
+        let bus = Bus::new(nats.connect_harness().await, &StreamSettings::default()).await.unwrap();
+        custodian_bus::provision(&bus, Duration::from_secs(30)).await.unwrap();
+        let consent_bus = Bus::new(
+            nats.connect(&custodian_bus::trust::Identity::Service(custodian_bus::trust::Service::Consent), "bench")
+                .await,
+            &StreamSettings::default(),
+        )
+        .await
+        .unwrap();
 
         let (js_pub, js_cons, cpu) = raw_jetstream(&bus, nats.pid(), &events).await;
         consume_cpu.push(cpu);
@@ -616,7 +627,7 @@ async fn main() {
         );
 
         let (c_pub, c_apply, cpu) =
-            custodian_ingest(&bus, nats.pid(), &pg.fresh_database(), &events, round == rounds).await;
+            custodian_ingest(&bus, &consent_bus, nats.pid(), &pg.fresh_database(), &events, round == rounds).await;
         apply_cpu.push(cpu);
         ours.push(rate(n, c_pub + c_apply));
         ours_apply.push(rate(n, c_apply));
