@@ -42,13 +42,12 @@ struct Acks {
 impl Acks {
     async fn watch(client: async_nats::Client) -> Self {
         let acks = Acks::default();
-        let mut sub = client.subscribe(subjects::SESSION_WIPED.to_owned()).await.unwrap();
+        // Views ack on the subject bound to their identity: `lifecycle.session.wiped.<view>`.
+        let mut sub = client.subscribe(subjects::SESSION_WIPED_BY_VIEW.to_owned()).await.unwrap();
         let a = acks.clone();
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                if let Ok(LifecycleEvent::SessionWiped(e)) =
-                    LifecycleEvent::decode(Some(subjects::SESSION_WIPED), &msg.payload)
-                {
+                if let Ok(LifecycleEvent::SessionWiped(e)) = LifecycleEvent::decode(Some(&msg.subject), &msg.payload) {
                     a.seen.lock().unwrap().entry(e.data.wipe_id.clone()).or_insert_with(Instant::now);
                     a.notify.notify_waiters();
                 }

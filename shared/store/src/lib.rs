@@ -114,7 +114,8 @@ impl Store {
         let key =
             decode_key(&hex).ok_or_else(|| StoreError::Invalid("the event id key is not 64 hex digits".into()))?;
         if !custodian_events::install_id_key(key) {
-            tracing::warn!("this process already derives ids under another database's key; it keeps that one");
+            // Only tests and benches open several databases in one process.
+            tracing::debug!("this process already derives ids under another database's key; it keeps that one");
         }
         Ok(())
     }

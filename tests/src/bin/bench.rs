@@ -151,7 +151,7 @@ async fn raw_jetstream(bus: &Bus, nats: Option<u32>, events: &[LifecycleEvent]) 
 }
 
 /// For reference: the same publish through async-nats's JetStream context, one request per
-/// event (what `Bus::publish_all` did until session 12), into a stream of its own.
+/// event (one request per event, unpipelined), into a stream of its own.
 async fn library_publish(bus: &Bus, events: &[LifecycleEvent]) -> Duration {
     bench_stream(bus, "BENCHLIB", "benchlib").await;
     let out = outgoing(events, Some("benchlib"));
@@ -675,11 +675,11 @@ async fn main() {
     let per_round: Vec<f64> =
         (0..rounds).map(|i| ours[i] / raw_js[i].min(raw_pg_values[i].max(raw_pg_arrays[i]))).collect();
     println!(
-        "ratio with the baselines picked in each round (the rule until session 6): {:.2}",
+        "ratio with the slower baseline picked in each round (for reference): {:.2}",
         audit_bench::median(&per_round)
     );
     println!(
-        "ratio with insert_many as the PostgreSQL baseline (as measured until session 3): {:.2}",
+        "ratio with insert_many as the PostgreSQL baseline (for reference): {:.2}",
         audit_bench::median(&ratio_of(&raw_js.iter().zip(&raw_pg_values).map(|(a, b)| a.min(*b)).collect::<Vec<_>>()))
     );
     let parallel = ratio_of(&raw_pg_parallel);
