@@ -1,5 +1,7 @@
 //! The gateway's refusals: unauthenticated, forged and wrongly-typed input.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -138,4 +140,98 @@ async fn the_gateway_serves_https_with_secure_prefixed_cookies_and_refuses_plain
     let (browser, _cookie, _) = stack.login_through_gateway(&crate::support::unique("tls")).await;
     let mine = browser.get(stack.url("/v1/me/consents")).send().await.expect("my consents");
     assert_eq!(mine.status(), StatusCode::OK, "the __Host- session cookie signs the person in");
+}
+
+#[tokio::test]
+async fn the_dashboard_escapes_a_hostile_platform_id_runs_no_script_and_revokes_only_by_its_own_form() {
+    let mut stack = Stack::start().await;
+    let (_client, settings) = stack.register_platform().await;
+    stack.start_vault(crate::support::test_vault_config(vec![settings]));
+    let person = unique("rosa");
+    let (browser, _cookie, _) = stack.login_through_gateway(&person).await;
+    // A platform id made to break out of an inline handler, as one was once published.
+    let hostile = "x');document.title='XSS-'+document.domain;//<b>\"".to_owned();
+    let grant = json!({
+        "specversion": "1.0", "id": unique("e"), "source": "urn:test", "type": "custodian.consent.granted.v1",
+        "time": stack.clock.now().to_rfc3339(), "datacontenttype": "application/json",
+        "data": {"issuer": stack.provider.issuer, "subject": person, "platform_id": hostile, "scopes": ["openid"]}
+    });
+    let published =
+        stack.http.post(stack.url("/v1/events")).bearer_auth(PLATFORM_TOKEN).json(&grant).send().await.unwrap();
+    assert_eq!(published.status(), StatusCode::ACCEPTED);
+
+    let page = custodian_testkit::eventually("the hostile grant on the dashboard", Duration::from_secs(20), || async {
+        let r = browser.get(stack.url("/")).send().await.ok()?;
+        let headers = r.headers().clone();
+        let body = r.text().await.ok()?;
+        body.contains("document.title=").then_some((headers, body))
+    })
+    .await;
+    let (headers, body) = page;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    assert!(header("content-security-policy").contains("default-src 'self'"), "{headers:?}");
+    assert!(header("content-security-policy").contains("frame-ancestors 'none'"));
+    assert!(!header("content-security-policy").contains("unsafe-inline"));
+    assert_eq!(header("x-frame-options"), "DENY");
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    assert_eq!(header("referrer-policy"), "no-referrer");
+    assert_eq!(header("cache-control"), "no-store");
+    let lower = body.to_ascii_lowercase();
+    assert!(!lower.contains("<script") && !lower.contains("onclick") && !lower.contains("javascript:"), "{body}");
+    assert!(!body.contains(&hostile) && !body.contains("<b>"), "the id is escaped wherever it appears: {body}");
+    let in_form = body
+        .split("name=\"platform_id\" value=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .find(|value| value.contains("document.title"))
+        .expect("the hostile platform id in a revoke form");
+    let unescaped = [("&#39;", "'"), ("&#x27;", "'"), ("&quot;", "\""), ("&#34;", "\""), ("&lt;", "<"), ("&#60;", "<")]
+        .iter()
+        .fold(in_form.to_owned(), |s, (entity, c)| s.replace(entity, c))
+        .replace("&gt;", ">")
+        .replace("&#62;", ">")
+        .replace("&amp;", "&")
+        .replace("&#38;", "&");
+    assert_eq!(unescaped, hostile, "the form posts back exactly the id, escaped as an attribute value");
+
+    // The form's CSRF token, as the page gives it.
+    let csrf = body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF token in the form")
+        .to_owned();
+    let revoke = |form: Vec<(&'static str, String)>, site: Option<&'static str>| {
+        let mut request = browser.post(stack.url("/consents/revoke")).form(&form);
+        if let Some(site) = site {
+            request = request.header("sec-fetch-site", site);
+        }
+        request.send()
+    };
+    // Without the token, with another's, or sent from another site: refused, nothing revoked.
+    for (form, site) in [
+        (vec![("platform_id", hostile.clone()), ("csrf", String::new())], None),
+        (vec![("platform_id", hostile.clone()), ("csrf", "0".repeat(64))], None),
+        (vec![("platform_id", hostile.clone()), ("csrf", csrf.clone())], Some("cross-site")),
+    ] {
+        let refused = revoke(form, site).await.unwrap();
+        let p = problem(refused, StatusCode::FORBIDDEN).await;
+        assert!(p["detail"].as_str().unwrap().contains("did not come from your consent page"), "{p}");
+    }
+    let anonymous =
+        stack.http.post(stack.url("/consents/revoke")).form(&[("platform_id", &hostile), ("csrf", &csrf)]).send();
+    problem(anonymous.await.unwrap(), StatusCode::UNAUTHORIZED).await;
+    assert_eq!(stack.count_on(custodian_events::subjects::CONSENT_REVOKED).await, 0, "nothing was revoked");
+
+    // The page's own form: revoked, and back to the page with the receipt's link.
+    let done = revoke(vec![("platform_id", hostile.clone()), ("csrf", csrf)], Some("same-origin")).await.unwrap();
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    let location = done.headers()["location"].to_str().unwrap().to_owned();
+    let revocation_id = location.strip_prefix("/?revocation=").expect("back to the dashboard").to_owned();
+    let after = browser.get(stack.url(&location)).send().await.unwrap().text().await.unwrap();
+    assert!(after.contains(&format!("href=\"/v1/revocations/{revocation_id}\"")), "{after}");
+    assert_eq!(stack.count_on_settled(custodian_events::subjects::CONSENT_REVOKED, 1).await, 1);
+    // A link made by someone else shows nothing it carries but an id of the gateway's form.
+    let forged = browser.get(stack.url("/?revocation=%3Cscript%3E")).send().await.unwrap().text().await.unwrap();
+    assert!(!forged.contains("<script") && !forged.contains("Receipt of revocation"), "{forged}");
 }

@@ -162,6 +162,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/incidents", post(routes::incidents::report))
         .route("/v1/incidents/{incident_id}", get(routes::incidents::show))
         .route("/", get(routes::dashboard::page))
+        .route("/consents/revoke", post(routes::dashboard::revoke))
         .route("/login", get(routes::login::login))
         .route("/callback", get(routes::login::callback))
         .route("/logout", get(routes::login::logout).post(routes::login::logout))
@@ -278,6 +279,7 @@ mod tests {
             ("get", "/.well-known/jwks.json"),
             ("get", "/v1/incidents/{incident_id}"),
             ("get", "/"),
+            ("post", "/consents/revoke"),
             ("get", "/login"),
             ("get", "/callback"),
             ("get", "/logout"),

@@ -47,6 +47,10 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, "not-found", "No such resource").detail(detail)
     }
 
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Something went wrong on our side").detail(detail)
+    }
+
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "A dependency is unavailable; retry later")
             .detail(detail)

@@ -55,13 +55,25 @@ pub async fn revoke_mine(
     Path(platform_id): Path<String>,
 ) -> Result<(StatusCode, Json<RevocationAccepted>), Problem> {
     let (issuer, subject) = caller.require_person()?;
+    let accepted = revoke_for_person(&state, issuer, subject, platform_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// The person's revocation of their consent at `platform_id`, published as `consent.revoked`
+/// (the API's DELETE and the dashboard's form).
+pub async fn revoke_for_person(
+    state: &AppState,
+    issuer: &str,
+    subject: &str,
+    platform_id: String,
+) -> Result<RevocationAccepted, Problem> {
     let query = ConsentQuery {
         issuer: Some(issuer.to_owned()),
         subject: Some(subject.to_owned()),
         platform_id: Some(platform_id.clone()),
         ..Default::default()
     };
-    if ask_ledger(&state, &query).await?.is_empty() {
+    if ask_ledger(state, &query).await?.is_empty() {
         return Err(Problem::not_found(format!("no consent for platform {platform_id}")));
     }
     let data = ConsentRevokedV1 {
@@ -78,7 +90,7 @@ pub async fn revoke_mine(
         Problem::unavailable("the revocation could not be recorded; nothing changed, please retry")
     })?;
     tracing::info!(revocation_id = %event.id, platform_id = %platform_id, "person revoked a consent");
-    Ok((StatusCode::ACCEPTED, Json(RevocationAccepted { revocation_id: event.id, platform_id })))
+    Ok(RevocationAccepted { revocation_id: event.id, platform_id })
 }
 
 #[derive(Debug, Deserialize)]
