@@ -41,18 +41,6 @@ pub enum StoreError {
     Invalid(String),
 }
 
-fn decode_key(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.as_bytes();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        key[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(key)
-}
-
 /// A handle on the database, cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -110,9 +98,10 @@ impl Store {
             ))
             .await?
             .ok_or_else(|| StoreError::Invalid("the database has no event id key".into()))?;
-        let hex: String = row.try_get("", "key_hex")?;
-        let key =
-            decode_key(&hex).ok_or_else(|| StoreError::Invalid("the event id key is not 64 hex digits".into()))?;
+        let key_hex: String = row.try_get("", "key_hex")?;
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(key_hex.trim(), &mut key)
+            .map_err(|_| StoreError::Invalid("the event id key is not 64 hex digits".into()))?;
         if !custodian_events::install_id_key(key) {
             // Only tests and benches open several databases in one process.
             tracing::debug!("this process already derives ids under another database's key; it keeps that one");
