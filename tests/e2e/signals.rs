@@ -532,3 +532,104 @@ async fn the_receiver_sets_up_a_poll_stream_handles_polled_sets_and_acknowledges
     assert_eq!(t.verifications.len(), 1, "a verification event was requested");
     assert_eq!(t.verifications[0]["stream_id"], "stream-1");
 }
+
+/// Makes the stream refuse every new message (full, discarding new ones), or takes the
+/// limit off again; the KV bucket of seen `jti`s is a stream of its own and keeps working.
+async fn stream_full(stack: &Stack, full: bool) {
+    use async_nats::jetstream::stream::DiscardPolicy;
+    let js = stack.bus.jetstream();
+    let mut stream = js.get_stream(subjects::STREAM).await.expect("stream");
+    let info = stream.info().await.expect("info").clone();
+    let mut config = info.config.clone();
+    if full {
+        config.max_messages = i64::try_from(info.state.messages).expect("count").max(1);
+        config.discard = DiscardPolicy::New;
+    } else {
+        config.max_messages = -1;
+    }
+    js.update_stream(config).await.expect("stream updated");
+}
+
+#[tokio::test]
+async fn a_signal_refused_with_503_has_its_effect_once_when_the_op_retries_it() {
+    let (mut stack, client) = stack_with_platform().await;
+    let platform = client.client_id.clone();
+    let (person, view, _session) = person_with_a_view(&mut stack, &platform).await;
+    let key = op_key(&stack);
+    let logout = sign(
+        &key,
+        Some("logout+jwt"),
+        &json!({
+            "iss": stack.provider.issuer, "aud": platform, "iat": now(), "exp": now() + 120,
+            "jti": unique("jti"), "sub": person,
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        }),
+    );
+    let set = sign(
+        &key,
+        Some("secevent+jwt"),
+        &set_claims(&stack, &platform, &person, &format!("{CAEP}session-revoked"), json!({})),
+    );
+    let post_logout =
+        || stack.http.post(stack.url("/oidc/backchannel-logout")).form(&[("logout_token", logout.as_str())]).send();
+    let before = stack.count_on(subjects::SESSION_REVOKE).await;
+
+    stream_full(&stack, true).await;
+    let refused = post_logout().await.expect("logout");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key("retry-after"), "{:?}", refused.headers());
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["error"], "temporarily_unavailable", "a 503 says retry, not invalid_request: {body}");
+    let (status, body) = push(&stack, &set).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.get("err").is_none(), "no client error code on a 503: {body}");
+    assert_eq!(view.store().counts().0, 1, "nothing happened yet");
+
+    // The OP retries once the bus takes events again: each signal has its effect, once.
+    stream_full(&stack, false).await;
+    assert_eq!(post_logout().await.expect("retry").status(), StatusCode::OK);
+    assert_eq!(push(&stack, &set).await.0, StatusCode::ACCEPTED);
+    eventually("the view to be wiped", Duration::from_secs(20), || async {
+        (view.store().counts() == (0, 0)).then_some(())
+    })
+    .await;
+    assert_eq!(stack.count_on_settled(subjects::SESSION_REVOKE, before + 2).await, before + 2);
+    // And now that they had it, a replay is refused (logout) or changes nothing (SET).
+    assert_eq!(post_logout().await.expect("replay").status(), StatusCode::BAD_REQUEST);
+    assert_eq!(push(&stack, &set).await.0, StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stack.count_on(subjects::SESSION_REVOKE).await, before + 2);
+}
+
+#[tokio::test]
+async fn a_signal_older_than_the_replay_window_is_refused() {
+    let (stack, client) = stack_with_platform().await;
+    let platform = client.client_id.clone();
+    let key = op_key(&stack);
+    let eight_days = 8 * 24 * 3600;
+    let logout = sign(
+        &key,
+        Some("logout+jwt"),
+        &json!({
+            "iss": stack.provider.issuer, "aud": platform, "iat": now() - eight_days, "exp": now() + 120,
+            "jti": unique("jti"), "sub": "someone",
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        }),
+    );
+    let r = stack
+        .http
+        .post(stack.url("/oidc/backchannel-logout"))
+        .form(&[("logout_token", logout.as_str())])
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.expect("json");
+    assert!(body["error_description"].as_str().unwrap_or_default().contains("replay window"), "{body}");
+    let mut old = set_claims(&stack, &platform, "someone", &format!("{CAEP}session-revoked"), json!({}));
+    old["iat"] = json!(now() - eight_days);
+    let (status, body) = push(&stack, &sign(&key, Some("secevent+jwt"), &old)).await;
+    assert_eq!((status, body["err"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{body}");
+    assert!(body["description"].as_str().unwrap_or_default().contains("replay window"), "{body}");
+    assert_eq!(stack.count_on(subjects::SESSION_REVOKE).await, 0);
+}

@@ -31,10 +31,9 @@ const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchan
 const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
 const RISC: &str = "https://schemas.openid.net/secevent/risc/event-type/";
 
-/// Records `jti` once; false if it was seen before (within the bucket's max age).
-async fn first_time(state: &AppState, kind: &str, jti: &str) -> Result<bool, SignalError> {
-    // Looked up (or created) once per process, not per signal.
-    let kv = state
+/// The bucket of seen `jti`s, looked up (or created) once per process, not per signal.
+async fn jti_store(state: &AppState) -> Result<&async_nats::jetstream::kv::Store, SignalError> {
+    state
         .seen_jti
         .get_or_try_init(|| async {
             let js = state.bus.jetstream();
@@ -43,7 +42,7 @@ async fn first_time(state: &AppState, kind: &str, jti: &str) -> Result<bool, Sig
                 Err(_) => js
                     .create_key_value(async_nats::jetstream::kv::Config {
                         bucket: JTI_BUCKET.to_owned(),
-                        max_age: Duration::from_secs(7 * 24 * 3600),
+                        max_age: Duration::from_secs(crate::auth::SIGNAL_MAX_AGE_SECS.unsigned_abs()),
                         history: 1,
                         ..Default::default()
                     })
@@ -51,12 +50,39 @@ async fn first_time(state: &AppState, kind: &str, jti: &str) -> Result<bool, Sig
                     .map_err(|e| SignalError::Unavailable(format!("jti store: {e}"))),
             }
         })
-        .await?;
-    let key = format!("{kind}.{}", crate::auth::token_digest(jti));
-    match kv.create(&key, Bytes::from_static(b"1")).await {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => Ok(false),
+        .await
+}
+
+fn jti_key(kind: &str, jti: &str) -> String {
+    format!("{kind}.{}", crate::auth::token_digest(jti))
+}
+
+/// Whether a signal with this `jti` already had its effect.
+async fn already_applied(state: &AppState, kind: &str, jti: &str) -> Result<bool, SignalError> {
+    let kv = jti_store(state).await?;
+    match kv.get(jti_key(kind, jti)).await {
+        Ok(entry) => Ok(entry.is_some()),
         Err(e) => Err(SignalError::Unavailable(format!("jti store: {e}"))),
+    }
+}
+
+/// Records `jti` once its effect is published, never before: a signal whose effect could not
+/// be recorded (503) has its effect when the OP retries it. Two copies racing both publish
+/// the same derived event id, which the stream takes once.
+async fn mark_applied(state: &AppState, kind: &str, jti: &str) {
+    let recorded = match jti_store(state).await {
+        Ok(kv) => kv.create(jti_key(kind, jti), Bytes::from_static(b"1")).await.map(|_| ()).or_else(|e| {
+            if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists {
+                Ok(())
+            } else {
+                Err(e.to_string())
+            }
+        }),
+        Err(e) => Err(e.description().to_owned()),
+    };
+    if let Err(e) = recorded {
+        // The effect is recorded; a replay would publish it again under the same id.
+        tracing::warn!(kind, error = %e, "a signal's jti could not be recorded after its effect");
     }
 }
 
@@ -82,10 +108,20 @@ fn logout_error(e: &SignalError) -> Response {
     } else {
         StatusCode::BAD_REQUEST
     };
-    let body = json!({"error": "invalid_request", "error_description": e.description()});
+    // RFC 6749's code for "try again later", so the OP retries; never invalid_request.
+    let error = if status == StatusCode::SERVICE_UNAVAILABLE { "temporarily_unavailable" } else { "invalid_request" };
+    let body = json!({"error": error, "error_description": e.description()});
     let mut response = (status, Json(body)).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    retry_after(&mut response);
     response
+}
+
+/// A 503 tells the sender when to try again (the signal had no effect and is not recorded).
+fn retry_after(response: &mut Response) {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
 }
 
 /// `POST /oidc/backchannel-logout` with `logout_token=<JWT>` (form).
@@ -146,7 +182,7 @@ async fn handle_logout(state: &AppState, token: &str) -> Result<(), SignalError>
     let LogoutClaims { subject, sid, jti } = logout_token_claims(typ.as_deref(), &claims)?;
     let jti = jti.as_str();
     let bad = |d: &str| SignalError::InvalidRequest(d.to_owned());
-    if !first_time(state, "logout", jti).await? {
+    if already_applied(state, "logout", jti).await? {
         return Err(bad("logout token replayed (jti already used)"));
     }
     let issuer = claims["iss"].as_str().unwrap_or_default().to_owned();
@@ -162,7 +198,9 @@ async fn handle_logout(state: &AppState, token: &str) -> Result<(), SignalError>
             cause_id: jti.to_owned(),
         },
     )
-    .await
+    .await?;
+    mark_applied(state, "logout", jti).await;
+    Ok(())
 }
 
 fn set_error(e: &SignalError) -> Response {
@@ -172,7 +210,16 @@ fn set_error(e: &SignalError) -> Response {
     } else {
         StatusCode::BAD_REQUEST
     };
-    (status, Json(json!({"err": e.code(), "description": e.description()}))).into_response()
+    // RFC 8935 has no error code for an unavailable receiver: a 5xx with Retry-After is its
+    // "transmit again", and the body says so rather than naming a client error.
+    let body = if status == StatusCode::SERVICE_UNAVAILABLE {
+        json!({"description": format!("temporarily unavailable, retry: {}", e.description())})
+    } else {
+        json!({"err": e.code(), "description": e.description()})
+    };
+    let mut response = (status, Json(body)).into_response();
+    retry_after(&mut response);
+    response
 }
 
 /// `POST /ssf/events`, body: the SET (`application/secevent+jwt`).
@@ -254,10 +301,24 @@ pub fn security_event_claims(typ: Option<&str>, claims: &Value) -> Result<SetCla
 pub async fn receive(state: &AppState, token: &str) -> Result<(), SignalError> {
     let Verified { typ, claims, audience } = state.auth.verify_from_op(token).await?;
     let SetClaims { jti, event_type, event, person_issuer, person } = security_event_claims(typ.as_deref(), &claims)?;
-    if !first_time(state, "set", &jti).await? {
+    if already_applied(state, "set", &jti).await? {
         tracing::info!(event_type = %event_type, "security event already received; acknowledged again");
         return Ok(());
     }
+    apply_security_event(state, &event_type, &event, person_issuer, person, audience, &jti).await?;
+    mark_applied(state, "set", &jti).await;
+    Ok(())
+}
+
+async fn apply_security_event(
+    state: &AppState,
+    event_type: &str,
+    event: &Value,
+    person_issuer: String,
+    person: String,
+    audience: String,
+    jti: &str,
+) -> Result<(), SignalError> {
     if event_type == "https://schemas.openid.net/secevent/ssf/event-type/verification" {
         tracing::info!(state = %event["state"], "SSF verification event received");
         return Ok(());
@@ -276,7 +337,7 @@ pub async fn receive(state: &AppState, token: &str) -> Result<(), SignalError> {
                     platform_id: audience,
                     sid: None,
                     cause: SessionEndCause::CaepSessionRevoked,
-                    cause_id: jti,
+                    cause_id: jti.to_owned(),
                 },
             )
             .await
@@ -285,7 +346,7 @@ pub async fn receive(state: &AppState, token: &str) -> Result<(), SignalError> {
         | Some(("risc", "credential-compromise"))
         | Some(("risc", "account-disabled"))
         | Some(("risc", "account-credential-change-required")) => {
-            end_consents(state, &person_issuer, &person, &event_type, &jti).await
+            end_consents(state, &person_issuer, &person, event_type, jti).await
         }
         Some(("caep", "assurance-level-change")) => {
             let current = event["current_level"].as_str().unwrap_or_default();
@@ -303,7 +364,7 @@ pub async fn receive(state: &AppState, token: &str) -> Result<(), SignalError> {
                         platform_id: audience,
                         sid: None,
                         cause: SessionEndCause::AssuranceDropped,
-                        cause_id: jti,
+                        cause_id: jti.to_owned(),
                     },
                 )
                 .await
