@@ -100,6 +100,7 @@ ca_file = "$DATA/op/ca.pem"
 [[gateway.machine_tokens]]
 name = "demo-platform"
 role = "platform"
+platform_ids = ["custodian-demo"]
 sha256 = "$(digest "$DATA/tokens/platform.token")"
 
 [[gateway.machine_tokens]]

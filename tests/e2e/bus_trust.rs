@@ -249,6 +249,9 @@ async fn a_platform_fact_carrying_the_id_of_the_next_consent_ended_cannot_suppre
     let mut stack = Stack::start().await;
     let (client, settings) = stack.register_platform().await;
     let platform = client.client_id.clone();
+    // The platform's token speaks for it (a token speaks only for the platforms it lists).
+    stack.platform_token_speaks_for = vec![platform.clone()];
+    stack.restart_gateway().await;
     stack.start_vault(crate::support::test_vault_config(vec![settings]));
     let person = unique("oscar");
     let (browser, cookie, _) = stack.login_through_gateway(&person).await;

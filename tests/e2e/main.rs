@@ -7,6 +7,7 @@ mod audit;
 mod bus_trust;
 mod consent_ledger;
 mod gateway_api;
+mod gateway_edge;
 mod incidents;
 mod leadership;
 mod migrations;

@@ -23,6 +23,11 @@ pub const PLATFORM_TOKEN: &str = "test-platform-token-0123456789";
 pub const OPS_TOKEN: &str = "test-ops-token-0123456789abcdef";
 pub const DPO_TOKEN: &str = "test-dpo-token-0123456789abcdef";
 pub const RESPONDER_TOKEN: &str = "test-responder-token-0123456789";
+/// A second platform's token: it speaks for [`OTHER_PLATFORM`] only.
+pub const OTHER_PLATFORM_TOKEN: &str = "test-other-platform-token-0123";
+pub const OTHER_PLATFORM: &str = "tp-other";
+/// The platforms [`PLATFORM_TOKEN`] speaks for unless a test says otherwise.
+pub const TEST_PLATFORMS: &[&str] = &["tp", "tp-health"];
 
 pub struct Stack {
     pub nats: NatsServer,
@@ -57,6 +62,8 @@ pub struct Stack {
     pub gateway_tls: Option<custodian_web::TlsFiles>,
     /// The vault's key ring, kept across vault restarts.
     pub keyring: custodian_crypto::KeyRing,
+    /// The platforms [`PLATFORM_TOKEN`] speaks for (set before the gateway starts).
+    pub platform_token_speaks_for: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -142,6 +149,7 @@ impl Stack {
             audit_signer: custodian_audit::Signer::generate("test-audit"),
             views: Vec::new(),
             keyring: custodian_crypto::KeyRing::ephemeral(),
+            platform_token_speaks_for: TEST_PLATFORMS.iter().map(|p| (*p).to_owned()).collect(),
             extra_audiences: Vec::new(),
             gateway_tls: None,
             ssf_transmitter: None,
@@ -387,13 +395,31 @@ impl Stack {
                     name: "test-platform".into(),
                     role: Role::Platform,
                     sha256: token_digest(PLATFORM_TOKEN),
+                    platform_ids: self.platform_token_speaks_for.clone(),
                 },
-                MachineToken { name: "test-ops".into(), role: Role::Ops, sha256: token_digest(OPS_TOKEN) },
-                MachineToken { name: "test-dpo".into(), role: Role::Dpo, sha256: token_digest(DPO_TOKEN) },
+                MachineToken {
+                    name: "test-other-platform".into(),
+                    role: Role::Platform,
+                    sha256: token_digest(OTHER_PLATFORM_TOKEN),
+                    platform_ids: vec![OTHER_PLATFORM.into()],
+                },
+                MachineToken {
+                    name: "test-ops".into(),
+                    role: Role::Ops,
+                    sha256: token_digest(OPS_TOKEN),
+                    platform_ids: Vec::new(),
+                },
+                MachineToken {
+                    name: "test-dpo".into(),
+                    role: Role::Dpo,
+                    sha256: token_digest(DPO_TOKEN),
+                    platform_ids: Vec::new(),
+                },
                 MachineToken {
                     name: "test-responder".into(),
                     role: Role::Responder,
                     sha256: token_digest(RESPONDER_TOKEN),
+                    platform_ids: Vec::new(),
                 },
             ],
             login: custodian_gateway::LoginConfig { public_url: self.gateway_url.clone(), after_login: "/".into() },
@@ -401,6 +427,7 @@ impl Stack {
             ssf_receiver: self.ssf_receiver.clone(),
             tls: self.gateway_tls.clone(),
             behind_tls_proxy: false,
+            max_clock_skew_secs: custodian_events::MAX_CLOCK_SKEW.as_secs(),
         };
         let (store, clock, bus) = (self.store.clone(), self.clock.clone(), self.service_bus(Service::Gateway));
         let token = CancellationToken::new();

@@ -86,6 +86,8 @@ pub async fn run(deps: Deps, config: ConsentConfig, shutdown: CancellationToken)
     spec.exclusive = true;
     spec.appliers = config.workers.max(1);
     spec.leading = Some(deps.metrics.leading.clone());
+    // Facts are ordered by their time: one dated far ahead would outrank every later one.
+    spec.future_skew = Some(custodian_events::MAX_CLOCK_SKEW);
 
     let mut tasks = Supervisor::new(shutdown.clone());
     tasks.spawn("consent-relay", relay.run(shutdown.clone()));

@@ -26,6 +26,7 @@ fn revoke_reason_str(r: RevokeReason) -> &'static str {
         RevokeReason::Provider => "provider",
         RevokeReason::Admin => "admin",
         RevokeReason::Incident => "incident",
+        RevokeReason::Platform => "platform",
     }
 }
 
@@ -34,6 +35,7 @@ fn parse_revoke_reason(s: &str) -> RevokeReason {
         "provider" => RevokeReason::Provider,
         "admin" => RevokeReason::Admin,
         "incident" => RevokeReason::Incident,
+        "platform" => RevokeReason::Platform,
         _ => RevokeReason::User,
     }
 }

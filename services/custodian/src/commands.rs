@@ -453,6 +453,10 @@ pub enum TokenCommand {
         role: String,
         #[arg(long)]
         name: String,
+        /// The platform role only: a platform (OIDC client id) the token speaks for; repeat
+        /// for several. A platform token speaks for these and no other.
+        #[arg(long = "platform", value_name = "CLIENT_ID")]
+        platforms: Vec<String>,
     },
 }
 
@@ -674,8 +678,16 @@ async fn publish_many(bus: &custodian_bus::Bus, events: &[Outgoing]) -> anyhow::
 
 pub fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
-        TokenCommand::New { role, name } => {
+        TokenCommand::New { role, name, platforms } => {
             use rand::Rng;
+            match (role.as_str(), platforms.is_empty()) {
+                ("platform", true) => {
+                    bail!("a platform token speaks for the platforms it names: add --platform <client id>")
+                }
+                ("platform", false) => {}
+                (_, false) => bail!("--platform is for platform tokens only, not the {role} role"),
+                (_, true) => {}
+            }
             let bytes: [u8; 32] = rand::rng().random();
             let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
             println!("token (give it to the caller; it is not stored anywhere): {token}");
@@ -683,6 +695,9 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 "\n# custodian.toml\n[[gateway.machine_tokens]]\nname = {name:?}\nrole = {role:?}\nsha256 = {:?}",
                 custodian_gateway::token_digest(&token)
             );
+            if !platforms.is_empty() {
+                println!("platform_ids = {platforms:?}");
+            }
         }
     }
     Ok(())

@@ -33,19 +33,61 @@ pub struct MachineToken {
     pub name: String,
     pub role: Role,
     pub sha256: String,
+    /// The platform role only: the platforms (OIDC client ids) this token speaks for, and no
+    /// other. Required for that role, refused for the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platform_ids: Vec<String>,
+}
+
+impl MachineToken {
+    fn check(&self) -> Result<(), String> {
+        match (self.role, self.platform_ids.is_empty()) {
+            (Role::Platform, true) => Err(format!(
+                "machine token {} has the platform role but names no platform_ids: a platform token speaks \
+                 for the platforms it lists, never for all",
+                self.name
+            )),
+            (Role::Platform, false) => Ok(()),
+            (role, false) => Err(format!(
+                "machine token {} has the {} role: platform_ids are for platform tokens only",
+                self.name,
+                role.label()
+            )),
+            (_, true) => Ok(()),
+        }
+    }
+}
+
+impl Role {
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Platform => "platform",
+            Role::Ops => "ops",
+            Role::Responder => "responder",
+            Role::Dpo => "dpo",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     Person { issuer: String, subject: String },
-    Machine { name: String, role: Role },
+    Machine { name: String, role: Role, platform_ids: Arc<[String]> },
 }
 
 impl Caller {
     pub fn require_role(&self, role: Role) -> Result<(), Problem> {
         match self {
             Caller::Machine { role: r, .. } if *r == role => Ok(()),
-            _ => Err(Problem::forbidden(format!("requires the {role:?} role").to_lowercase())),
+            _ => Err(Problem::forbidden(format!("requires the {} role", role.label()))),
+        }
+    }
+
+    /// A platform caller's name and the platforms it speaks for.
+    pub fn require_platform(&self) -> Result<(&str, &[String]), Problem> {
+        match self {
+            Caller::Machine { name, role: Role::Platform, platform_ids } => Ok((name, platform_ids)),
+            _ => Err(Problem::forbidden("requires the platform role")),
         }
     }
 
@@ -136,7 +178,7 @@ pub struct Verified {
 
 #[derive(Debug)]
 pub struct Authenticator {
-    machines: HashMap<String, (String, Role)>,
+    machines: HashMap<String, (String, Role, Arc<[String]>)>,
     person: Option<PersonVerifier>,
 }
 
@@ -167,7 +209,13 @@ const JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
 
 impl Authenticator {
     pub fn new(machines: &[MachineToken], person: Option<PersonAuthConfig>) -> Result<Self, crate::GatewayError> {
-        let machines = machines.iter().map(|m| (m.sha256.to_ascii_lowercase(), (m.name.clone(), m.role))).collect();
+        for machine in machines {
+            machine.check().map_err(crate::GatewayError::Config)?;
+        }
+        let machines = machines
+            .iter()
+            .map(|m| (m.sha256.to_ascii_lowercase(), (m.name.clone(), m.role, Arc::from(m.platform_ids.clone()))))
+            .collect();
         let person = match person {
             None => None,
             Some(config) => {
@@ -207,8 +255,8 @@ impl Authenticator {
 
     pub async fn authenticate(&self, bearer: &str) -> Result<Caller, Problem> {
         let digest = token_digest(bearer);
-        if let Some((name, role)) = self.machines.get(&digest) {
-            return Ok(Caller::Machine { name: name.clone(), role: *role });
+        if let Some((name, role, platform_ids)) = self.machines.get(&digest) {
+            return Ok(Caller::Machine { name: name.clone(), role: *role, platform_ids: Arc::clone(platform_ids) });
         }
         let Some(person) = &self.person else {
             return Err(Problem::unauthorized("unknown bearer token"));
@@ -341,6 +389,10 @@ pub fn signed_alg(token: &str) -> Result<String, SignalError> {
     Ok(alg.to_owned())
 }
 
+/// How old a logout token or SET may be (by `iat`); its `jti` is remembered this long, so
+/// no signal can be replayed once its `jti` is forgotten.
+pub const SIGNAL_MAX_AGE_SECS: i64 = 7 * 24 * 3600;
+
 /// `iss`, `aud` (one of `accepted`, returned), `iat`, `exp` if present. Pure: fuzzed.
 pub fn check_standard_claims(
     claims: &serde_json::Value,
@@ -365,6 +417,9 @@ pub fn check_standard_claims(
     let iat = claims["iat"].as_i64().ok_or_else(|| bad("iat is missing"))?;
     if iat > now.saturating_add(60) {
         return Err(bad("iat is in the future"));
+    }
+    if iat < now.saturating_sub(SIGNAL_MAX_AGE_SECS) {
+        return Err(bad("iat is older than the replay window (7 days)"));
     }
     if let Some(exp) = claims.get("exp") {
         let exp = exp.as_i64().ok_or_else(|| bad("exp is not a number"))?;
@@ -413,4 +468,39 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 /// Hex SHA-256 of a machine token, as configured in `machine_tokens`.
 pub fn token_digest(token: &str) -> String {
     custodian_crypto::sha256_hex(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn token(role: Role, platform_ids: &[&str]) -> MachineToken {
+        MachineToken {
+            name: "t".into(),
+            role,
+            sha256: "0".repeat(64),
+            platform_ids: platform_ids.iter().map(|p| (*p).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_platform_token_must_name_its_platforms_and_only_it_may() {
+        assert!(token(Role::Platform, &[]).check().unwrap_err().contains("names no platform_ids"));
+        assert!(token(Role::Platform, &["tp"]).check().is_ok());
+        assert!(token(Role::Ops, &["tp"]).check().unwrap_err().contains("platform tokens only"));
+        assert!(token(Role::Responder, &[]).check().is_ok());
+    }
+
+    #[test]
+    fn a_signal_is_taken_only_within_the_window_its_jti_is_remembered() {
+        let now = 1_800_000_000;
+        let claims = |iat: i64| json!({"iss": "https://op", "aud": "tp", "iat": iat});
+        let check = |iat| check_standard_claims(&claims(iat), "https://op", &["tp"], now);
+        assert!(check(now).is_ok());
+        assert!(check(now - SIGNAL_MAX_AGE_SECS).is_ok());
+        assert!(check(now - SIGNAL_MAX_AGE_SECS - 1).unwrap_err().description().contains("replay window"));
+        assert!(check(now + 61).unwrap_err().description().contains("future"));
+    }
 }

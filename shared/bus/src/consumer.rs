@@ -81,6 +81,10 @@ pub struct ConsumerSpec {
     /// after the ack floor of the terms before. A stale holder's acks land on its own
     /// durable, so they can never cover what its successor was handed.
     pub exclusive: bool,
+    /// Events dated more than this past the consumer's clock are dead-lettered, not applied:
+    /// for consumers whose outcome follows event time (a far-future fact would outrank
+    /// every later one). `None` for commands that must be obeyed whatever their date.
+    pub future_skew: Option<Duration>,
     /// Exclusive only: set to 1 while this replica leads and consumes, 0 while it stands by.
     pub leading: Option<prometheus_client::metrics::gauge::Gauge>,
 }
@@ -101,6 +105,7 @@ impl ConsumerSpec {
             in_order: false,
             appliers: 1,
             exclusive: false,
+            future_skew: None,
             leading: None,
         }
     }
@@ -706,6 +711,14 @@ fn first_after_gap(sequences: impl Iterator<Item = Option<u64>>, next: &mut u64)
     None
 }
 
+/// The `id` of an envelope that did not decode, when it has a plausible one: the dead letter
+/// then names the event its publisher knows.
+fn envelope_id(payload: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let id = value.get("id")?.as_str()?;
+    (!id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control)).then(|| id.to_owned())
+}
+
 /// Decodes strictly; what does not decode is dead-lettered at once. `None` if the service
 /// stopped while an in-order consumer was still trying to dead-letter.
 async fn decode_batch(
@@ -720,7 +733,20 @@ async fn decode_batch(
     for Pulled { message, position } in messages {
         let (delivered, stream_sequence) = position.map_or((1, 0), |p| (p.delivered, p.stream_sequence));
         let subject = message.subject.as_str().to_owned();
-        match LifecycleEvent::decode(Some(&subject), &message.payload) {
+        let checked = LifecycleEvent::decode(Some(&subject), &message.payload)
+            .map_err(|e| (envelope_id(&message.payload), e.to_string()))
+            .and_then(|event| match spec.future_skew {
+                Some(skew) if event.time() > clock.now() + skew => Err((
+                    Some(event.id().to_owned()),
+                    format!(
+                        "time {} is more than {}s past this consumer's clock",
+                        event.time().to_rfc3339(),
+                        skew.as_secs()
+                    ),
+                )),
+                _ => Ok(event),
+            });
+        match checked {
             Ok(event) => {
                 let header_tp = message
                     .headers
@@ -732,14 +758,16 @@ async fn decode_batch(
                 decoded.push(Delivery { subject, event, raw, delivered, stream_sequence, traceparent });
                 decoded_messages.push(message);
             }
-            Err(e) if spec.in_order => {
-                let reason = e.to_string();
-                if !dead_letter_in_order(bus, spec, clock, &message, None, stream_sequence, &reason, shutdown).await {
+            Err((original_id, reason)) if spec.in_order => {
+                let original_id = original_id.as_deref();
+                if !dead_letter_in_order(bus, spec, clock, &message, original_id, stream_sequence, &reason, shutdown)
+                    .await
+                {
                     return None;
                 }
             }
-            Err(e) => {
-                dead_letter(bus, spec, clock, &message, None, stream_sequence, &e.to_string()).await;
+            Err((original_id, reason)) => {
+                dead_letter(bus, spec, clock, &message, original_id.as_deref(), stream_sequence, &reason).await;
             }
         }
     }
@@ -999,5 +1027,20 @@ mod tests {
         assert_eq!(backoff(base, 4), Duration::from_secs(4));
         assert_eq!(backoff(base, 10), Duration::from_secs(60));
         assert_eq!(backoff(base, 10_000), Duration::from_secs(60));
+    }
+}
+
+#[cfg(test)]
+mod envelope_id_tests {
+    use super::envelope_id;
+
+    #[test]
+    fn a_dead_letter_names_the_id_of_an_envelope_that_did_not_decode_when_it_is_plausible() {
+        assert_eq!(envelope_id(br#"{"id": "e-1", "type": "nope"}"#).as_deref(), Some("e-1"));
+        assert_eq!(envelope_id(b"not json"), None);
+        assert_eq!(envelope_id(br#"{"id": 7}"#), None);
+        assert_eq!(envelope_id(br#"{"id": ""}"#), None);
+        assert_eq!(envelope_id(br#"{"id": "a\nb"}"#), None);
+        assert_eq!(envelope_id(format!(r#"{{"id": "{}"}}"#, "x".repeat(300)).as_bytes()), None);
     }
 }

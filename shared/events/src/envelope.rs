@@ -153,6 +153,20 @@ macro_rules! lifecycle_events {
                 match self { $(Self::$variant(e) => e.time,)* }
             }
 
+            /// Re-dates the event (the edge's: an outsider's clock never dates past its own).
+            pub fn set_time(&mut self, time: DateTime<Utc>) {
+                match self { $(Self::$variant(e) => e.time = time,)* }
+            }
+
+            pub fn source(&self) -> &str {
+                match self { $(Self::$variant(e) => &e.source,)* }
+            }
+
+            /// Names who published it (the edge's: the authenticated caller, not a claim).
+            pub fn set_source(&mut self, source: String) {
+                match self { $(Self::$variant(e) => e.source = source,)* }
+            }
+
             pub fn event_type(&self) -> &str {
                 match self { $(Self::$variant(e) => &e.event_type,)* }
             }

@@ -39,6 +39,11 @@ impl ConsentKey {
     }
 }
 
+/// How far past the receiver's clock an event may be dated. Beyond it the event is refused
+/// (400 at the gateway, a dead letter on the bus): a fact dated in the far future would
+/// outrank every later revocation or grant.
+pub const MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Deterministic event id derived from a parent id and a purpose, so that re-running the
 /// same work publishes nothing new (JetStream de-duplicates on `Nats-Msg-Id`).
 ///

@@ -74,7 +74,9 @@ event_data!(ConsentGrantedV1, subjects::CONSENT_GRANTED, "custodian.consent.gran
     s.acr.as_deref().map_or(Ok(()), |a| check_id("acr", a))
 });
 
-/// Who asked for a revocation.
+/// Who asked for a revocation. Over the gateway a platform states `platform` only: the
+/// person's own (`user`) comes from the person's signed-in request, `provider` from the OP's
+/// signals, `admin` and `incident` from Custodian's operators and incident workflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RevokeReason {
@@ -82,6 +84,8 @@ pub enum RevokeReason {
     Provider,
     Admin,
     Incident,
+    /// The platform ended it on its own authority.
+    Platform,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
