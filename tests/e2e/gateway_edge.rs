@@ -171,3 +171,80 @@ async fn a_fact_dated_past_the_clock_is_refused_and_the_persons_revocation_ends_
     let q = custodian_events::queries::ConsentQuery { subject: Some(other.clone()), ..Default::default() };
     assert!(stack.ledger(q).await.is_empty(), "the far-dated grant was not applied");
 }
+
+/// A back-channel logout without a token: refused (400) before anything else is done.
+async fn empty_logout(stack: &Stack) -> reqwest::Response {
+    stack.http.post(stack.url("/oidc/backchannel-logout")).form(&[("nothing", "")]).send().await.expect("POST")
+}
+
+#[tokio::test]
+async fn callers_are_rate_limited_per_address_and_per_token_with_a_problem_and_retry_after() {
+    use custodian_gateway::limits::Rate;
+    let mut stack = Stack::start().await;
+    stack.gateway_limits.per_address = Rate { burst: 3, replenish_ms: 60_000 };
+    stack.gateway_limits.per_caller = Rate { burst: 2, replenish_ms: 60_000 };
+    stack.restart_gateway().await;
+
+    for _ in 0..3 {
+        assert_eq!(empty_logout(&stack).await.status(), StatusCode::BAD_REQUEST);
+    }
+    let limited = empty_logout(&stack).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().expect("seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(limited.headers()["content-type"], "application/problem+json");
+    let problem: Value = limited.json().await.expect("json");
+    assert_eq!(problem["status"], 429);
+    // Routes that write nothing for strangers are not limited.
+    assert_eq!(stack.http.get(stack.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+
+    // /v1/events: per token as well (the address' budget is spent already, so a
+    // fresh gateway with room per address shows the per-token bucket alone).
+    stack.gateway_limits.per_address = Rate { burst: 100, replenish_ms: 60_000 };
+    stack.restart_gateway().await;
+    let now = stack.clock.now();
+    for _ in 0..2 {
+        let (status, problem) = publish(&stack, PLATFORM_TOKEN, grant(&stack, &unique("p"), "tp", now).to_json()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{problem}");
+    }
+    let (status, problem) = publish(&stack, PLATFORM_TOKEN, grant(&stack, &unique("p"), "tp", now).to_json()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{problem}");
+    let (status, problem) =
+        publish(&stack, OTHER_PLATFORM_TOKEN, grant(&stack, &unique("p"), OTHER_PLATFORM, now).to_json()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "another caller has a bucket of its own: {problem}");
+    assert_eq!(stack.count_on(subjects::CONSENT_GRANTED).await, 3, "the refused event was not published");
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_its_headers_slowly_is_closed_and_the_connection_cap_holds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stack = Stack::start().await;
+    stack.gateway_limits.serve.header_read_timeout_ms = 1_000;
+    stack.gateway_limits.serve.max_connections = 2;
+    stack.restart_gateway().await;
+    let addr = stack.gateway_url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+
+    // Slowloris: half a request head, then nothing. The gateway closes the connection.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.expect("write");
+    let started = std::time::Instant::now();
+    let mut buffer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buffer)).await;
+    assert!(read.is_ok(), "the half-sent request was still open after 10 s");
+    assert!(started.elapsed() >= Duration::from_millis(500), "closed by the timeout, not at once");
+    drop(slow);
+
+    // Two idle connections take both places; a third waits until the timeout frees one.
+    let _idle_a = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let _idle_b = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let third = tokio::spawn({
+        let client = stack.http.clone();
+        let url = stack.url("/healthz");
+        async move { client.get(url).send().await.map(|r| r.status()) }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!third.is_finished(), "the third connection was served while two others held the cap");
+    let status = tokio::time::timeout(Duration::from_secs(10), third).await.expect("served once a place freed");
+    assert_eq!(status.expect("task").expect("answer"), StatusCode::OK);
+}

@@ -64,6 +64,8 @@ pub struct Stack {
     pub keyring: custodian_crypto::KeyRing,
     /// The platforms [`PLATFORM_TOKEN`] speaks for (set before the gateway starts).
     pub platform_token_speaks_for: Vec<String>,
+    /// The gateway's rate limits, timeouts and connection cap (set before it starts).
+    pub gateway_limits: custodian_gateway::limits::LimitsConfig,
     _dir: tempfile::TempDir,
 }
 
@@ -150,6 +152,7 @@ impl Stack {
             views: Vec::new(),
             keyring: custodian_crypto::KeyRing::ephemeral(),
             platform_token_speaks_for: TEST_PLATFORMS.iter().map(|p| (*p).to_owned()).collect(),
+            gateway_limits: Default::default(),
             extra_audiences: Vec::new(),
             gateway_tls: None,
             ssf_transmitter: None,
@@ -428,6 +431,7 @@ impl Stack {
             tls: self.gateway_tls.clone(),
             behind_tls_proxy: false,
             max_clock_skew_secs: custodian_events::MAX_CLOCK_SKEW.as_secs(),
+            limits: self.gateway_limits.clone(),
         };
         let (store, clock, bus) = (self.store.clone(), self.clock.clone(), self.service_bus(Service::Gateway));
         let token = CancellationToken::new();

@@ -106,11 +106,11 @@ pub async fn run(deps: Deps, config: DemoViewConfig, shutdown: CancellationToken
     match tls {
         Some(files) => {
             let listener = custodian_web::TlsListener::new(deps.listener, files.server_config()?)?;
-            axum::serve(listener, app).with_graceful_shutdown(stopped).await?;
+            custodian_web::serve(listener, app, &custodian_web::ServeLimits::default(), stopped).await?;
         }
         None => {
             custodian_web::check_plaintext(deps.listener.local_addr()?, behind_tls_proxy)?;
-            axum::serve(deps.listener, app).with_graceful_shutdown(stopped).await?;
+            custodian_web::serve(deps.listener, app, &custodian_web::ServeLimits::default(), stopped).await?;
         }
     }
     wipes.abort();

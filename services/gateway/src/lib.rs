@@ -7,6 +7,7 @@
 //! person is known only from a token verified against the OP's keys.
 
 pub mod auth;
+pub mod limits;
 pub mod problem;
 pub mod routes;
 pub mod ssf_receiver;
@@ -69,6 +70,8 @@ pub struct GatewayConfig {
     /// less far is recorded at the gateway's time, so nothing can be dated beyond a later
     /// revocation.
     pub max_clock_skew_secs: u64,
+    /// Rate limits, timeouts and the connection cap.
+    pub limits: limits::LimitsConfig,
 }
 
 /// `[gateway.login]`: the person's sign-in (the code flow itself runs in the vault).
@@ -117,6 +120,7 @@ impl Default for GatewayConfig {
             tls: None,
             behind_tls_proxy: false,
             max_clock_skew_secs: custodian_events::MAX_CLOCK_SKEW.as_secs(),
+            limits: limits::LimitsConfig::default(),
         }
     }
 }
@@ -141,6 +145,8 @@ pub struct AppState {
     pub seen_jti: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
     /// See [`GatewayConfig::max_clock_skew_secs`].
     pub max_clock_skew: chrono::Duration,
+    pub rate_limiters: limits::RateLimiters,
+    pub request_timeout: std::time::Duration,
 }
 
 #[derive(Debug)]
@@ -155,8 +161,21 @@ pub struct Deps {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let limiters = &state.rate_limiters;
+    // Reachable by anyone, or writing: limited per client address (and per caller).
+    let per_address = Router::new()
+        .route("/login", get(routes::login::login))
+        .route("/callback", get(routes::login::callback))
+        .route("/oidc/backchannel-logout", post(routes::signals::backchannel_logout))
+        .route("/ssf/events", post(routes::signals::security_event))
+        .route_layer(limiters.per_address.clone());
+    let events = Router::new()
         .route("/v1/events", post(routes::events::publish))
+        .route_layer(limiters.per_caller.clone())
+        .route_layer(limiters.per_address.clone());
+    Router::new()
+        .merge(per_address)
+        .merge(events)
         .route("/v1/consents", get(routes::consents::ledger))
         .route("/v1/me/consents", get(routes::consents::mine))
         .route("/v1/me/consents/{platform_id}", delete(routes::consents::revoke_mine))
@@ -164,21 +183,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/sweeps/{sweep_id}", get(routes::sweeps::show))
         .route("/v1/revocations/{revocation_id}", get(routes::revocations::show))
         .route("/v1/privacy-log", get(routes::privacy::read))
-        .route("/oidc/backchannel-logout", post(routes::signals::backchannel_logout))
         .route("/.well-known/jwks.json", get(jwks))
-        .route("/ssf/events", post(routes::signals::security_event))
         .route("/v1/incidents", post(routes::incidents::report))
         .route("/v1/incidents/{incident_id}", get(routes::incidents::show))
         .route("/", get(routes::dashboard::page))
         .route("/consents/revoke", post(routes::dashboard::revoke))
-        .route("/login", get(routes::login::login))
-        .route("/callback", get(routes::login::callback))
         .route("/logout", get(routes::login::logout).post(routes::login::logout))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
         .route("/openapi.json", get(routes::health::openapi))
         .fallback(|| async { problem::Problem::not_found("no such endpoint") })
+        .layer(middleware::from_fn_with_state(state.request_timeout, limits::time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
@@ -234,6 +250,8 @@ pub async fn run(deps: Deps, config: GatewayConfig, shutdown: CancellationToken)
             .ok_or_else(|| {
                 GatewayError::Config(format!("max_clock_skew_secs {} is too large", config.max_clock_skew_secs))
             })?,
+        rate_limiters: limits::RateLimiters::new(&config.limits, shutdown.clone())?,
+        request_timeout: std::time::Duration::from_millis(config.limits.request_timeout_ms.max(1)),
     });
     // SETs out to subscribed receivers, on a durable consumer (retries with backoff).
     let transmitting = match (&state.transmitter, &config.ssf_transmitter) {
@@ -265,11 +283,11 @@ pub async fn run(deps: Deps, config: GatewayConfig, shutdown: CancellationToken)
     let served = match &config.tls {
         Some(files) => {
             let listener = custodian_web::TlsListener::new(deps.listener, files.server_config()?)?;
-            axum::serve(listener, app).with_graceful_shutdown(stopped).await
+            custodian_web::serve(listener, app, &config.limits.serve, stopped).await
         }
         None => {
             custodian_web::check_plaintext(addr, config.behind_tls_proxy)?;
-            axum::serve(deps.listener, app).with_graceful_shutdown(stopped).await
+            custodian_web::serve(deps.listener, app, &config.limits.serve, stopped).await
         }
     }
     .map_err(GatewayError::Serve);

@@ -16,8 +16,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 
+mod serve;
+pub use serve::{ServeLimits, serve};
+
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes under way at once; beyond it new connections wait in the backlog.
+const MAX_PENDING_HANDSHAKES: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
@@ -97,7 +102,7 @@ async fn accept_loop(
     let mut handshakes = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(), if handshakes.len() < MAX_PENDING_HANDSHAKES => match accepted {
                 Ok((stream, addr)) => {
                     let (acceptor, ready) = (acceptor.clone(), ready.clone());
                     handshakes.spawn(async move {
