@@ -248,3 +248,149 @@ async fn a_connection_that_sends_its_headers_slowly_is_closed_and_the_connection
     let status = tokio::time::timeout(Duration::from_secs(10), third).await.expect("served once a place freed");
     assert_eq!(status.expect("task").expect("answer"), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn each_cloudevents_mode_is_applied_and_each_malformed_variant_is_refused_with_its_reason() {
+    let stack = Stack::start().await;
+    let now = stack.clock.now();
+    let people: Vec<String> = (0..6).map(|i| unique(&format!("mode{i}"))).collect();
+    let post = |content_type: Option<&str>, extra: Vec<(&'static str, String)>, body: Vec<u8>| {
+        let mut request = stack.http.post(stack.url("/v1/events")).bearer_auth(PLATFORM_TOKEN).body(body);
+        if let Some(t) = content_type {
+            request = request.header("content-type", t);
+        }
+        for (name, value) in extra {
+            request = request.header(name, value);
+        }
+        async move {
+            let r = request.send().await.expect("POST");
+            let status = r.status();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let binary_headers = |event: &CloudEvent<ConsentGrantedV1>| {
+        vec![
+            ("ce-specversion", "1.0".to_owned()),
+            ("ce-id", event.id.clone()),
+            ("ce-source", "urn:test:platform%2Fbinary".to_owned()),
+            ("ce-type", "custodian.consent.granted.v1".to_owned()),
+            ("ce-time", event.time.to_rfc3339()),
+        ]
+    };
+
+    // Structured, as the Python SDK writes it by default: no datacontenttype.
+    let mut python = serde_json::to_value(grant(&stack, &people[0], "tp", now)).unwrap();
+    python.as_object_mut().unwrap().remove("datacontenttype");
+    let (status, body) = post(Some("application/cloudevents+json"), vec![], serde_json::to_vec(&python).unwrap()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // Binary: the attributes in ce-* headers, the data as the body.
+    let event = grant(&stack, &people[1], "tp", now);
+    let data = serde_json::to_vec(&event.data).unwrap();
+    let (status, body) = post(Some("application/json"), binary_headers(&event), data.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // Batched.
+    let batch =
+        serde_json::to_vec(&json!([grant(&stack, &people[2], "tp", now), grant(&stack, &people[3], "tp", now)]))
+            .unwrap();
+    let (status, body) = post(Some("application/cloudevents-batch+json"), vec![], batch).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["events"].as_array().map(Vec::len), Some(2), "{body}");
+    // NATS binary mode, as the Go SDK's JetStream binding publishes (here from Custodian's
+    // own harness identity: platforms do not publish on the bus).
+    let nats_event = grant(&stack, &people[4], "tp", now);
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in binary_headers(&nats_event) {
+        headers.insert(name, value.as_str());
+    }
+    headers.insert("content-type", "application/json");
+    stack
+        .bus
+        .jetstream()
+        .publish_with_headers(subjects::CONSENT_GRANTED, headers, serde_json::to_vec(&nats_event.data).unwrap().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    for person in &people[..5] {
+        eventually("the grant in the ledger", Duration::from_secs(15), || async {
+            let q = custodian_events::queries::ConsentQuery { subject: Some(person.clone()), ..Default::default() };
+            stack.ledger(q).await.iter().any(|c| c.state == "granted").then_some(())
+        })
+        .await;
+    }
+    let granted = stack.count_on(subjects::CONSENT_GRANTED).await;
+
+    // Each malformed variant is refused, saying what is wrong; nothing more is published.
+    let refused = grant(&stack, &people[5], "tp", now);
+    let mut no_type = binary_headers(&refused);
+    no_type.retain(|(name, _)| *name != "ce-type");
+    let mut bad_data = serde_json::to_value(&refused.data).unwrap();
+    bad_data["scopes"] = json!("openid");
+    let bad_batch = json!([grant(&stack, &people[5], "tp", now), {"specversion": "1.0", "id": "x"}]);
+    for (content_type, extra, body, expected, needle) in [
+        (Some("application/json"), no_type, data.clone(), StatusCode::BAD_REQUEST, "missing field `type`"),
+        (
+            Some("text/plain"),
+            binary_headers(&refused),
+            data.clone(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "must be JSON",
+        ),
+        (
+            Some("application/json"),
+            binary_headers(&refused),
+            serde_json::to_vec(&bad_data).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid data",
+        ),
+        (
+            Some("application/cloudevents-batch+json"),
+            vec![],
+            serde_json::to_vec(&bad_batch).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "event 1 of the batch",
+        ),
+        (
+            Some("application/cloudevents-batch+json"),
+            vec![],
+            serde_json::to_vec(&python).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "JSON array",
+        ),
+        (
+            Some("application/xml"),
+            vec![],
+            b"<event/>".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not a CloudEvents mode",
+        ),
+    ] {
+        let (status, problem) = post(content_type, extra, body).await;
+        assert_eq!(status, expected, "{needle}: {problem}");
+        assert!(problem["detail"].as_str().unwrap_or_default().contains(needle), "{needle}: {problem}");
+    }
+    // A malformed binary event on NATS is dead-lettered under its ce-id, with the reason.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("ce-specversion", "1.0");
+    headers.insert("ce-id", "binary-without-type");
+    stack
+        .bus
+        .jetstream()
+        .publish_with_headers(subjects::CONSENT_GRANTED, headers, b"{}".to_vec().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    let letters = eventually("the dead letter", Duration::from_secs(20), || async {
+        let letters = stack.messages_on("lifecycle.deadletter.consent").await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    assert_eq!(letters[0].1["data"]["original_id"], "binary-without-type", "{:?}", letters[0].1);
+    assert!(
+        letters[0].1["data"]["reason"].as_str().unwrap_or_default().contains("missing field"),
+        "{:?}",
+        letters[0].1
+    );
+    assert_eq!(stack.count_on(subjects::CONSENT_GRANTED).await, granted + 1, "only the dead-lettered one more");
+}

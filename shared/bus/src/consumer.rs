@@ -711,6 +711,27 @@ fn first_after_gap(sequences: impl Iterator<Item = Option<u64>>, next: &mut u64)
     None
 }
 
+/// The message as a structured-mode event: as sent, or built from CloudEvents binary mode
+/// (`ce-*` headers, as the NATS binding and the Go SDK's JetStream binding send them; the
+/// payload is the data). A binary event that cannot be built names its `ce-id` if it had one.
+fn structured_payload(message: &Message) -> Result<Bytes, (Option<String>, custodian_events::DecodeError)> {
+    let Some(headers) = message.headers.as_ref() else { return Ok(message.payload.clone()) };
+    let named: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(name, values)| Some((name.to_string(), values.first()?.as_str().to_owned())))
+        .collect();
+    if !named.iter().any(|(name, _)| name.eq_ignore_ascii_case("ce-specversion")) {
+        return Ok(message.payload.clone());
+    }
+    let content_type =
+        named.iter().find(|(name, _)| name.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.as_str());
+    let attributes = named.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+    custodian_events::structured_from_binary(attributes, content_type, &message.payload).map(Bytes::from).map_err(|e| {
+        let id = named.iter().find(|(name, _)| name.eq_ignore_ascii_case("ce-id")).map(|(_, v)| v.clone());
+        (id.filter(|id| !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control)), e)
+    })
+}
+
 /// The `id` of an envelope that did not decode, when it has a plausible one: the dead letter
 /// then names the event its publisher knows.
 fn envelope_id(payload: &[u8]) -> Option<String> {
@@ -733,8 +754,16 @@ async fn decode_batch(
     for Pulled { message, position } in messages {
         let (delivered, stream_sequence) = position.map_or((1, 0), |p| (p.delivered, p.stream_sequence));
         let subject = message.subject.as_str().to_owned();
-        let checked = LifecycleEvent::decode(Some(&subject), &message.payload)
-            .map_err(|e| (envelope_id(&message.payload), e.to_string()))
+        let structured = structured_payload(&message);
+        let payload = match &structured {
+            Ok(payload) => payload.clone(),
+            Err(_) => message.payload.clone(),
+        };
+        let checked = structured
+            .map_err(|(id, e)| (id, e.to_string()))
+            .and_then(|payload| {
+                LifecycleEvent::decode(Some(&subject), &payload).map_err(|e| (envelope_id(&payload), e.to_string()))
+            })
             .and_then(|event| match spec.future_skew {
                 Some(skew) if event.time() > clock.now() + skew => Err((
                     Some(event.id().to_owned()),
@@ -754,7 +783,7 @@ async fn decode_batch(
                     .and_then(|h| h.get(custodian_telemetry::TRACEPARENT))
                     .map(|v| v.as_str().to_owned());
                 let traceparent = header_tp.or_else(|| event.traceparent().map(str::to_owned));
-                let raw = message.payload.clone();
+                let raw = payload;
                 decoded.push(Delivery { subject, event, raw, delivered, stream_sequence, traceparent });
                 decoded_messages.push(message);
             }

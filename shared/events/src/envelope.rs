@@ -20,7 +20,11 @@ pub trait EventData: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn validate(&self) -> Result<(), DecodeError>;
 }
 
-/// CloudEvents 1.0, structured JSON mode. Only the attributes of the contract are accepted.
+/// Content type of a batch of structured-mode CloudEvents (HTTP batched mode).
+pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
+
+/// CloudEvents 1.0, structured JSON mode, as Custodian writes it. Decoding goes through
+/// [`LifecycleEvent::decode`], which also takes the optional attributes and extensions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloudEvent<T> {
@@ -36,7 +40,12 @@ pub struct CloudEvent<T> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataschema: Option<String>,
+    /// W3C trace context (the CloudEvents distributed-tracing extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
     pub data: T,
 }
 
@@ -56,7 +65,9 @@ impl<T: EventData> CloudEvent<T> {
             time,
             datacontenttype: DATA_CONTENT_TYPE.to_owned(),
             subject: None,
+            dataschema: None,
             traceparent: None,
+            tracestate: None,
             data,
         }
     }
@@ -71,12 +82,100 @@ impl<T: EventData> CloudEvent<T> {
 /// built), then parsed once into the type the envelope names.
 type RawEvent<'a> = CloudEvent<&'a serde_json::value::RawValue>;
 
+/// Reads a structured-mode envelope: the contract's attributes, the optional ones
+/// (`datacontenttype`, JSON when absent; `dataschema`; `subject`), the tracing extension, and
+/// any other extension attribute, which is checked (name and type, as the spec has them) and
+/// then dropped: no free text a publisher chose is kept.
+struct EnvelopeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
+    type Value = RawEvent<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a CloudEvents 1.0 JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let (mut specversion, mut id, mut source, mut event_type, mut time) = (None, None, None, None, None);
+        let (mut datacontenttype, mut subject, mut dataschema) = (None, None, None);
+        let (mut traceparent, mut tracestate, mut data) = (None, None, None);
+        fn once<T, E: serde::de::Error>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), E> {
+            if slot.replace(value).is_some() {
+                return Err(E::duplicate_field(name));
+            }
+            Ok(())
+        }
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "specversion" => once(&mut specversion, map.next_value::<String>()?, "specversion")?,
+                "id" => once(&mut id, map.next_value::<String>()?, "id")?,
+                "source" => once(&mut source, map.next_value::<String>()?, "source")?,
+                "type" => once(&mut event_type, map.next_value::<String>()?, "type")?,
+                "time" => once(&mut time, map.next_value::<DateTime<Utc>>()?, "time")?,
+                "datacontenttype" => once(&mut datacontenttype, map.next_value::<String>()?, "datacontenttype")?,
+                "subject" => once(&mut subject, map.next_value::<String>()?, "subject")?,
+                "dataschema" => once(&mut dataschema, map.next_value::<String>()?, "dataschema")?,
+                "traceparent" => once(&mut traceparent, map.next_value::<String>()?, "traceparent")?,
+                "tracestate" => once(&mut tracestate, map.next_value::<String>()?, "tracestate")?,
+                "data" => once(&mut data, map.next_value::<&'de serde_json::value::RawValue>()?, "data")?,
+                "data_base64" => return Err(A::Error::custom("data_base64 is not accepted: data must be JSON")),
+                name if is_extension_name(name) => {
+                    let value = map.next_value::<serde_json::Value>()?;
+                    if !(value.is_string() || value.is_number() || value.is_boolean()) {
+                        return Err(A::Error::custom(format!(
+                            "extension attribute {name} must be a string, number or boolean"
+                        )));
+                    }
+                }
+                name => {
+                    return Err(A::Error::custom(format!(
+                        "unknown attribute `{name}` (extension names are 1 to 20 lowercase letters or digits)"
+                    )));
+                }
+            }
+        }
+        Ok(CloudEvent {
+            specversion: specversion.ok_or_else(|| A::Error::missing_field("specversion"))?,
+            id: id.ok_or_else(|| A::Error::missing_field("id"))?,
+            source: source.ok_or_else(|| A::Error::missing_field("source"))?,
+            event_type: event_type.ok_or_else(|| A::Error::missing_field("type"))?,
+            time: time.ok_or_else(|| A::Error::missing_field("time"))?,
+            datacontenttype: datacontenttype.unwrap_or_else(|| DATA_CONTENT_TYPE.to_owned()),
+            subject,
+            dataschema,
+            traceparent,
+            tracestate,
+            data: data.ok_or_else(|| A::Error::missing_field("data"))?,
+        })
+    }
+}
+
+/// CloudEvents 1.0 §3.1.1: lowercase letters and digits, at most 20 characters.
+fn is_extension_name(name: &str) -> bool {
+    (1..=20).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// A JSON media type (`application/json`, or any `…+json`), parameters allowed.
+fn is_json_media_type(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == DATA_CONTENT_TYPE || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn parse_envelope(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
+    use serde::Deserializer as _;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let raw = de.deserialize_map(EnvelopeVisitor).map_err(DecodeError::Envelope)?;
+    de.end().map_err(DecodeError::Envelope)?;
+    Ok(raw)
+}
+
 impl RawEvent<'_> {
     fn check_attributes(&self) -> Result<(), DecodeError> {
         if self.specversion != SPEC_VERSION {
             return Err(DecodeError::SpecVersion(self.specversion.clone()));
         }
-        if self.datacontenttype != DATA_CONTENT_TYPE {
+        if !is_json_media_type(&self.datacontenttype) {
             return Err(DecodeError::DataContentType(self.datacontenttype.clone()));
         }
         if self.id.trim().is_empty() || self.id.len() > 256 {
@@ -84,6 +183,14 @@ impl RawEvent<'_> {
         }
         if self.source.trim().is_empty() || self.source.len() > 1024 {
             return Err(DecodeError::field("source", "must be a non-empty URI-reference"));
+        }
+        if self.dataschema.as_deref().is_some_and(|d| d.trim().is_empty() || d.len() > 1024) {
+            return Err(DecodeError::field("dataschema", "must be a non-empty URI of at most 1024 bytes"));
+        }
+        for (field, value) in [("traceparent", &self.traceparent), ("tracestate", &self.tracestate)] {
+            if value.as_deref().is_some_and(|v| v.len() > 512 || v.chars().any(char::is_control)) {
+                return Err(DecodeError::field(field, "must be a W3C trace-context header value"));
+            }
         }
         Ok(())
     }
@@ -98,12 +205,68 @@ impl RawEvent<'_> {
             source: self.source,
             event_type: self.event_type,
             time: self.time,
-            datacontenttype: self.datacontenttype,
+            // Kept as written by Custodian: one media type for JSON data.
+            datacontenttype: DATA_CONTENT_TYPE.to_owned(),
             subject: self.subject,
+            dataschema: self.dataschema,
             traceparent: self.traceparent,
+            tracestate: self.tracestate,
             data,
         })
     }
+}
+
+/// CloudEvents binary mode (HTTP `ce-*` headers; NATS headers the same way): the attributes
+/// from the headers, `data` from the body, `datacontenttype` from the content type. Returns
+/// the event in structured mode. Header names are case-insensitive; values percent-decoded
+/// (HTTP binding §3.1.3.2).
+pub fn structured_from_binary<'h>(
+    headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Vec<u8>, DecodeError> {
+    let mut envelope = serde_json::Map::new();
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        let Some(attribute) = lower.strip_prefix("ce-") else { continue };
+        if attribute == "datacontenttype" || attribute == "data" {
+            return Err(DecodeError::field("ce-datacontenttype", "binary mode carries it as Content-Type"));
+        }
+        let decoded = percent_decode(value).ok_or_else(|| DecodeError::field("ce-*", "a header is not UTF-8"))?;
+        if envelope.insert(attribute.to_owned(), serde_json::Value::String(decoded)).is_some() {
+            return Err(DecodeError::field("ce-*", format!("ce-{attribute} appears twice")));
+        }
+    }
+    if !envelope.contains_key("specversion") {
+        return Err(DecodeError::field("ce-specversion", "binary mode needs the ce-specversion header"));
+    }
+    let content_type = content_type.unwrap_or(DATA_CONTENT_TYPE);
+    if !is_json_media_type(content_type) {
+        return Err(DecodeError::DataContentType(content_type.to_owned()));
+    }
+    envelope.insert("datacontenttype".into(), serde_json::Value::String(DATA_CONTENT_TYPE.into()));
+    let data: serde_json::Value = serde_json::from_slice(body).map_err(DecodeError::Envelope)?;
+    envelope.insert("data".into(), data);
+    serde_json::to_vec(&envelope).map_err(DecodeError::Envelope)
+}
+
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 macro_rules! lifecycle_events {
@@ -124,7 +287,7 @@ macro_rules! lifecycle_events {
             }
 
             fn decode_unbound(subject: Option<&str>, bytes: &[u8]) -> Result<Self, DecodeError> {
-                let raw: RawEvent = serde_json::from_slice(bytes).map_err(DecodeError::Envelope)?;
+                let raw = parse_envelope(bytes)?;
                 raw.check_attributes()?;
                 let event_type = raw.event_type.clone();
                 $(
@@ -182,6 +345,19 @@ macro_rules! lifecycle_events {
 
             pub fn to_json(&self) -> Vec<u8> {
                 match self { $(Self::$variant(e) => e.to_json(),)* }
+            }
+
+            /// HTTP batched mode: a JSON array of structured events, each decoded as
+            /// [`Self::decode`] does; the first that does not decode refuses the batch, named
+            /// by its position.
+            pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Self>, (Option<usize>, DecodeError)> {
+                let items: Vec<&serde_json::value::RawValue> =
+                    serde_json::from_slice(bytes).map_err(|e| (None, DecodeError::Envelope(e)))?;
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| Self::decode(None, item.get().as_bytes()).map_err(|e| (Some(i), e)))
+                    .collect()
             }
         }
     };

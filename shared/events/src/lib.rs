@@ -14,7 +14,10 @@ pub mod queries;
 pub mod subjects;
 pub mod vault;
 
-pub use envelope::{CONTENT_TYPE, CloudEvent, DATA_CONTENT_TYPE, EventData, LifecycleEvent, SPEC_VERSION};
+pub use envelope::{
+    BATCH_CONTENT_TYPE, CONTENT_TYPE, CloudEvent, DATA_CONTENT_TYPE, EventData, LifecycleEvent, SPEC_VERSION,
+    structured_from_binary,
+};
 pub use error::DecodeError;
 pub use payloads::*;
 

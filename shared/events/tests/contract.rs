@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use custodian_events::*;
+use serde_json::json;
 
 const ISSUER: &str = "https://op.example";
 
@@ -242,10 +243,75 @@ fn an_unknown_data_field_is_refused_so_no_medical_data_slips_in() {
 }
 
 #[test]
-fn an_unknown_envelope_attribute_is_refused() {
+fn an_extension_attribute_is_checked_and_dropped_so_no_free_text_is_kept() {
     let mut v = granted_json();
     v["patientname"] = "x".into();
-    assert!(matches!(decode(&v), Err(DecodeError::Envelope(_))));
+    let event = decode(&v).expect("an extension, as CloudEvents allows");
+    let kept = String::from_utf8(event.to_json()).unwrap();
+    assert!(!kept.contains("patientname"), "extensions are not carried on: {kept}");
+    let long = "x".repeat(21);
+    for (name, value) in [("patient_name", json!("x")), ("patientName", json!("x")), (long.as_str(), json!(1))] {
+        let mut v = granted_json();
+        v[name] = value;
+        let err = decode(&v).unwrap_err();
+        assert!(err.to_string().contains("unknown attribute"), "{name}: {err}");
+    }
+    let mut nested = granted_json();
+    nested["patient"] = json!({"name": "x"});
+    assert!(decode(&nested).unwrap_err().to_string().contains("string, number or boolean"));
+}
+
+#[test]
+fn the_optional_attributes_and_the_tracing_extension_are_taken() {
+    let mut v = granted_json();
+    v.as_object_mut().unwrap().remove("datacontenttype");
+    v["dataschema"] = "https://custodian.dev/schemas/consent.granted.v1.json".into();
+    v["tracestate"] = "vendor=1".into();
+    let LifecycleEvent::ConsentGranted(e) = decode(&v).expect("datacontenttype defaults to JSON") else { panic!() };
+    assert_eq!(e.datacontenttype, "application/json");
+    assert_eq!(e.dataschema.as_deref(), Some("https://custodian.dev/schemas/consent.granted.v1.json"));
+    assert_eq!(e.tracestate.as_deref(), Some("vendor=1"));
+    let mut charset = granted_json();
+    charset["datacontenttype"] = "application/json; charset=utf-8".into();
+    assert!(decode(&charset).is_ok());
+    let mut xml = granted_json();
+    xml["datacontenttype"] = "application/xml".into();
+    assert!(matches!(decode(&xml), Err(DecodeError::DataContentType(_))));
+    let mut base64 = granted_json();
+    base64.as_object_mut().unwrap().remove("data");
+    base64["data_base64"] = "e30=".into();
+    assert!(decode(&base64).unwrap_err().to_string().contains("data_base64"));
+}
+
+#[test]
+fn binary_mode_and_batches_decode_as_structured_events_do() {
+    let v = granted_json();
+    let headers: Vec<(String, String)> = ["specversion", "id", "source", "type", "time"]
+        .iter()
+        .map(|a| (format!("Ce-{a}"), v[a].as_str().unwrap().to_owned()))
+        .collect();
+    let body = serde_json::to_vec(&v["data"]).unwrap();
+    let structured = custodian_events::structured_from_binary(
+        headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        Some("application/json"),
+        &body,
+    )
+    .expect("binary");
+    let event = LifecycleEvent::decode(Some(subjects::CONSENT_GRANTED), &structured).expect("decodes");
+    assert_eq!(event, decode(&v).unwrap());
+    let no_version = custodian_events::structured_from_binary([("ce-id", "x")], None, &body).unwrap_err();
+    assert!(no_version.to_string().contains("ce-specversion"), "{no_version}");
+    let encoded =
+        custodian_events::structured_from_binary([("ce-specversion", "1.0"), ("ce-source", "urn:a%20b")], None, b"{}")
+            .unwrap();
+    assert!(String::from_utf8(encoded).unwrap().contains("urn:a b"), "percent-decoded");
+
+    let batch = serde_json::to_vec(&json!([v, v])).unwrap();
+    assert_eq!(LifecycleEvent::decode_batch(&batch).unwrap().len(), 2);
+    let mut bad = granted_json();
+    bad["data"]["scopes"] = "openid".into();
+    let (at, err) = LifecycleEvent::decode_batch(&serde_json::to_vec(&json!([v, bad])).unwrap()).unwrap_err();
+    assert_eq!(at, Some(1), "{err}");
 }
 
 #[test]

@@ -1,12 +1,13 @@
-//! `POST /v1/events`: a platform publishes one CloudEvent, under the same strict rules as NATS,
-//! and only for the platforms its token speaks for.
+//! `POST /v1/events`: a platform publishes CloudEvents (structured, binary or batched mode),
+//! under the same strict rules as NATS, and only for the platforms its token speaks for.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use custodian_bus::Outgoing;
 use custodian_events::{LifecycleEvent, RevokeReason};
 use serde::Serialize;
@@ -47,13 +48,73 @@ fn platform_named(event: &LifecycleEvent) -> Result<&str, Problem> {
     }
 }
 
-pub async fn publish(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    body: Bytes,
-) -> Result<(StatusCode, Json<Accepted>), Problem> {
-    let (name, speaks_for) = caller.require_platform()?;
-    let mut event = LifecycleEvent::decode(None, &body).map_err(|e| Problem::bad_request(e.to_string()))?;
+/// At most this many events in one batched request.
+pub const MAX_BATCH: usize = 100;
+
+/// The events a request carries, in whichever CloudEvents HTTP mode it uses: binary (`ce-*`
+/// headers, the body the data), batched (`application/cloudevents-batch+json`) or
+/// structured (`application/cloudevents+json`, `application/json`, or no Content-Type).
+fn decode_request(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<LifecycleEvent>, bool), Problem> {
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
+    if headers.contains_key("ce-specversion") {
+        let mut attributes: Vec<(&str, &str)> = headers
+            .iter()
+            .filter(|(name, _)| name.as_str().starts_with("ce-"))
+            .map(|(name, value)| (name.as_str(), value.to_str().unwrap_or("\u{fffd}")))
+            .collect();
+        // The distributed-tracing extension travels as the W3C headers themselves.
+        for (header, attribute) in [("traceparent", "ce-traceparent"), ("tracestate", "ce-tracestate")] {
+            if let Some(value) = headers.get(header).and_then(|v| v.to_str().ok())
+                && !headers.contains_key(attribute)
+            {
+                attributes.push((attribute, value));
+            }
+        }
+        let structured =
+            custodian_events::structured_from_binary(attributes, content_type, body).map_err(|e| match e {
+                custodian_events::DecodeError::DataContentType(t) => {
+                    unsupported(&format!("binary-mode data must be JSON (Content-Type application/json), not {t}"))
+                }
+                e => Problem::bad_request(format!("binary mode: {e}")),
+            })?;
+        let event = LifecycleEvent::decode(None, &structured).map_err(|e| Problem::bad_request(e.to_string()))?;
+        return Ok((vec![event], false));
+    }
+    let essence = content_type.map(|t| t.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    match essence.as_deref() {
+        None | Some(custodian_events::CONTENT_TYPE) | Some(custodian_events::DATA_CONTENT_TYPE) => {
+            let event = LifecycleEvent::decode(None, body).map_err(|e| Problem::bad_request(e.to_string()))?;
+            Ok((vec![event], false))
+        }
+        Some(custodian_events::BATCH_CONTENT_TYPE) => {
+            let events = LifecycleEvent::decode_batch(body).map_err(|(at, e)| match at {
+                Some(i) => Problem::bad_request(format!("event {i} of the batch: {e}")),
+                None => Problem::bad_request(format!("a batch is a JSON array of CloudEvents: {e}")),
+            })?;
+            if events.is_empty() || events.len() > MAX_BATCH {
+                return Err(Problem::bad_request(format!("a batch holds 1 to {MAX_BATCH} events")));
+            }
+            Ok((events, true))
+        }
+        Some(other) => Err(unsupported(&format!(
+            "Content-Type {other} is not a CloudEvents mode: use application/cloudevents+json, \
+             application/cloudevents-batch+json, or ce-* headers with application/json data"
+        ))),
+    }
+}
+
+fn unsupported(detail: &str) -> Problem {
+    Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type").detail(detail)
+}
+
+/// Checks one event against what the caller may say, and readies it for the stream.
+fn admit(
+    state: &AppState,
+    name: &str,
+    speaks_for: &[String],
+    mut event: LifecycleEvent,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(Outgoing, String), Problem> {
     let platform_id = platform_named(&event)?;
     if !speaks_for.iter().any(|p| p == platform_id) {
         return Err(Problem::forbidden(format!(
@@ -70,7 +131,6 @@ pub async fn publish(
         }
         e.data.actor = Some(format!("platform:{name}"));
     }
-    let now = state.clock.now();
     if event.time() > now + state.max_clock_skew {
         return Err(Problem::bad_request(format!(
             "time {} is more than {}s past the gateway's clock ({})",
@@ -95,11 +155,52 @@ pub async fn publish(
         payload: Bytes::from(event.to_json()),
         traceparent: event.traceparent().map(str::to_owned).or_else(custodian_telemetry::current_traceparent),
     };
-    let span = tracing::info_span!("publish_event", event_id = event.id(), subject);
-    state.bus.publish(&out).instrument(span).await.map_err(|e| {
+    Ok((out, source_id))
+}
+
+/// Names the event of a batch a refusal is about.
+fn in_batch(problem: Problem, at: usize) -> Problem {
+    let detail = problem.detail.clone().unwrap_or_default();
+    problem.detail(format!("event {at} of the batch: {detail}"))
+}
+
+pub async fn publish(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let (name, speaks_for) = caller.require_platform()?;
+    let (events, batched) = decode_request(&headers, &body)?;
+    let now = state.clock.now();
+    // Every event is checked before any is published: one refusal refuses the batch.
+    let mut admitted = Vec::with_capacity(events.len());
+    for (at, event) in events.into_iter().enumerate() {
+        let checked = admit(&state, name, speaks_for, event, now);
+        admitted.push(if batched { checked.map_err(|p| in_batch(p, at))? } else { checked? });
+    }
+    let outgoing: Vec<Outgoing> = admitted.iter().map(|(out, _)| out.clone()).collect();
+    let span = tracing::info_span!("publish_events", events = outgoing.len());
+    let results = state.bus.publish_all(&outgoing, 32).instrument(span).await;
+    if let Some(e) = results.iter().find_map(|r| r.as_ref().err()) {
         tracing::warn!(error = %e, "event not published");
-        Problem::unavailable("the event bus did not accept the event; retry with the same id")
-    })?;
-    state.metrics.events_published.inc();
-    Ok((StatusCode::ACCEPTED, Json(Accepted { id: out.event_id, subject: out.subject, source_id })))
+        return Err(Problem::unavailable("the event bus did not accept the event; retry with the same id"));
+    }
+    state.metrics.events_published.inc_by(outgoing.len() as u64);
+    let accepted: Vec<Accepted> = admitted
+        .into_iter()
+        .map(|(out, source_id)| Accepted { id: out.event_id, subject: out.subject, source_id })
+        .collect();
+    Ok(if batched {
+        (StatusCode::ACCEPTED, Json(BatchAccepted { events: accepted })).into_response()
+    } else {
+        let one = accepted.into_iter().next().ok_or_else(|| Problem::internal("no event decoded"))?;
+        (StatusCode::ACCEPTED, Json(one)).into_response()
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchAccepted {
+    /// In the batch's order.
+    pub events: Vec<Accepted>,
 }
