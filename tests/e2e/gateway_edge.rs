@@ -394,3 +394,40 @@ async fn each_cloudevents_mode_is_applied_and_each_malformed_variant_is_refused_
     );
     assert_eq!(stack.count_on(subjects::CONSENT_GRANTED).await, granted + 1, "only the dead-lettered one more");
 }
+
+#[tokio::test]
+async fn every_error_is_problem_json_and_an_unknown_platform_at_login_is_not_an_outage() {
+    let mut stack = Stack::start().await;
+    let (_client, settings) = stack.register_platform().await;
+    stack.start_vault(crate::support::test_vault_config(vec![settings]));
+    let is_problem = |r: &reqwest::Response| {
+        r.headers().get("content-type").and_then(|v| v.to_str().ok()) == Some("application/problem+json")
+    };
+    let r = stack.http.delete(stack.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(is_problem(&r) && r.headers().contains_key("allow"), "{:?}", r.headers());
+    let huge = vec![b' '; 3 * 1024 * 1024];
+    let r = stack.http.post(stack.url("/v1/events")).bearer_auth(PLATFORM_TOKEN).body(huge).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(is_problem(&r), "{:?}", r.headers());
+    let r = stack
+        .http
+        .get(stack.url("/v1/consents?limit=many"))
+        .bearer_auth(crate::support::OPS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(is_problem(&r));
+    let r = stack.provider.browser().get(stack.url("/login?platform_id=nope")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "a caller's mistake, not 503");
+    assert!(is_problem(&r));
+    let problem: Value = r.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap_or_default().contains("\"nope\""), "{problem}");
+    assert_eq!(get_login_attempts(&stack).await, 0, "nothing was written for it");
+}
+
+async fn get_login_attempts(stack: &Stack) -> usize {
+    use sea_orm::EntityTrait;
+    custodian_store::entities::login_attempt::Entity::find().all(stack.store.db()).await.expect("rows").len()
+}

@@ -68,3 +68,36 @@ impl IntoResponse for Problem {
         response
     }
 }
+
+/// Errors that axum itself answers (405 method not allowed, 413 body too large, an extractor's
+/// 400/415/422) come as plain text; this turns each into problem+json with the same status,
+/// its text as the detail. JSON answers (the OP's signal endpoints speak their RFCs' error
+/// formats) and pages are left as they are.
+pub async fn bare_errors_as_problems(response: Response) -> Response {
+    let status = response.status();
+    let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let structured = content_type.starts_with(PROBLEM_JSON)
+        || content_type.starts_with("application/json")
+        || content_type.starts_with("text/html");
+    if !(status.is_client_error() || status.is_server_error()) || structured {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+    let text = axum::body::to_bytes(response.into_body(), 4096).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&text).trim().to_owned();
+    let title = status.canonical_reason().unwrap_or("Error");
+    let slug = title.to_ascii_lowercase().replace(' ', "-");
+    let mut problem = Problem::new(status, &slug, title);
+    if !detail.is_empty() {
+        problem = problem.detail(detail);
+    }
+    let mut response = problem.into_response();
+    if let Some(allow) = allow {
+        response.headers_mut().insert(header::ALLOW, allow);
+    }
+    if let Some(retry_after) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, retry_after);
+    }
+    response
+}

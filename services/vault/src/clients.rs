@@ -29,6 +29,11 @@ impl Clients {
         self.settings.contains_key(platform_id)
     }
 
+    /// Whether `platform_id` has an OIDC client configured (discovered yet or not).
+    pub fn is_configured(&self, platform_id: &str) -> bool {
+        self.settings.contains_key(platform_id)
+    }
+
     pub async fn get(&self, platform_id: &str) -> Result<OidcClient, OidcError> {
         if let Some(client) = self.discovered.read().await.get(platform_id) {
             return Ok(client.clone());

@@ -45,10 +45,12 @@ pub(crate) async fn start(vault: &Vault, request: Result<LoginStart, String>) ->
 }
 
 async fn start_login(vault: &Vault, request: LoginStart) -> Result<LoginStartReply, VaultError> {
-    let platform_id = request
-        .platform_id
-        .or_else(|| vault.clients.default_platform())
-        .ok_or_else(|| VaultError::Invalid("which platform? several are configured".into()))?;
+    let Some(platform_id) = request.platform_id.or_else(|| vault.clients.default_platform()) else {
+        return Ok(LoginStartReply::UnknownPlatform("which platform? several are configured: name one".into()));
+    };
+    if !vault.clients.is_configured(&platform_id) {
+        return Ok(LoginStartReply::UnknownPlatform(format!("no platform {platform_id:?} is configured")));
+    }
     let client = vault.clients.get(&platform_id).await?;
     let auth = client.authorization_request();
     let now = vault.clock.now();

@@ -32,6 +32,9 @@ pub enum LoginStartReply {
         authorize_url: String,
         state: String,
     },
+    /// The request names no platform the vault knows (or none where several are): the
+    /// caller's mistake, not an outage.
+    UnknownPlatform(String),
     Error(String),
 }
 

@@ -86,6 +86,7 @@ pub async fn login(State(state): State<Arc<AppState>>, Query(params): Query<Logi
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             Ok(response)
         }
+        LoginStartReply::UnknownPlatform(reason) => Err(Problem::not_found(format!("sign-in cannot start: {reason}"))),
         LoginStartReply::Error(reason) => Err(Problem::unavailable(format!("sign-in cannot start: {reason}"))),
     }
 }
