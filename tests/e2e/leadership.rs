@@ -375,6 +375,21 @@ async fn status_names_the_leader_and_what_needs_an_operator() {
     assert!(!shared.takes_turns && shared.leader.is_none(), "{shared:?}");
     let now = stack.clock.now();
     assert_eq!(problems(&status, &[], now), Vec::<String>::new(), "a dead letter alone needs no operator");
+    // But a check reports it once: it arrived since the last check. Read as the operators'
+    // identity, which `custodian status` runs under.
+    let ops = custodian_bus::Bus::attach(
+        stack
+            .nats
+            .connect(&custodian_bus::trust::Identity::Operator(custodian_bus::trust::Operator::Ops), "test-ops")
+            .await,
+    );
+    let as_ops = bus_status(&ops).await.expect("status as ops");
+    assert_eq!(as_ops.dead_letters_newest, status.dead_letters_newest);
+    let news = custodian_bus::status::check_dead_letters(&as_ops, stack.store.db(), now).await.expect("check");
+    assert_eq!(news.len(), 1, "{news:?}");
+    assert!(news[0].starts_with("lifecycle.deadletter.consent: dead letter(s) since the last check"), "{news:?}");
+    let again = custodian_bus::status::check_dead_letters(&status, stack.store.db(), now).await.expect("check");
+    assert!(again.is_empty(), "reported once: {again:?}");
 
     stack.crash_consent().await;
     let more: Vec<_> = (10..15).map(|i| grant_event(&format!("{run}-{i}"), "tp", 0)).collect();

@@ -848,7 +848,12 @@ pub async fn status(config: &Config, args: StatusArgs) -> anyhow::Result<()> {
     let bus_status = status::bus_status(&bus).await?;
     let store = Store::connect(config.database_url.expose_secret(), 2).await.context("database")?;
     let backlog = custodian_store::outbox::backlog(store.db()).await.context("database")?;
-    let problems = status::problems(&bus_status, &backlog, now);
+    let mut problems = status::problems(&bus_status, &backlog, now);
+    // Dead letters stay in the stream for its retention once dealt with: a check reports
+    // those that arrived since the previous check, and then moves the mark past them.
+    if args.check {
+        problems.extend(status::check_dead_letters(&bus_status, store.db(), now).await.context("database")?);
+    }
     if args.json {
         let out = serde_json::json!({ "bus": &bus_status, "outboxes": &backlog, "problems": &problems });
         println!("{}", serde_json::to_string_pretty(&out)?);

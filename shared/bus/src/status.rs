@@ -26,6 +26,9 @@ pub struct BusStatus {
     pub consumers: Vec<ConsumerStatus>,
     /// Dead letters the stream still holds, per subject (`lifecycle.deadletter.<service>`).
     pub dead_letters: Vec<(String, u64)>,
+    /// The stream sequence of the newest dead letter per subject (what "new since the last
+    /// check" is measured by).
+    pub dead_letters_newest: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,7 +130,12 @@ pub async fn bus_status(bus: &Bus) -> Result<BusStatus, BusError> {
         }
     }
     dead_letters.sort();
-    Ok(BusStatus { stream: stream_status, consumers, dead_letters })
+    let mut dead_letters_newest = Vec::with_capacity(dead_letters.len());
+    for (subject, _) in &dead_letters {
+        let newest = stream.get_last_raw_message_by_subject(subject).await.map_err(|e| failed(e.to_string()))?;
+        dead_letters_newest.push((subject.clone(), newest.sequence));
+    }
+    Ok(BusStatus { stream: stream_status, consumers, dead_letters, dead_letters_newest })
 }
 
 /// What needs an operator: a consumer with work waiting that nobody leads or that has not
@@ -164,6 +172,37 @@ pub fn problems(bus: &BusStatus, backlog: &[Backlog], now: DateTime<Utc>) -> Vec
         }
     }
     problems
+}
+
+/// Dead letters that arrived after stream sequence `checked_through` (the last check), one
+/// line per subject that has some; and the sequence the next check starts after.
+pub fn dead_letters_since(bus: &BusStatus, checked_through: u64) -> (Vec<String>, u64) {
+    let news = bus
+        .dead_letters_newest
+        .iter()
+        .filter(|(_, newest)| *newest > checked_through)
+        .map(|(subject, newest)| {
+            format!("{subject}: dead letter(s) since the last check, the newest at stream sequence {newest}")
+        })
+        .collect();
+    let through = bus.dead_letters_newest.iter().map(|(_, n)| *n).max().unwrap_or(0).max(checked_through);
+    (news, through)
+}
+
+/// What an operator's check reports of the dead letters: those that arrived since the
+/// previous check, whose mark it then moves past them (kept in `status_marks`).
+pub async fn check_dead_letters(
+    bus: &BusStatus,
+    db: &impl sea_orm::ConnectionTrait,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, sea_orm::DbErr> {
+    const MARK: &str = "dead-letters";
+    let checked_through = custodian_store::status_marks::get(db, MARK).await?.unwrap_or(0);
+    let (news, through) = dead_letters_since(bus, checked_through);
+    if through > checked_through {
+        custodian_store::status_marks::set(db, MARK, through, now).await?;
+    }
+    Ok(news)
 }
 
 #[cfg(test)]
@@ -206,8 +245,28 @@ mod tests {
                 replicas: 1,
             },
             consumers,
-            dead_letters: vec![("lifecycle.deadletter.vault".into(), 3)],
+            dead_letters: vec![("lifecycle.deadletter.vault".into(), 3), ("lifecycle.deadletter.consent".into(), 1)],
+            dead_letters_newest: vec![
+                ("lifecycle.deadletter.vault".into(), 40),
+                ("lifecycle.deadletter.consent".into(), 12),
+            ],
         }
+    }
+
+    #[test]
+    fn dead_letters_count_as_news_once_each_after_the_last_check() {
+        let bus = status(vec![]);
+        let (news, through) = dead_letters_since(&bus, 0);
+        assert_eq!(news.len(), 2);
+        assert_eq!(through, 40);
+        let (news, through) = dead_letters_since(&bus, 20);
+        assert_eq!(
+            news,
+            vec!["lifecycle.deadletter.vault: dead letter(s) since the last check, the newest at stream sequence 40"]
+        );
+        assert_eq!(through, 40);
+        assert_eq!(dead_letters_since(&bus, 40), (Vec::new(), 40));
+        assert_eq!(dead_letters_since(&bus, 50), (Vec::new(), 50), "a mark never moves back");
     }
 
     #[test]

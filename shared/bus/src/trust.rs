@@ -374,6 +374,9 @@ pub fn permissions(identity: &Identity) -> Permissions {
                 "$JS.API.CONSUMER.INFO.*.*",
                 "$JS.API.CONSUMER.NAMES.*",
                 "$JS.API.CONSUMER.LIST.*",
+                // The newest dead letter per subject (`status --check`'s news since the last
+                // check); ops reads the whole stream for `audit verify --stream` anyway.
+                &format!("$JS.API.STREAM.MSG.GET.{stream}"),
             ])
             .kv(buckets::LEADERSHIP, &[">"])
             // `audit verify --stream` reads the whole stream with a consumer of its own: an

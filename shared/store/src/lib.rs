@@ -9,6 +9,7 @@ pub mod clock;
 pub mod entities;
 pub mod inbox;
 pub mod outbox;
+pub mod status_marks;
 
 use std::time::Duration;
 

@@ -16,6 +16,7 @@ pub mod pending_wipe;
 pub mod privacy_entry;
 pub mod revocation;
 pub mod revocation_token;
+pub mod status_mark;
 pub mod sweep;
 pub mod view_session;
 pub mod web_session;
