@@ -11,7 +11,10 @@ OP_PORT=${OP_PORT:-9443}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 DEMO_VIEW_PORT=${DEMO_VIEW_PORT:-8081}
 SMTP_PORT=${SMTP_PORT:-2525}
+# Everything written here is the owner's only: secrets 0600 in a 0700 directory.
+umask 077
 mkdir -p "$DATA/tokens" "$DATA/op"
+chmod 700 "$DATA"
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -74,6 +77,8 @@ for role in platform ops dpo; do
   [ -s "$DATA/tokens/$role.token" ] || openssl rand -hex 24 >"$DATA/tokens/$role.token"
 done
 digest() { printf '%s' "$(cat "$1")" | sha256sum | cut -d' ' -f1; }
+# Made by an older run before the umask: the owner's only, too.
+chmod 600 "$DATA"/vault.key "$DATA"/audit-*.key "$DATA"/op/client_secret "$DATA"/tokens/*.token
 cat >"$DATA/custodian.toml" <<TOML
 # Written by \`make run\`; edit custodian.toml at the top level for your own settings.
 database_url = "sqlite://$DATA/custodian.db"
@@ -117,25 +122,25 @@ sha256 = "$(digest "$DATA/tokens/dpo.token")"
 current = "local-1"
 [[vault.keyring.keys]]
 id = "local-1"
-secret = "$(cat "$DATA/vault.key")"
+secret_file = "$DATA/vault.key"
 
 [[vault.clients]]
 issuer = "$ISSUER"
 ca_file = "$DATA/op/ca.pem"
 client_id = "custodian-demo"
-client_secret = "$(cat "$DATA/op/client_secret")"
+client_secret_file = "$DATA/op/client_secret"
 redirect_uri = "${GATEWAY}/callback"
 
 [audit]
 signing_key_id = "local-audit-1"
-signing_key = "$(cat "$DATA/audit-signing.key")"
+signing_key_file = "$DATA/audit-signing.key"
 checkpoint_file = "$DATA/audit-checkpoints.jsonl"
 checkpoint_every = 100
 [audit.keyring]
 current = "local-a1"
 [[audit.keyring.keys]]
 id = "local-a1"
-secret = "$(cat "$DATA/audit-identity.key")"
+secret_file = "$DATA/audit-identity.key"
 
 [incident.dpo]
 to = ["dpo@custodian.localhost"]

@@ -46,6 +46,14 @@ for _ in $(seq 1 100); do
     for secret in "$(cat .data/op/client_secret)" "$(cat .data/vault.key)" "$(cat .data/audit-identity.key)"; do
       if grep -qF -- "$secret" /tmp/smoke-dossier.md; then echo "smoke: the dossier shows a secret" >&2; exit 1; fi
     done
+    # make run's secrets: the owner's only, and referenced from the configuration, not copied.
+    [ "$(stat -c %a .data)" = 700 ] || { echo "smoke: .data is not 0700" >&2; exit 1; }
+    for f in .data/vault.key .data/op/client_secret .data/audit-signing.key .data/audit-identity.key .data/tokens/platform.token .data/custodian.toml; do
+      [ "$(stat -c %a "$f")" = 600 ] || { echo "smoke: $f is not 0600" >&2; exit 1; }
+    done
+    for secret in "$(cat .data/op/client_secret)" "$(cat .data/vault.key)" "$(cat .data/audit-identity.key)" "$(cat .data/audit-signing.key)"; do
+      if grep -qF -- "$secret" .data/custodian.toml; then echo "smoke: a secret is copied into custodian.toml" >&2; exit 1; fi
+    done
     # Status: the ledger and the chain each have a leader; nothing needs an operator.
     target/debug/custodian status --check | tee /tmp/smoke-status
     grep -Eq "^consent-ledger +consent@" /tmp/smoke-status || { echo "smoke: status shows no ledger leader" >&2; exit 1; }
@@ -59,7 +67,7 @@ for _ in $(seq 1 100); do
     # The gateway and the demo view speak HTTPS only; the session cookie is __Host-.
     if curl -fs -m 5 http://127.0.0.1:18080/healthz >/dev/null 2>&1; then echo "smoke: the gateway answered plain HTTP" >&2; exit 1; fi
     curl -s --cacert .data/tls/ca.pem -D - -o /dev/null https://127.0.0.1:18080/login | grep -qi "^set-cookie: __Secure-custodian_login=.*Secure" || { echo "smoke: no __Secure- login cookie" >&2; exit 1; }
-    echo "smoke: 10 passed, 0 failed"
+    echo "smoke: 11 passed, 0 failed"
     exit 0
   fi
   sleep 0.1

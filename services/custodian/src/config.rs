@@ -88,7 +88,11 @@ impl Config {
             bail!("config file {} does not exist", path.display());
         }
         let env: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with("CUSTODIAN_")).collect();
-        let mut figment = Figment::new().merge(Toml::file(&path));
+        // The file's secrets may be references: `secret_file = "/run/secrets/k"` reads `secret`.
+        let mut from_file: figment::value::Value =
+            Figment::new().merge(Toml::file(&path)).extract().map_err(|e| anyhow::anyhow!(describe(e)))?;
+        read_secret_files(&mut from_file, "")?;
+        let mut figment = Figment::new().merge(Serialized::defaults(from_file));
         for (key, value) in env.iter().filter(|(k, _)| !is_runtime_only(k)) {
             let (name, value) = match key.strip_suffix("_FILE") {
                 Some(name) => {
@@ -142,6 +146,53 @@ pub(crate) fn is_runtime_only(key: &str) -> bool {
     matches!(key, "CUSTODIAN_LOG" | "CUSTODIAN_LOG_FORMAT" | "CUSTODIAN_CONFIG") || key.starts_with("CUSTODIAN_TEST_")
 }
 
+/// Settings that may instead be read from a file named by `<name>_file` in `custodian.toml`,
+/// so that secrets stay in files of their own (0600) and out of the configuration.
+const SECRET_SETTINGS: &[&str] = &[
+    "secret",
+    "client_secret",
+    "signing_key",
+    "registration_access_token",
+    "smtp_password",
+    "webhook_secret",
+    "database_url",
+];
+
+fn read_secret_files(value: &mut figment::value::Value, at: &str) -> anyhow::Result<()> {
+    use figment::value::Value;
+    match value {
+        Value::Dict(_, dict) => {
+            let references: Vec<String> = dict
+                .keys()
+                .filter(|k| k.strip_suffix("_file").is_some_and(|name| SECRET_SETTINGS.contains(&name)))
+                .cloned()
+                .collect();
+            for key in references {
+                let name = key.trim_end_matches("_file").to_owned();
+                let Some(Value::String(_, file)) = dict.remove(&key) else {
+                    bail!("{at}{key} must be the path of a file holding {name}");
+                };
+                if dict.contains_key(&name) {
+                    bail!("{at}{name} and {at}{key} are both set: keep one");
+                }
+                let contents =
+                    std::fs::read_to_string(&file).with_context(|| format!("{at}{key}: cannot read {file}"))?;
+                dict.insert(name, Value::from(contents.trim_end_matches(['\n', '\r']).to_owned()));
+            }
+            for (key, inner) in dict.iter_mut() {
+                read_secret_files(inner, &format!("{at}{key}."))?;
+            }
+        }
+        Value::Array(_, items) => {
+            for (i, inner) in items.iter_mut().enumerate() {
+                read_secret_files(inner, &format!("{}[{i}].", at.trim_end_matches('.')))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn describe(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
@@ -171,6 +222,46 @@ mod tests {
         let c = Config::load_from(None, env(&[])).unwrap();
         assert_eq!(c.nats_url, DEFAULT_NATS_URL);
         assert_eq!(c.database_url.expose_secret(), DEFAULT_DATABASE_URL);
+    }
+
+    #[test]
+    fn secrets_in_the_file_may_be_references_to_files_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        let kek = write("kek", "a2V5LWVuY3J5cHRpb24ta2V5LTAxMjM0NTY3ODkwMTI=\n");
+        let client = write("client", "s3cr3t-of-the-client\n");
+        let config = write(
+            "custodian.toml",
+            &format!(
+                "[vault.keyring]\ncurrent = \"k1\"\n[[vault.keyring.keys]]\nid = \"k1\"\nsecret_file = \"{kek}\"\n\
+                 [[vault.clients]]\nissuer = \"https://op\"\nclient_id = \"tp\"\nclient_secret_file = \"{client}\"\n\
+                 redirect_uri = \"https://gw/callback\"\n"
+            ),
+        );
+        let c = Config::load_from(Some(Path::new(&config)), env(&[])).unwrap();
+        let ring = c.vault.keyring.as_ref().expect("keyring");
+        assert_eq!(ring.keys[0].secret.expose_secret(), "a2V5LWVuY3J5cHRpb24ta2V5LTAxMjM0NTY3ODkwMTI=");
+        assert_eq!(c.vault.clients[0].client_secret.expose_secret(), "s3cr3t-of-the-client");
+        assert!(!format!("{c:?}").contains("s3cr3t"), "Debug must redact secrets");
+
+        let both = write(
+            "both.toml",
+            &format!(
+                "[vault.keyring]\ncurrent = \"k1\"\n[[vault.keyring.keys]]\nid = \"k1\"\nsecret = \"x\"\nsecret_file = \"{kek}\"\n"
+            ),
+        );
+        let err = Config::load_from(Some(Path::new(&both)), env(&[])).unwrap_err().to_string();
+        assert!(
+            err.contains("vault.keyring.keys[0].secret and vault.keyring.keys[0].secret_file are both set"),
+            "{err}"
+        );
+        let missing = write("missing.toml", "[audit]\nsigning_key_file = \"/nonexistent/key\"\n");
+        let err = format!("{:#}", Config::load_from(Some(Path::new(&missing)), env(&[])).unwrap_err());
+        assert!(err.contains("audit.signing_key_file: cannot read /nonexistent/key"), "{err}");
     }
 
     #[test]
