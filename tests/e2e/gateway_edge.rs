@@ -399,7 +399,9 @@ async fn each_cloudevents_mode_is_applied_and_each_malformed_variant_is_refused_
 async fn every_error_is_problem_json_and_an_unknown_platform_at_login_is_not_an_outage() {
     let mut stack = Stack::start().await;
     let (_client, settings) = stack.register_platform().await;
-    stack.start_vault(crate::support::test_vault_config(vec![settings]));
+    let vault =
+        custodian_vault::VaultConfig { max_pending_logins: 2, ..crate::support::test_vault_config(vec![settings]) };
+    stack.start_vault(vault);
     let is_problem = |r: &reqwest::Response| {
         r.headers().get("content-type").and_then(|v| v.to_str().ok()) == Some("application/problem+json")
     };
@@ -425,6 +427,16 @@ async fn every_error_is_problem_json_and_an_unknown_platform_at_login_is_not_an_
     let problem: Value = r.json().await.unwrap();
     assert!(problem["detail"].as_str().unwrap_or_default().contains("\"nope\""), "{problem}");
     assert_eq!(get_login_attempts(&stack).await, 0, "nothing was written for it");
+    // Sign-ins started and abandoned are bounded: beyond the cap, a clear 503 and no row.
+    for _ in 0..2 {
+        let r = stack.provider.browser().get(stack.url("/login")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    }
+    let r = stack.provider.browser().get(stack.url("/login")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let problem: Value = r.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap_or_default().contains("too many sign-ins"), "{problem}");
+    assert_eq!(get_login_attempts(&stack).await, 2);
 }
 
 async fn get_login_attempts(stack: &Stack) -> usize {

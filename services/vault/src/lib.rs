@@ -49,6 +49,9 @@ pub struct VaultConfig {
     pub clients: Vec<ClientSettings>,
     /// How long a login may take between `/login` and `/callback`.
     pub login_ttl_secs: u64,
+    /// Sign-ins started and not finished (nor expired) at once: what anonymous callers of
+    /// `/login` can make the vault store is bounded by this.
+    pub max_pending_logins: u64,
     /// How long a person's web session at the gateway lasts.
     pub web_session_ttl_secs: u64,
     /// Refresh-token lifetime to assume when the OP's introspection does not say.
@@ -77,6 +80,7 @@ impl Default for VaultConfig {
             keyring: None,
             clients: Vec::new(),
             login_ttl_secs: 600,
+            max_pending_logins: 10_000,
             web_session_ttl_secs: 8 * 3600,
             refresh_token_ttl_secs: 14 * 24 * 3600,
             refresh_margin_secs: 30,

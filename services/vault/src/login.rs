@@ -11,7 +11,7 @@ use custodian_events::vault::{
 use custodian_events::{CloudEvent, ConsentGrantedV1, derived_event_id, subjects};
 use custodian_store::entities::{login_attempt, web_session};
 use custodian_store::outbox;
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -51,9 +51,15 @@ async fn start_login(vault: &Vault, request: LoginStart) -> Result<LoginStartRep
     if !vault.clients.is_configured(&platform_id) {
         return Ok(LoginStartReply::UnknownPlatform(format!("no platform {platform_id:?} is configured")));
     }
+    let now = vault.clock.now();
+    let pending =
+        login_attempt::Entity::find().filter(login_attempt::Column::ExpiresAt.gt(now)).count(vault.store.db()).await?;
+    if pending >= vault.config.max_pending_logins {
+        tracing::warn!(pending, "sign-ins refused: too many in progress");
+        return Ok(LoginStartReply::Error("too many sign-ins are in progress; retry in a minute".into()));
+    }
     let client = vault.clients.get(&platform_id).await?;
     let auth = client.authorization_request();
-    let now = vault.clock.now();
     let state_digest = digest(auth.state.expose_secret());
     let secrets = LoginSecrets {
         pkce_verifier: auth.pkce_verifier.expose_secret().to_owned(),
