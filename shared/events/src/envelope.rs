@@ -178,17 +178,19 @@ impl RawEvent<'_> {
         if !is_json_media_type(&self.datacontenttype) {
             return Err(DecodeError::DataContentType(self.datacontenttype.clone()));
         }
-        if self.id.trim().is_empty() || self.id.len() > 256 {
-            return Err(DecodeError::field("id", "must be 1 to 256 bytes"));
+        // Lengths in characters, as the published JSON Schema counts them.
+        let chars = |s: &str| s.chars().count();
+        if self.id.trim().is_empty() || chars(&self.id) > 256 {
+            return Err(DecodeError::field("id", "must be 1 to 256 characters, not only spaces"));
         }
-        if self.source.trim().is_empty() || self.source.len() > 1024 {
+        if self.source.trim().is_empty() || chars(&self.source) > 1024 {
             return Err(DecodeError::field("source", "must be a non-empty URI-reference"));
         }
-        if self.dataschema.as_deref().is_some_and(|d| d.trim().is_empty() || d.len() > 1024) {
-            return Err(DecodeError::field("dataschema", "must be a non-empty URI of at most 1024 bytes"));
+        if self.dataschema.as_deref().is_some_and(|d| d.trim().is_empty() || chars(d) > 1024) {
+            return Err(DecodeError::field("dataschema", "must be a non-empty URI of at most 1024 characters"));
         }
         for (field, value) in [("traceparent", &self.traceparent), ("tracestate", &self.tracestate)] {
-            if value.as_deref().is_some_and(|v| v.len() > 512 || v.chars().any(char::is_control)) {
+            if value.as_deref().is_some_and(|v| chars(v) > 512 || v.chars().any(char::is_control)) {
                 return Err(DecodeError::field(field, "must be a W3C trace-context header value"));
             }
         }

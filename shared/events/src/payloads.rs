@@ -15,8 +15,9 @@ fn check_id(field: &'static str, value: &str) -> Result<(), DecodeError> {
     if value.is_empty() {
         return Err(DecodeError::field(field, "must not be empty"));
     }
-    if value.len() > MAX_ID_LEN {
-        return Err(DecodeError::field(field, format!("longer than {MAX_ID_LEN} bytes")));
+    // Counted in characters, as JSON Schema's maxLength (the published contract) counts.
+    if value.chars().count() > MAX_ID_LEN {
+        return Err(DecodeError::field(field, format!("longer than {MAX_ID_LEN} characters")));
     }
     if value.chars().any(char::is_control) {
         return Err(DecodeError::field(field, "contains control characters"));
@@ -336,8 +337,8 @@ event_data!(IncidentReportedV1, subjects::INCIDENT_REPORTED, "custodian.incident
     check_id("incident_id", &s.incident_id)?;
     check_id("platform_id", &s.platform_id)?;
     check_id("reporter", &s.reporter)?;
-    if s.summary.trim().is_empty() || s.summary.len() > 4096 {
-        return Err(DecodeError::field("summary", "must be 1 to 4096 bytes"));
+    if s.summary.trim().is_empty() || s.summary.chars().count() > 4096 {
+        return Err(DecodeError::field("summary", "must be 1 to 4096 characters, not only spaces"));
     }
     if let Some(issuer) = &s.issuer {
         check_issuer(issuer)?;

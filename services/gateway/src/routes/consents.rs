@@ -93,6 +93,9 @@ pub async fn revoke_for_person(
     Ok(RevocationAccepted { revocation_id: event.id, platform_id })
 }
 
+/// The most consents one ledger query answers with.
+pub const MAX_LIMIT: u64 = 10_000;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerFilter {
@@ -115,6 +118,9 @@ pub async fn ledger(
         && !["granted", "revoked", "expired"].contains(&s.as_str())
     {
         return Err(Problem::bad_request("state must be granted, revoked or expired"));
+    }
+    if filter.limit.is_some_and(|l| !(1..=MAX_LIMIT).contains(&l)) {
+        return Err(Problem::bad_request(format!("limit must be 1 to {MAX_LIMIT}")));
     }
     let query = ConsentQuery {
         issuer: filter.issuer,

@@ -38,10 +38,10 @@ pub struct Reported {
 pub async fn report(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    body: Result<Json<Report>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Reported>), Problem> {
     caller.require_role(Role::Responder)?;
-    let Json(report) = body.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let report: Report = crate::problem::json_object(body)?;
     let reporter = match &caller {
         Caller::Machine { name, .. } => name.clone(),
         Caller::Person { subject, .. } => subject.clone(),

@@ -36,6 +36,9 @@ pub async fn read(
 ) -> Result<Json<PrivacyLog>, Problem> {
     caller.require_role(Role::Dpo)?;
     let Query(filter) = filter.map_err(|e| Problem::bad_request(e.body_text()))?;
+    if filter.limit.is_some_and(|l| !(1..=crate::routes::consents::MAX_LIMIT).contains(&l)) {
+        return Err(Problem::bad_request(format!("limit must be 1 to {}", crate::routes::consents::MAX_LIMIT)));
+    }
     let asked_by = match &caller {
         Caller::Machine { name, .. } => name.clone(),
         Caller::Person { subject, .. } => subject.clone(),

@@ -20,8 +20,22 @@ pub struct StartSweep {
     pub platform_id: Option<String>,
     #[serde(default)]
     pub dry_run: bool,
-    /// Default: 90 days (the seed's "long inactivity").
+    /// Default: 90 days (the seed's "long inactivity"). A JSON number with no fraction, as
+    /// JSON Schema's `integer` has it (`90.0` too).
+    #[serde(default, deserialize_with = "whole_days")]
     pub inactivity_days: Option<u32>,
+}
+
+fn whole_days<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    use serde::de::Error as _;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else { return Ok(None) };
+    if let Some(n) = number.as_u64() {
+        return u32::try_from(n).map(Some).map_err(|_| D::Error::custom("inactivity_days is too large"));
+    }
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&f) => Ok(Some(f as u32)),
+        _ => Err(D::Error::custom(format!("inactivity_days must be a whole number of days, not {number}"))),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -32,10 +46,10 @@ pub struct SweepStarted {
 pub async fn start(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    body: Result<Json<StartSweep>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<SweepStarted>), Problem> {
     caller.require_role(Role::Ops)?;
-    let Json(body) = body.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let body: StartSweep = crate::problem::json_object(body)?;
     let Caller::Machine { name, .. } = &caller else { return Err(Problem::forbidden("operators only")) };
     let data = SweepRequestedV1 {
         sweep_id: format!("sweep-{}", uuid::Uuid::new_v4().simple()),
