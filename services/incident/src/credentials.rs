@@ -88,7 +88,30 @@ pub(crate) async fn by_version<C: ConnectionTrait>(
 }
 
 /// Version 1 of every configured platform, unless it has versions already.
-pub(crate) async fn seed(incidents: &Incidents) -> Result<(), IncidentError> {
+/// Stores each configured platform's credentials as version 1 if none is stored yet. A
+/// database that is busy or away is waited out (doubling pauses up to 5 s), not a reason to
+/// stop the service.
+pub(crate) async fn seed(
+    incidents: &Incidents,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), IncidentError> {
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        match seed_once(incidents).await {
+            Err(IncidentError::Db(e)) => {
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "credentials not stored yet; will retry");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            done => return done,
+        }
+    }
+}
+
+async fn seed_once(incidents: &Incidents) -> Result<(), IncidentError> {
     let now = incidents.clock.now();
     for platform in &incidents.config.platforms {
         let secrets = Secrets {

@@ -206,7 +206,8 @@ pub async fn run(deps: Deps, config: IncidentConfig, shutdown: CancellationToken
     let mut tasks = Supervisor::new(shutdown.clone());
     tasks.spawn("incident-relay", relay.run(shutdown.clone()));
     let seeded = incidents.clone();
-    tasks.spawn("incident-credentials-seed", async move { credentials::seed(&seeded).await });
+    let seeding = shutdown.clone();
+    tasks.spawn("incident-credentials-seed", async move { credentials::seed(&seeded, seeding).await });
     let mut spec = ConsumerSpec::new(SERVICE, "reports", &[subjects::INCIDENT_REPORTED]);
     spec.batch = 100;
     spec.linger = Duration::ZERO;
