@@ -108,10 +108,22 @@ async fn probes_metrics_and_openapi_answer() {
         metrics.contains("custodian_http_requests_total{method=\"GET\",route=\"/v1/me/consents\",status=\"401\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(
+            "custodian_http_request_duration_seconds_bucket{le=\"0.001\",method=\"GET\",route=\"/v1/me/consents\"}"
+        ) || metrics.contains(
+            "custodian_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/me/consents\",le=\"0.001\"}"
+        ),
+        "a latency histogram per route: {metrics}"
+    );
     let made_up: Vec<&str> =
         metrics.lines().filter(|l| l.contains("route=\"/healthz\"") && !l.contains("\"GET\"")).collect();
-    assert_eq!(made_up.len(), 1, "one series for every made-up method: {made_up:?}");
-    assert!(made_up[0].contains("method=\"other\"") && made_up[0].ends_with(" 200"), "{made_up:?}");
+    let counted: Vec<&&str> = made_up.iter().filter(|l| l.starts_with("custodian_http_requests_total")).collect();
+    assert_eq!(counted.len(), 1, "one series for every made-up method: {made_up:?}");
+    // All 200 of them, refused as the route takes only GET.
+    assert!(counted[0].contains("method=\"other\",route=\"/healthz\",status=\"405\"} 200"), "{counted:?}");
+    let timed = made_up.iter().filter(|l| l.starts_with("custodian_http_request_duration_seconds_count")).count();
+    assert_eq!(timed, 1, "one latency histogram for them too: {made_up:?}");
     // What Prometheus' own tool reads, without a complaint.
     let mut promtool = std::process::Command::new("promtool")
         .args(["check", "metrics"])
@@ -140,6 +152,19 @@ async fn probes_metrics_and_openapi_answer() {
     assert!(open.text().await.unwrap().ends_with("# EOF\n"));
     let openapi: Value = stack.http.get(stack.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(openapi["openapi"], "3.1.0");
+    // A grant applied by the ledger shows in its batch-apply histogram.
+    let grant = json!({
+        "specversion": "1.0", "id": unique("e"), "source": "urn:test", "type": "custodian.consent.granted.v1",
+        "time": stack.clock.now().to_rfc3339(),
+        "data": {"issuer": "https://op.example", "subject": unique("s"), "platform_id": "tp", "scopes": []}
+    });
+    let r = stack.http.post(stack.url("/v1/events")).bearer_auth(PLATFORM_TOKEN).json(&grant).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    custodian_testkit::eventually("the ledger's batch-apply time on /metrics", Duration::from_secs(20), || async {
+        let text = stack.http.get(stack.url("/metrics")).send().await.ok()?.text().await.ok()?;
+        text.contains("custodian_consumer_batch_apply_seconds_count{durable=\"consent-ledger\"}").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -66,6 +66,8 @@ pub struct Stack {
     pub platform_token_speaks_for: Vec<String>,
     /// The gateway's rate limits, timeouts and connection cap (set before it starts).
     pub gateway_limits: custodian_gateway::limits::LimitsConfig,
+    /// What the vault (each start of it) measures.
+    pub vault_metrics: custodian_vault::VaultMetrics,
     _dir: tempfile::TempDir,
 }
 
@@ -153,6 +155,7 @@ impl Stack {
             keyring: custodian_crypto::KeyRing::ephemeral(),
             platform_token_speaks_for: TEST_PLATFORMS.iter().map(|p| (*p).to_owned()).collect(),
             gateway_limits: Default::default(),
+            vault_metrics: Default::default(),
             extra_audiences: Vec::new(),
             gateway_tls: None,
             ssf_transmitter: None,
@@ -215,8 +218,9 @@ impl Stack {
     pub fn start_vault(&mut self, config: custodian_vault::VaultConfig) {
         let (store, clock, keyring, bus) =
             (self.store.clone(), self.clock.clone(), self.keyring.clone(), self.service_bus(Service::Vault));
+        let metrics = self.vault_metrics.clone();
         self.vault = Some(spawn_service("vault", |token| async move {
-            let deps = custodian_vault::Deps { store, bus: bus.await, clock, keyring, metrics: Default::default() };
+            let deps = custodian_vault::Deps { store, bus: bus.await, clock, keyring, metrics };
             custodian_vault::run(deps, config, token).await
         }));
     }
@@ -442,7 +446,11 @@ impl Stack {
                 store: Some(store),
                 clock,
                 listener,
-                registry: Default::default(),
+                registry: {
+                    let mut registry = prometheus_client::registry::Registry::default();
+                    custodian_bus::metrics::register(&mut registry);
+                    registry
+                },
             };
             if let Err(e) = custodian_gateway::run(deps, config, run_token).await {
                 tracing::error!(error = %e, "gateway stopped with an error");

@@ -159,6 +159,12 @@ async fn a_revocation_ends_every_token_at_the_op_and_every_view_session() {
     assert!(matches!(refused, Err(custodian_view_sdk::ViewError::NoToken(_))), "{refused:?}");
     // One token.revoked per token, on the stream.
     assert_eq!(stack.count_on_settled(subjects::TOKEN_REVOKED, 2).await, 2);
+    // How long it took is measured once, from its start to its last token and view.
+    let mut registry = prometheus_client::registry::Registry::default();
+    stack.vault_metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert!(text.contains("custodian_vault_revocation_duration_seconds_count 1\n"), "{text}");
 
     // Someone else cannot read this receipt; an operator can.
     let (other_browser, other_cookie, _) = stack.login_through_gateway(&unique("mallory")).await;

@@ -85,6 +85,7 @@ async fn run_services(config: Config, which: &[ServiceName]) -> anyhow::Result<(
     let clock = clock::system();
     let shutdown = CancellationToken::new();
     let mut registry = Registry::default();
+    custodian_bus::metrics::register(&mut registry);
     let mut tasks = Supervisor::new(shutdown.clone());
     tasks.spawn("signals", wait_for_signal(shutdown.clone()));
 

@@ -27,7 +27,8 @@ use custodian_store::Store;
 use custodian_store::clock::SharedClock;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -125,10 +126,30 @@ impl Default for GatewayConfig {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct GatewayMetrics {
     pub requests: Family<Vec<(String, String)>, Counter>,
+    /// Time to answer, per method and route (both bounded label sets).
+    pub request_seconds: Histograms,
     pub events_published: Counter,
+}
+
+/// Histograms per label set, each made with [`request_buckets`].
+pub type Histograms = Family<Vec<(String, String)>, Histogram, fn() -> Histogram>;
+
+fn request_buckets() -> Histogram {
+    // 1 ms to about 16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(request_buckets as fn() -> Histogram),
+            events_published: Counter::default(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -214,7 +235,10 @@ async fn count_requests(State(state): State<Arc<AppState>>, request: Request, ne
         }
         _ => "other".to_owned(),
     };
+    let started = std::time::Instant::now();
     let response = next.run(request).await;
+    let timing = vec![("method".to_owned(), method.clone()), ("route".to_owned(), route.clone())];
+    state.metrics.request_seconds.get_or_create(&timing).observe(started.elapsed().as_secs_f64());
     let labels = vec![
         ("method".to_owned(), method),
         ("route".to_owned(), route),
@@ -230,6 +254,12 @@ pub async fn run(deps: Deps, config: GatewayConfig, shutdown: CancellationToken)
     let metrics = GatewayMetrics::default();
     let mut registry = deps.registry;
     registry.register("custodian_http_requests", "HTTP requests by method, route and status", metrics.requests.clone());
+    registry.register_with_unit(
+        "custodian_http_request_duration",
+        "Time to answer an HTTP request, by method and route",
+        Unit::Seconds,
+        metrics.request_seconds.clone(),
+    );
     registry.register(
         "custodian_gateway_events_published",
         "Events accepted on POST /v1/events",

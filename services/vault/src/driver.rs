@@ -341,6 +341,9 @@ pub(crate) async fn finish_stragglers(vault: &Vault) -> Result<(), VaultError> {
     let unchanged_since = now - chrono::Duration::seconds(vault.config.claim_secs.max(1) as i64);
     let txn = vault.store.begin_write().await?;
     let done = finish_where(&txn, revocation::Column::UpdatedAt.lte(unchanged_since), None, None, now).await?;
+    if done > 0 {
+        observe_finished(vault, &txn, None, now).await?;
+    }
     txn.commit().await?;
     if done > 0 {
         vault.metrics.revocations_done.inc_by(done);
@@ -374,8 +377,29 @@ pub(crate) async fn finish_revocations<C: ConnectionTrait>(
         .await?;
         if done > 0 {
             vault.metrics.revocations_done.inc_by(done);
+            observe_finished(vault, conn, Some(chunk), now).await?;
             tracing::debug!(count = done, "revocations finished");
         }
+    }
+    Ok(())
+}
+
+/// Records how long each revocation just finished (at `now`, among `ids` when given) took.
+async fn observe_finished<C: ConnectionTrait>(
+    vault: &Vault,
+    conn: &C,
+    ids: Option<&[String]>,
+    now: DateTime<Utc>,
+) -> Result<(), VaultError> {
+    let mut finished = revocation::Entity::find()
+        .filter(revocation::Column::State.eq("done"))
+        .filter(revocation::Column::FinishedAt.eq(now));
+    if let Some(ids) = ids {
+        finished = finished.filter(revocation::Column::RevocationId.is_in(ids.to_vec()));
+    }
+    for row in finished.all(conn).await? {
+        let took = (now - row.started_at).to_std().unwrap_or_default();
+        vault.metrics.revocation_seconds.observe(took.as_secs_f64());
     }
     Ok(())
 }

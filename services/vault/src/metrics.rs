@@ -1,10 +1,14 @@
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 
 /// The vault's Prometheus metrics.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct VaultMetrics {
+    /// From a revocation's start (the consent ended) to its last token revoked and last view
+    /// acknowledgement: the time a person's data may still be held.
+    pub revocation_seconds: Histogram,
     /// OP revocation calls by outcome (`revoked`, `already_invalid`, `failed`).
     pub tokens_revoked: Family<Vec<(String, String)>, Counter>,
     pub wipes_sent: Counter,
@@ -15,6 +19,24 @@ pub struct VaultMetrics {
     pub tokens_handed_out: Counter,
     pub refreshes: Counter,
     pub logins: Counter,
+}
+
+impl Default for VaultMetrics {
+    fn default() -> Self {
+        Self {
+            // 5 ms to about 80 s.
+            revocation_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 15)),
+            tokens_revoked: Family::default(),
+            wipes_sent: Counter::default(),
+            wipes_acked: Counter::default(),
+            wipes_expired: Counter::default(),
+            revocations_started: Counter::default(),
+            revocations_done: Counter::default(),
+            tokens_handed_out: Counter::default(),
+            refreshes: Counter::default(),
+            logins: Counter::default(),
+        }
+    }
 }
 
 impl VaultMetrics {
@@ -41,6 +63,12 @@ impl VaultMetrics {
             self.revocations_started.clone(),
         );
         registry.register("custodian_vault_revocations_done", "Revocations finished", self.revocations_done.clone());
+        registry.register_with_unit(
+            "custodian_vault_revocation_duration",
+            "From a revocation's start to its last token revoked and last view acknowledgement",
+            Unit::Seconds,
+            self.revocation_seconds.clone(),
+        );
         registry.register(
             "custodian_vault_tokens_handed_out",
             "Access tokens handed to platform services",

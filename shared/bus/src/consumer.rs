@@ -816,6 +816,7 @@ async fn handle_batch<H: BatchHandler>(
     let span = tracing::info_span!("handle_batch", durable = %spec.durable, size = decoded.len());
     let started = std::time::Instant::now();
     let results = handler.handle(&decoded).instrument(span).await;
+    crate::metrics::observe_batch(&spec.durable, started.elapsed().as_secs_f64());
     tracing::debug!(durable = %spec.durable, size = decoded.len(), elapsed_ms = started.elapsed().as_millis() as u64, "batch handled");
     for (i, (delivery, message)) in decoded.iter().zip(decoded_messages.iter()).enumerate() {
         let result =
@@ -857,7 +858,9 @@ async fn handle_batch_in_order<H: BatchHandler>(
     let mut attempt = 1i64;
     let results = loop {
         let span = tracing::info_span!("handle_batch", durable = %spec.durable, size = decoded.len(), attempt);
+        let started = std::time::Instant::now();
         let results = handler.handle(&decoded).instrument(span).await;
+        crate::metrics::observe_batch(&spec.durable, started.elapsed().as_secs_f64());
         let transient = results.iter().find_map(|r| match r {
             Err(HandlerError::Transient(reason)) => Some(reason.clone()),
             _ => None,

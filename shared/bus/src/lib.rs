@@ -8,6 +8,7 @@
 
 mod consumer;
 pub mod lease;
+pub mod metrics;
 mod publish;
 mod relay;
 pub mod status;
