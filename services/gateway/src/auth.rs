@@ -391,7 +391,7 @@ pub fn signed_alg(token: &str) -> Result<String, SignalError> {
 
 /// How old a logout token or SET may be (by `iat`); its `jti` is remembered this long, so
 /// no signal can be replayed once its `jti` is forgotten.
-pub const SIGNAL_MAX_AGE_SECS: i64 = 7 * 24 * 3600;
+pub const SIGNAL_MAX_AGE_SECS: i64 = custodian_bus::SEEN_JTI_TTL.as_secs() as i64;
 
 /// `iss`, `aud` (one of `accepted`, returned), `iat`, `exp` if present. Pure: fuzzed.
 pub fn check_standard_claims(

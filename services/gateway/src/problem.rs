@@ -100,10 +100,18 @@ pub async fn bare_errors_as_problems(response: Response) -> Response {
     let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
     let text = axum::body::to_bytes(response.into_body(), 4096).await.unwrap_or_default();
     let detail = String::from_utf8_lossy(&text).trim().to_owned();
-    let title = status.canonical_reason().unwrap_or("Error");
-    let slug = title.to_ascii_lowercase().replace(' ', "-");
-    let mut problem = Problem::new(status, &slug, title);
-    if !detail.is_empty() {
+    let mut problem = match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::UNPROCESSABLE_ENTITY => {
+            Problem::rejected(status, detail.clone())
+        }
+        _ => {
+            let title = status.canonical_reason().unwrap_or("Error");
+            Problem::new(status, &title.to_ascii_lowercase().replace(' ', "-"), title)
+        }
+    };
+    if detail.is_empty() {
+        problem.detail = None;
+    } else if problem.detail.is_none() {
         problem = problem.detail(detail);
     }
     let mut response = problem.into_response();

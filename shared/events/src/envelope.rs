@@ -234,7 +234,10 @@ pub fn structured_from_binary<'h>(
         if attribute == "datacontenttype" || attribute == "data" {
             return Err(DecodeError::field("ce-datacontenttype", "binary mode carries it as Content-Type"));
         }
-        let decoded = percent_decode(value).ok_or_else(|| DecodeError::field("ce-*", "a header is not UTF-8"))?;
+        let decoded = percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .map_err(|_| DecodeError::field("ce-*", "a header is not UTF-8 once percent-decoded"))?
+            .into_owned();
         if envelope.insert(attribute.to_owned(), serde_json::Value::String(decoded)).is_some() {
             return Err(DecodeError::field("ce-*", format!("ce-{attribute} appears twice")));
         }
@@ -250,25 +253,6 @@ pub fn structured_from_binary<'h>(
     let data: serde_json::Value = serde_json::from_slice(body).map_err(DecodeError::Envelope)?;
     envelope.insert("data".into(), data);
     serde_json::to_vec(&envelope).map_err(DecodeError::Envelope)
-}
-
-fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
-            if let Ok(b) = u8::from_str_radix(hex, 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 macro_rules! lifecycle_events {

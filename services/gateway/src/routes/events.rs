@@ -104,7 +104,7 @@ fn decode_request(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<LifecycleEven
 }
 
 fn unsupported(detail: &str) -> Problem {
-    Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type").detail(detail)
+    Problem::rejected(StatusCode::UNSUPPORTED_MEDIA_TYPE, detail)
 }
 
 /// Checks one event against what the caller may say, and readies it for the stream.

@@ -42,7 +42,7 @@ async fn jti_store(state: &AppState) -> Result<&async_nats::jetstream::kv::Store
                 Err(_) => js
                     .create_key_value(async_nats::jetstream::kv::Config {
                         bucket: JTI_BUCKET.to_owned(),
-                        max_age: Duration::from_secs(crate::auth::SIGNAL_MAX_AGE_SECS.unsigned_abs()),
+                        max_age: custodian_bus::SEEN_JTI_TTL,
                         history: 1,
                         ..Default::default()
                     })
