@@ -225,6 +225,17 @@ impl Stack {
         }));
     }
 
+    /// A second vault replica beside [`Stack::start_vault`]'s, sharing its durables and claims.
+    pub fn spawn_vault(&self, config: custodian_vault::VaultConfig) -> (CancellationToken, JoinHandle<()>) {
+        let (store, clock, keyring, bus) =
+            (self.store.clone(), self.clock.clone(), self.keyring.clone(), self.service_bus(Service::Vault));
+        let metrics = self.vault_metrics.clone();
+        spawn_service("vault", |token| async move {
+            let deps = custodian_vault::Deps { store, bus: bus.await, clock, keyring, metrics };
+            custodian_vault::run(deps, config, token).await
+        })
+    }
+
     /// Starts the audit service (identities sealed under the stack's key ring).
     pub fn start_audit(&mut self, config: custodian_audit::AuditConfig) {
         self.audit = Some(self.spawn_audit(config, custodian_audit::AuditMetrics::default()));

@@ -498,8 +498,9 @@ async fn a_revocation_settled_by_a_replica_that_stopped_before_marking_it_done_i
         acked_at: (state == "acked").then_some(started),
         created_at: started,
     };
-    // As a replica stopping between its two transactions leaves it: the token revoked and the
-    // wipe acked, the revocation still pending, and nothing left that would touch it again.
+    // As items settled outside the vault's own transactions leave it (by hand, or by a replica
+    // of an earlier version): the token revoked and the wipe acked, the revocation still
+    // pending, and nothing left that would touch it again.
     let settled = unique("settled");
     // Beside it, one whose wipe is still unanswered (not due again for an hour): not finished.
     let waiting = unique("waiting");
@@ -585,6 +586,7 @@ async fn wipe_acks_are_applied_together_and_a_wrong_views_ack_is_refused() {
             closed_at: None,
             wipe_id: None,
             wiped_at: None,
+            assertion_id: None,
         }
         .into_active_model()
         .insert(stack.store.db())

@@ -999,6 +999,7 @@ client_secret = "{client}"
                 closed_at: closed.then(|| at(-5)),
                 wipe_id: None,
                 wiped_at: None,
+                assertion_id: None,
             }
             .into_active_model()
             .insert(db)

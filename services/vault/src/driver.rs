@@ -1,9 +1,10 @@
 //! Carries out revocations: revokes due tokens at the OP, sends due wipes to views, finishes
 //! revocations whose tokens and wipes are all settled. Work is claimed in the database
 //! (`next_attempt_at` moved forward in one conditional UPDATE), so replicas never do the same
-//! item at once and anything a crashed replica claimed comes due again by itself. A
-//! revocation whose last item was settled by a replica that stopped before marking it done is
-//! finished by the next sweep for such stragglers.
+//! item at once and anything a crashed replica claimed comes due again by itself. Whoever
+//! settles an item (a token's outcome here, a view's ack in the handler) locks its revocation
+//! first and marks it done in the same transaction when nothing is left, so of two concurrent
+//! finishers the second sees the first's work.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use custodian_events::{
     CloudEvent, RevocationOutcome, SessionWipeV1, TokenKind, WipeReason, derived_event_id, subjects,
 };
 use custodian_store::entities::{assertion, pending_wipe, revocation, revocation_token};
+use custodian_store::locks::{self, LockOn};
 use custodian_store::outbox;
 use futures::StreamExt;
 use sea_orm::sea_query::{Expr, Query};
@@ -24,10 +26,12 @@ use tokio_util::sync::CancellationToken;
 use crate::{SERVICE, SOURCE, Vault, VaultError, assertions, handler};
 
 const CLAIM_BATCH: u64 = 500;
+/// How often the safety net for revocations left pending runs (see [`finish_stragglers`]).
+const STRAGGLER_SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 pub(crate) async fn run(vault: Arc<Vault>, shutdown: CancellationToken) -> Result<(), VaultError> {
     let period = Duration::from_millis(vault.config.reconcile_every_ms.max(10));
-    let straggler_period = Duration::from_secs(vault.config.claim_secs.max(1));
+    let straggler_period = STRAGGLER_SWEEP_EVERY;
     let mut next_straggler_sweep = tokio::time::Instant::now();
     loop {
         if tokio::time::Instant::now() >= next_straggler_sweep {
@@ -53,19 +57,13 @@ pub(crate) async fn run(vault: Arc<Vault>, shutdown: CancellationToken) -> Resul
 /// One pass over what is due. Returns how many items it handled.
 pub(crate) async fn round(vault: &Vault) -> Result<usize, VaultError> {
     // Wipes first: they are cheap and the views are waiting; the OP calls follow.
-    let (wipes, mut touched) = send_due_wipes(vault).await?;
-    let (tokens, touched_tokens) = revoke_due_tokens(vault).await?;
-    touched.extend(touched_tokens);
-    if !touched.is_empty() {
-        let now = vault.clock.now();
-        let txn = vault.store.begin_write().await?;
-        finish_revocations(vault, &txn, &touched, now).await?;
-        txn.commit().await?;
-    }
+    // Each settles its items and finishes their revocations in one transaction.
+    let wipes = send_due_wipes(vault).await?;
+    let tokens = revoke_due_tokens(vault).await?;
     Ok(wipes + tokens)
 }
 
-async fn send_due_wipes(vault: &Vault) -> Result<(usize, HashSet<String>), VaultError> {
+async fn send_due_wipes(vault: &Vault) -> Result<usize, VaultError> {
     let now = vault.clock.now();
     let db = vault.store.db();
     let due: Vec<pending_wipe::Model> = pending_wipe::Entity::find()
@@ -76,9 +74,8 @@ async fn send_due_wipes(vault: &Vault) -> Result<(usize, HashSet<String>), Vault
         .all(db)
         .await?;
     if due.is_empty() {
-        return Ok((0, HashSet::new()));
+        return Ok(0);
     }
-    let mut touched = HashSet::new();
     let mut outgoing = Vec::new();
     let mut expired = Vec::new();
     // Claim: one conditional UPDATE per retry level; a row another replica claimed
@@ -107,11 +104,8 @@ async fn send_due_wipes(vault: &Vault) -> Result<(usize, HashSet<String>), Vault
         }
     }
     for wipe in claimed {
-        if let Some(id) = &wipe.revocation_id {
-            touched.insert(id.clone());
-        }
         if wipe.expires_at <= now {
-            expired.push(wipe.wipe_id.clone());
+            expired.push(wipe);
             continue;
         }
         match wipe_command(&wipe) {
@@ -120,13 +114,19 @@ async fn send_due_wipes(vault: &Vault) -> Result<(usize, HashSet<String>), Vault
         }
     }
     if !expired.is_empty() {
+        // Their sessions' data is gone by itself: settled, and their revocations may be done.
         vault.metrics.wipes_expired.inc_by(expired.len() as u64);
+        let touched: HashSet<String> = expired.iter().filter_map(|w| w.revocation_id.clone()).collect();
+        let txn = vault.store.begin_write().await?;
+        hold_revocations(&txn, &touched).await?;
         pending_wipe::Entity::update_many()
             .col_expr(pending_wipe::Column::State, "expired_by_ttl".into())
-            .filter(pending_wipe::Column::WipeId.is_in(expired))
+            .filter(pending_wipe::Column::WipeId.is_in(expired.into_iter().map(|w| w.wipe_id)))
             .filter(pending_wipe::Column::State.eq("pending"))
-            .exec(db)
+            .exec(&txn)
             .await?;
+        finish_revocations(vault, &txn, &touched, now).await?;
+        txn.commit().await?;
     }
     let sent = outgoing.len();
     for (result, out) in vault.bus.publish_all(&outgoing, 256).await.into_iter().zip(&outgoing) {
@@ -138,7 +138,14 @@ async fn send_due_wipes(vault: &Vault) -> Result<(usize, HashSet<String>), Vault
             Err(e) => tracing::warn!(subject = %out.subject, error = %e, "wipe not published; will resend"),
         }
     }
-    Ok((sent, touched))
+    Ok(sent)
+}
+
+/// Locks the revocations a transaction is about to settle items of (see `custodian_store::locks`).
+pub(crate) async fn hold_revocations<C: ConnectionTrait>(conn: &C, ids: &HashSet<String>) -> Result<(), VaultError> {
+    let on: Vec<LockOn<'_>> = ids.iter().map(|id| LockOn::Revocation(id)).collect();
+    locks::hold(conn, &on).await?;
+    Ok(())
 }
 
 fn wipe_command(wipe: &pending_wipe::Model) -> Option<Outgoing> {
@@ -169,7 +176,7 @@ struct Claimed {
     token: revocation_token::Model,
 }
 
-async fn revoke_due_tokens(vault: &Vault) -> Result<(usize, HashSet<String>), VaultError> {
+async fn revoke_due_tokens(vault: &Vault) -> Result<usize, VaultError> {
     let now = vault.clock.now();
     let db = vault.store.db();
     let due: Vec<revocation_token::Model> = revocation_token::Entity::find()
@@ -180,7 +187,7 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<(usize, HashSet<String>), Va
         .all(db)
         .await?;
     if due.is_empty() {
-        return Ok((0, HashSet::new()));
+        return Ok(0);
     }
     let claim_until = now + chrono::Duration::seconds(vault.config.claim_secs.max(1) as i64);
     let ids: Vec<String> = due.iter().map(|t| t.id.clone()).collect();
@@ -208,27 +215,27 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<(usize, HashSet<String>), Va
     }
     let rows = Arc::new(rows);
     let handled = claimed.len();
-    let outcomes: Vec<(revocation_token::Model, Result<RevocationOutcome, String>)> =
-        futures::stream::iter(claimed.into_iter().map(|c| {
-            let rows = rows.clone();
-            async move {
-                let outcome = revoke_one(vault, &c.token, rows.get(&c.token.assertion_id)).await;
-                (c.token, outcome)
-            }
-        }))
-        .buffer_unordered(vault.config.revoke_concurrency.max(1))
-        .collect()
-        .await;
+    let claimed_ids: Vec<String> = claimed.iter().map(|c| c.token.id.clone()).collect();
+    let calls = futures::stream::iter(claimed.into_iter().map(|c| {
+        let rows = rows.clone();
+        async move {
+            let outcome = revoke_one(vault, &c.token, rows.get(&c.token.assertion_id)).await;
+            (c.token, outcome)
+        }
+    }))
+    .buffer_unordered(vault.config.revoke_concurrency.max(1))
+    .collect::<Vec<(revocation_token::Model, Result<RevocationOutcome, String>)>>();
+    let outcomes = keep_claimed(vault, &claimed_ids, calls).await;
 
     let now = vault.clock.now();
     let txn = vault.store.begin_write().await?;
-    let mut touched = HashSet::new();
+    let touched: HashSet<String> = outcomes.iter().map(|(token, _)| token.revocation_id.clone()).collect();
+    hold_revocations(&txn, &touched).await?;
     let mut outgoing = Vec::new();
     let mut settled_assertions = HashSet::new();
     // Each revocation read once per round, however many of its tokens settled.
     let mut revocations: HashMap<String, revocation::Model> = HashMap::new();
     for (token, outcome) in outcomes {
-        touched.insert(token.revocation_id.clone());
         match outcome {
             Ok(outcome) => {
                 let label = match outcome {
@@ -297,9 +304,37 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<(usize, HashSet<String>), Va
     if !outgoing.is_empty() {
         outbox::enqueue(&txn, SERVICE, outgoing, now).await?;
     }
+    finish_revocations(vault, &txn, &touched, now).await?;
     txn.commit().await?;
     vault.relay.wake();
-    Ok((handled, touched))
+    Ok(handled)
+}
+
+/// Runs the OP calls of a claim, renewing the claim every third of its period while they are
+/// in flight: claims can be short (a crashed replica's tokens come due again within seconds)
+/// whatever the OP's answer time.
+async fn keep_claimed<T>(vault: &Vault, ids: &[String], calls: impl std::future::Future<Output = T>) -> T {
+    let claim = Duration::from_secs(vault.config.claim_secs.max(1));
+    tokio::pin!(calls);
+    loop {
+        tokio::select! {
+            done = &mut calls => return done,
+            () = tokio::time::sleep(claim / 3) => {
+                let until = vault.clock.now() + chrono::Duration::from_std(claim).unwrap_or_default();
+                for chunk in ids.chunks(500) {
+                    let renewed = revocation_token::Entity::update_many()
+                        .col_expr(revocation_token::Column::NextAttemptAt, until.into())
+                        .filter(revocation_token::Column::Id.is_in(chunk.to_vec()))
+                        .filter(revocation_token::Column::Outcome.eq("pending"))
+                        .exec(vault.store.db())
+                        .await;
+                    if let Err(e) = renewed {
+                        tracing::warn!(error = %e, "claim not renewed; another replica may revoke these tokens too");
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn revoke_one(
@@ -330,24 +365,30 @@ async fn revoke_one(
         .map_err(|e| e.to_string())
 }
 
-/// Finishes revocations that every item of is settled but that are still pending: the items
-/// and the mark are written by separate transactions (a token's outcome and a view's ack may
-/// commit concurrently, and neither sees the other), so a replica stopping between the two
-/// leaves one behind, which nothing would touch again. Only revocations unchanged for a claim
-/// (a pending one is written once, when it starts): younger ones are finished by the
-/// transactions that settle them. `revocations_by_state` (state, updated_at) finds them.
+/// A safety net: finishes revocations whose every item is settled but that are still pending.
+/// Every writer that settles an item locks its revocation first and checks it in the same
+/// transaction, so this finds something only when an item was settled some other way (by hand
+/// in the database, or by a replica of an earlier version). Only revocations unchanged for a
+/// claim period are looked at. `revocations_by_state` (state, updated_at) finds them.
 pub(crate) async fn finish_stragglers(vault: &Vault) -> Result<(), VaultError> {
     let now = vault.clock.now();
     let unchanged_since = now - chrono::Duration::seconds(vault.config.claim_secs.max(1) as i64);
     let txn = vault.store.begin_write().await?;
     let done = finish_where(&txn, revocation::Column::UpdatedAt.lte(unchanged_since), None, None, now).await?;
+    let mut found = Vec::new();
     if done > 0 {
-        observe_finished(vault, &txn, None, now).await?;
+        found = observe_finished(vault, &txn, None, now).await?;
     }
     txn.commit().await?;
     if done > 0 {
         vault.metrics.revocations_done.inc_by(done);
-        tracing::warn!(count = done, "finished revocations left pending by a stopped replica");
+        found.truncate(10);
+        tracing::warn!(
+            count = done,
+            revocation_ids = %found.join(","),
+            "found revocations with every token and wipe settled but not marked done, and finished them; \
+             their items were settled outside the vault's own transactions"
+        );
     }
     Ok(())
 }
@@ -384,24 +425,27 @@ pub(crate) async fn finish_revocations<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Records how long each revocation just finished (at `now`, among `ids` when given) took.
+/// Records how long each revocation just finished (at `now`, among `ids` when given) took;
+/// returns their ids.
 async fn observe_finished<C: ConnectionTrait>(
     vault: &Vault,
     conn: &C,
     ids: Option<&[String]>,
     now: DateTime<Utc>,
-) -> Result<(), VaultError> {
+) -> Result<Vec<String>, VaultError> {
     let mut finished = revocation::Entity::find()
         .filter(revocation::Column::State.eq("done"))
         .filter(revocation::Column::FinishedAt.eq(now));
     if let Some(ids) = ids {
         finished = finished.filter(revocation::Column::RevocationId.is_in(ids.to_vec()));
     }
+    let mut found = Vec::new();
     for row in finished.all(conn).await? {
         let took = (now - row.started_at).to_std().unwrap_or_default();
         vault.metrics.revocation_seconds.observe(took.as_secs_f64());
+        found.push(row.revocation_id);
     }
-    Ok(())
+    Ok(found)
 }
 
 /// Marks done the pending revocations that `revocations` selects and that have no token and no

@@ -12,9 +12,12 @@ use custodian_events::{
     TokenRevokedV1, derived_event_id, subjects,
 };
 use custodian_store::entities::{assertion, pending_wipe, revocation, revocation_token, view_session};
+use custodian_store::locks::{self, LockOn};
 use custodian_store::outbox;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
+};
 
 use crate::{SERVICE, SOURCE, Vault, VaultError, assertions};
 
@@ -40,6 +43,8 @@ impl BatchHandler for LifecycleHandler {
 pub(crate) struct Effects {
     pub outgoing: Vec<custodian_store::outbox::OutgoingEvent>,
     pub touched_revocations: HashSet<String>,
+    /// Revocations a late session reopened: set back to pending once their locks are held.
+    pub reopened: HashSet<String>,
     pub new_work: bool,
 }
 
@@ -54,6 +59,10 @@ impl LifecycleHandler {
         // order: a few statements per batch instead of three per ack, and rows locked in the
         // order the driver's claims lock them, so the two never deadlock.
         let mut acks: Vec<(usize, &SessionWipedV1)> = Vec::new();
+        // Every person's consent this batch changes, locked up front in key order: a token
+        // hand-out or another replica's batch for the same person waits for this one.
+        let consents: Vec<LockOn<'_>> = batch.iter().filter_map(|d| consent_of(&d.event)).collect();
+        locks::hold(&txn, &consents).await?;
         for delivery in batch {
             let span = tracing::debug_span!("vault_event", event_id = delivery.event.id(), subject = %delivery.subject);
             custodian_telemetry::adopt_remote_parent(&span, delivery.traceparent.as_deref());
@@ -74,7 +83,7 @@ impl LifecycleHandler {
                     .map_err(VaultError::from),
                 LifecycleEvent::SessionWiped(e) => {
                     acks.push((results.len(), &e.data));
-                    // Its place; `sessions_wiped` fills it in.
+                    // Its place; `apply_acks` fills it in.
                     Ok(())
                 }
                 LifecycleEvent::IncidentContain(e) => crate::incident::contain(vault, &txn, e, now, &mut effects).await,
@@ -90,9 +99,27 @@ impl LifecycleHandler {
             };
             results.push(outcome(result)?);
         }
-        for (at, result) in sessions_wiped(vault, &txn, &acks, now, &mut effects).await? {
+        let acks = plan_acks(&txn, &acks).await?;
+        // The revocations this batch may settle or reopen, locked before any of their items is
+        // written: of two writers settling the last items of one revocation (this batch and the
+        // driver, or two replicas), the second waits, then sees the first's items and marks it
+        // done.
+        let mut revocations: Vec<&str> = effects
+            .touched_revocations
+            .iter()
+            .chain(&effects.reopened)
+            .map(String::as_str)
+            .chain(acks.revocations.iter().map(String::as_str))
+            .collect();
+        revocations.sort_unstable();
+        revocations.dedup();
+        let revocation_locks: Vec<LockOn<'_>> = revocations.iter().map(|id| LockOn::Revocation(id)).collect();
+        locks::hold(&txn, &revocation_locks).await?;
+        effects.touched_revocations.extend(acks.revocations.iter().cloned());
+        for (at, result) in apply_acks(vault, &txn, acks, now).await? {
             results[at] = outcome(result)?;
         }
+        reopen(&txn, &effects.reopened).await?;
         if !effects.outgoing.is_empty() {
             outbox::enqueue(&txn, SERVICE, std::mem::take(&mut effects.outgoing), now).await?;
             effects.new_work = true;
@@ -162,6 +189,13 @@ pub(crate) async fn begin_revocation(
     effects: &mut Effects,
 ) -> Result<bool, VaultError> {
     let revocation_id = start.revocation_id.clone();
+    // Held already when the batch named this person; an incident's containment finds its people
+    // as it goes.
+    locks::hold(
+        txn,
+        &[LockOn::Consent { issuer: &start.issuer, subject: &start.subject, platform_id: &start.platform_id }],
+    )
+    .await?;
     let inserted = revocation::Entity::insert(revocation::ActiveModel {
         revocation_id: Set(revocation_id.clone()),
         ended_event_id: Set(start.ended_event_id.clone()),
@@ -256,6 +290,10 @@ pub(crate) async fn begin_revocation(
         revocation_token::Entity::insert_many(chunk.to_vec()).exec_without_returning(txn).await?;
     }
 
+    // Every session a token of these assertions was handed out for, whenever it opened (the
+    // consent lock orders hand-outs before or after this, never beside it); and sessions only
+    // announced (no token from here) that opened before the end.
+    let revoked: Vec<String> = rows.iter().map(|r| r.assertion_id.clone()).collect();
     let sessions = view_session::Entity::find()
         .filter(view_session::Column::Issuer.eq(start.issuer.clone()))
         .filter(view_session::Column::Subject.eq(start.subject.clone()))
@@ -263,7 +301,13 @@ pub(crate) async fn begin_revocation(
         .filter(view_session::Column::ClosedAt.is_null())
         .filter(view_session::Column::WipedAt.is_null())
         .filter(view_session::Column::WipeId.is_null())
-        .filter(view_session::Column::OpenedAt.lte(start.until))
+        .filter(
+            Condition::any().add(view_session::Column::AssertionId.is_in(revoked)).add(
+                Condition::all()
+                    .add(view_session::Column::AssertionId.is_null())
+                    .add(view_session::Column::OpenedAt.lte(start.until)),
+            ),
+        )
         .all(txn)
         .await?;
     schedule_wipes(
@@ -386,6 +430,11 @@ async fn session_opened(
     effects: &mut Effects,
 ) -> Result<(), VaultError> {
     let data = &event.data;
+    locks::hold(
+        txn,
+        &[LockOn::Consent { issuer: &data.issuer, subject: &data.subject, platform_id: &data.platform_id }],
+    )
+    .await?;
     let row = view_session::ActiveModel {
         session_id: Set(data.session_id.clone()),
         view_id: Set(data.view_id.clone()),
@@ -397,6 +446,7 @@ async fn session_opened(
         closed_at: Set(None),
         wipe_id: Set(None),
         wiped_at: Set(None),
+        assertion_id: Set(None),
     };
     let inserted = view_session::Entity::insert(row.clone())
         .on_conflict(OnConflict::column(view_session::Column::SessionId).do_nothing().to_owned())
@@ -426,6 +476,7 @@ async fn session_opened(
             closed_at: None,
             wipe_id: None,
             wiped_at: None,
+            assertion_id: None,
         };
         // Its own wipe id (the revocation's per-view wipe may already be acked).
         let late_id = format!("{}:late:{}", revocation.revocation_id, data.session_id);
@@ -448,31 +499,36 @@ async fn session_opened(
             )
             .exec(txn)
             .await?;
-        revocation::Entity::update_many()
-            .col_expr(revocation::Column::State, "pending".into())
-            .col_expr(revocation::Column::FinishedAt, Option::<DateTime<Utc>>::None.into())
-            .filter(revocation::Column::RevocationId.eq(revocation.revocation_id.clone()))
-            .exec(txn)
-            .await?;
+        effects.reopened.insert(revocation.revocation_id.clone());
         tracing::info!(revocation_id = %revocation.revocation_id, view_id = %data.view_id, "late session scheduled for wipe");
         effects.new_work = true;
     }
     Ok(())
 }
 
-/// Views' acknowledgements of wipes (`at`: each one's place in the batch): the wipes marked
-/// acked and their sessions wiped, in key order, with one statement per 500 of each. An ack
-/// for a wipe never sent (another deployment, or purged long ago) records nothing; one from
-/// another view than the wipe was sent to is refused.
-async fn sessions_wiped(
-    vault: &Vault,
-    txn: &DatabaseTransaction,
-    acks: &[(usize, &SessionWipedV1)],
-    now: DateTime<Utc>,
-    effects: &mut Effects,
-) -> Result<Vec<(usize, Result<(), VaultError>)>, VaultError> {
+/// What a batch's wipe acks will write, read before any lock is taken.
+pub(crate) struct AckPlan {
+    /// Each ack's place in the batch and its verdict.
+    results: Vec<(usize, Result<(), VaultError>)>,
+    /// Wipes to mark acked, and sessions to mark wiped, in key order.
+    to_ack: BTreeSet<String>,
+    sessions: BTreeSet<String>,
+    /// The revocations those wipes belong to.
+    pub revocations: BTreeSet<String>,
+}
+
+/// Views' acknowledgements of wipes (`at`: each one's place in the batch), checked against the
+/// wipes sent. An ack for a wipe never sent (another deployment, or purged long ago) records
+/// nothing; one from another view than the wipe was sent to is refused.
+async fn plan_acks(txn: &DatabaseTransaction, acks: &[(usize, &SessionWipedV1)]) -> Result<AckPlan, VaultError> {
+    let mut plan = AckPlan {
+        results: Vec::with_capacity(acks.len()),
+        to_ack: BTreeSet::new(),
+        sessions: BTreeSet::new(),
+        revocations: BTreeSet::new(),
+    };
     if acks.is_empty() {
-        return Ok(Vec::new());
+        return Ok(plan);
     }
     let ids: BTreeSet<&str> = acks.iter().map(|(_, data)| data.wipe_id.as_str()).collect();
     let ids: Vec<&str> = ids.into_iter().collect();
@@ -484,8 +540,6 @@ async fn sessions_wiped(
             .await?;
         known.extend(found.into_iter().map(|w| (w.wipe_id.clone(), w)));
     }
-    let (mut to_ack, mut sessions) = (BTreeSet::new(), BTreeSet::new());
-    let mut results = Vec::with_capacity(acks.len());
     for (at, data) in acks {
         let result = match known.get(&data.wipe_id) {
             None => {
@@ -502,38 +556,76 @@ async fn sessions_wiped(
             ))),
             Some(wipe) => {
                 if wipe.state != "acked" {
-                    to_ack.insert(wipe.wipe_id.as_str());
+                    plan.to_ack.insert(wipe.wipe_id.clone());
                 }
-                sessions.extend(data.session_ids.iter().map(String::as_str));
+                plan.sessions.extend(data.session_ids.iter().cloned());
                 if let Some(revocation_id) = &wipe.revocation_id {
-                    effects.touched_revocations.insert(revocation_id.clone());
+                    plan.revocations.insert(revocation_id.clone());
                 }
                 Ok(())
             }
         };
-        results.push((*at, result));
+        plan.results.push((*at, result));
     }
-    let to_ack: Vec<&str> = to_ack.into_iter().collect();
+    Ok(plan)
+}
+
+/// Writes what [`plan_acks`] found: the wipes marked acked and their sessions wiped, in key
+/// order, with one statement per 500 of each.
+async fn apply_acks(
+    vault: &Vault,
+    txn: &DatabaseTransaction,
+    plan: AckPlan,
+    now: DateTime<Utc>,
+) -> Result<Vec<(usize, Result<(), VaultError>)>, VaultError> {
+    let to_ack: Vec<String> = plan.to_ack.into_iter().collect();
     for chunk in to_ack.chunks(500) {
         let acked = pending_wipe::Entity::update_many()
             .col_expr(pending_wipe::Column::State, "acked".into())
             .col_expr(pending_wipe::Column::AckedAt, Some(now).into())
-            .filter(pending_wipe::Column::WipeId.is_in(chunk.iter().copied()))
+            .filter(pending_wipe::Column::WipeId.is_in(chunk.iter().cloned()))
             .filter(pending_wipe::Column::State.ne("acked"))
             .exec(txn)
             .await?;
         vault.metrics.wipes_acked.inc_by(acked.rows_affected);
     }
-    let sessions: Vec<&str> = sessions.into_iter().collect();
+    let sessions: Vec<String> = plan.sessions.into_iter().collect();
     for chunk in sessions.chunks(500) {
         view_session::Entity::update_many()
             .col_expr(view_session::Column::WipedAt, Some(now).into())
-            .filter(view_session::Column::SessionId.is_in(chunk.iter().copied()))
+            .filter(view_session::Column::SessionId.is_in(chunk.iter().cloned()))
             .filter(view_session::Column::WipedAt.is_null())
             .exec(txn)
             .await?;
     }
-    Ok(results)
+    Ok(plan.results)
+}
+
+/// Sets back to pending the revocations a late session gave a new wipe (their locks held).
+async fn reopen(txn: &DatabaseTransaction, revocations: &HashSet<String>) -> Result<(), VaultError> {
+    if revocations.is_empty() {
+        return Ok(());
+    }
+    let mut ids: Vec<String> = revocations.iter().cloned().collect();
+    ids.sort();
+    revocation::Entity::update_many()
+        .col_expr(revocation::Column::State, "pending".into())
+        .col_expr(revocation::Column::FinishedAt, Option::<DateTime<Utc>>::None.into())
+        .filter(revocation::Column::RevocationId.is_in(ids))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
+/// The person's consent an event changes or depends on, if any.
+fn consent_of(event: &LifecycleEvent) -> Option<LockOn<'_>> {
+    let (issuer, subject, platform_id) = match event {
+        LifecycleEvent::ConsentEnded(e) => (&e.data.issuer, &e.data.subject, &e.data.platform_id),
+        LifecycleEvent::SessionOpened(e) => (&e.data.issuer, &e.data.subject, &e.data.platform_id),
+        LifecycleEvent::SessionRevoke(e) => (&e.data.issuer, &e.data.subject, &e.data.platform_id),
+        _ => return None,
+    };
+    Some(LockOn::Consent { issuer, subject, platform_id })
 }
 
 /// Does an ack name only sessions of the wipe it acknowledges? A view acks what it was told

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use custodian_events::vault::{HokReply, HokRequest, TokenReply, TokenRequest};
 use custodian_events::{ActivitySeenV1, CloudEvent, HokTokenType, TokenHokUsedV1, subjects};
 use custodian_store::entities::{assertion, view_session};
+use custodian_store::locks::{self, LockOn};
 use custodian_store::outbox;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
@@ -103,13 +104,18 @@ async fn token_for(vault: &Vault, view_id: &str, request: &TokenRequest) -> Resu
     };
     let event = CloudEvent::new(SOURCE, now, seen);
     let txn = vault.store.begin_write().await?;
-    // The session is on record before the token leaves, in the step that hands it out: a
-    // revocation finds it whatever the view does next.
+    // Under the person's consent lock, which a revocation takes before it reads their
+    // assertions and sessions: either the revocation came first and this assertion is taken
+    // (nothing handed out), or this session is on record before the revocation looks.
+    locks::hold(&txn, &[LockOn::Consent { issuer: &row.issuer, subject: &row.subject, platform_id: &row.platform_id }])
+        .await?;
+    if !still_unrevoked(&txn, &row.assertion_id, now).await? {
+        return Ok(TokenReply::NotFound("the consent ended".into()));
+    }
+    // The session is on record before the token leaves, in the step that hands it out, with
+    // the assertion the token is of: a revocation finds it whatever the view does next.
     if let Err(reason) = record_session(&txn, view_id, session_id, &row, expires_at, now).await? {
         return Ok(TokenReply::NotFound(reason));
-    }
-    if assertions::usable(&txn, Some(&row.issuer), &row.subject, &row.platform_id, now).await?.is_none() {
-        return Ok(TokenReply::NotFound("the consent ended".into()));
     }
     outbox::enqueue(&txn, SERVICE, vec![custodian_bus::outbox_row(subjects::ACTIVITY_SEEN, &event)], now).await?;
     txn.commit().await?;
@@ -171,6 +177,20 @@ async fn session_of_view<C: ConnectionTrait>(
     Ok(Ok(Some(session)))
 }
 
+/// Is the assertion still there, unrevoked and unexpired?
+async fn still_unrevoked<C: ConnectionTrait>(
+    conn: &C,
+    assertion_id: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, VaultError> {
+    Ok(assertion::Entity::find_by_id(assertion_id)
+        .filter(assertion::Column::RevocationId.is_null())
+        .filter(assertion::Column::ExpiresAt.gt(now))
+        .one(conn)
+        .await?
+        .is_some())
+}
+
 /// Records the view's session for the token about to be handed out (its data may live until
 /// the token expires), or extends the one on record to the new token's expiry.
 async fn record_session(
@@ -192,6 +212,7 @@ async fn record_session(
         closed_at: Set(None),
         wipe_id: Set(None),
         wiped_at: Set(None),
+        assertion_id: Set(Some(assertion.assertion_id.clone())),
     };
     let inserted = view_session::Entity::insert(row)
         .on_conflict(OnConflict::column(view_session::Column::SessionId).do_nothing().to_owned())
@@ -206,6 +227,13 @@ async fn record_session(
     {
         return Ok(Err(reason));
     }
+    // Now of this assertion (a session only announced, or one whose earlier token expired with
+    // the data it fetched), and held until this token expires.
+    view_session::Entity::update_many()
+        .col_expr(view_session::Column::AssertionId, Some(assertion.assertion_id.clone()).into())
+        .filter(view_session::Column::SessionId.eq(session_id))
+        .exec(txn)
+        .await?;
     view_session::Entity::update_many()
         .col_expr(view_session::Column::ExpiresAt, token_expires_at.into())
         .filter(view_session::Column::SessionId.eq(session_id))

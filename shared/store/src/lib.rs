@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod entities;
 pub mod inbox;
+pub mod locks;
 pub mod outbox;
 pub mod status_marks;
 

@@ -167,13 +167,14 @@ impl View {
         };
         let event = CloudEvent::new(&self.source, self.clock.now(), data);
         self.bus.publish_event(&self.own(subjects::SESSION_OPENED), &event).await?;
-        self.store.open_session(session_id, token_expires_at);
-        Ok(())
+        // A wipe that overtook the token (a revocation recorded just after it was handed out)
+        // leaves this id refused: the token is dropped with nothing fetched under it.
+        self.store.open_session(session_id, token_expires_at).map_err(|e| ViewError::NoToken(e.to_string()))
     }
 
     /// Ends a session: its data is dropped first, then the vault is told.
     pub async fn close_session(&self, session_id: &str) -> Result<(), ViewError> {
-        self.store.wipe(&[session_id.to_owned()]);
+        self.store.close(session_id);
         let data = SessionClosedV1 { session_id: session_id.to_owned(), view_id: self.view_id.clone() };
         let event = CloudEvent::new(&self.source, self.clock.now(), data);
         self.bus.publish_event(&self.own(subjects::SESSION_CLOSED), &event).await?;
@@ -301,7 +302,9 @@ impl BatchHandler for WipeHandler {
                 view_id: self.view.view_id.clone(),
                 session_ids: command.data.session_ids.clone(),
             };
-            let id = derived_event_id("session.wiped", &format!("{}:{}", command.data.wipe_id, self.view.view_id));
+            // Keyed by the command's own id: a redelivery of one command is de-duplicated by the
+            // stream, a re-sent command (a new id) gets a fresh ack through.
+            let id = derived_event_id("session.wiped", &format!("{}:{}", delivery.event.id(), self.view.view_id));
             let event = CloudEvent::with_id(id, &self.view.source, self.view.clock.now(), ack);
             // Not acked by the stream: the command comes back and is wiped (harmlessly) again.
             results.push(

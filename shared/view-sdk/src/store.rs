@@ -14,6 +14,8 @@ use zeroize::Zeroizing;
 pub enum RetentionError {
     #[error("unknown or ended session {0:?}")]
     UnknownSession(String),
+    #[error("session {0:?} was wiped: a revocation ended it, it cannot hold data again")]
+    Wiped(String),
     #[error(
         "entry would outlive the token it was fetched under (token expires {token_expires_at}, entry {entry_expires_at})"
     )]
@@ -33,7 +35,14 @@ struct Session {
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<String, Session>,
+    /// Sessions wiped, and until when that is remembered: a token handed out for one of them
+    /// just before its revocation may arrive after the wipe, and must find nowhere to put data.
+    wiped: HashMap<String, DateTime<Utc>>,
 }
+
+/// How long a wiped session's id is remembered: longer than any token handed out before the
+/// wipe can live (the vault hands none out for a wiped session).
+pub const WIPED_REMEMBERED_FOR: chrono::Duration = chrono::Duration::hours(24);
 
 /// Shared handle; clones see the same memory.
 #[derive(Clone)]
@@ -61,13 +70,20 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers a session bound to a token that expires at `token_expires_at`.
-    pub fn open_session(&self, session_id: &str, token_expires_at: DateTime<Utc>) {
-        self.lock()
+    /// Registers a session bound to a token that expires at `token_expires_at`; refused for a
+    /// session already wiped.
+    pub fn open_session(&self, session_id: &str, token_expires_at: DateTime<Utc>) -> Result<(), RetentionError> {
+        let mut inner = self.lock();
+        if inner.wiped.contains_key(session_id) {
+            return Err(RetentionError::Wiped(session_id.to_owned()));
+        }
+        inner
             .sessions
             .entry(session_id.to_owned())
             .or_insert_with(|| Session { token_expires_at, entries: HashMap::new() });
+        drop(inner);
         self.changed.notify_one();
+        Ok(())
     }
 
     /// Keeps `value` for `ttl`, refused if that runs past the session's token.
@@ -107,10 +123,22 @@ impl MemoryStore {
         self.lock().sessions.contains_key(session_id)
     }
 
-    /// Drops the sessions and all their entries; returns how many sessions were held.
+    /// Drops the sessions and all their entries, and remembers them as wiped (they cannot be
+    /// opened again); returns how many sessions were held.
     pub fn wipe(&self, session_ids: &[String]) -> usize {
+        let until = self.clock.now() + WIPED_REMEMBERED_FOR;
         let mut inner = self.lock();
-        session_ids.iter().filter(|id| inner.sessions.remove(id.as_str()).is_some()).count()
+        let mut held = 0;
+        for id in session_ids {
+            held += usize::from(inner.sessions.remove(id.as_str()).is_some());
+            inner.wiped.insert(id.clone(), until);
+        }
+        held
+    }
+
+    /// Ends a session the view itself closed: its data dropped, and the id free of any memory.
+    pub fn close(&self, session_id: &str) -> bool {
+        self.lock().sessions.remove(session_id).is_some()
     }
 
     /// Drops every expired entry, and sessions whose token expired. Returns entries dropped.
@@ -118,6 +146,7 @@ impl MemoryStore {
         let now = self.clock.now();
         let mut inner = self.lock();
         let mut dropped = 0;
+        inner.wiped.retain(|_, until| *until > now);
         inner.sessions.retain(|_, session| {
             if session.token_expires_at <= now {
                 dropped += session.entries.len();
@@ -181,7 +210,7 @@ mod tests {
     #[test]
     fn refuses_entries_that_outlive_the_token() {
         let (store, clock) = store();
-        store.open_session("s1", clock.now() + chrono::Duration::seconds(60));
+        store.open_session("s1", clock.now() + chrono::Duration::seconds(60)).unwrap();
         assert!(store.put("s1", "labs", b"x".to_vec(), Duration::from_secs(60)).is_ok());
         let err = store.put("s1", "labs", b"x".to_vec(), Duration::from_secs(61)).unwrap_err();
         assert!(matches!(err, RetentionError::PastTokenExpiry { .. }), "{err}");
@@ -194,7 +223,7 @@ mod tests {
     #[test]
     fn entries_vanish_at_their_expiry_and_sessions_with_their_token() {
         let (store, clock) = store();
-        store.open_session("s1", clock.now() + chrono::Duration::seconds(60));
+        store.open_session("s1", clock.now() + chrono::Duration::seconds(60)).unwrap();
         store.put("s1", "short", b"a".to_vec(), Duration::from_secs(10)).unwrap();
         store.put("s1", "long", b"b".to_vec(), Duration::from_secs(50)).unwrap();
         clock.advance(chrono::Duration::seconds(10));
@@ -210,12 +239,27 @@ mod tests {
     fn wipe_drops_only_the_named_sessions() {
         let (store, clock) = store();
         for id in ["a", "b", "c"] {
-            store.open_session(id, clock.now() + chrono::Duration::seconds(60));
+            store.open_session(id, clock.now() + chrono::Duration::seconds(60)).unwrap();
             store.put(id, "k", b"v".to_vec(), Duration::from_secs(5)).unwrap();
         }
         assert_eq!(store.wipe(&["a".into(), "c".into(), "zz".into()]), 2);
         assert_eq!(store.counts(), (1, 1));
         assert!(store.get("b", "k").is_some());
         assert!(store.get("a", "k").is_none());
+    }
+
+    #[test]
+    fn a_wiped_session_cannot_be_opened_again_until_long_after_any_token_of_it() {
+        let (store, clock) = store();
+        assert_eq!(store.wipe(&["late".to_owned()]), 0, "not held yet: the wipe overtook the token");
+        let expiry = clock.now() + chrono::Duration::seconds(60);
+        assert_eq!(store.open_session("late", expiry), Err(RetentionError::Wiped("late".into())));
+        assert!(store.put("late", "k", b"v".to_vec(), Duration::from_secs(5)).is_err());
+        store.open_session("closed", expiry).unwrap();
+        assert!(store.close("closed"));
+        store.open_session("closed", expiry).unwrap();
+        clock.advance(WIPED_REMEMBERED_FOR + chrono::Duration::seconds(1));
+        store.evict_expired();
+        store.open_session("late", clock.now() + chrono::Duration::seconds(60)).unwrap();
     }
 }

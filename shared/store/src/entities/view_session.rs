@@ -1,4 +1,5 @@
-//! Owned by the vault: a session a view opened for a person (`session.opened`).
+//! Owned by the vault: a session a view opened for a person (`session.opened`, or recorded
+//! when the vault handed a token out for it).
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
@@ -15,6 +16,8 @@ pub struct Model {
     pub closed_at: Option<DateTimeUtc>,
     pub wipe_id: Option<String>,
     pub wiped_at: Option<DateTimeUtc>,
+    /// The assertion whose token the vault handed out for it; none for a session only announced.
+    pub assertion_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

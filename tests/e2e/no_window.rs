@@ -1,0 +1,170 @@
+//! No window: a revocation ends every session a token of the person was handed out for, even
+//! one opened while it runs, and is marked done in the step that settles its last item. Two
+//! vault replicas share the work, on the real OP, NATS and the database.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use custodian_store::entities::view_session;
+use custodian_testkit::eventually;
+use custodian_view_sdk::ViewError;
+use reqwest::StatusCode;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{Stack, test_vault_config, unique};
+use crate::vault::done_receipt;
+
+/// Signs `person` in through the gateway and waits for the ledger to hold their grant.
+async fn signed_in(stack: &Stack, person: &str) -> (reqwest::Client, String) {
+    let (browser, cookie, _code) = stack.login_through_gateway(person).await;
+    eventually("the login to grant consent", Duration::from_secs(15), || {
+        let browser = browser.clone();
+        let url = stack.url("/v1/me/consents");
+        async move {
+            let body: Value = browser.get(url).send().await.ok()?.json().await.ok()?;
+            (!body["consents"].as_array()?.is_empty()).then_some(())
+        }
+    })
+    .await;
+    (browser, cookie)
+}
+
+#[tokio::test]
+async fn sessions_opened_while_a_revocation_runs_are_all_wiped_on_two_vault_replicas() {
+    let mut stack = Stack::start().await;
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    stack.start_vault(test_vault_config(vec![settings]));
+    let second = stack.spawn_vault(test_vault_config(vec![stack.register_platform_settings(&client)]));
+    let person = unique("carol");
+    let (browser, cookie) = signed_in(&stack, &person).await;
+    let views = vec![stack.start_view(&unique("open-a")).await, stack.start_view(&unique("open-b")).await];
+
+    // Four clients keep opening sessions and putting data in them, before, during and after
+    // the revocation.
+    let stop = CancellationToken::new();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let mut openers = Vec::new();
+    for i in 0..4 {
+        let (view, stop, opened) = (views[i % views.len()].clone(), stop.clone(), opened.clone());
+        let (person, platform) = (person.clone(), platform.clone());
+        openers.push(tokio::spawn(async move {
+            let (mut held, mut refused) = (0usize, 0usize);
+            while !stop.is_cancelled() {
+                match view.start_session(None, &person, &platform, Duration::from_secs(10)).await {
+                    Ok(started) => {
+                        // A wipe may already have come: then the put finds no session.
+                        if view
+                            .store()
+                            .put(&started.session_id, "labs", b"HbA1c".to_vec(), Duration::from_secs(60))
+                            .is_ok()
+                        {
+                            held += 1;
+                        }
+                        opened.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(ViewError::NoToken(_)) => {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(e) => panic!("opening a session failed: {e}"),
+                }
+            }
+            (held, refused)
+        }));
+    }
+    eventually("the clients to open some sessions", Duration::from_secs(20), || {
+        let opened = opened.clone();
+        async move { (opened.load(Ordering::Relaxed) >= 20).then_some(()) }
+    })
+    .await;
+
+    let response = browser.delete(stack.url(&format!("/v1/me/consents/{platform}"))).send().await.expect("revoke");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted: Value = response.json().await.expect("body");
+    let revocation_id = accepted["revocation_id"].as_str().expect("revocation id").to_owned();
+    let receipt = done_receipt(&stack, Some(&cookie), &revocation_id, Duration::from_secs(30)).await;
+
+    // Done means done: no view holds anything of the person, now or after the clients stop.
+    for view in &views {
+        assert_eq!(view.store().counts(), (0, 0), "view {} holds data past a done receipt", view.view_id());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let (mut held, mut refused) = (0, 0);
+    for opener in openers {
+        let (h, r) = opener.await.expect("opener");
+        held += h;
+        refused += r;
+    }
+    for view in &views {
+        assert_eq!(view.store().counts(), (0, 0), "view {} holds data after the revocation", view.view_id());
+    }
+    assert!(held >= 20 && refused > 0, "the clients opened {held} sessions and were refused {refused} times");
+
+    // Every session the vault recorded for the person is on the receipt's wipes; none escaped.
+    let sessions = view_session::Entity::find()
+        .filter(view_session::Column::Subject.eq(person.clone()))
+        .all(stack.store.db())
+        .await
+        .expect("sessions");
+    let escaped: Vec<&str> = sessions
+        .iter()
+        .filter(|s| s.wipe_id.is_none() && s.closed_at.is_none())
+        .map(|s| s.session_id.as_str())
+        .collect();
+    assert!(escaped.is_empty(), "{} of {} sessions escaped the revocation: {escaped:?}", escaped.len(), sessions.len());
+    let on_receipt: usize = receipt.views.iter().map(|v| v.session_ids.len()).sum();
+    assert_eq!(on_receipt, sessions.len(), "the receipt names every session");
+    assert!(receipt.views.iter().all(|v| v.state == "acked"), "{receipt:?}");
+    eprintln!("{} sessions opened, {refused} refusals after the revocation, all wiped", sessions.len());
+    second.0.cancel();
+    let _ = second.1.await;
+}
+
+#[tokio::test]
+async fn every_revocation_is_done_when_its_last_token_and_ack_are_in_without_the_safety_net() {
+    let mut stack = Stack::start().await;
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    // The sweep for revocations left pending runs at start and then once a minute: it cannot
+    // be what finishes these.
+    let config = |settings| custodian_vault::VaultConfig { claim_secs: 60, ..test_vault_config(vec![settings]) };
+    stack.start_vault(config(settings));
+    let second = stack.spawn_vault(config(stack.register_platform_settings(&client)));
+    let views = vec![stack.start_view(&unique("done-a")).await, stack.start_view(&unique("done-b")).await];
+    let mut people = Vec::new();
+    for i in 0..12 {
+        let person = unique(&format!("d{i}"));
+        let (browser, cookie) = signed_in(&stack, &person).await;
+        for view in &views {
+            let started = view.start_session(None, &person, &platform, Duration::from_secs(10)).await.expect("session");
+            view.store().put(&started.session_id, "k", vec![1; 8], Duration::from_secs(60)).expect("held");
+        }
+        people.push((browser, cookie));
+    }
+    // Everyone revokes at once: tokens' outcomes and views' acks land side by side on both
+    // replicas.
+    let mut revocations = Vec::new();
+    for (browser, cookie) in &people {
+        let response = browser.delete(stack.url(&format!("/v1/me/consents/{platform}"))).send().await.expect("revoke");
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let accepted: Value = response.json().await.expect("body");
+        revocations.push((cookie.clone(), accepted["revocation_id"].as_str().expect("id").to_owned()));
+    }
+    let started = std::time::Instant::now();
+    for (cookie, id) in &revocations {
+        let receipt = done_receipt(&stack, Some(cookie), id, Duration::from_secs(20)).await;
+        assert!(receipt.tokens.iter().all(|t| t.outcome == "revoked"), "{receipt:?}");
+        assert_eq!(receipt.views.len(), 2, "{receipt:?}");
+    }
+    eprintln!("12 revocations done {:?} after the last was accepted", started.elapsed());
+    for view in &views {
+        assert_eq!(view.store().counts(), (0, 0));
+    }
+    second.0.cancel();
+    let _ = second.1.await;
+}
