@@ -63,7 +63,9 @@ pub struct VaultConfig {
     /// First retry delay of a failed OP call or an unacked wipe; doubles up to `retry_max_secs`.
     pub retry_initial_ms: u64,
     pub retry_max_secs: u64,
-    /// How long a replica owns a token it is revoking before another may take it over.
+    /// How long a replica owns a token it is revoking before another may take it over. The
+    /// claim is renewed while its OP call is in flight, so this bounds the time a crashed
+    /// replica's tokens wait, not the OP's answer.
     pub claim_secs: u64,
     /// The driver's re-drive period when nothing wakes it.
     pub reconcile_every_ms: u64,
@@ -87,11 +89,11 @@ impl Default for VaultConfig {
             revoke_concurrency: 32,
             retry_initial_ms: 500,
             retry_max_secs: 60,
-            claim_secs: 30,
+            claim_secs: 3,
             reconcile_every_ms: 1000,
             maintenance_every_secs: 60,
             batch: 500,
-            ack_wait_secs: 30,
+            ack_wait_secs: 5,
             max_deliver: 50,
         }
     }

@@ -815,7 +815,7 @@ async fn handle_batch<H: BatchHandler>(
 ) {
     let span = tracing::info_span!("handle_batch", durable = %spec.durable, size = decoded.len());
     let started = std::time::Instant::now();
-    let results = handler.handle(&decoded).instrument(span).await;
+    let results = with_progress(spec, &decoded_messages, handler.handle(&decoded).instrument(span)).await;
     crate::metrics::observe_batch(&spec.durable, started.elapsed().as_secs_f64());
     tracing::debug!(durable = %spec.durable, size = decoded.len(), elapsed_ms = started.elapsed().as_millis() as u64, "batch handled");
     for (i, (delivery, message)) in decoded.iter().zip(decoded_messages.iter()).enumerate() {
@@ -836,6 +836,24 @@ async fn handle_batch<H: BatchHandler>(
             Err(HandlerError::Permanent(reason)) => {
                 dead_letter(bus, spec, clock, message, Some(delivery.event.id()), delivery.stream_sequence, &reason)
                     .await;
+            }
+        }
+    }
+}
+
+/// Runs `work`, telling the server every third of `ack_wait` that the batch is still in hand
+/// (`+WPI`): `ack_wait` can then be sized to a crash, not to the slowest batch, and the
+/// messages of a replica that died come to another within seconds.
+async fn with_progress<T>(spec: &ConsumerSpec, messages: &[Message], work: impl std::future::Future<Output = T>) -> T {
+    let every = (spec.ack_wait / 3).max(Duration::from_millis(50));
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            () = tokio::time::sleep(every) => {
+                for message in messages {
+                    ack(message, AckKind::Progress).await;
+                }
             }
         }
     }

@@ -17,12 +17,13 @@ use crate::Bus;
 
 /// Leadership leases of services whose replicas take turns (the consent ledger).
 pub const LEADERSHIP_BUCKET: &str = "custodian_leases";
-/// A dead leader's lease lapses this long after its last renewal (the bucket's max age).
-pub const LEADERSHIP_TTL: Duration = Duration::from_secs(10);
-/// Renewals per TTL leave room for a few failed ones before the lease could lapse.
-const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// A dead leader's lease lapses this long after its last renewal (the bucket's max age): the
+/// bound on how long a crashed leader's work waits for its standby.
+pub const LEADERSHIP_TTL: Duration = Duration::from_secs(3);
+/// Renewals per TTL leave room for two failed ones before the lease could lapse.
+const RENEW_EVERY: Duration = Duration::from_millis(750);
 /// How often a replica that does not lead tries to take the lease.
-const CONTEND_EVERY: Duration = Duration::from_secs(1);
+const CONTEND_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -55,6 +56,22 @@ pub async fn bucket(
     })
     .await
     .map_err(|e| LeaseError::Bucket { bucket: name.to_owned(), reason: e.to_string() })
+}
+
+/// Sets an existing bucket's max age to `ttl` when it differs (a bucket made by an earlier
+/// version): the provisioner's job, since a lease is only as short as its bucket's max age.
+pub async fn set_ttl(js: &jetstream::Context, name: &str, ttl: Duration) -> Result<(), LeaseError> {
+    let failed = |e: &dyn std::fmt::Display| LeaseError::Bucket { bucket: name.to_owned(), reason: e.to_string() };
+    let stream_name = format!("KV_{name}");
+    let mut stream = js.get_stream(&stream_name).await.map_err(|e| failed(&e))?;
+    let mut config = stream.info().await.map_err(|e| failed(&e))?.config.clone();
+    if config.max_age == ttl {
+        return Ok(());
+    }
+    tracing::info!(bucket = name, from = ?config.max_age, to = ?ttl, "lease bucket's max age updated");
+    config.max_age = ttl;
+    js.update_stream(config).await.map_err(|e| failed(&e))?;
+    Ok(())
 }
 
 /// A held lease.

@@ -301,6 +301,31 @@ impl Bus {
         Ok(())
     }
 
+    /// [`Bus::publish`], attempted again (same message id, so the stream keeps one copy) while
+    /// `budget` lasts: an ack lost with a NATS server that died is not a failure yet.
+    pub async fn publish_retrying(&self, out: &Outgoing, budget: Duration) -> Result<(), BusError> {
+        let deadline = tokio::time::Instant::now() + budget;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), self.publish(out)).await;
+            let error = match attempt {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(_) => publish_error(out, format!("no ack within {ATTEMPT_TIMEOUT:?}")),
+            };
+            if deadline.saturating_duration_since(tokio::time::Instant::now()) < Duration::from_millis(200) {
+                return Err(match error {
+                    BusError::Publish { event_id, subject, reason } => {
+                        BusError::Publish { event_id, subject, reason: format!("{reason} (tried for {budget:?})") }
+                    }
+                    other => other,
+                });
+            }
+            tracing::debug!(subject = %out.subject, error = %error, "publish not acked; trying again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Publishes a typed event on its own subject (or `subject` for routed commands),
     /// with the current trace context.
     pub async fn publish_event<T: EventData>(&self, subject: &str, event: &CloudEvent<T>) -> Result<(), BusError> {
@@ -318,7 +343,7 @@ impl Bus {
 /// What the provisioner creates before any service starts (`custodian nats provision`): the
 /// stream, and the KV buckets of the leases and of the signals' seen `jti`s. Services only
 /// open them: their identities may not create them. Idempotent; what exists is left as its
-/// operator configured it.
+/// operator configured it, except the leadership bucket's max age (the takeover bound).
 pub async fn provision(bus: &Bus, sweeper_lease_ttl: Duration) -> Result<(), lease::LeaseError> {
     let buckets = [
         (trust::buckets::LEADERSHIP, lease::LEADERSHIP_TTL),
@@ -328,6 +353,9 @@ pub async fn provision(bus: &Bus, sweeper_lease_ttl: Duration) -> Result<(), lea
     for (name, ttl) in buckets {
         lease::bucket(bus.jetstream(), name, ttl, bus.replicas()).await?;
     }
+    // Leadership takeover is as quick as this bucket's max age: one made by an earlier version
+    // with a longer one is brought to today's.
+    lease::set_ttl(bus.jetstream(), trust::buckets::LEADERSHIP, lease::LEADERSHIP_TTL).await?;
     Ok(())
 }
 
@@ -379,6 +407,37 @@ pub async fn query<Q: serde::Serialize, R: serde::de::DeserializeOwned>(
         }
     };
     serde_json::from_slice(&reply.payload).map_err(|e| failed(format!("unreadable answer: {e}")))
+}
+
+/// The longest one attempt of a retried question or publish waits: a request that went to a
+/// replica (or a NATS server) that just died is asked again well within the caller's budget.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// [`query`] for a question that is safe to ask twice (a read, or one the service
+/// de-duplicates): each attempt waits at most [`ATTEMPT_TIMEOUT`], and one lost with a replica
+/// or a server that died is asked again (the queue group picks a replica afresh) until
+/// `timeout`. The error names `timeout`, the budget that ran out.
+pub async fn query_idempotent<Q: serde::Serialize, R: serde::de::DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: &str,
+    question: &Q,
+    timeout: Duration,
+) -> Result<R, QueryError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut attempts = 0u32;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        attempts += 1;
+        match query(client, subject, question, left.min(ATTEMPT_TIMEOUT)).await {
+            Err(QueryError::NoAnswer { .. }) if left > ATTEMPT_TIMEOUT => {
+                tracing::debug!(%subject, attempts, "no answer within one attempt; asking again");
+            }
+            Err(QueryError::NoAnswer { .. }) => {
+                return Err(QueryError::NoAnswer { subject: subject.to_owned(), timeout });
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The outbox row for `event` on `subject` (written in the caller's transaction).

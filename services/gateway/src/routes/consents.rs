@@ -17,9 +17,19 @@ use crate::auth::{Caller, Role};
 use crate::problem::Problem;
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a person's revocation may take to be stored in the stream, over attempts (one
+/// lost with a NATS server that died is sent again, under the same id).
+pub const PUBLISH_BUDGET: Duration = Duration::from_secs(8);
 
 pub async fn ask_ledger(state: &AppState, query: &ConsentQuery) -> Result<Vec<ConsentView>, Problem> {
-    match custodian_bus::query::<_, ConsentReply>(state.bus.client(), queries::CONSENTS, query, QUERY_TIMEOUT).await {
+    match custodian_bus::query_idempotent::<_, ConsentReply>(
+        state.bus.client(),
+        queries::CONSENTS,
+        query,
+        QUERY_TIMEOUT,
+    )
+    .await
+    {
         Ok(ConsentReply::Consents(views)) => Ok(views),
         Ok(ConsentReply::Error(reason)) => Err(Problem::bad_request(reason)),
         Err(e @ QueryError::NoAnswer { .. }) | Err(e @ QueryError::Failed { .. }) => {
@@ -85,7 +95,8 @@ pub async fn revoke_for_person(
     };
     let mut event = CloudEvent::new(crate::SOURCE, state.clock.now(), data);
     event.traceparent = custodian_telemetry::current_traceparent();
-    state.bus.publish_event(subjects::CONSENT_REVOKED, &event).await.map_err(|e| {
+    let out = custodian_bus::Outgoing::event(subjects::CONSENT_REVOKED, &event);
+    state.bus.publish_retrying(&out, PUBLISH_BUDGET).await.map_err(|e| {
         tracing::warn!(error = %e, "revocation not published");
         Problem::unavailable("the revocation could not be recorded; nothing changed, please retry")
     })?;

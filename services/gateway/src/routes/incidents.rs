@@ -65,7 +65,8 @@ pub async fn report(
         now,
         data,
     );
-    state.bus.publish_event(subjects::INCIDENT_REPORTED, &event).await.map_err(|e| {
+    let out = custodian_bus::Outgoing::event(subjects::INCIDENT_REPORTED, &event);
+    state.bus.publish_retrying(&out, crate::routes::consents::PUBLISH_BUDGET).await.map_err(|e| {
         tracing::error!(error = %e, "incident report not published");
         Problem::unavailable("the incident could not be recorded; please retry (or report by phone to the DPO)")
     })?;

@@ -75,9 +75,10 @@ pub struct LoginParams {
 /// `GET /login`: off to the OP.
 pub async fn login(State(state): State<Arc<AppState>>, Query(params): Query<LoginParams>) -> Result<Response, Problem> {
     let request = LoginStart { platform_id: params.platform_id };
-    let reply: LoginStartReply = custodian_bus::query(state.bus.client(), vault::LOGIN_START, &request, VAULT_TIMEOUT)
-        .await
-        .map_err(vault_unavailable)?;
+    let reply: LoginStartReply =
+        custodian_bus::query_idempotent(state.bus.client(), vault::LOGIN_START, &request, VAULT_TIMEOUT)
+            .await
+            .map_err(vault_unavailable)?;
     match reply {
         LoginStartReply::Redirect { authorize_url, state: oauth_state } => {
             let mut response = Redirect::to(&authorize_url).into_response();

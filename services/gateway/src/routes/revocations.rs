@@ -19,12 +19,12 @@ pub async fn show(
 ) -> Result<Json<Receipt>, Problem> {
     let query = RevocationQuery { revocation_id: Some(revocation_id.clone()), ..Default::default() };
     let reply: RevocationReply =
-        custodian_bus::query(state.bus.client(), vault::REVOCATIONS, &query, Duration::from_secs(5)).await.map_err(
-            |e| {
-                tracing::warn!(error = %e, "receipt query failed");
-                Problem::unavailable("the token vault did not answer")
-            },
-        )?;
+        custodian_bus::query_idempotent(state.bus.client(), vault::REVOCATIONS, &query, Duration::from_secs(5))
+            .await
+            .map_err(|e| {
+            tracing::warn!(error = %e, "receipt query failed");
+            Problem::unavailable("the token vault did not answer")
+        })?;
     let receipt = match reply {
         RevocationReply::Receipts(mut list) => list.pop(),
         RevocationReply::Error(e) => return Err(Problem::bad_request(e)),

@@ -60,7 +60,8 @@ pub async fn start(
     };
     let event = CloudEvent::new(crate::SOURCE, state.clock.now(), data);
     custodian_events::EventData::validate(&event.data).map_err(|e| Problem::bad_request(e.to_string()))?;
-    state.bus.publish_event(subjects::SWEEP_REQUESTED, &event).await.map_err(|e| {
+    let out = custodian_bus::Outgoing::event(subjects::SWEEP_REQUESTED, &event);
+    state.bus.publish_retrying(&out, crate::routes::consents::PUBLISH_BUDGET).await.map_err(|e| {
         tracing::warn!(error = %e, "sweep request not published");
         Problem::unavailable("the sweep request could not be recorded; retry")
     })?;
