@@ -72,6 +72,8 @@ pub struct VaultConfig {
     /// Purge of expired assertions, logins, sessions, and the KEK re-wrap.
     pub maintenance_every_secs: u64,
     pub batch: usize,
+    /// How long an event handed to a replica waits before another gets it; a batch in hand
+    /// is kept by progress acks, so this bounds only a crashed replica's events.
     pub ack_wait_secs: u64,
     pub max_deliver: i64,
 }
@@ -93,7 +95,7 @@ impl Default for VaultConfig {
             reconcile_every_ms: 1000,
             maintenance_every_secs: 60,
             batch: 500,
-            ack_wait_secs: 5,
+            ack_wait_secs: 2,
             max_deliver: 50,
         }
     }

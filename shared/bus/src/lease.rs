@@ -19,11 +19,11 @@ use crate::Bus;
 pub const LEADERSHIP_BUCKET: &str = "custodian_leases";
 /// A dead leader's lease lapses this long after its last renewal (the bucket's max age): the
 /// bound on how long a crashed leader's work waits for its standby.
-pub const LEADERSHIP_TTL: Duration = Duration::from_secs(3);
-/// Renewals per TTL leave room for two failed ones before the lease could lapse.
-const RENEW_EVERY: Duration = Duration::from_millis(750);
+pub const LEADERSHIP_TTL: Duration = Duration::from_secs(2);
+/// Renewals per TTL leave room for three failed ones before the lease could lapse.
+const RENEW_EVERY: Duration = Duration::from_millis(400);
 /// How often a replica that does not lead tries to take the lease.
-const CONTEND_EVERY: Duration = Duration::from_millis(250);
+const CONTEND_EVERY: Duration = Duration::from_millis(150);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {

@@ -83,12 +83,17 @@ pub async fn show(
         caller.require_role(Role::Dpo).map_err(|_| Problem::forbidden("requires the responder or dpo role"))?;
     }
     let query = IncidentQuery { incident_id: incident_id.clone() };
-    match custodian_bus::query::<_, IncidentReply>(state.bus.client(), INCIDENTS, &query, Duration::from_secs(5))
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "incident query failed");
-            Problem::unavailable("the incident service did not answer")
-        })? {
+    match custodian_bus::query_idempotent::<_, IncidentReply>(
+        state.bus.client(),
+        INCIDENTS,
+        &query,
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|e| {
+        tracing::warn!(error = %e, "incident query failed");
+        Problem::unavailable("the incident service did not answer")
+    })? {
         IncidentReply::Incident(view) => Ok(Json(*view)),
         IncidentReply::NotFound => Err(Problem::not_found(format!("no incident {incident_id} (yet)"))),
         IncidentReply::Error(e) => Err(Problem::unavailable(e)),

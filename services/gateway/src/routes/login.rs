@@ -57,7 +57,7 @@ fn vault_unavailable(e: custodian_bus::QueryError) -> Problem {
 /// The person behind a session cookie, asked of the vault.
 pub async fn person_of_cookie(state: &AppState, cookie: &str) -> Result<Caller, Problem> {
     let lookup = SessionLookup { session_digest: crate::auth::token_digest(cookie) };
-    match custodian_bus::query::<_, WhoamiReply>(state.bus.client(), vault::WHOAMI, &lookup, VAULT_TIMEOUT)
+    match custodian_bus::query_idempotent::<_, WhoamiReply>(state.bus.client(), vault::WHOAMI, &lookup, VAULT_TIMEOUT)
         .await
         .map_err(vault_unavailable)?
     {
@@ -156,7 +156,14 @@ pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
     let mut target = state.login.after_login.clone();
     if let Some(cookie) = session_cookie(&state.login, &headers) {
         let lookup = SessionLookup { session_digest: crate::auth::token_digest(&cookie) };
-        match custodian_bus::query::<_, LogoutReply>(state.bus.client(), vault::LOGOUT, &lookup, VAULT_TIMEOUT).await {
+        match custodian_bus::query_idempotent::<_, LogoutReply>(
+            state.bus.client(),
+            vault::LOGOUT,
+            &lookup,
+            VAULT_TIMEOUT,
+        )
+        .await
+        {
             Ok(LogoutReply { end_session_url: Some(url) }) => target = url,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "logout not recorded by the vault"),

@@ -394,7 +394,7 @@ async fn end_consents(
         state: Some("granted".into()),
         ..Default::default()
     };
-    let consents = match custodian_bus::query::<_, ConsentReply>(
+    let consents = match custodian_bus::query_idempotent::<_, ConsentReply>(
         state.bus.client(),
         queries::CONSENTS,
         &query,

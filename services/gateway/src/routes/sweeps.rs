@@ -74,7 +74,7 @@ pub async fn show(
     Path(sweep_id): Path<String>,
 ) -> Result<Json<SweepView>, Problem> {
     caller.require_role(Role::Ops)?;
-    let reply = custodian_bus::query::<_, SweepReply>(
+    let reply = custodian_bus::query_idempotent::<_, SweepReply>(
         state.bus.client(),
         queries::SWEEPS,
         &SweepQuery { sweep_id: sweep_id.clone() },
