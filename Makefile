@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 ENV := source scripts/env.sh &&
 
-.PHONY: help install build run test test-unit test-sqlite test-postgres lint smoke bench fuzz clean
+.PHONY: help install build run test test-unit test-sqlite test-postgres lint smoke chaos chaos-short bench fuzz clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -32,7 +32,17 @@ test-postgres: install ## end-to-end tests on PostgreSQL (a throwaway cluster on
 smoke: build ## `make run` comes up and shows a published grant
 	@bash scripts/smoke-run.sh
 
-test: install lint test-unit test-postgres smoke ## everything CI runs: lint, all tests on both backends, the make-run smoke test
+# Every service its own process, PostgreSQL with fsync on, one process SIGKILLed per round.
+CHAOS_PG := CUSTODIAN_TEST_PG_OPTIONS="-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+CHAOS_ROUNDS ?= 30
+CHAOS_PEOPLE ?= 20
+chaos-short: build ## the chaos suite, one round per process killed (part of `make test`)
+	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=5 CHAOS_PEOPLE=6 $(CARGO) test --locked -p custodian-tests --test chaos -- --nocapture
+
+chaos: build ## the chaos suite, CHAOS_ROUNDS rounds of CHAOS_PEOPLE revocations; prints the latencies per process killed
+	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=$(CHAOS_ROUNDS) CHAOS_PEOPLE=$(CHAOS_PEOPLE) $(CARGO) test --locked -p custodian-tests --test chaos -- --nocapture
+
+test: install lint test-unit test-postgres smoke chaos-short ## everything CI runs: lint, all tests on both backends, the make-run smoke test, the short chaos suite
 
 bench: install ## benchmarks with raw baselines measured in the same run (see BENCHMARKS.md)
 	$(ENV) $(CARGO) build --locked --release -p custodian-tests --bin custodian-bench
