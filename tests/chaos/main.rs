@@ -1,32 +1,48 @@
 //! Chaos on real processes: every service as its own `custodian serve` OS process (two
-//! replicas of the consent ledger and of the vault), PostgreSQL, nats-server and the real OP.
-//! People sign in and hold view sessions; while their revocations run, clients keep opening
-//! sessions for them, and one process (a vault replica, a consent replica, the gateway's
-//! NATS server) is killed with SIGKILL and started again.
+//! replicas of each that runs replicated), PostgreSQL with fsync on, nats-server (one node, or
+//! a JetStream cluster of three with `CHAOS_NATS_NODES=3`), an SMTP server and the real OP.
 //!
-//! Asserted: every revocation accepted, its receipt done, every token inactive at the OP,
-//! no view holding anything of a revoked person and no session of theirs without a wipe,
-//! one `consent.ended` per revocation, `custodian status --check` clean. Measured and
-//! printed (not asserted: shared machines are noisy): the time from a revocation's 202 to its
-//! tokens inactive at the OP and to its receipt done, per process killed.
+//! Each round, people sign in and views hold sessions for them; while their revocations run,
+//! clients keep opening sessions for them, and one process is SIGKILLed and started again. The
+//! victims follow a schedule drawn from a seed, printed at the start (`CHAOS_SEED` replays
+//! it): every kind of process in turn, in a shuffled order — a vault replica, the consent
+//! leader, a gateway, the audit leader, the sweeper holding a sweep, the incident service,
+//! a NATS server (in a cluster: the stream's leader, then a consumer's leader) and PostgreSQL
+//! (its server processes crash and it recovers from its log). The round of the sweeper runs an
+//! inactivity sweep, the round of the incident service an incident's whole workflow.
 //!
-//! `make test` runs a short variant; `make chaos` a longer one (`CHAOS_ROUNDS`, `CHAOS_PEOPLE`).
+//! Asserted: every revocation accepted (a gateway killed mid-request is retried on the
+//! other), its receipt done, every token inactive at the OP, no view holding anything of a
+//! revoked person and no session of theirs without a wipe, exactly one `consent.ended` per
+//! revocation and expiry, every sweep and incident finished with all its steps, each DPO
+//! notification sent (at least once, and at most twice: a kill between the SMTP server's
+//! acceptance and its record re-sends it with the same Message-ID), `audit verify --stream`
+//! and `status --check` clean. Measured and printed (not asserted: shared machines are noisy):
+//! the time from a revocation's 202 to its tokens inactive at the OP and to its receipt done,
+//! and from each kill until the round's last receipt is done, per kind of process killed.
+//!
+//! `make test` runs a short variant; `make chaos` longer ones (`CHAOS_ROUNDS`, `CHAOS_PEOPLE`).
 //! The `custodian` binary must be built (`target/debug/custodian`, or `CHAOS_CUSTODIAN_BIN`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cluster;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use custodian_store::entities::view_session;
+use bytes::Bytes;
+use custodian_bus::Outgoing;
+use custodian_events::{CloudEvent, ConsentGrantedV1, subjects};
+use custodian_store::entities::{revocation, sweep, view_session};
 use custodian_testkit::eventually;
 use custodian_view_sdk::{View, ViewError};
-use reqwest::StatusCode;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use reqwest::{Method, StatusCode};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -46,26 +62,86 @@ struct Person {
     tokens: Vec<String>,
 }
 
-/// What one revocation took, from its 202.
+/// What one revocation took, from its 202 (or, for a request a killed gateway dropped, from
+/// its first attempt).
 struct Timing {
-    victim: &'static str,
+    kind: &'static str,
     tokens_inactive: Duration,
     receipt_done: Duration,
 }
 
+/// A round's victim, as the schedule draws it.
+#[derive(Clone, Copy)]
+struct Victim {
+    kind: &'static str,
+    /// 1 or 2, for the kinds whose victim is not decided by who leads.
+    replica: usize,
+}
+
+impl Victim {
+    fn describe(&self) -> String {
+        match self.kind {
+            "consent" => format!("consent leader (else consent-{})", self.replica),
+            "audit" => format!("audit leader (else audit-{})", self.replica),
+            "sweeper" => format!("sweeper holding the sweep (else sweeper-{})", self.replica),
+            "vault" | "gateway" => format!("{}-{}", self.kind, self.replica),
+            "incident" => "incident-1".into(),
+            "nats" => "nats-1".into(),
+            other => other.to_owned(),
+        }
+    }
+}
+
+/// Every kind of process in a shuffled order, cycle after cycle, from `seed`.
+fn schedule(seed: u64, rounds: usize, nats_nodes: usize) -> Vec<Victim> {
+    let kinds: Vec<&'static str> = if nats_nodes > 1 {
+        vec![
+            "vault",
+            "consent",
+            "gateway",
+            "audit",
+            "sweeper",
+            "incident",
+            "nats-stream-leader",
+            "nats-consumer-leader",
+            "postgres",
+        ]
+    } else {
+        vec!["vault", "consent", "gateway", "audit", "sweeper", "incident", "nats", "postgres"]
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut plan = Vec::new();
+    while plan.len() < rounds {
+        let mut cycle = kinds.clone();
+        cycle.shuffle(&mut rng);
+        plan.extend(cycle.into_iter().map(|kind| Victim { kind, replica: rng.random_range(1..=2) }));
+    }
+    plan.truncate(rounds);
+    plan
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revocations_hold_through_sigkill_of_any_one_process() {
-    let rounds = setting("CHAOS_ROUNDS", 4);
+    let rounds = setting("CHAOS_ROUNDS", 8);
     let per_round = setting("CHAOS_PEOPLE", 6);
-    let mut cluster = Cluster::start().await;
-    let views: Vec<View> = vec![cluster.view("chaos-a").await, cluster.view("chaos-b").await];
+    let nats_nodes = setting("CHAOS_NATS_NODES", 1);
+    let seed = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u64>);
+    let plan = schedule(seed, rounds, nats_nodes);
+    println!("chaos schedule (replay with CHAOS_SEED={seed} CHAOS_ROUNDS={rounds} CHAOS_NATS_NODES={nats_nodes}):");
+    for (round, victim) in plan.iter().enumerate() {
+        println!("  round {round}: {}", victim.describe());
+    }
 
-    // Victims in turn: each replica of the vault and of the ledger, and the NATS server.
-    let victims: [&'static str; 5] = ["vault-1", "consent-1", "vault-2", "consent-2", "nats"];
+    let mut cluster = Cluster::start(nats_nodes).await;
+    let views: Vec<View> = vec![cluster.view("chaos-a").await, cluster.view("chaos-b").await];
     let mut timings: Vec<Timing> = Vec::new();
-    let mut revoked_total = 0u64;
-    for round in 0..rounds {
-        let victim = victims[round % victims.len()];
+    let mut converged: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
+    let mut killed: Vec<String> = Vec::new();
+    let (mut revoked_total, mut expired_total) = (0u64, 0u64);
+    let mut incidents = Vec::new();
+    let mut gateway_retries = 0usize;
+
+    for (round, victim) in plan.iter().copied().enumerate() {
         let mut people = Vec::new();
         for i in 0..per_round {
             people.push(sign_in(&cluster, &format!("chaos-r{round}-p{i}-{}", uuid::Uuid::new_v4().simple())).await);
@@ -81,6 +157,41 @@ async fn revocations_hold_through_sigkill_of_any_one_process() {
                     .unwrap();
                 person.sessions.lock().await.push((v, started.session_id));
             }
+        }
+
+        // The round's other work, running when the victim dies.
+        let sweep = match victim.kind {
+            "sweeper" => {
+                let idle = 300;
+                let platform = format!("chaos-idle-r{round}");
+                grant_idle(&cluster, &platform, idle).await;
+                expired_total += idle as u64;
+                let accepted = cluster
+                    .machine(
+                        Method::POST,
+                        "/v1/sweeps",
+                        &cluster.ops_token,
+                        Some(json!({"platform_id": platform, "inactivity_days": 90})),
+                    )
+                    .await;
+                Some((accepted["sweep_id"].as_str().expect("sweep id").to_owned(), idle))
+            }
+            _ => None,
+        };
+        if victim.kind == "incident" {
+            let reported = cluster
+                .machine(
+                    Method::POST,
+                    "/v1/incidents",
+                    &cluster.responder_token,
+                    Some(json!({
+                        "kind": "credential_loss",
+                        "platform_id": cluster.incident_platform,
+                        "summary": "client secret lost with a laptop",
+                    })),
+                )
+                .await;
+            incidents.push(reported["incident_id"].as_str().expect("incident id").to_owned());
         }
 
         // Clients keep opening sessions for these people while their revocations run.
@@ -99,7 +210,7 @@ async fn revocations_hold_through_sigkill_of_any_one_process() {
                             sessions.lock().await.push((v, started.session_id));
                         }
                         Err(ViewError::NoToken(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
-                        // A vault replica or the NATS server being killed: the client tries again.
+                        // A vault replica or a NATS server being killed: the client tries again.
                         Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                     }
                 }
@@ -109,34 +220,37 @@ async fn revocations_hold_through_sigkill_of_any_one_process() {
         // Everyone revokes; each revocation is followed from its 202 to its tokens dead at the
         // OP and its receipt done, while the victim is killed and restarted.
         let mut requests = Vec::new();
-        for person in &people {
-            let (browser, url) =
-                (person.browser.clone(), cluster.url(&format!("/v1/me/consents/{}", cluster.platform)));
-            let (probe, tokens, name) = (cluster.probe(), person.tokens.clone(), person.name.clone());
+        let mut victim_name = String::new();
+        for (i, person) in people.iter().enumerate() {
+            let (browser, probe, tokens, name) =
+                (person.browser.clone(), cluster.probe(), person.tokens.clone(), person.name.clone());
+            let (gateways, platform, store) =
+                (cluster.gateway_urls.clone(), cluster.platform.clone(), cluster.store.clone());
+            let kind = victim.kind;
             requests.push(tokio::spawn(async move {
-                let response = browser.delete(url).send().await.expect("DELETE reaches the gateway");
-                let at = Instant::now();
-                let status = response.status();
-                let body: Value = response.json().await.unwrap_or_default();
-                assert_eq!(status, StatusCode::ACCEPTED, "{name}'s revocation with {victim} killed: {body}");
-                let revocation_id = body["revocation_id"].as_str().expect("revocation id").to_owned();
+                let (revocation_id, at, retries) = revoke(&browser, &gateways, i, &platform, &name, &store).await;
                 let (tokens_inactive, receipt_done) =
                     tokio::join!(probe.until_inactive(&tokens, at), probe.until_done(&revocation_id, at));
-                Timing { victim, tokens_inactive, receipt_done }
+                (Timing { kind, tokens_inactive, receipt_done }, retries)
             }));
             tokio::time::sleep(Duration::from_millis(15)).await;
             // Half of them sent: the victim dies with the rest in flight or still to come.
             if requests.len() == people.len() / 2 {
-                cluster.kill(victim);
+                victim_name = resolve(&cluster, victim, sweep.as_ref().map(|(id, _)| id.as_str())).await;
+                cluster.kill(&victim_name);
             }
         }
         let killed_at = Instant::now();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        cluster.restart(victim).await;
-        eprintln!("round {round}: killed {victim}, back after {:?}", killed_at.elapsed());
+        cluster.restart(&victim_name).await;
+        eprintln!("round {round}: killed {victim_name}, back after {:?}", killed_at.elapsed());
         for request in requests {
-            timings.push(request.await.expect("a revocation held through the kill"));
+            let (timing, retries) = request.await.expect("a revocation held through the kill");
+            timings.push(timing);
+            gateway_retries += retries;
         }
+        converged.entry(victim.kind).or_default().push(killed_at.elapsed());
+        killed.push(victim_name.clone());
         revoked_total += people.len() as u64;
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.cancel();
@@ -149,38 +263,209 @@ async fn revocations_hold_through_sigkill_of_any_one_process() {
             for (v, session) in person.sessions.lock().await.iter() {
                 assert!(
                     views[*v].store().get(session, "labs").is_none() && !views[*v].store().has_session(session),
-                    "view {} still holds session {session} of {} after its revocation ({victim} killed)",
+                    "view {} still holds session {session} of {} after its revocation ({victim_name} killed)",
                     views[*v].view_id(),
                     person.name
                 );
             }
-            let open = view_session::Entity::find()
-                .filter(view_session::Column::Subject.eq(person.name.clone()))
-                .filter(view_session::Column::WipeId.is_null())
-                .filter(view_session::Column::ClosedAt.is_null())
-                .all(cluster.store.db())
-                .await
-                .unwrap();
+            // Retried: the pool's connections may have died with a crashed PostgreSQL.
+            let open = eventually("the person's sessions", Duration::from_secs(30), || async {
+                view_session::Entity::find()
+                    .filter(view_session::Column::Subject.eq(person.name.clone()))
+                    .filter(view_session::Column::WipeId.is_null())
+                    .filter(view_session::Column::ClosedAt.is_null())
+                    .all(cluster.store.db())
+                    .await
+                    .ok()
+            })
+            .await;
             assert!(
                 open.is_empty(),
-                "{} sessions of {} escaped the revocation ({victim} killed)",
+                "{} sessions of {} escaped the revocation ({victim_name} killed)",
                 open.len(),
                 person.name
             );
         }
+        if let Some((sweep_id, idle)) = sweep {
+            let row = eventually("the sweep to finish", Duration::from_secs(90), || async {
+                let row = sweep::Entity::find_by_id(sweep_id.clone()).one(cluster.store.db()).await.ok()??;
+                (row.state == "finished").then_some(row)
+            })
+            .await;
+            assert_eq!(
+                (row.scanned, row.expired),
+                (idle as i64, idle as i64),
+                "the sweep through {victim_name}'s kill"
+            );
+        }
+        if victim.kind == "incident" {
+            let id = incidents.last().expect("the round's incident").clone();
+            let closed = eventually("the incident to close", Duration::from_secs(120), || async {
+                let view =
+                    cluster.machine(Method::GET, &format!("/v1/incidents/{id}"), &cluster.responder_token, None).await;
+                (view["state"] == "closed").then_some(view)
+            })
+            .await;
+            let steps = closed["steps"].as_array().expect("steps");
+            assert!(
+                !steps.is_empty() && steps.iter().all(|s| s["state"] == "done"),
+                "every step of the incident done through {victim_name}'s kill: {closed}"
+            );
+        }
     }
 
-    assert_eq!(cluster.consent_ended_count().await, revoked_total, "one consent.ended per revocation");
-    cluster.status_check().await;
-    println!("\nPostgreSQL with fsync={}", cluster.fsync().await);
-    report(&timings);
+    assert_eq!(
+        cluster.consent_ended_count().await,
+        revoked_total + expired_total,
+        "one consent.ended per revocation and per expired consent"
+    );
+    check_dpo_mails(&cluster, &incidents);
+    cluster.audit_verify();
+    cluster.status_check();
+    println!("\nPostgreSQL with fsync={}; NATS: {nats_nodes} node(s)", cluster.fsync().await);
+    println!("processes killed: {}", killed.join(", "));
+    println!("requests a killed gateway dropped, retried on the other: {gateway_retries}");
+    report(&timings, &converged);
     cluster.stop();
+}
+
+/// Which process the victim is now: the leader or holder where that decides, else the drawn
+/// replica.
+async fn resolve(cluster: &Cluster, victim: Victim, sweep_id: Option<&str>) -> String {
+    match victim.kind {
+        "consent" | "audit" => cluster
+            .lease_holder(custodian_bus::lease::LEADERSHIP_BUCKET, &format!("{}@", victim.kind))
+            .await
+            .unwrap_or_else(|| format!("{}-{}", victim.kind, victim.replica)),
+        "sweeper" => {
+            let holder = match sweep_id {
+                Some(id) => sweep::Entity::find_by_id(id.to_owned())
+                    .one(cluster.store.db())
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|row| row.holder),
+                None => None,
+            };
+            holder.filter(|h| cluster.pid_of(h).is_some()).unwrap_or_else(|| format!("sweeper-{}", victim.replica))
+        }
+        "vault" | "gateway" => format!("{}-{}", victim.kind, victim.replica),
+        "incident" => "incident-1".into(),
+        "nats" => "nats-1".into(),
+        "nats-stream-leader" => cluster.jetstream_leaders().await.0,
+        "nats-consumer-leader" => cluster.jetstream_leaders().await.1,
+        other => other.to_owned(),
+    }
+}
+
+/// The person's DELETE, as a browser behind a load balancer sends it: to one gateway, and to
+/// the other when that one is gone. A request the killed gateway took but never answered may
+/// have been recorded: then the retry finds no consent (404), and the revocation is the one
+/// the vault holds for the person. Returns its id, when the first attempt went out, and how
+/// many attempts were lost with a gateway.
+async fn revoke(
+    browser: &reqwest::Client,
+    gateways: &[String],
+    first: usize,
+    platform: &str,
+    name: &str,
+    store: &custodian_store::Store,
+) -> (String, Instant, usize) {
+    let started = Instant::now();
+    let mut lost = 0;
+    for attempt in first.. {
+        let url = format!("{}/v1/me/consents/{platform}", gateways[attempt % gateways.len()]);
+        let response = match browser.delete(url).send().await {
+            Ok(response) => response,
+            Err(e) => {
+                lost += 1;
+                assert!(lost < 20, "{name}'s revocation: no gateway answers ({e})");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or_default();
+        if status == StatusCode::NOT_FOUND && lost > 0 {
+            let id = eventually("the revocation a killed gateway recorded", Duration::from_secs(30), || async {
+                let rows = revocation::Entity::find()
+                    .filter(revocation::Column::Subject.eq(name))
+                    .all(store.db())
+                    .await
+                    .ok()?;
+                rows.into_iter().next().map(|r| r.revocation_id)
+            })
+            .await;
+            return (id, started, lost);
+        }
+        assert_eq!(status, StatusCode::ACCEPTED, "{name}'s revocation: {body}");
+        let id = body["revocation_id"].as_str().expect("revocation id").to_owned();
+        return (id, if lost > 0 { started } else { Instant::now() }, lost);
+    }
+    unreachable!()
+}
+
+/// `n` consents on `platform` granted 200 days ago, published as the vault would, applied.
+async fn grant_idle(cluster: &Cluster, platform: &str, n: usize) {
+    let bus = cluster.harness_bus().await;
+    let then = custodian_store::clock::system().now() - chrono::Duration::days(200);
+    let grants: Vec<Outgoing> = (0..n)
+        .map(|i| {
+            let event = CloudEvent::new(
+                "urn:custodian:chaos",
+                then,
+                ConsentGrantedV1 {
+                    issuer: cluster.provider.issuer.clone(),
+                    subject: format!("{platform}-idle-{i}"),
+                    platform_id: platform.into(),
+                    scopes: vec![],
+                    acr: None,
+                },
+            );
+            Outgoing {
+                subject: subjects::CONSENT_GRANTED.into(),
+                event_id: event.id.clone(),
+                payload: Bytes::from(event.to_json()),
+                traceparent: None,
+            }
+        })
+        .collect();
+    assert!(bus.publish_all(&grants, 256).await.iter().all(Result::is_ok), "idle grants published");
+    eventually("the idle grants applied", Duration::from_secs(60), || async {
+        let rows = custodian_store::entities::consent::Entity::find()
+            .filter(custodian_store::entities::consent::Column::PlatformId.eq(platform))
+            .all(cluster.store.db())
+            .await
+            .ok()?;
+        (rows.len() == n).then_some(())
+    })
+    .await;
+}
+
+/// Each notification of each incident reached the DPO's mailbox at least once; a re-send
+/// after a kill between the SMTP server's acceptance and the step's record carries the same
+/// Message-ID, and happens at most once per kill.
+fn check_dpo_mails(cluster: &Cluster, incidents: &[String]) {
+    let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
+    for mail in cluster.smtp.messages() {
+        if let Some(id) = mail.lines().find(|l| l.to_ascii_lowercase().starts_with("message-id:")) {
+            *by_id.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    for incident in incidents {
+        let sent: Vec<usize> = by_id.iter().filter(|(id, _)| id.contains(incident.as_str())).map(|(_, n)| *n).collect();
+        assert_eq!(sent.len(), 4, "initial, containment, rotation and final notices of {incident}: {by_id:?}");
+        assert!(sent.iter().all(|n| (1..=2).contains(n)), "each notice once, or twice after a kill: {by_id:?}");
+    }
+    let resent: usize = by_id.values().map(|n| n - 1).sum();
+    println!("DPO notices: {} for {} incident(s), {resent} re-sent after a kill", by_id.len(), incidents.len());
 }
 
 /// Signs `name` in through the gateway and the OP's pages; waits for the grant in the ledger.
 async fn sign_in(cluster: &Cluster, name: &str) -> Person {
     let browser = cluster.provider.browser();
-    let start = browser.get(cluster.url("/login")).send().await.expect("GET /login");
+    let start =
+        browser.get(cluster.url(&format!("/login?platform_id={}", cluster.platform))).send().await.expect("GET /login");
     assert_eq!(start.status(), StatusCode::SEE_OTHER, "{:?}", start.text().await);
     let to_op = start.headers()[reqwest::header::LOCATION].to_str().unwrap().to_owned();
     let back = cluster.provider.drive_interactions(&browser, to_op, name, &cluster.url("/callback")).await;
@@ -205,29 +490,46 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn report(timings: &[Timing]) {
-    let mut by_victim: HashMap<&str, (Vec<Duration>, Vec<Duration>)> = HashMap::new();
+fn report(timings: &[Timing], converged: &BTreeMap<&'static str, Vec<Duration>>) {
+    let mut by_kind: HashMap<&str, (Vec<Duration>, Vec<Duration>)> = HashMap::new();
     for t in timings {
-        let entry = by_victim.entry(t.victim).or_default();
+        let entry = by_kind.entry(t.kind).or_default();
         entry.0.push(t.tokens_inactive);
         entry.1.push(t.receipt_done);
     }
+    let all = (
+        timings.iter().map(|t| t.tokens_inactive).collect::<Vec<_>>(),
+        timings.iter().map(|t| t.receipt_done).collect::<Vec<_>>(),
+    );
     println!("\nchaos: {} revocations, each with one process SIGKILLed while it ran", timings.len());
-    println!("{:<10} {:>4}  {:>22}  {:>22}", "killed", "n", "tokens inactive p50/p99", "receipt done p50/p99");
-    let mut names: Vec<&&str> = by_victim.keys().collect();
-    names.sort();
-    for name in names {
-        let (mut tokens, mut receipts) = by_victim[*name].clone();
+    println!(
+        "{:<21} {:>4}  {:>27}  {:>27}  {:>9}",
+        "killed", "n", "tokens revoked p50/p99/max", "views acked p50/p99/max", "converged"
+    );
+    let mut kinds: Vec<&&str> = by_kind.keys().collect();
+    kinds.sort();
+    let line = |name: &str, tokens: &[Duration], receipts: &[Duration], converge: Option<Duration>| {
+        let (mut tokens, mut receipts) = (tokens.to_vec(), receipts.to_vec());
         tokens.sort();
         receipts.sort();
         println!(
-            "{:<10} {:>4}  {:>10.2?} / {:>9.2?}  {:>10.2?} / {:>9.2?}",
+            "{:<21} {:>4}  {:>7.2?} / {:>7.2?} / {:>7.2?}  {:>7.2?} / {:>7.2?} / {:>7.2?}  {:>9}",
             name,
             tokens.len(),
             percentile(&tokens, 50.0),
             percentile(&tokens, 99.0),
+            tokens.last().copied().unwrap_or_default(),
             percentile(&receipts, 50.0),
-            percentile(&receipts, 99.0)
+            percentile(&receipts, 99.0),
+            receipts.last().copied().unwrap_or_default(),
+            converge.map(|c| format!("{c:.2?}")).unwrap_or_default(),
         );
+    };
+    for kind in kinds {
+        let (tokens, receipts) = &by_kind[*kind];
+        line(kind, tokens, receipts, converged.get(*kind).and_then(|c| c.iter().max().copied()));
     }
+    line("all", &all.0, &all.1, converged.values().flatten().max().copied());
+    println!("(views acked: the receipt done, i.e. every view's wipe acknowledged and every token settled;");
+    println!(" converged: from the kill to the round's last receipt done, the slowest round)");
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use custodian_store::entities::view_session;
+use custodian_store::entities::{pending_wipe, revocation, revocation_token, view_session};
 use custodian_testkit::eventually;
 use custodian_view_sdk::ViewError;
 use reqwest::StatusCode;
@@ -137,7 +137,7 @@ async fn every_revocation_is_done_when_its_last_token_and_ack_are_in_without_the
     let second = stack.spawn_vault(config(stack.register_platform_settings(&client)));
     let views = vec![stack.start_view(&unique("done-a")).await, stack.start_view(&unique("done-b")).await];
     let mut people = Vec::new();
-    for i in 0..12 {
+    for i in 0..16 {
         let person = unique(&format!("d{i}"));
         let (browser, cookie) = signed_in(&stack, &person).await;
         for view in &views {
@@ -161,7 +161,38 @@ async fn every_revocation_is_done_when_its_last_token_and_ack_are_in_without_the
         assert!(receipt.tokens.iter().all(|t| t.outcome == "revoked"), "{receipt:?}");
         assert_eq!(receipt.views.len(), 2, "{receipt:?}");
     }
-    eprintln!("12 revocations done {:?} after the last was accepted", started.elapsed());
+    eprintln!("{} revocations done {:?} after the last was accepted", revocations.len(), started.elapsed());
+
+    // Done in the step that settled the last of its items: its finish is no later than 1 s
+    // after the later of its last token outcome and its last view ack (the safety net would
+    // have taken a minute).
+    for (_, id) in &revocations {
+        let revocation = revocation::Entity::find_by_id(id.clone()).one(stack.store.db()).await.unwrap().unwrap();
+        let last_token = revocation_token::Entity::find()
+            .filter(revocation_token::Column::RevocationId.eq(id.clone()))
+            .all(stack.store.db())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|t| t.done_at)
+            .max()
+            .expect("token outcomes");
+        let last_ack = pending_wipe::Entity::find()
+            .filter(pending_wipe::Column::RevocationId.eq(id.clone()))
+            .all(stack.store.db())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|w| w.acked_at)
+            .max()
+            .expect("view acks");
+        let finished = revocation.finished_at.expect("finished");
+        let later = last_token.max(last_ack);
+        assert!(
+            finished >= later && finished - later <= chrono::Duration::seconds(1),
+            "revocation {id} finished at {finished}, its last token at {last_token}, its last ack at {last_ack}"
+        );
+    }
     for view in &views {
         assert_eq!(view.store().counts(), (0, 0));
     }

@@ -496,7 +496,8 @@ impl Stack {
         .expect("ledger query");
         match reply {
             custodian_events::queries::ConsentReply::Consents(v) => v,
-            custodian_events::queries::ConsentReply::Error(e) => {
+            custodian_events::queries::ConsentReply::Error(e)
+            | custodian_events::queries::ConsentReply::Unavailable(e) => {
                 panic!("ledger query refused: {e}")
             }
         }

@@ -35,7 +35,7 @@ pub async fn serve(
                 Err(e) => ConsentReply::Error(format!("invalid query: {e}")),
                 Ok(query) => match answer_consents(&store, &query).await {
                     Ok(views) => ConsentReply::Consents(views),
-                    Err(e) => unavailable(&e, ConsentReply::Error),
+                    Err(e) => unavailable(&e, ConsentReply::Unavailable),
                 },
             }),
         }

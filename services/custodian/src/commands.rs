@@ -471,6 +471,7 @@ async fn ask(config: &Config, query: &ConsentQuery) -> anyhow::Result<Vec<Consen
     match custodian_bus::query::<_, ConsentReply>(&client, queries::CONSENTS, query, Duration::from_secs(10)).await? {
         ConsentReply::Consents(views) => Ok(views),
         ConsentReply::Error(reason) => bail!("the consent service refused the query: {reason}"),
+        ConsentReply::Unavailable(reason) => bail!("the consent service cannot answer now ({reason}); retry"),
     }
 }
 

@@ -125,7 +125,7 @@ async fn send_due_wipes(vault: &Vault) -> Result<usize, VaultError> {
             .filter(pending_wipe::Column::State.eq("pending"))
             .exec(&txn)
             .await?;
-        finish_revocations(vault, &txn, &touched, now).await?;
+        finish_revocations(vault, &txn, &touched).await?;
         txn.commit().await?;
     }
     let sent = outgoing.len();
@@ -227,10 +227,11 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<usize, VaultError> {
     .collect::<Vec<(revocation_token::Model, Result<RevocationOutcome, String>)>>();
     let outcomes = keep_claimed(vault, &claimed_ids, calls).await;
 
-    let now = vault.clock.now();
     let txn = vault.store.begin_write().await?;
     let touched: HashSet<String> = outcomes.iter().map(|(token, _)| token.revocation_id.clone()).collect();
     hold_revocations(&txn, &touched).await?;
+    // Read once the locks are held: an outcome is never dated before a finisher that ran first.
+    let now = vault.clock.now();
     let mut outgoing = Vec::new();
     let mut settled_assertions = HashSet::new();
     // Each revocation read once per round, however many of its tokens settled.
@@ -304,7 +305,7 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<usize, VaultError> {
     if !outgoing.is_empty() {
         outbox::enqueue(&txn, SERVICE, outgoing, now).await?;
     }
-    finish_revocations(vault, &txn, &touched, now).await?;
+    finish_revocations(vault, &txn, &touched).await?;
     txn.commit().await?;
     vault.relay.wake();
     Ok(handled)
@@ -393,16 +394,17 @@ pub(crate) async fn finish_stragglers(vault: &Vault) -> Result<(), VaultError> {
     Ok(())
 }
 
-/// Marks done every touched revocation with no token and no wipe left pending.
+/// Marks done every touched revocation with no token and no wipe left pending. Called with the
+/// touched revocations' locks held; dated then, so never before the outcomes it follows.
 pub(crate) async fn finish_revocations<C: ConnectionTrait>(
     vault: &Vault,
     conn: &C,
     touched: &HashSet<String>,
-    now: DateTime<Utc>,
 ) -> Result<(), VaultError> {
     if touched.is_empty() {
         return Ok(());
     }
+    let now = vault.clock.now();
     // Sorted: concurrent transactions then lock rows in the same order (no deadlock).
     let mut ids: Vec<String> = touched.iter().cloned().collect();
     ids.sort();

@@ -124,7 +124,7 @@ impl LifecycleHandler {
             outbox::enqueue(&txn, SERVICE, std::mem::take(&mut effects.outgoing), now).await?;
             effects.new_work = true;
         }
-        crate::driver::finish_revocations(vault, &txn, &effects.touched_revocations, now).await?;
+        crate::driver::finish_revocations(vault, &txn, &effects.touched_revocations).await?;
         txn.commit().await?;
         if effects.new_work {
             vault.relay.wake();

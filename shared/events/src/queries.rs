@@ -56,7 +56,10 @@ pub struct HistoryEntry {
 #[serde(rename_all = "snake_case")]
 pub enum ConsentReply {
     Consents(Vec<ConsentView>),
+    /// The query itself is wrong: asking again will not help.
     Error(String),
+    /// The ledger could not read its database (e.g. while it restarts): ask again.
+    Unavailable(String),
 }
 
 /// Idle consents of one platform, for the inactivity sweep (answered by the consent service).

@@ -19,14 +19,24 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: tempfile::TempDir,
-    /// The rendered configuration and every identity's seed (`<name>.nk`).
-    config_dir: tempfile::TempDir,
+    /// Every identity's seed (`<name>.nk`) and the rendered configuration; shared by the
+    /// nodes of a cluster, which must know the same users.
+    config_dir: std::sync::Arc<tempfile::TempDir>,
+    /// The node's name and cluster block, in a cluster ([`NatsServer::start_cluster`]).
+    node: Option<ClusterNode>,
     secured: bool,
     views: Vec<String>,
     /// Configuration reloads the server has reported in its log.
     reloads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// More configuration, after the rendered blocks (e.g. `jetstream { sync_interval: always }`).
     extra_config: String,
+}
+
+#[derive(Debug, Clone)]
+struct ClusterNode {
+    name: String,
+    /// The `cluster { … }` block: this node's route port and its peers'.
+    block: String,
 }
 
 /// The test process's throwaway CAs: the one every test server trusts and one it does not.
@@ -94,14 +104,63 @@ impl NatsServer {
         Self::start_inner(secured, String::new())
     }
 
+    /// `nodes` secured servers clustered by routes on 127.0.0.1, JetStream on each (a stream
+    /// created with 3 replicas lives on three of them), with the same users and seeds. Each
+    /// node reports itself ready once it accepts clients; the JetStream meta leader is elected
+    /// a moment later (see [`NatsServer::cluster_url`] for the clients' list).
+    pub fn start_cluster(nodes: usize, extra_config: &str) -> Vec<Self> {
+        let config_dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir for the servers' configuration"));
+        let route_ports: Vec<u16> = (0..nodes).map(|_| crate::free_port()).collect();
+        (0..nodes)
+            .map(|i| {
+                let routes: Vec<String> = route_ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, port)| format!("\"nats-route://127.0.0.1:{port}\""))
+                    .collect();
+                let node = ClusterNode {
+                    name: format!("n{}", i + 1),
+                    block: format!(
+                        "server_name: n{}\ncluster {{\n  name: custodian-test\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+                        i + 1,
+                        route_ports[i],
+                        routes.join(", ")
+                    ),
+                };
+                Self::start_node(true, extra_config.to_owned(), config_dir.clone(), Some(node))
+            })
+            .collect()
+    }
+
+    /// The clients' server list of a cluster: every node's URL, comma-separated.
+    pub fn cluster_url(nodes: &[NatsServer]) -> String {
+        nodes.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// The node's name in its cluster (`n1`, `n2`, …), as JetStream names stream leaders.
+    pub fn node_name(&self) -> Option<&str> {
+        self.node.as_ref().map(|n| n.name.as_str())
+    }
+
     fn start_inner(secured: bool, extra_config: String) -> Self {
+        let config_dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir for the server's configuration"));
+        Self::start_node(secured, extra_config, config_dir, None)
+    }
+
+    fn start_node(
+        secured: bool,
+        extra_config: String,
+        config_dir: std::sync::Arc<tempfile::TempDir>,
+        node: Option<ClusterNode>,
+    ) -> Self {
         let store = tempfile::tempdir().expect("temp dir for JetStream");
-        let config_dir = tempfile::tempdir().expect("temp dir for the server's configuration");
         let mut server = Self {
             child: None,
             port: 0,
             store,
             config_dir,
+            node,
             secured,
             views: Vec::new(),
             reloads: Default::default(),
@@ -131,7 +190,10 @@ impl NatsServer {
     }
 
     fn config_file(&self) -> PathBuf {
-        self.config_dir.path().join("nats-server.conf")
+        match &self.node {
+            Some(node) => self.config_dir.path().join(format!("nats-server-{}.conf", node.name)),
+            None => self.config_dir.path().join("nats-server.conf"),
+        }
     }
 
     fn write_config(&self) {
@@ -156,6 +218,9 @@ impl NatsServer {
         );
         let end = rendered.rfind("  ]\n}").expect("users list");
         rendered.replace_range(end.., &harness);
+        if let Some(node) = &self.node {
+            rendered.push_str(&node.block);
+        }
         rendered.push_str(&self.extra_config);
         std::fs::write(self.config_file(), rendered).expect("nats-server.conf");
     }
@@ -266,6 +331,7 @@ impl NatsServer {
         if !self.secured || self.views.iter().any(|v| v == view_id) {
             return;
         }
+        // A cluster's nodes share the seeds: the first node to add the view makes its seed.
         self.views.push(view_id.to_owned());
         self.write_config();
         self.reload();

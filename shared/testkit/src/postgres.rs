@@ -98,6 +98,37 @@ impl PgCluster {
         postmaster.map(crate::cpu::with_children).unwrap_or_default()
     }
 
+    /// A crash of the database server, as an out-of-memory kill would do it: SIGKILL of every
+    /// server process but the postmaster. The postmaster then drops every connection, resets,
+    /// and replays its write-ahead log before it accepts connections again (with `fsync` on,
+    /// nothing committed is lost). Returns once it answers again. Only for a cluster started
+    /// here.
+    pub fn crash(&self) -> Duration {
+        let pids = self.server_pids();
+        let (postmaster, backends) = pids.split_first().expect("crash() needs a cluster started by the tests");
+        assert!(!backends.is_empty(), "the postmaster {postmaster} has no server processes");
+        let started = Instant::now();
+        for pid in backends {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+        // The reset is not instant: wait for it to begin, then for the server to answer.
+        std::thread::sleep(Duration::from_millis(200));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.answers() {
+            assert!(Instant::now() < deadline, "PostgreSQL did not recover from the crash");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        started.elapsed()
+    }
+
+    fn answers(&self) -> bool {
+        Command::new("psql")
+            .args([&format!("{}/postgres", self.base_url), "-tAc", "select 1"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
     /// The URL of database `name` on this cluster.
     pub fn url_of(&self, name: &str) -> String {
         format!("{}/{name}", self.base_url)

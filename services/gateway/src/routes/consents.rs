@@ -22,22 +22,32 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const PUBLISH_BUDGET: Duration = Duration::from_secs(8);
 
 pub async fn ask_ledger(state: &AppState, query: &ConsentQuery) -> Result<Vec<ConsentView>, Problem> {
-    match custodian_bus::query_idempotent::<_, ConsentReply>(
-        state.bus.client(),
-        queries::CONSENTS,
-        query,
-        QUERY_TIMEOUT,
-    )
-    .await
-    {
-        Ok(ConsentReply::Consents(views)) => Ok(views),
-        Ok(ConsentReply::Error(reason)) => Err(Problem::bad_request(reason)),
-        Err(e @ QueryError::NoAnswer { .. }) | Err(e @ QueryError::Failed { .. }) => {
-            tracing::warn!(error = %e, "consent ledger query failed");
-            Err(Problem::unavailable("the consent ledger did not answer"))
+    let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
+    loop {
+        let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match custodian_bus::query_idempotent::<_, ConsentReply>(state.bus.client(), queries::CONSENTS, query, budget)
+            .await
+        {
+            Ok(ConsentReply::Consents(views)) => return Ok(views),
+            Ok(ConsentReply::Error(reason)) => return Err(Problem::bad_request(reason)),
+            // Its database restarting: asked again within the same budget.
+            Ok(ConsentReply::Unavailable(reason)) => {
+                if tokio::time::Instant::now() + UNAVAILABLE_PAUSE >= deadline {
+                    tracing::warn!(%reason, budget_secs = QUERY_TIMEOUT.as_secs(), "consent ledger unavailable for the whole budget");
+                    return Err(Problem::unavailable("the consent ledger is unavailable"));
+                }
+                tokio::time::sleep(UNAVAILABLE_PAUSE).await;
+            }
+            Err(e @ QueryError::NoAnswer { .. }) | Err(e @ QueryError::Failed { .. }) => {
+                tracing::warn!(error = %e, "consent ledger query failed");
+                return Err(Problem::unavailable("the consent ledger did not answer"));
+            }
         }
     }
 }
+
+/// Between two questions to a ledger that could not read its database.
+const UNAVAILABLE_PAUSE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Serialize)]
 pub struct ConsentList {

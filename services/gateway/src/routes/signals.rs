@@ -403,7 +403,7 @@ async fn end_consents(
     .await
     {
         Ok(ConsentReply::Consents(list)) => list,
-        Ok(ConsentReply::Error(e)) => return Err(SignalError::Unavailable(e)),
+        Ok(ConsentReply::Error(e) | ConsentReply::Unavailable(e)) => return Err(SignalError::Unavailable(e)),
         Err(e) => return Err(SignalError::Unavailable(e.to_string())),
     };
     tracing::info!(event_type = %event_type, consents = consents.len(), "the OP distrusts a person's credentials; ending their consents");
