@@ -32,15 +32,18 @@ test-postgres: install ## end-to-end tests on PostgreSQL (a throwaway cluster on
 smoke: build ## `make run` comes up and shows a published grant
 	@bash scripts/smoke-run.sh
 
-# Every service its own process, PostgreSQL with fsync on, one process SIGKILLed per round.
+# Every service its own process, PostgreSQL with fsync on, one process SIGKILLed per round
+# (each kind twice in the default 18 rounds: 144 people).
 CHAOS_PG := CUSTODIAN_TEST_PG_OPTIONS="-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
-CHAOS_ROUNDS ?= 30
-CHAOS_PEOPLE ?= 20
-chaos-short: build ## the chaos suite, one round per process killed (part of `make test`)
-	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=5 CHAOS_PEOPLE=6 $(CARGO) test --locked -p custodian-tests --test chaos -- --nocapture
+CHAOS_ROUNDS ?= 18
+CHAOS_PEOPLE ?= 8
+chaos-short: build ## the chaos suite, each kind of process killed once, on one NATS server and on a 3-node cluster (part of `make test`)
+	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=8 CHAOS_PEOPLE=4 CHAOS_NATS_NODES=1 $(CARGO) test --locked -p custodian-tests --test chaos -- --nocapture
+	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=9 CHAOS_PEOPLE=4 CHAOS_NATS_NODES=3 $(CARGO) test --locked -p custodian-tests --test chaos -- --nocapture
 
-chaos: build ## the chaos suite, CHAOS_ROUNDS rounds of CHAOS_PEOPLE revocations; prints the latencies per process killed
-	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=$(CHAOS_ROUNDS) CHAOS_PEOPLE=$(CHAOS_PEOPLE) $(CARGO) test --locked -p custodian-tests --test chaos -- --nocapture
+chaos: build ## the chaos suite, CHAOS_ROUNDS rounds of CHAOS_PEOPLE revocations, single-node then 3-node; prints the latencies per process killed (CHAOS_SEED replays a schedule)
+	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=$(CHAOS_ROUNDS) CHAOS_PEOPLE=$(CHAOS_PEOPLE) CHAOS_NATS_NODES=1 $(CARGO) test --locked -p custodian-tests --test chaos -- --nocapture
+	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=$(CHAOS_ROUNDS) CHAOS_PEOPLE=$(CHAOS_PEOPLE) CHAOS_NATS_NODES=3 $(CARGO) test --locked -p custodian-tests --test chaos -- --nocapture
 
 test: install lint test-unit test-postgres smoke chaos-short ## everything CI runs: lint, all tests on both backends, the make-run smoke test, the short chaos suite
 

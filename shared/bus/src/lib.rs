@@ -175,7 +175,15 @@ impl NatsAccess {
         if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
-        options.connect(self.url.as_str()).await.map_err(|source| BusError::Connect { url: redact(&self.url), source })
+        // A cluster is a comma-separated list; the client picks a server and fails over.
+        let servers: Result<Vec<async_nats::ServerAddr>, _> =
+            self.url.split(',').map(|url| url.trim().parse::<async_nats::ServerAddr>()).collect();
+        let connected = match servers {
+            Ok(servers) => options.connect(servers).await,
+            // Let the client name what is wrong with the URL.
+            Err(_) => options.connect(self.url.as_str()).await,
+        };
+        connected.map_err(|source| BusError::Connect { url: redact(&self.url), source })
     }
 }
 
@@ -195,13 +203,17 @@ fn is_loopback_url(url: &str) -> bool {
 
 /// A NATS URL without a user or password in it (fit for a log line).
 pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
+    // Each server of a cluster's list on its own.
+    url.split(',')
+        .map(|url| match url.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => url.to_owned(),
+            },
             None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Connects without credentials (a server that needs none: benchmarks on a bare server).
@@ -504,4 +516,27 @@ where
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_the_credentials_of_every_server_in_a_list() {
+        assert_eq!(
+            redact("nats://u:p@a:4222,nats://v:q@b:4222,nats://c:4222"),
+            "nats://***@a:4222,nats://***@b:4222,nats://c:4222"
+        );
+        assert_eq!(redact("tls://127.0.0.1:4222"), "tls://127.0.0.1:4222");
+    }
+
+    #[test]
+    fn a_cluster_list_parses_into_one_server_address_each() {
+        let servers: Vec<async_nats::ServerAddr> = "tls://127.0.0.1:1,tls://127.0.0.1:2, tls://127.0.0.1:3"
+            .split(',')
+            .map(|u| u.trim().parse().unwrap())
+            .collect();
+        assert_eq!(servers.iter().map(|s| s.port()).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
 }
