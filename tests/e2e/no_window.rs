@@ -199,3 +199,36 @@ async fn every_revocation_is_done_when_its_last_token_and_ack_are_in_without_the
     second.0.cancel();
     let _ = second.1.await;
 }
+
+#[tokio::test]
+async fn a_revocation_sent_again_is_the_same_revocation_with_one_receipt() {
+    let mut stack = Stack::start().await;
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    stack.start_vault(test_vault_config(vec![settings]));
+    let person = unique("again");
+    let (browser, cookie) = signed_in(&stack, &person).await;
+    let url = stack.url(&format!("/v1/me/consents/{platform}"));
+    let revoke = || async {
+        let response = browser.delete(&url).send().await.expect("revoke");
+        (response.status(), response.json::<Value>().await.expect("body"))
+    };
+
+    // Twice at once, as a browser whose first answer was lost with a gateway re-sends it.
+    let ((first_status, first), (second_status, second)) = tokio::join!(revoke(), revoke());
+    assert_eq!((first_status, second_status), (StatusCode::ACCEPTED, StatusCode::ACCEPTED), "{first} {second}");
+    let id = first["revocation_id"].as_str().expect("id").to_owned();
+    assert_eq!(second["revocation_id"], first["revocation_id"], "one revocation");
+    done_receipt(&stack, Some(&cookie), &id, Duration::from_secs(30)).await;
+
+    // Once applied, the same request still names it.
+    let (status, again) = revoke().await;
+    assert_eq!((status, again["revocation_id"].as_str()), (StatusCode::ACCEPTED, Some(id.as_str())), "{again}");
+    let revocations = custodian_store::entities::revocation::Entity::find()
+        .filter(custodian_store::entities::revocation::Column::Subject.eq(person.clone()))
+        .all(stack.store.db())
+        .await
+        .unwrap();
+    assert_eq!(revocations.len(), 1, "one revocation with a receipt");
+    assert_eq!(stack.count_on(custodian_events::subjects::CONSENT_REVOKED).await, 1, "one event on the stream");
+}

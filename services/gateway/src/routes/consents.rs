@@ -83,6 +83,12 @@ pub async fn revoke_mine(
 
 /// The person's revocation of their consent at `platform_id`, published as `consent.revoked`
 /// (the API's DELETE and the dashboard's form).
+///
+/// Idempotent: the revocation's id is derived from the grant it ends (issuer, subject,
+/// platform, when it was granted), so a DELETE sent again — by a person whose first answer
+/// was lost with a gateway that died — publishes the same event (the stream drops the repeat)
+/// or, once the ledger applied it, finds it in the consent's history; either way it answers
+/// with the same revocation id, whose receipt exists.
 pub async fn revoke_for_person(
     state: &AppState,
     issuer: &str,
@@ -93,10 +99,27 @@ pub async fn revoke_for_person(
         issuer: Some(issuer.to_owned()),
         subject: Some(subject.to_owned()),
         platform_id: Some(platform_id.clone()),
+        with_history: true,
         ..Default::default()
     };
-    if ask_ledger(state, &query).await?.is_empty() {
+    let Some(consent) = ask_ledger(state, &query).await?.into_iter().next() else {
         return Err(Problem::not_found(format!("no consent for platform {platform_id}")));
+    };
+    let derived = consent.granted_at.map(|granted_at| {
+        custodian_events::derived_event_id(
+            "person-revocation",
+            &format!(
+                "{issuer}\n{subject}\n{platform_id}\n{}",
+                granted_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+            ),
+        )
+    });
+    if consent.state != "granted" {
+        // This very revocation, already applied: the same answer as the first time.
+        if let Some(id) = derived.filter(|id| consent.history.iter().any(|h| &h.event_id == id)) {
+            return Ok(RevocationAccepted { revocation_id: id, platform_id });
+        }
+        return Err(Problem::not_found(format!("no consent in force for platform {platform_id}")));
     }
     let data = ConsentRevokedV1 {
         issuer: issuer.to_owned(),
@@ -106,6 +129,9 @@ pub async fn revoke_for_person(
         actor: Some("person".to_owned()),
     };
     let mut event = CloudEvent::new(crate::SOURCE, state.clock.now(), data);
+    if let Some(id) = derived {
+        event.id = id;
+    }
     event.traceparent = custodian_telemetry::current_traceparent();
     let out = custodian_bus::Outgoing::event(subjects::CONSENT_REVOKED, &event);
     state.bus.publish_retrying(&out, PUBLISH_BUDGET).await.map_err(|e| {
