@@ -154,7 +154,8 @@ impl NatsAccess {
         let mut options = async_nats::ConnectOptions::new()
             .name(client_name)
             .connection_timeout(Duration::from_secs(5))
-            .custom_inbox_prefix(identity.inbox_prefix());
+            .custom_inbox_prefix(identity.inbox_prefix())
+            .reconnect_delay_callback(reconnect_delay);
         if wait_for_server {
             options = options.retry_on_initial_connect();
         }
@@ -215,6 +216,16 @@ pub fn redact(url: &str) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+/// The pause before reconnection attempt `attempts`: doubling from 2 ms, at most 500 ms. The
+/// client's own default grows to 4 s, so a server back after one second could wait three more
+/// for its clients, and every revocation with them.
+fn reconnect_delay(attempts: usize) -> Duration {
+    let doubled = 2u64.saturating_pow(u32::try_from(attempts.min(16)).unwrap_or(16));
+    Duration::from_millis(doubled.min(RECONNECT_DELAY_MAX_MS))
+}
+
+const RECONNECT_DELAY_MAX_MS: u64 = 500;
 
 /// Connects without credentials (a server that needs none: benchmarks on a bare server).
 pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client, BusError> {
@@ -520,7 +531,16 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{reconnect_delay, redact};
+    use std::time::Duration;
+
+    #[test]
+    fn reconnection_attempts_back_off_to_half_a_second() {
+        assert_eq!(reconnect_delay(1), Duration::from_millis(2));
+        assert_eq!(reconnect_delay(5), Duration::from_millis(32));
+        assert_eq!(reconnect_delay(9), Duration::from_millis(500));
+        assert_eq!(reconnect_delay(usize::MAX), Duration::from_millis(500));
+    }
 
     #[test]
     fn redact_hides_the_credentials_of_every_server_in_a_list() {
