@@ -33,7 +33,7 @@ smoke: build ## `make run` comes up and shows a published grant
 	@bash scripts/smoke-run.sh
 
 # Every service its own process, PostgreSQL with fsync on, one process SIGKILLed per round
-# (each kind twice in the default 18 rounds: 144 people).
+# (each kind at least twice in the default 18 rounds: 144 people).
 CHAOS_PG := CUSTODIAN_TEST_PG_OPTIONS="-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
 CHAOS_ROUNDS ?= 18
 CHAOS_PEOPLE ?= 8

@@ -395,7 +395,10 @@ client_secret = "{incident_secret}"
             let index = self.nats.iter().position(|n| n.node_name() == Some(name)).expect("a node of ours");
             format!("nats-{}", index + 1)
         };
-        let consumer = consumer_leader.map(|l| node(&l)).unwrap_or_else(|| node(&leader));
+        let consumer = consumer_leader.map(|l| node(&l)).unwrap_or_else(|| {
+            println!("  every consumer is led by the stream's leader: killing it kills both");
+            node(&leader)
+        });
         (node(&leader), consumer)
     }
 

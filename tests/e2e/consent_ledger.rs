@@ -80,7 +80,8 @@ async fn granted_consent_is_listed_for_the_person_and_revocation_ends_it_once() 
     // Replaying the revocation (same id) and revoking again changes nothing more.
     let revoked = stack.messages_on(subjects::CONSENT_REVOKED).await;
     assert_eq!(revoked.len(), 1);
-    stack.publish_raw(subjects::CONSENT_REVOKED, serde_json::to_vec(&revoked[0].1).unwrap()).await;
+    let replayed = stack.publish_raw(subjects::CONSENT_REVOKED, serde_json::to_vec(&revoked[0].1).unwrap()).await;
+    stack.processed_through("consent", replayed).await;
     // Revoking again is the same revocation: same id, nothing new on the stream.
     let again = stack.http.delete(stack.url("/v1/me/consents/tp-health")).bearer_auth(&id_token).send().await.unwrap();
     assert_eq!(again.status(), StatusCode::ACCEPTED);
@@ -190,4 +191,58 @@ async fn a_person_sees_and_revokes_only_their_own_consents() {
     // A person is not an operator.
     let response = stack.http.get(stack.url("/v1/consents")).bearer_auth(&bob_token).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
+}
+
+/// The grant's time comes from the platform's (or the vault's) clock, which may run ahead of
+/// the gateway's: the person's revocation still ends it. A later grant is a new consent, and
+/// revoking it is a new revocation with an id of its own.
+#[tokio::test]
+async fn a_revocation_ends_a_grant_dated_ahead_of_the_gateway_clock_and_a_regrant_is_revoked_anew() {
+    let stack = Stack::start().await;
+    let person = unique("dora");
+    let id_token = stack.provider.login(&person).await.id_token.expect("id token");
+    let ahead = |secs| stack.clock.now() + chrono::Duration::seconds(secs);
+    let granted_and_revoked = |n: u64| {
+        let stack = &stack;
+        let person = person.clone();
+        async move {
+            eventually("the revocation to apply", Duration::from_secs(10), || async {
+                let view = stack.ledger(ConsentQuery { subject: Some(person.clone()), ..Default::default() }).await;
+                (view.first().map(|c| c.state.as_str()) == Some("revoked")).then_some(())
+            })
+            .await;
+            assert_eq!(stack.count_on_settled(subjects::CONSENT_ENDED, n).await, n);
+        }
+    };
+    let revoke = || async {
+        let response =
+            stack.http.delete(stack.url("/v1/me/consents/tp-ahead")).bearer_auth(&id_token).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        response.json::<Value>().await.unwrap()["revocation_id"].as_str().expect("revocation id").to_owned()
+    };
+    let granted = || async {
+        eventually("the grant", Duration::from_secs(10), || async {
+            let view = stack.ledger(ConsentQuery { subject: Some(person.clone()), ..Default::default() }).await;
+            (view.first().map(|c| c.state.as_str()) == Some("granted")).then_some(())
+        })
+        .await
+    };
+
+    let mut first = grant(&stack.provider.issuer, &person, "tp-ahead", 0);
+    first.time = ahead(60);
+    stack.publish(subjects::CONSENT_GRANTED, &first).await;
+    granted().await;
+    let first_revocation = revoke().await;
+    granted_and_revoked(1).await;
+
+    let mut second = grant(&stack.provider.issuer, &person, "tp-ahead", 0);
+    second.time = ahead(120);
+    stack.publish(subjects::CONSENT_GRANTED, &second).await;
+    granted().await;
+    let second_revocation = revoke().await;
+    assert_ne!(second_revocation, first_revocation, "a new grant's revocation is a new revocation");
+    granted_and_revoked(2).await;
+    let ended = stack.messages_on(subjects::CONSENT_ENDED).await;
+    let causes: Vec<&str> = ended.iter().filter_map(|(_, e)| e["data"]["cause_event_id"].as_str()).collect();
+    assert_eq!(causes, vec![first_revocation.as_str(), second_revocation.as_str()]);
 }

@@ -165,7 +165,7 @@ async fn every_revocation_is_done_when_its_last_token_and_ack_are_in_without_the
 
     // Done in the step that settled the last of its items: its finish is no later than 1 s
     // after the later of its last token outcome and its last view ack (the safety net would
-    // have taken a minute).
+    // have taken up to 30 s).
     for (_, id) in &revocations {
         let revocation = revocation::Entity::find_by_id(id.clone()).one(stack.store.db()).await.unwrap().unwrap();
         let last_token = revocation_token::Entity::find()

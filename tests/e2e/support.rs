@@ -479,9 +479,24 @@ impl Stack {
         self.bus.publish_event(subject, event).await.expect("publish");
     }
 
-    pub async fn publish_raw(&self, subject: &str, payload: Vec<u8>) {
+    /// Publishes bytes straight onto JetStream; returns the stream sequence it was stored at.
+    pub async fn publish_raw(&self, subject: &str, payload: Vec<u8>) -> u64 {
         let ack = self.bus.jetstream().publish(subject.to_owned(), payload.into()).await.expect("publish raw");
-        ack.await.expect("raw publish ack");
+        ack.await.expect("raw publish ack").sequence
+    }
+
+    /// Waits until a durable consumer of `service` has acknowledged the stream through
+    /// `sequence`: what was published up to there has been applied (or dead-lettered).
+    pub async fn processed_through(&self, service: &str, sequence: u64) {
+        use futures::TryStreamExt;
+        let prefix = format!("{service}-");
+        let what = format!("{service} to acknowledge the stream through {sequence}");
+        eventually(&what, Duration::from_secs(20), || async {
+            let stream = self.bus.jetstream().get_stream(subjects::STREAM).await.expect("stream");
+            let infos: Vec<jetstream::consumer::Info> = stream.consumers().try_collect().await.expect("consumers");
+            infos.iter().any(|i| i.name.starts_with(&prefix) && i.ack_floor.stream_sequence >= sequence).then_some(())
+        })
+        .await
     }
 
     /// The ledger as operators see it, straight from the consent service.

@@ -407,13 +407,13 @@ async fn exposure(incidents: &Incidents, incident: &incident::Model) -> Result<E
         limit: Some(10_000_000),
         ..Default::default()
     };
-    let consents = match custodian_bus::query::<_, ConsentReply>(client, queries::CONSENTS, &ledger, QUERY_TIMEOUT)
-        .await
-    {
-        Ok(ConsentReply::Consents(list)) => list.len() as u64,
-        Ok(ConsentReply::Error(e) | ConsentReply::Unavailable(e)) => return Err(format!("the ledger refused: {e}")),
-        Err(e) => return Err(format!("the ledger did not answer: {e}")),
-    };
+    let consents =
+        match custodian_bus::query::<_, ConsentReply>(client, queries::CONSENTS, &ledger, QUERY_TIMEOUT).await {
+            Ok(ConsentReply::Consents(list)) => list.len() as u64,
+            Ok(ConsentReply::Error(e)) => return Err(format!("the ledger refused: {e}")),
+            Ok(ConsentReply::Unavailable(e)) => return Err(format!("the ledger could not read its database: {e}")),
+            Err(e) => return Err(format!("the ledger did not answer: {e}")),
+        };
     Ok(Exposure {
         consents,
         people: vault.people,

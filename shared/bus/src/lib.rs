@@ -177,9 +177,7 @@ impl NatsAccess {
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
         // A cluster is a comma-separated list; the client picks a server and fails over.
-        let servers: Result<Vec<async_nats::ServerAddr>, _> =
-            self.url.split(',').map(|url| url.trim().parse::<async_nats::ServerAddr>()).collect();
-        let connected = match servers {
+        let connected = match servers(&self.url) {
             Ok(servers) => options.connect(servers).await,
             // Let the client name what is wrong with the URL.
             Err(_) => options.connect(self.url.as_str()).await,
@@ -204,6 +202,17 @@ fn is_loopback_url(url: &str) -> bool {
 
 /// A NATS URL without a user or password in it (fit for a log line).
 pub fn redact(url: &str) -> String {
+    // A list that does not parse, or has a piece without its scheme, may split inside a
+    // password (`nats://u:pa,ss@h`): then all up to the last `@` goes.
+    if servers(url).is_err() || url.split(',').any(|piece| !piece.contains("://")) {
+        return match url.rsplit_once('@') {
+            Some((before, host)) => {
+                let scheme = before.split_once("://").map_or("nats", |(scheme, _)| scheme);
+                format!("{scheme}://***@{host}")
+            }
+            None => url.to_owned(),
+        };
+    }
     // Each server of a cluster's list on its own.
     url.split(',')
         .map(|url| match url.split_once("://") {
@@ -215,6 +224,11 @@ pub fn redact(url: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The servers of a NATS URL: one, or a cluster's comma-separated list.
+fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, async_nats::Error> {
+    url.split(',').map(|url| url.trim().parse::<async_nats::ServerAddr>().map_err(Into::into)).collect()
 }
 
 /// The pause before reconnection attempt `attempts`: doubling from 2 ms, at most 500 ms. The
@@ -552,11 +566,16 @@ mod tests {
     }
 
     #[test]
+    fn redact_hides_a_password_holding_a_comma() {
+        let redacted = redact("nats://u:pa,ss@a:4222");
+        assert!(!redacted.contains("pa") && !redacted.contains("ss@"), "{redacted}");
+        assert_eq!(redacted, "nats://***@a:4222");
+        assert_eq!(redact("nats://u:12,34@a:4222"), "nats://***@a:4222", "a numeric password too");
+    }
+
+    #[test]
     fn a_cluster_list_parses_into_one_server_address_each() {
-        let servers: Vec<async_nats::ServerAddr> = "tls://127.0.0.1:1,tls://127.0.0.1:2, tls://127.0.0.1:3"
-            .split(',')
-            .map(|u| u.trim().parse().unwrap())
-            .collect();
+        let servers = super::servers("tls://127.0.0.1:1,tls://127.0.0.1:2, tls://127.0.0.1:3").unwrap();
         assert_eq!(servers.iter().map(|s| s.port()).collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 }

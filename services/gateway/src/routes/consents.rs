@@ -34,8 +34,9 @@ pub async fn ask_ledger(state: &AppState, query: &ConsentQuery) -> Result<Vec<Co
             Ok(ConsentReply::Error(reason)) => return Err(Problem::bad_request(reason)),
             // Its database restarting: asked again within the same budget.
             Ok(ConsentReply::Unavailable(reason)) => {
-                if tokio::time::Instant::now() + UNAVAILABLE_PAUSE >= deadline {
-                    tracing::warn!(%reason, budget_secs = QUERY_TIMEOUT.as_secs(), "consent ledger unavailable for the whole budget");
+                // Another question only if, after the pause, it has time to be answered.
+                if tokio::time::Instant::now() + UNAVAILABLE_PAUSE + MIN_ATTEMPT >= deadline {
+                    tracing::warn!(%reason, budget_ms = QUERY_TIMEOUT.as_millis() as u64, "consent ledger unavailable for the whole budget");
                     return Err(Problem::unavailable("the consent ledger is unavailable"));
                 }
                 tokio::time::sleep(UNAVAILABLE_PAUSE).await;
@@ -50,6 +51,8 @@ pub async fn ask_ledger(state: &AppState, query: &ConsentQuery) -> Result<Vec<Co
 
 /// Between two questions to a ledger that could not read its database.
 const UNAVAILABLE_PAUSE: Duration = Duration::from_millis(200);
+/// The least time a question is given: less would fail as "no answer" however well it went.
+const MIN_ATTEMPT: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Serialize)]
 pub struct ConsentList {
@@ -84,11 +87,16 @@ pub async fn revoke_mine(
 /// The person's revocation of their consent at `platform_id`, published as `consent.revoked`
 /// (the API's DELETE and the dashboard's form).
 ///
-/// Idempotent: the revocation's id is derived from the grant it ends (issuer, subject,
-/// platform, when it was granted), so a DELETE sent again — by a person whose first answer
-/// was lost with a gateway that died — publishes the same event (the stream drops the repeat)
-/// or, once the ledger applied it, finds it in the consent's history; either way it answers
-/// with the same revocation id, whose receipt exists.
+/// Idempotent for the grant it ends: the revocation's id is derived from that grant (issuer,
+/// subject, platform, when it was granted), so a DELETE sent again — by a person whose first
+/// answer was lost with a gateway that died — publishes the same event (dropped by the
+/// stream's de-duplication within its window, or by the ledger, which applies an event id
+/// once) or, once the ledger applied it, finds it in the consent's history; either way it
+/// answers with the same revocation id, whose receipt exists. A consent that ended otherwise
+/// (an expiry, an incident), or whose history retention has purged, answers 404.
+///
+/// The event is dated no earlier than the grant it ends: the grant's time comes from another
+/// clock (the vault's), and the ledger lets a grant win over an earlier-dated revocation.
 pub async fn revoke_for_person(
     state: &AppState,
     issuer: &str,
@@ -114,13 +122,18 @@ pub async fn revoke_for_person(
             ),
         )
     });
+    let applied = derived.as_ref().is_some_and(|id| consent.history.iter().any(|h| &h.event_id == id));
     if consent.state != "granted" {
         // This very revocation, already applied: the same answer as the first time.
-        if let Some(id) = derived.filter(|id| consent.history.iter().any(|h| &h.event_id == id)) {
+        if let (true, Some(id)) = (applied, derived) {
             return Ok(RevocationAccepted { revocation_id: id, platform_id });
         }
         return Err(Problem::not_found(format!("no consent in force for platform {platform_id}")));
     }
+    // Still granted although this grant's revocation was applied: it was dated before the
+    // grant and lost to it. Sending that id again would be dropped as a repeat, so this one
+    // gets an id of its own.
+    let derived = derived.filter(|_| !applied);
     let data = ConsentRevokedV1 {
         issuer: issuer.to_owned(),
         subject: subject.to_owned(),
@@ -128,7 +141,8 @@ pub async fn revoke_for_person(
         reason: RevokeReason::User,
         actor: Some("person".to_owned()),
     };
-    let mut event = CloudEvent::new(crate::SOURCE, state.clock.now(), data);
+    let at = consent.granted_at.map_or_else(|| state.clock.now(), |granted_at| state.clock.now().max(granted_at));
+    let mut event = CloudEvent::new(crate::SOURCE, at, data);
     if let Some(id) = derived {
         event.id = id;
     }
