@@ -17,6 +17,7 @@ mod m20261129_000010_consent_history_key;
 mod m20261203_000011_deployment_keys;
 mod m20261203_000012_status_marks;
 mod m20261203_000013_session_assertion;
+mod m20261204_000014_revocation_trace;
 
 /// Runs `sql` on PostgreSQL only: storage tuning SQLite has no counterpart for.
 async fn on_postgres(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000011_deployment_keys::Migration),
             Box::new(m20261203_000012_status_marks::Migration),
             Box::new(m20261203_000013_session_assertion::Migration),
+            Box::new(m20261204_000014_revocation_trace::Migration),
         ]
     }
 }

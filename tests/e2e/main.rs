@@ -16,4 +16,5 @@ mod reliability;
 mod signals;
 mod support;
 mod sweeps;
+mod traces;
 mod vault;

@@ -119,7 +119,11 @@ impl Stack {
 
     /// NATS, database (migrated), OP; no Custodian service yet.
     pub async fn infrastructure() -> Stack {
-        custodian_telemetry::init_for_tests();
+        // Every span of every test goes to one OTLP receiver; a test reads its own traces.
+        custodian_telemetry::init_for_tests_with(custodian_telemetry::Export::To {
+            traces_url: custodian_testkit::otlp::OtlpReceiver::shared().traces_url(),
+            every: Duration::from_millis(100),
+        });
         let dir = tempfile::tempdir().expect("temp dir");
         let nats = NatsServer::start();
         let url = custodian_testkit::test_database_url(dir.path());

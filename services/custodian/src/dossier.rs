@@ -1021,6 +1021,7 @@ client_secret = "{client}"
                 created_at: at(-50),
                 updated_at: at(-50),
                 closed_at: (state == "closed").then(|| at(-1)),
+                traceparent: None,
             }
             .into_active_model()
             .insert(db)

@@ -86,7 +86,13 @@ fn main() -> ExitCode {
         // One-shot commands print results, not service logs.
         set_quiet_logging();
     }
-    let _telemetry = match custodian_telemetry::init("custodian") {
+    // A service run alone names every span of its process; `up` and the CLI name theirs per
+    // service, and the rest `custodian`.
+    let default_service = match &cli.command {
+        Command::Serve { service } => service.service_name(),
+        _ => "custodian",
+    };
+    let _telemetry = match custodian_telemetry::init(default_service) {
         Ok(guard) => Some(guard),
         Err(e) => {
             eprintln!("warning: telemetry not initialised: {e}");

@@ -24,6 +24,21 @@ pub enum ServiceName {
     DemoView,
 }
 
+impl ServiceName {
+    /// Its `service.name` in traces.
+    pub fn service_name(self) -> &'static str {
+        match self {
+            Self::Consent => "custodian-consent",
+            Self::Gateway => "custodian-gateway",
+            Self::Sweeper => "custodian-sweeper",
+            Self::Vault => "custodian-vault",
+            Self::Audit => "custodian-audit",
+            Self::Incident => "custodian-incident",
+            Self::DemoView => "custodian-view",
+        }
+    }
+}
+
 pub async fn up(config: Config) -> anyhow::Result<()> {
     let mut all =
         vec![ServiceName::Consent, ServiceName::Sweeper, ServiceName::Vault, ServiceName::Audit, ServiceName::Incident];

@@ -31,6 +31,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use auth::{Caller, MachineToken, PersonAuthConfig, Role, token_digest};
 pub use routes::login::{LOGIN_COOKIE, SESSION_COOKIE};
@@ -235,8 +236,21 @@ async fn count_requests(State(state): State<Arc<AppState>>, request: Request, ne
         }
         _ => "other".to_owned(),
     };
+    // The caller's trace continues here (W3C `traceparent`); no path, query or header value
+    // goes into the span, only the route's template.
+    let span = tracing::info_span!(
+        "http_request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let traceparent = request.headers().get(custodian_telemetry::TRACEPARENT).and_then(|v| v.to_str().ok());
+    custodian_telemetry::adopt_remote_parent(&span, traceparent);
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     let timing = vec![("method".to_owned(), method.clone()), ("route".to_owned(), route.clone())];
     state.metrics.request_seconds.get_or_create(&timing).observe(started.elapsed().as_secs_f64());
     let labels = vec![

@@ -195,6 +195,26 @@ pub(crate) async fn send_email(
     subject: &str,
     body: String,
 ) -> Result<DateTime<Utc>, String> {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        "smtp_send",
+        otel.kind = "client",
+        message_id = %message_id,
+        recipients = config.to.len(),
+        outcome = tracing::field::Empty,
+    );
+    let sent = send_email_in_span(config, mailer, message_id, subject, body).instrument(span.clone()).await;
+    span.record("outcome", if sent.is_ok() { "accepted" } else { "failed" });
+    sent
+}
+
+async fn send_email_in_span(
+    config: &DpoConfig,
+    mailer: &Mailer,
+    message_id: &str,
+    subject: &str,
+    body: String,
+) -> Result<DateTime<Utc>, String> {
     if config.to.is_empty() {
         return Err("incident.dpo.to is empty: nobody to notify".into());
     }

@@ -24,6 +24,7 @@ use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrde
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::dpo::{self, Exposure};
 use crate::{IncidentError, Incidents, SERVICE, SOURCE, credentials, rotation};
@@ -80,6 +81,7 @@ pub(crate) async fn planned_rotation(
             created_at: Set(now),
             updated_at: Set(now),
             closed_at: Set(None),
+            traceparent: Set(custodian_telemetry::current_traceparent()),
         })
         .exec_without_returning(&txn)
         .await?;
@@ -124,7 +126,11 @@ impl BatchHandler for ReportHandler {
                 results.push(Err(HandlerError::Permanent("not an incident report".into())));
                 continue;
             };
-            results.push(register(&self.incidents, event).await.map_err(|e| HandlerError::Transient(e.to_string())));
+            let span =
+                tracing::info_span!("register_incident", incident_id = %event.data.incident_id, event_id = %event.id);
+            custodian_telemetry::adopt_remote_parent(&span, delivery.traceparent.as_deref());
+            let registered = register(&self.incidents, event).instrument(span).await;
+            results.push(registered.map_err(|e| HandlerError::Transient(e.to_string())));
         }
         self.incidents.work.notify_one();
         results
@@ -154,6 +160,7 @@ async fn register(
         created_at: Set(now),
         updated_at: Set(now),
         closed_at: Set(None),
+        traceparent: Set(custodian_telemetry::current_traceparent()),
     })
     .on_conflict(OnConflict::column(incident::Column::IncidentId).do_nothing().to_owned())
     .exec_without_returning(&txn)
@@ -264,8 +271,25 @@ async fn round(incidents: &Incidents) -> Result<bool, IncidentError> {
             continue;
         };
         let detail: Value = serde_json::from_str(&step.detail).unwrap_or_else(|_| json!({}));
-        let outcome = run_step(incidents, &incident, &step, detail).await;
-        progressed |= record(incidents, &incident, &step, outcome).await?;
+        // Every step, on whichever replica, continues the trace of the report.
+        let span = tracing::info_span!(
+            "incident_step",
+            incident_id = %incident.incident_id,
+            step = %step.step,
+            attempt = step.attempts + 1,
+            outcome = tracing::field::Empty,
+        );
+        custodian_telemetry::adopt_remote_parent(&span, incident.traceparent.as_deref());
+        let outcome = run_step(incidents, &incident, &step, detail).instrument(span.clone()).await;
+        span.record(
+            "outcome",
+            match &outcome {
+                Outcome::Done(_) => "done",
+                Outcome::Waiting(..) => "waiting",
+                Outcome::Failed(..) => "failed",
+            },
+        );
+        progressed |= record(incidents, &incident, &step, outcome).instrument(span).await?;
     }
     Ok(progressed)
 }

@@ -22,6 +22,7 @@ use futures::StreamExt;
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{SERVICE, SOURCE, Vault, VaultError, assertions, handler};
 
@@ -103,13 +104,29 @@ async fn send_due_wipes(vault: &Vault) -> Result<usize, VaultError> {
             );
         }
     }
+    let traces = revocation_traces(vault, claimed.iter().filter_map(|w| w.revocation_id.clone())).await?;
+    let mut spans = Vec::new();
     for wipe in claimed {
         if wipe.expires_at <= now {
             expired.push(wipe);
             continue;
         }
-        match wipe_command(&wipe) {
-            Some(out) => outgoing.push(out),
+        // Each command continues its revocation's trace; the view's ack continues the command's.
+        let span = tracing::info_span!(
+            "send_wipe",
+            otel.kind = "producer",
+            wipe_id = %wipe.wipe_id,
+            view_id = %wipe.view_id,
+            revocation_id = wipe.revocation_id.as_deref().unwrap_or(""),
+            attempt = wipe.attempts,
+        );
+        let parent = wipe.revocation_id.as_ref().and_then(|id| traces.get(id)).map(String::as_str);
+        custodian_telemetry::adopt_remote_parent(&span, parent);
+        match span.in_scope(|| wipe_command(&wipe)) {
+            Some(out) => {
+                outgoing.push(out);
+                spans.push(span);
+            }
             None => tracing::error!(wipe_id = %wipe.wipe_id, "wipe not sendable (bad view id or session list)"),
         }
     }
@@ -129,7 +146,9 @@ async fn send_due_wipes(vault: &Vault) -> Result<usize, VaultError> {
         txn.commit().await?;
     }
     let sent = outgoing.len();
-    for (result, out) in vault.bus.publish_all(&outgoing, 256).await.into_iter().zip(&outgoing) {
+    let published = vault.bus.publish_all(&outgoing, 256).await;
+    drop(spans);
+    for (result, out) in published.into_iter().zip(&outgoing) {
         match result {
             Ok(()) => {
                 vault.metrics.wipes_sent.inc();
@@ -139,6 +158,27 @@ async fn send_due_wipes(vault: &Vault) -> Result<usize, VaultError> {
         }
     }
     Ok(sent)
+}
+
+/// The trace context each of these revocations started in (those that have one).
+async fn revocation_traces(
+    vault: &Vault,
+    ids: impl Iterator<Item = String>,
+) -> Result<HashMap<String, String>, VaultError> {
+    let ids: Vec<String> = ids.collect::<HashSet<_>>().into_iter().collect();
+    let mut traces = HashMap::new();
+    for chunk in ids.chunks(500) {
+        let rows: Vec<(String, Option<String>)> = revocation::Entity::find()
+            .select_only()
+            .column(revocation::Column::RevocationId)
+            .column(revocation::Column::Traceparent)
+            .filter(revocation::Column::RevocationId.is_in(chunk.to_vec()))
+            .into_tuple()
+            .all(vault.store.db())
+            .await?;
+        traces.extend(rows.into_iter().filter_map(|(id, tp)| Some((id, tp?))));
+    }
+    Ok(traces)
 }
 
 /// Locks the revocations a transaction is about to settle items of (see `custodian_store::locks`).
@@ -214,14 +254,32 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<usize, VaultError> {
         }
     }
     let rows = Arc::new(rows);
+    let traces = Arc::new(revocation_traces(vault, claimed.iter().map(|c| c.token.revocation_id.clone())).await?);
     let handled = claimed.len();
     let claimed_ids: Vec<String> = claimed.iter().map(|c| c.token.id.clone()).collect();
     let calls = futures::stream::iter(claimed.into_iter().map(|c| {
         let rows = rows.clone();
+        // Each OP call continues its revocation's trace (the OP receives the context too).
+        let span = tracing::info_span!(
+            "revoke_token",
+            otel.kind = "client",
+            revocation_id = %c.token.revocation_id,
+            token_kind = %c.token.token_kind,
+            attempt = c.token.attempts + 1,
+            outcome = tracing::field::Empty,
+        );
+        custodian_telemetry::adopt_remote_parent(&span, traces.get(&c.token.revocation_id).map(String::as_str));
         async move {
             let outcome = revoke_one(vault, &c.token, rows.get(&c.token.assertion_id)).await;
+            let label = match &outcome {
+                Ok(RevocationOutcome::Revoked) => "revoked",
+                Ok(RevocationOutcome::AlreadyInvalid) => "already_invalid",
+                Err(_) => "failed",
+            };
+            tracing::Span::current().record("outcome", label);
             (c.token, outcome)
         }
+        .instrument(span)
     }))
     .buffer_unordered(vault.config.revoke_concurrency.max(1))
     .collect::<Vec<(revocation_token::Model, Result<RevocationOutcome, String>)>>();

@@ -20,6 +20,7 @@ use sea_orm::{
 };
 
 use crate::{SERVICE, SOURCE, Vault, VaultError, assertions};
+use tracing::Instrument as _;
 
 #[derive(Debug, Clone)]
 pub struct LifecycleHandler {
@@ -64,38 +65,44 @@ impl LifecycleHandler {
         let consents: Vec<LockOn<'_>> = batch.iter().filter_map(|d| consent_of(&d.event)).collect();
         locks::hold(&txn, &consents).await?;
         for delivery in batch {
-            let span = tracing::debug_span!("vault_event", event_id = delivery.event.id(), subject = %delivery.subject);
+            let span = tracing::info_span!("vault_event", event_id = delivery.event.id(), messaging.destination.name = %delivery.subject);
             custodian_telemetry::adopt_remote_parent(&span, delivery.traceparent.as_deref());
-            let _entered = span.enter();
-            let result = match &delivery.event {
-                LifecycleEvent::ConsentEnded(e) => {
-                    start_revocation(vault, &txn, e, now, &mut effects).await.map(|_| ())
-                }
-                LifecycleEvent::SessionOpened(e) => session_opened(vault, &txn, e, now, &mut effects).await,
-                LifecycleEvent::SessionClosed(e) => view_session::Entity::update_many()
-                    .col_expr(view_session::Column::ClosedAt, Some(now).into())
-                    .filter(view_session::Column::SessionId.eq(e.data.session_id.clone()))
-                    .filter(view_session::Column::ViewId.eq(e.data.view_id.clone()))
-                    .filter(view_session::Column::ClosedAt.is_null())
-                    .exec(&txn)
-                    .await
-                    .map(|_| ())
-                    .map_err(VaultError::from),
-                LifecycleEvent::SessionWiped(e) => {
-                    acks.push((results.len(), &e.data));
-                    // Its place; `apply_acks` fills it in.
-                    Ok(())
-                }
-                LifecycleEvent::IncidentContain(e) => crate::incident::contain(vault, &txn, e, now, &mut effects).await,
-                LifecycleEvent::CredentialRotated(e) => crate::incident::switch_secret(vault, &e.data).await,
-                LifecycleEvent::SessionRevoke(e) => end_sessions(vault, &txn, e, now, &mut effects).await,
-                other => {
-                    results.push(Err(HandlerError::Permanent(format!(
-                        "{} is not for the vault (consumer filter misconfigured?)",
-                        other.event_type()
-                    ))));
-                    continue;
-                }
+            // Instrumented, not entered: an entered span held across an await would become
+            // the parent of whatever other task ran on this thread meanwhile.
+            let position = results.len();
+            let (acks, effects) = (&mut acks, &mut effects);
+            let applied = async {
+                Some(match &delivery.event {
+                    LifecycleEvent::ConsentEnded(e) => start_revocation(vault, &txn, e, now, effects).await.map(|_| ()),
+                    LifecycleEvent::SessionOpened(e) => session_opened(vault, &txn, e, now, effects).await,
+                    LifecycleEvent::SessionClosed(e) => view_session::Entity::update_many()
+                        .col_expr(view_session::Column::ClosedAt, Some(now).into())
+                        .filter(view_session::Column::SessionId.eq(e.data.session_id.clone()))
+                        .filter(view_session::Column::ViewId.eq(e.data.view_id.clone()))
+                        .filter(view_session::Column::ClosedAt.is_null())
+                        .exec(&txn)
+                        .await
+                        .map(|_| ())
+                        .map_err(VaultError::from),
+                    LifecycleEvent::SessionWiped(e) => {
+                        acks.push((position, &e.data));
+                        // Its place; `apply_acks` fills it in.
+                        Ok(())
+                    }
+                    LifecycleEvent::IncidentContain(e) => crate::incident::contain(vault, &txn, e, now, effects).await,
+                    LifecycleEvent::CredentialRotated(e) => crate::incident::switch_secret(vault, &e.data).await,
+                    LifecycleEvent::SessionRevoke(e) => end_sessions(vault, &txn, e, now, effects).await,
+                    _ => return None,
+                })
+            }
+            .instrument(span)
+            .await;
+            let Some(result) = applied else {
+                results.push(Err(HandlerError::Permanent(format!(
+                    "{} is not for the vault (consumer filter misconfigured?)",
+                    delivery.event.event_type()
+                ))));
+                continue;
             };
             results.push(outcome(result)?);
         }
@@ -207,6 +214,7 @@ pub(crate) async fn begin_revocation(
         started_at: Set(now),
         finished_at: Set(None),
         updated_at: Set(now),
+        traceparent: Set(custodian_telemetry::current_traceparent()),
     })
     .on_conflict(OnConflict::column(revocation::Column::RevocationId).do_nothing().to_owned())
     .exec_without_returning(txn)

@@ -804,6 +804,24 @@ async fn decode_batch(
     Some((decoded, decoded_messages))
 }
 
+/// A batch mixes many people's events from many traces: its span is a root that links to
+/// the span of every event it applies, so each event's trace can be followed into it.
+fn batch_span(spec: &ConsumerSpec, decoded: &[Delivery], attempt: i64) -> tracing::Span {
+    let base = term_base(&spec.durable).unwrap_or(&spec.durable);
+    let span = tracing::info_span!(
+        "handle_batch",
+        service = %spec.service,
+        durable = %base,
+        size = decoded.len(),
+        attempt,
+        otel.kind = "consumer",
+    );
+    for delivery in decoded {
+        custodian_telemetry::link_remote(&span, delivery.traceparent.as_deref());
+    }
+    span
+}
+
 /// Hands the batch to the service, then acks, naks or dead-letters each message.
 async fn handle_batch<H: BatchHandler>(
     bus: &Bus,
@@ -813,7 +831,7 @@ async fn handle_batch<H: BatchHandler>(
     decoded: Vec<Delivery>,
     decoded_messages: Vec<Message>,
 ) {
-    let span = tracing::info_span!("handle_batch", durable = %spec.durable, size = decoded.len());
+    let span = batch_span(spec, &decoded, 1);
     let started = std::time::Instant::now();
     let results = with_progress(spec, &decoded_messages, handler.handle(&decoded).instrument(span)).await;
     crate::metrics::observe_batch(&spec.durable, started.elapsed().as_secs_f64());
@@ -875,7 +893,7 @@ async fn handle_batch_in_order<H: BatchHandler>(
     let unfinished = Applied { last_success: None, complete: false };
     let mut attempt = 1i64;
     let results = loop {
-        let span = tracing::info_span!("handle_batch", durable = %spec.durable, size = decoded.len(), attempt);
+        let span = batch_span(spec, &decoded, attempt);
         let started = std::time::Instant::now();
         let results = handler.handle(&decoded).instrument(span).await;
         crate::metrics::observe_batch(&spec.durable, started.elapsed().as_secs_f64());

@@ -87,16 +87,38 @@ impl OutboxRelay {
             if rows.is_empty() {
                 return Ok(total);
             }
+            let now = self.clock.now();
+            // One span per event, a child of the work that wrote it; the event travels with the
+            // span's context, so its consumers continue the same trace. The spans end once the
+            // stream has acked.
+            let mut spans = Vec::with_capacity(rows.len());
             let outgoing: Vec<Outgoing> = rows
                 .into_iter()
-                .map(|row| Outgoing {
-                    subject: row.subject,
-                    event_id: row.event_id,
-                    payload: Bytes::from(row.payload),
-                    traceparent: row.traceparent,
+                .map(|row| {
+                    crate::metrics::observe_outbox_age(
+                        &self.publisher,
+                        (now - row.created_at).to_std().unwrap_or_default().as_secs_f64(),
+                    );
+                    let span = tracing::info_span!(
+                        "outbox_publish",
+                        service = %self.publisher,
+                        event_id = %row.event_id,
+                        messaging.destination.name = %row.subject,
+                        otel.kind = "producer",
+                    );
+                    custodian_telemetry::adopt_remote_parent(&span, row.traceparent.as_deref());
+                    let traceparent = span.in_scope(custodian_telemetry::current_traceparent).or(row.traceparent);
+                    spans.push(span);
+                    Outgoing {
+                        subject: row.subject,
+                        event_id: row.event_id,
+                        payload: Bytes::from(row.payload),
+                        traceparent,
+                    }
                 })
                 .collect();
             let results = self.bus.publish_all(&outgoing, IN_FLIGHT).await;
+            drop(spans);
             let (mut acked, mut failed, mut first_error) = (Vec::new(), Vec::new(), None);
             for (out, result) in outgoing.into_iter().zip(results) {
                 match result {

@@ -324,6 +324,11 @@ macro_rules! lifecycle_events {
                 match self { $(Self::$variant(e) => e.traceparent.as_deref(),)* }
             }
 
+            /// Sets the W3C trace context the event travels with (the edge's span).
+            pub fn set_traceparent(&mut self, traceparent: Option<String>) {
+                match self { $(Self::$variant(e) => e.traceparent = traceparent,)* }
+            }
+
             /// The fixed subject, or the prefix for routed commands (wipe, dead letter).
             pub fn subject_or_prefix(&self) -> &'static str {
                 match self { $(Self::$variant(_) => <$ty as EventData>::SUBJECT,)* }

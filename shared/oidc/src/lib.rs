@@ -183,6 +183,44 @@ pub struct OidcClient {
 }
 
 /// An HTTP client for talking to the OP: its CA trusted, no redirects (the OAuth security BCP).
+/// The current span's W3C trace context as request headers: the OP (and whatever it logs)
+/// joins the trace of the revocation or login that called it.
+pub fn trace_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(value) =
+        custodian_telemetry::current_traceparent().and_then(|tp| reqwest::header::HeaderValue::from_str(&tp).ok())
+    {
+        headers.insert(custodian_telemetry::TRACEPARENT, value);
+    }
+    headers
+}
+
+type HttpFuture<'c> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<openidconnect::HttpResponse, openidconnect::HttpClientError<reqwest::Error>>,
+            > + Send
+            + Sync
+            + 'c,
+    >,
+>;
+
+/// An HTTP client for the OIDC flows that sends the caller's trace context along.
+struct Traced {
+    http: reqwest::Client,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl<'c> openidconnect::AsyncHttpClient<'c> for Traced {
+    type Error = openidconnect::HttpClientError<reqwest::Error>;
+    type Future = HttpFuture<'c>;
+
+    fn call(&'c self, mut request: openidconnect::HttpRequest) -> Self::Future {
+        request.headers_mut().extend(self.headers.clone());
+        openidconnect::AsyncHttpClient::call(&self.http, request)
+    }
+}
+
 pub fn http_client(ca_file: Option<&std::path::Path>, timeout: Duration) -> Result<reqwest::Client, OidcError> {
     let mut builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(timeout);
     if let Some(path) = ca_file {
@@ -197,6 +235,11 @@ pub fn http_client(ca_file: Option<&std::path::Path>, timeout: Duration) -> Resu
 }
 
 impl OidcClient {
+    /// The HTTP client, with the trace context of the span that calls it on every request.
+    fn traced(&self) -> Traced {
+        Traced { http: self.http.clone(), headers: trace_headers() }
+    }
+
     /// Fetches the OP's discovery document and keys.
     pub async fn discover(settings: ClientSettings) -> Result<Self, OidcError> {
         let http = http_client(settings.ca_file.as_deref(), Duration::from_secs(settings.timeout_secs.max(1)))?;
@@ -291,7 +334,7 @@ impl OidcClient {
             .client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose_secret().to_owned()))
-            .request_async(&self.http)
+            .request_async(&self.traced())
             .await
             .map_err(token_error)?;
         let id_token = response.id_token().ok_or_else(|| OidcError::IdToken("the OP returned no ID token".into()))?;
@@ -336,7 +379,7 @@ impl OidcClient {
     pub async fn refresh(&self, refresh_token: &SecretString) -> Result<Tokens, OidcError> {
         let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
         let response =
-            self.client.exchange_refresh_token(&token).request_async(&self.http).await.map_err(token_error)?;
+            self.client.exchange_refresh_token(&token).request_async(&self.traced()).await.map_err(token_error)?;
         Ok(Tokens {
             access_token: SecretString::from(response.access_token().secret().clone()),
             refresh_token: response.refresh_token().map(|t| SecretString::from(t.secret().clone())),
@@ -357,7 +400,7 @@ impl OidcClient {
         self.client
             .revoke_token(revocable)
             .map_err(|e| OidcError::Config(e.to_string()))?
-            .request_async(&self.http)
+            .request_async(&self.traced())
             .await
             .map_err(|e| match e {
                 RequestTokenError::ServerResponse(r) => OidcError::Refused(r.error().to_string()),
@@ -368,13 +411,16 @@ impl OidcClient {
     /// RFC 7662, authenticated as this client.
     pub async fn introspect(&self, token: &SecretString, kind: TokenKind) -> Result<Introspection, OidcError> {
         let token = AccessToken::new(token.expose_secret().to_owned());
-        let response =
-            self.client.introspect(&token).set_token_type_hint(kind.hint()).request_async(&self.http).await.map_err(
-                |e| match e {
-                    RequestTokenError::ServerResponse(r) => OidcError::Refused(r.error().to_string()),
-                    other => OidcError::Unavailable(request_error_kind(&other)),
-                },
-            )?;
+        let response = self
+            .client
+            .introspect(&token)
+            .set_token_type_hint(kind.hint())
+            .request_async(&self.traced())
+            .await
+            .map_err(|e| match e {
+                RequestTokenError::ServerResponse(r) => OidcError::Refused(r.error().to_string()),
+                other => OidcError::Unavailable(request_error_kind(&other)),
+            })?;
         Ok(Introspection { active: response.active(), expires_at: response.exp() })
     }
 
@@ -398,6 +444,7 @@ impl OidcClient {
         let response = self
             .http
             .post(self.client.token_uri().as_str())
+            .headers(trace_headers())
             .basic_auth(&self.settings.client_id, Some(self.settings.client_secret.expose_secret()))
             .form(&[
                 ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),

@@ -9,6 +9,7 @@
 
 pub mod cpu;
 mod nats;
+pub mod otlp;
 mod postgres;
 mod provider;
 mod smtp;

@@ -26,6 +26,7 @@ use custodian_events::{
 use custodian_store::clock::SharedClock;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use store::{MemoryStore, RetentionError};
 
@@ -295,7 +296,17 @@ impl BatchHandler for WipeHandler {
                 ))));
                 continue;
             };
-            let held = self.view.store.wipe(&command.data.session_ids);
+            // The wipe and its ack continue the trace of the revocation that sent the command.
+            let span = tracing::info_span!(
+                "wipe_sessions",
+                view_id = %self.view.view_id,
+                wipe_id = %command.data.wipe_id,
+                sessions = command.data.session_ids.len(),
+                held = tracing::field::Empty,
+            );
+            custodian_telemetry::adopt_remote_parent(&span, delivery.traceparent.as_deref());
+            let held = span.in_scope(|| self.view.store.wipe(&command.data.session_ids));
+            span.record("held", held);
             tracing::info!(view_id = %self.view.view_id, wipe_id = %command.data.wipe_id, sessions = command.data.session_ids.len(), held, "sessions wiped");
             let ack = SessionWipedV1 {
                 wipe_id: command.data.wipe_id.clone(),
@@ -311,6 +322,7 @@ impl BatchHandler for WipeHandler {
                 self.view
                     .bus
                     .publish_event(&self.view.own(subjects::SESSION_WIPED), &event)
+                    .instrument(span)
                     .await
                     .map_err(|e| HandlerError::Transient(e.to_string())),
             );

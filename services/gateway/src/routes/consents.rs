@@ -146,7 +146,9 @@ pub async fn revoke_for_person(
     if let Some(id) = derived {
         event.id = id;
     }
-    event.traceparent = custodian_telemetry::current_traceparent();
+    let span = tracing::info_span!("person_revocation", otel.kind = "producer", revocation_id = %event.id, platform_id = %platform_id);
+    event.traceparent = span.in_scope(custodian_telemetry::current_traceparent);
+    let _span = span;
     let out = custodian_bus::Outgoing::event(subjects::CONSENT_REVOKED, &event);
     state.bus.publish_retrying(&out, PUBLISH_BUDGET).await.map_err(|e| {
         tracing::warn!(error = %e, "revocation not published");

@@ -114,9 +114,9 @@ fn admit(
     speaks_for: &[String],
     mut event: LifecycleEvent,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<(Outgoing, String), Problem> {
-    let platform_id = platform_named(&event)?;
-    if !speaks_for.iter().any(|p| p == platform_id) {
+) -> Result<(Outgoing, String, tracing::Span), Problem> {
+    let platform_id = platform_named(&event)?.to_owned();
+    if !speaks_for.contains(&platform_id) {
         return Err(Problem::forbidden(format!(
             "this token speaks for {}, not for platform {platform_id}",
             speaks_for.join(", ")
@@ -149,13 +149,28 @@ fn admit(
     let source_id = event.id().to_owned();
     event.set_id(custodian_events::outside_event_id(&format!("platform:{name}"), &source_id));
     event.set_source(format!("{}/platform/{name}", crate::SOURCE));
+    // The event's own trace context (the CloudEvents distributed-tracing extension) is its
+    // span's parent, else the request's; it travels on with this span's, so the consumers'
+    // work continues the caller's trace through the gateway.
+    let span = tracing::info_span!(
+        "publish_event",
+        otel.kind = "producer",
+        event_id = %event.id(),
+        event_type = %event.event_type(),
+        platform_id = %platform_id,
+    );
+    custodian_telemetry::adopt_remote_parent(&span, event.traceparent());
+    let traceparent = span.in_scope(custodian_telemetry::current_traceparent);
+    if traceparent.is_some() {
+        event.set_traceparent(traceparent.clone());
+    }
     let out = Outgoing {
         subject: subject.to_owned(),
         event_id: event.id().to_owned(),
         payload: Bytes::from(event.to_json()),
-        traceparent: event.traceparent().map(str::to_owned).or_else(custodian_telemetry::current_traceparent),
+        traceparent: traceparent.or_else(|| event.traceparent().map(str::to_owned)),
     };
-    Ok((out, source_id))
+    Ok((out, source_id, span))
 }
 
 /// Names the event of a batch a refusal is about.
@@ -179,7 +194,7 @@ pub async fn publish(
         let checked = admit(&state, name, speaks_for, event, now);
         admitted.push(if batched { checked.map_err(|p| in_batch(p, at))? } else { checked? });
     }
-    let outgoing: Vec<Outgoing> = admitted.iter().map(|(out, _)| out.clone()).collect();
+    let outgoing: Vec<Outgoing> = admitted.iter().map(|(out, _, _)| out.clone()).collect();
     let span = tracing::info_span!("publish_events", events = outgoing.len());
     let results = state.bus.publish_all(&outgoing, 32).instrument(span).await;
     if let Some(e) = results.iter().find_map(|r| r.as_ref().err()) {
@@ -189,7 +204,7 @@ pub async fn publish(
     state.metrics.events_published.inc_by(outgoing.len() as u64);
     let accepted: Vec<Accepted> = admitted
         .into_iter()
-        .map(|(out, source_id)| Accepted { id: out.event_id, subject: out.subject, source_id })
+        .map(|(out, source_id, _span)| Accepted { id: out.event_id, subject: out.subject, source_id })
         .collect();
     Ok(if batched {
         (StatusCode::ACCEPTED, Json(BatchAccepted { events: accepted })).into_response()

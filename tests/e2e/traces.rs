@@ -1,0 +1,196 @@
+//! One trace from the caller to the last view's ack: W3C trace context through HTTP, every NATS
+//! hop, the outbox, the database (a revocation and an incident keep the context that started
+//! them) and the OP calls, reassembled from what was actually exported over OTLP.
+
+use std::time::Duration;
+
+use custodian_testkit::eventually;
+use custodian_testkit::otlp::{OtlpReceiver, ReceivedSpan};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::support::{Stack, unique};
+use crate::vault::done_receipt;
+
+/// A fresh caller context: (traceparent, trace id, span id).
+fn caller_context() -> (String, String, String) {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let span = id[..16].to_owned();
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    (format!("00-{trace}-{span}-01"), trace, span)
+}
+
+/// What the receiver holds, in the indexes the reassembly walks.
+struct Exported {
+    spans: Vec<ReceivedSpan>,
+}
+
+impl Exported {
+    fn get() -> Self {
+        custodian_telemetry::flush();
+        Self { spans: OtlpReceiver::shared().spans() }
+    }
+
+    fn children<'a>(&'a self, parent: &'a ReceivedSpan) -> impl Iterator<Item = &'a ReceivedSpan> + 'a {
+        self.spans.iter().filter(|s| s.trace_id == parent.trace_id && s.parent_span_id == parent.span_id)
+    }
+
+    fn linking_to<'a>(&'a self, target: &'a ReceivedSpan) -> impl Iterator<Item = &'a ReceivedSpan> + 'a {
+        self.spans.iter().filter(|s| s.links.iter().any(|(t, id)| *t == target.trace_id && *id == target.span_id))
+    }
+
+    fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a ReceivedSpan> + 'a {
+        self.spans.iter().filter(move |s| s.name == name)
+    }
+}
+
+/// The path of one revocation through the services, or what is missing yet.
+#[derive(Debug)]
+struct RevocationTrace {
+    spans: Vec<ReceivedSpan>,
+}
+
+fn reassemble(
+    exported: &Exported,
+    trace_id: &str,
+    caller_span: &str,
+    revocation_id: &str,
+    ended_event_id: &str,
+    views: usize,
+) -> Result<RevocationTrace, String> {
+    let mut path = Vec::new();
+    let request = exported
+        .spans
+        .iter()
+        .find(|s| {
+            s.trace_id == trace_id
+                && s.parent_span_id == caller_span
+                && s.attribute("http.route") == Some("/v1/me/consents/{platform_id}")
+        })
+        .ok_or("no http_request span under the caller's")?;
+    path.push(request.clone());
+    let revocation = exported
+        .children(request)
+        .find(|s| s.name == "person_revocation" && s.attribute("revocation_id") == Some(revocation_id))
+        .ok_or("no person_revocation span under the request")?;
+    path.push(revocation.clone());
+    // The ledger's batch links to the revocation's span; the `consent.ended` it wrote is
+    // published by the relay under that batch.
+    let batch = exported
+        .linking_to(revocation)
+        .find(|s| s.name == "handle_batch" && s.service == "custodian-consent")
+        .ok_or("no consent batch links to the revocation")?;
+    path.push(batch.clone());
+    let relayed = exported
+        .named("outbox_publish")
+        .find(|s| s.attribute("event_id") == Some(ended_event_id))
+        .ok_or("consent.ended not relayed in a span")?;
+    if relayed.trace_id != batch.trace_id || relayed.parent_span_id != batch.span_id {
+        return Err(format!("consent.ended's relay span is not under the batch that wrote it: {relayed:?}"));
+    }
+    path.push(relayed.clone());
+    // The vault applies it as a child of the relay's span, and drives the revocation from there.
+    let applied = exported
+        .children(relayed)
+        .find(|s| s.name == "vault_event" && s.service == "custodian-vault")
+        .ok_or("the vault's handling of consent.ended is not under its relay span")?;
+    path.push(applied.clone());
+    let calls: Vec<&ReceivedSpan> = exported.children(applied).filter(|s| s.name == "revoke_token").collect();
+    let mut kinds: Vec<&str> = calls.iter().filter_map(|s| s.attribute("token_kind")).collect();
+    kinds.sort_unstable();
+    if kinds != ["access", "refresh"] || calls.iter().any(|s| s.attribute("outcome") != Some("revoked")) {
+        return Err(format!("not both RFC 7009 calls, each revoked: {calls:?}"));
+    }
+    path.extend(calls.into_iter().cloned());
+    let sends: Vec<&ReceivedSpan> = exported.children(applied).filter(|s| s.name == "send_wipe").collect();
+    if sends.len() < views {
+        return Err(format!("{} wipe commands traced, {views} views", sends.len()));
+    }
+    for send in sends {
+        path.push(send.clone());
+        let wiped = exported
+            .children(send)
+            .find(|s| s.name == "wipe_sessions" && s.service == "custodian-view")
+            .ok_or("a wipe command without the view's wipe under it")?;
+        path.push(wiped.clone());
+        let ack = exported
+            .children(wiped)
+            .find(|s| s.name == "vault_event" && s.service == "custodian-vault")
+            .ok_or("a view's wipe without the vault's handling of its ack under it")?;
+        path.push(ack.clone());
+    }
+    Ok(RevocationTrace { spans: path })
+}
+
+#[tokio::test]
+async fn a_revocation_sent_with_a_traceparent_is_one_trace_to_the_last_view_ack() {
+    let mut stack = Stack::start().await;
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    stack.start_vault(crate::support::test_vault_config(vec![settings]));
+    let person = unique("tracy");
+    let (browser, cookie, _) = stack.login_through_gateway(&person).await;
+    eventually("the login to grant consent", Duration::from_secs(15), || {
+        let (browser, url) = (browser.clone(), stack.url("/v1/me/consents"));
+        async move {
+            let body: Value = browser.get(url).send().await.ok()?.json().await.ok()?;
+            (!body["consents"].as_array()?.is_empty()).then_some(())
+        }
+    })
+    .await;
+    let views = [stack.start_view(&unique("trace-a")).await, stack.start_view(&unique("trace-b")).await];
+    for view in &views {
+        view.start_session(None, &person, &platform, Duration::from_secs(10)).await.expect("a session");
+    }
+
+    let (traceparent, trace_id, caller_span) = caller_context();
+    let response = browser
+        .delete(stack.url(&format!("/v1/me/consents/{platform}")))
+        .header("traceparent", &traceparent)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted: Value = response.json().await.expect("body");
+    let revocation_id = accepted["revocation_id"].as_str().expect("revocation id").to_owned();
+    let receipt = done_receipt(&stack, Some(&cookie), &revocation_id, Duration::from_secs(30)).await;
+    assert_eq!(receipt.views.len(), 2, "{receipt:?}");
+
+    // The exporters send every 100 ms; the receiver's view is read until the path is whole.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let trace = loop {
+        match reassemble(&Exported::get(), &trace_id, &caller_span, &revocation_id, &receipt.ended_event_id, 2) {
+            Ok(trace) => break trace,
+            Err(missing) if std::time::Instant::now() > deadline => {
+                let exported = Exported::get();
+                let names: std::collections::BTreeSet<(&str, &str)> =
+                    exported.spans.iter().map(|s| (s.service.as_str(), s.name.as_str())).collect();
+                panic!(
+                    "the revocation's trace is broken: {missing} ({} spans exported: {names:?})",
+                    exported.spans.len()
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+
+    // Each span under the name of the service that made it, though all run in this process.
+    let services: std::collections::BTreeSet<&str> = trace.spans.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(
+        services.into_iter().collect::<Vec<_>>(),
+        vec!["custodian-consent", "custodian-gateway", "custodian-vault", "custodian-view"],
+        "{trace:?}"
+    );
+    assert_eq!(trace.spans[0].name, "DELETE /v1/me/consents/{platform_id}", "named by method and route");
+    assert_eq!(trace.spans[0].attribute("http.response.status_code"), Some("202"));
+
+    // No attribute or event of any exported span holds the person, their cookie or a token.
+    let everything = Exported::get();
+    for span in &everything.spans {
+        for value in span.attributes.values().chain(&span.events) {
+            assert!(!value.contains(&person), "span {} carries the person's identity: {value}", span.name);
+            assert!(!value.contains(&cookie), "span {} carries the session cookie", span.name);
+            assert!(!value.contains("eyJ"), "span {} carries what looks like a JWT: {value}", span.name);
+        }
+    }
+}
