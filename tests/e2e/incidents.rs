@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::support::{RESPONDER_TOKEN, Stack, stored_bundles, test_vault_config, unique};
 
-fn incident_config(stack: &Stack, smtp: &SmtpServer, client: &RegisteredClient) -> IncidentConfig {
+pub(crate) fn incident_config(stack: &Stack, smtp: &SmtpServer, client: &RegisteredClient) -> IncidentConfig {
     IncidentConfig {
         dpo: DpoConfig {
             to: vec!["dpo@platform.example".into()],
@@ -64,13 +64,13 @@ async fn incident(stack: &Stack, id: &str) -> Option<IncidentView> {
     r.json().await.ok()
 }
 
-async fn closed(stack: &Stack, id: &str, timeout: Duration) -> IncidentView {
+pub(crate) async fn closed(stack: &Stack, id: &str, timeout: Duration) -> IncidentView {
     eventually("the incident to close", timeout, || async { incident(stack, id).await.filter(|i| i.state == "closed") })
         .await
 }
 
 /// Signs `n` people in and opens two view sessions each; returns the views.
-async fn people_with_sessions(stack: &mut Stack, platform: &str, n: usize) -> Vec<custodian_view_sdk::View> {
+pub(crate) async fn people_with_sessions(stack: &mut Stack, platform: &str, n: usize) -> Vec<custodian_view_sdk::View> {
     let views = vec![stack.start_view(&unique("inc-a")).await, stack.start_view(&unique("inc-b")).await];
     for _ in 0..n {
         let person = unique("pat");

@@ -194,3 +194,134 @@ async fn a_revocation_sent_with_a_traceparent_is_one_trace_to_the_last_view_ack(
         }
     }
 }
+
+#[tokio::test]
+async fn an_incident_reported_with_a_traceparent_is_one_trace_through_its_steps_smtp_and_containment() {
+    use crate::incidents::{closed, incident_config, people_with_sessions};
+    let mut stack = Stack::start().await;
+    let smtp = custodian_testkit::SmtpServer::start();
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    stack.start_vault(crate::support::test_vault_config(vec![settings]));
+    let _views = people_with_sessions(&mut stack, &platform, 1).await;
+    stack.start_incident(incident_config(&stack, &smtp, &client));
+
+    let (traceparent, trace_id, caller_span) = caller_context();
+    let response = stack
+        .http
+        .post(stack.url("/v1/incidents"))
+        .bearer_auth(crate::support::RESPONDER_TOKEN)
+        .header("traceparent", &traceparent)
+        .json(&serde_json::json!({"kind": "platform_compromise", "platform_id": platform, "summary": "secret leaked"}))
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let incident_id = response.json::<Value>().await.expect("body")["incident_id"].as_str().expect("id").to_owned();
+    closed(&stack, &incident_id, Duration::from_secs(60)).await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let exported = Exported::get();
+        let found = (|| {
+            let request = exported
+                .spans
+                .iter()
+                .find(|s| s.trace_id == trace_id && s.parent_span_id == caller_span)
+                .ok_or("no request span under the caller's")?;
+            let registered = exported
+                .spans
+                .iter()
+                .find(|s| s.name == "register_incident" && s.attribute("incident_id") == Some(incident_id.as_str()))
+                .ok_or("no register_incident span")?;
+            if registered.trace_id != trace_id || registered.service != "custodian-incident" {
+                return Err("the registration is not in the caller's trace, under the incident service");
+            }
+            let _ = request;
+            let steps: Vec<&ReceivedSpan> = exported
+                .children(registered)
+                .filter(|s| s.name == "incident_step" && s.attribute("outcome") == Some("done"))
+                .collect();
+            let step = |name: &str| steps.iter().copied().find(|s| s.attribute("step") == Some(name));
+            let notify = step("notify_dpo").ok_or("notify_dpo not done under the registration")?;
+            exported
+                .children(notify)
+                .find(|s| s.name == "smtp_send" && s.attribute("outcome") == Some("accepted"))
+                .ok_or("no accepted smtp_send under notify_dpo")?;
+            // Containment: the command to the vault, relayed and applied in the same trace.
+            let contain = exported
+                .spans
+                .iter()
+                .find(|s| s.trace_id == trace_id && s.name == "incident_step" && s.attribute("step") == Some("contain"))
+                .ok_or("no contain step")?;
+            let relayed = exported
+                .children(contain)
+                .find(|s| s.name == "outbox_publish")
+                .ok_or("the containment command is not relayed under its step")?;
+            exported
+                .children(relayed)
+                .find(|s| s.name == "vault_event" && s.service == "custodian-vault")
+                .ok_or("the vault's containment is not under the command's relay")?;
+            for name in ["report_containment", "rotate_credentials", "report_rotation", "final_report"] {
+                step(name).ok_or("a later step is missing from the trace")?;
+            }
+            Ok(())
+        })();
+        match found {
+            Ok(()) => break,
+            Err(missing) if std::time::Instant::now() > deadline => panic!("the incident's trace is broken: {missing}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// An event a platform publishes with the CloudEvents `traceparent` extension continues the
+/// platform's trace; the consent ledger's batch links to it.
+#[tokio::test]
+async fn a_cloudevent_traceparent_is_the_parent_of_its_publish_and_the_ledger_links_to_it() {
+    let stack = Stack::start().await;
+    let (traceparent, trace_id, caller_span) = caller_context();
+    let person = unique("ce");
+    let mut event = custodian_events::CloudEvent::new(
+        "urn:test:platform",
+        crate::support::at(0),
+        custodian_events::ConsentGrantedV1 {
+            issuer: stack.provider.issuer.clone(),
+            subject: person,
+            platform_id: "tp-health".into(),
+            scopes: vec!["openid".into()],
+            acr: None,
+        },
+    );
+    event.traceparent = Some(traceparent);
+    let response = stack
+        .http
+        .post(stack.url("/v1/events"))
+        .bearer_auth(crate::support::PLATFORM_TOKEN)
+        .header("content-type", "application/cloudevents+json")
+        .body(event.to_json())
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let exported = Exported::get();
+        let publish = exported
+            .spans
+            .iter()
+            .find(|s| s.name == "publish_event" && s.trace_id == trace_id && s.parent_span_id == caller_span);
+        if let Some(publish) = publish {
+            assert_eq!(publish.service, "custodian-gateway");
+            assert_eq!(publish.attribute("platform_id"), Some("tp-health"));
+            if exported.linking_to(publish).any(|s| s.name == "handle_batch" && s.service == "custodian-consent") {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no publish_event under the event's traceparent, linked by a batch"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -477,13 +477,14 @@ pub async fn query_idempotent<Q: serde::Serialize, R: serde::de::DeserializeOwne
     }
 }
 
-/// The outbox row for `event` on `subject` (written in the caller's transaction).
+/// The outbox row for `event` on `subject` (written in the caller's transaction), with the
+/// event's trace context, else the current span's (the relay's span continues it).
 pub fn outbox_row<T: EventData>(subject: &str, event: &CloudEvent<T>) -> custodian_store::outbox::OutgoingEvent {
     custodian_store::outbox::OutgoingEvent {
         event_id: event.id.clone(),
         subject: subject.to_owned(),
         payload: String::from_utf8_lossy(&event.to_json()).into_owned(),
-        traceparent: event.traceparent.clone(),
+        traceparent: event.traceparent.clone().or_else(custodian_telemetry::current_traceparent),
     }
 }
 
