@@ -58,6 +58,14 @@ for _ in $(seq 1 100); do
     target/debug/custodian status --check | tee /tmp/smoke-status
     grep -Eq "^consent-ledger +consent@" /tmp/smoke-status || { echo "smoke: status shows no ledger leader" >&2; exit 1; }
     grep -Eq "^audit-chain +audit@" /tmp/smoke-status || { echo "smoke: status shows no audit leader" >&2; exit 1; }
+    # Every metric the Grafana dashboard and the alert rules name is exported by the running
+    # stack (the bus and outbox gauges once the audit service has read them).
+    names=$(grep -ho 'custodian_[a-z0-9_]*' k8s/monitoring/grafana-dashboard.json k8s/monitoring/prometheus-rule.yaml | sed -E 's/_(bucket|sum|count)$//' | sort -u)
+    for _ in $(seq 1 100); do curl -fs --cacert .data/tls/ca.pem https://127.0.0.1:18080/metrics >/tmp/smoke-metrics; grep -q '^custodian_consumer_pending_messages{' /tmp/smoke-metrics && break; sleep 0.1; done
+    for name in $names; do
+      grep -q "^# TYPE $name " /tmp/smoke-metrics || { echo "smoke: the dashboard or an alert names $name, which the stack does not export" >&2; exit 1; }
+    done
+    echo "smoke: the dashboard's and the alerts' $(echo "$names" | wc -l) metrics are exported"
     # NATS refuses a client without credentials, even with a valid client certificate.
     if CUSTODIAN_NATS__CREDENTIALS_DIR=/nonexistent timeout 20 target/debug/custodian status >/tmp/smoke-anon 2>&1; then echo "smoke: NATS took a client without credentials" >&2; exit 1; fi
     grep -q "cannot read the NATS credentials" /tmp/smoke-anon || { cat /tmp/smoke-anon; echo "smoke: no clear error without credentials" >&2; exit 1; }

@@ -11,6 +11,7 @@ mod gateway_edge;
 mod incidents;
 mod leadership;
 mod migrations;
+mod monitoring;
 mod no_window;
 mod reliability;
 mod signals;

@@ -7,6 +7,7 @@
 
 pub mod chain;
 pub mod completeness;
+pub mod gauges;
 mod handler;
 pub mod verify;
 
@@ -67,7 +68,7 @@ impl Default for AuditConfig {
             checkpoint_file: None,
             // 4,000 rather than 2,000: each lane then holds four 500-row inserts, so the
             // waits at a batch's start and end (first link, commits) weigh half as much; paired
-            // rounds ran 8% faster by median (session 13, BENCHMARKS.md).
+            // rounds ran 8% faster by median.
             batch: 4000,
             ack_wait_secs: 30,
             max_deliver: 50,
@@ -90,6 +91,8 @@ pub struct AuditMetrics {
     pub privacy_reads: Counter,
     /// 1 while this replica leads the chain consumer.
     pub leading: Gauge,
+    /// The deployment's bus and outbox gauges.
+    pub system: std::sync::Arc<gauges::SystemGauges>,
 }
 
 impl AuditMetrics {
@@ -102,6 +105,7 @@ impl AuditMetrics {
             "1 while this replica leads the chain consumer; summed over the replicas it is 1, and 0 means events wait to be chained",
             self.leading.clone(),
         );
+        self.system.register(registry);
     }
 }
 
@@ -205,6 +209,12 @@ pub async fn run(deps: Deps, config: AuditConfig, shutdown: CancellationToken) -
     let (bus, clock, token) = (deps.bus.clone(), audit.clock.clone(), shutdown.clone());
     tasks.spawn("audit-chain", async move { custodian_bus::run_consumer(&bus, spec, handler, clock, token).await });
     tasks.spawn("audit-checkpoints", periodic_checkpoints(audit.clone(), shutdown.clone()));
+    let (system, bus, store, clock, token) =
+        (deps.metrics.system.clone(), deps.bus.clone(), deps.store.clone(), audit.clock.clone(), shutdown.clone());
+    tasks.spawn("audit-gauges", async move {
+        gauges::run(system, bus, store, clock, token).await;
+        Ok::<(), std::convert::Infallible>(())
+    });
     // `custodian.query.privacy_log.<identity>`: nats-server lets each identity ask only on
     // its own name, so the read is recorded with who really asked.
     tasks.respond_bound(

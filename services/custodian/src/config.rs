@@ -37,6 +37,9 @@ pub struct Config {
     pub demo_view: DemoViewConfig,
     /// This process's name in sweep leases (default: the host name and process id).
     pub replica: Option<String>,
+    /// Where a process without the gateway serves its `/metrics` (`serve vault`, …); the
+    /// gateway serves those of its process on its own listener.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -69,6 +72,7 @@ impl Default for Config {
             incident: custodian_incident::IncidentConfig::default(),
             demo_view: DemoViewConfig::default(),
             replica: None,
+            metrics_listen: None,
         }
     }
 }

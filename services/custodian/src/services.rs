@@ -186,6 +186,11 @@ async fn run_services(config: Config, which: &[ServiceName]) -> anyhow::Result<(
             registry,
         };
         tasks.spawn("gateway", custodian_gateway::run(deps, config.gateway.clone(), shutdown.clone()));
+    } else if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (CUSTODIAN_METRICS_LISTEN)"))?;
+        tasks.spawn("metrics", custodian_gateway::serve_metrics(listener, registry, shutdown.clone()));
     }
     tracing::info!(services = ?which, nats = %custodian_bus::redact(&config.nats_url), "custodian running; Ctrl-C to stop");
     tasks.wait().await?;

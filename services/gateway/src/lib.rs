@@ -262,6 +262,24 @@ async fn count_requests(State(state): State<Arc<AppState>>, request: Request, ne
     response
 }
 
+/// `GET /metrics` of this process's services, for a process that runs no gateway.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), std::io::Error> {
+    let registry = std::sync::Arc::new(registry);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let registry = registry.clone();
+            async move { routes::health::render_metrics(&registry, &headers) }
+        }),
+    );
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+}
+
 /// Serves until `shutdown`, then finishes in-flight requests.
 pub async fn run(deps: Deps, config: GatewayConfig, shutdown: CancellationToken) -> Result<(), GatewayError> {
     let auth = auth::Authenticator::new(&config.machine_tokens, config.oidc.clone())?;

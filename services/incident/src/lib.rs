@@ -153,6 +153,11 @@ pub struct IncidentMetrics {
     pub emails: Counter,
     pub rotations: Counter,
     pub closed: Counter,
+    /// Incidents not closed yet (read every few seconds).
+    pub open: prometheus_client::metrics::gauge::Gauge,
+    /// Pending steps whose last attempt failed, per step (read every few seconds).
+    pub failing_steps:
+        prometheus_client::metrics::family::Family<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge>,
 }
 
 impl IncidentMetrics {
@@ -165,6 +170,12 @@ impl IncidentMetrics {
         );
         registry.register("custodian_incident_rotations", "Client secrets rotated", self.rotations.clone());
         registry.register("custodian_incidents_closed", "Incidents closed", self.closed.clone());
+        registry.register("custodian_incidents_open", "Incidents not closed yet", self.open.clone());
+        registry.register(
+            "custodian_incident_steps_failing",
+            "Pending incident steps whose last attempt failed, per step",
+            self.failing_steps.clone(),
+        );
     }
 }
 
@@ -218,6 +229,7 @@ pub async fn run(deps: Deps, config: IncidentConfig, shutdown: CancellationToken
     tasks
         .spawn("incident-reports", async move { custodian_bus::run_consumer(&bus, spec, handler, clock, token).await });
     tasks.spawn("incident-workflow", workflow::drive(incidents.clone(), shutdown.clone()));
+    tasks.spawn("incident-gauges", workflow::gauges(incidents.clone(), shutdown.clone()));
     let client = incidents.bus.client().clone();
     tasks.respond(
         "incident-queries",

@@ -446,6 +446,39 @@ async fn exposure(incidents: &Incidents, incident: &incident::Model) -> Result<E
     })
 }
 
+/// Keeps the open-incident and failing-step gauges current until `shutdown`.
+pub(crate) async fn gauges(incidents: Arc<Incidents>, shutdown: CancellationToken) -> Result<(), IncidentError> {
+    loop {
+        if let Err(e) = read_gauges(&incidents).await {
+            tracing::debug!(error = %e, "incident gauges not read");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+async fn read_gauges(incidents: &Incidents) -> Result<(), IncidentError> {
+    use sea_orm::PaginatorTrait as _;
+    let db = incidents.store.db();
+    let open = incident::Entity::find().filter(incident::Column::State.eq("open")).count(db).await?;
+    let failing = incident_step::Entity::find()
+        .filter(incident_step::Column::State.eq("pending"))
+        .filter(incident_step::Column::LastError.is_not_null())
+        .all(db)
+        .await?;
+    let metrics = &incidents.metrics;
+    metrics.open.set(i64::try_from(open).unwrap_or(i64::MAX));
+    metrics.failing_steps.clear();
+    for step in ["notify_dpo", "contain", "report_containment", "rotate_credentials", "report_rotation", "final_report"]
+    {
+        let n = failing.iter().filter(|s| s.step == step).count();
+        metrics.failing_steps.get_or_create(&vec![("step".to_owned(), step.to_owned())]).set(n as i64);
+    }
+    Ok(())
+}
+
 /// One notification to the DPO (e-mail, then the webhook if any). Progress is kept in the
 /// detail so a retry does not send the e-mail twice.
 async fn notify(

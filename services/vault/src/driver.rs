@@ -360,6 +360,26 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<usize, VaultError> {
             assertion::Entity::delete_by_id(assertion_id).exec(&txn).await?;
         }
     }
+    // The revocations whose last token this round settled (their locks are held: no other
+    // writer settles one of theirs meanwhile, so each is observed once).
+    let settled: Vec<String> = revocations.keys().cloned().collect();
+    let mut still_pending: HashSet<String> = HashSet::new();
+    for chunk in settled.chunks(500) {
+        let rows: Vec<String> = revocation_token::Entity::find()
+            .select_only()
+            .column(revocation_token::Column::RevocationId)
+            .filter(revocation_token::Column::RevocationId.is_in(chunk.to_vec()))
+            .filter(revocation_token::Column::Outcome.eq("pending"))
+            .distinct()
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        still_pending.extend(rows);
+    }
+    for rev in revocations.values().filter(|r| !still_pending.contains(&r.revocation_id)) {
+        let took = (now - rev.started_at).to_std().unwrap_or_default();
+        vault.metrics.tokens_phase_seconds.observe(took.as_secs_f64());
+    }
     if !outgoing.is_empty() {
         outbox::enqueue(&txn, SERVICE, outgoing, now).await?;
     }
@@ -422,6 +442,46 @@ async fn revoke_one(
         .await
         .map(|()| RevocationOutcome::Revoked)
         .map_err(|e| e.to_string())
+}
+
+/// How often the pending-work gauges are read.
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps the pending-work gauges current until `shutdown`.
+pub(crate) async fn gauges(vault: Arc<Vault>, shutdown: CancellationToken) -> Result<(), VaultError> {
+    loop {
+        if let Err(e) = read_gauges(&vault).await {
+            tracing::debug!(error = %e, "vault gauges not read");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(GAUGES_EVERY) => {}
+        }
+    }
+}
+
+async fn read_gauges(vault: &Vault) -> Result<(), VaultError> {
+    let db = vault.store.db();
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let wipes = pending_wipe::Entity::find().filter(pending_wipe::Column::State.eq("pending")).count(db).await?;
+    let tokens =
+        revocation_token::Entity::find().filter(revocation_token::Column::Outcome.eq("pending")).count(db).await?;
+    let pending = revocation::Entity::find().filter(revocation::Column::State.eq("pending"));
+    let revocations = pending.clone().count(db).await?;
+    let oldest: Option<DateTime<Utc>> = pending
+        .select_only()
+        .column_as(revocation::Column::StartedAt.min(), "oldest")
+        .into_tuple::<Option<DateTime<Utc>>>()
+        .one(db)
+        .await?
+        .flatten();
+    let metrics = &vault.metrics;
+    metrics.pending_wipes.set(count(wipes));
+    metrics.pending_token_revocations.set(count(tokens));
+    metrics.pending_revocations.set(count(revocations));
+    let age = oldest.map_or(0.0, |at| (vault.clock.now() - at).to_std().unwrap_or_default().as_secs_f64());
+    metrics.oldest_pending_revocation_seconds.set(age);
+    Ok(())
 }
 
 /// A safety net: finishes revocations whose every item is settled but that are still pending.

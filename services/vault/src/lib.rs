@@ -183,6 +183,7 @@ pub async fn run(deps: Deps, config: VaultConfig, shutdown: CancellationToken) -
 
     tasks.spawn("vault-driver", driver::run(vault.clone(), shutdown.clone()));
     tasks.spawn("vault-maintenance", maintenance::run(vault.clone(), shutdown.clone()));
+    tasks.spawn("vault-gauges", driver::gauges(vault.clone(), shutdown.clone()));
 
     let client = vault.bus.client().clone();
     tasks.respond("vault-login-start", &client, vault::LOGIN_START, SERVICE, vault.clone(), |v, q| async move {

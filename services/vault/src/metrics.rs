@@ -1,5 +1,8 @@
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -9,6 +12,15 @@ pub struct VaultMetrics {
     /// From a revocation's start (the consent ended) to its last token revoked and last view
     /// acknowledgement: the time a person's data may still be held.
     pub revocation_seconds: Histogram,
+    /// From a revocation's start to its last token settled at the OP (revoked or found
+    /// invalid): the time a stolen token could still be used.
+    pub tokens_phase_seconds: Histogram,
+    /// What waits now (read every few seconds): wipes not acknowledged, token revocations
+    /// not settled, revocations not done, and the age of the oldest of those.
+    pub pending_wipes: Gauge,
+    pub pending_token_revocations: Gauge,
+    pub pending_revocations: Gauge,
+    pub oldest_pending_revocation_seconds: Gauge<f64, AtomicU64>,
     /// OP revocation calls by outcome (`revoked`, `already_invalid`, `failed`).
     pub tokens_revoked: Family<Vec<(String, String)>, Counter>,
     pub wipes_sent: Counter,
@@ -23,9 +35,26 @@ pub struct VaultMetrics {
 
 impl Default for VaultMetrics {
     fn default() -> Self {
+        let metrics = Self::empty();
+        // Every outcome from 0: a rate reads from the start, and a dashboard finds the series.
+        for outcome in ["revoked", "already_invalid", "failed"] {
+            let created = metrics.tokens_revoked.get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())]);
+            drop(created);
+        }
+        metrics
+    }
+}
+
+impl VaultMetrics {
+    fn empty() -> Self {
         Self {
             // 5 ms to about 80 s.
             revocation_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 15)),
+            tokens_phase_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 15)),
+            pending_wipes: Gauge::default(),
+            pending_token_revocations: Gauge::default(),
+            pending_revocations: Gauge::default(),
+            oldest_pending_revocation_seconds: Gauge::default(),
             tokens_revoked: Family::default(),
             wipes_sent: Counter::default(),
             wipes_acked: Counter::default(),
@@ -68,6 +97,33 @@ impl VaultMetrics {
             "From a revocation's start to its last token revoked and last view acknowledgement",
             Unit::Seconds,
             self.revocation_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "custodian_vault_revocation_tokens_duration",
+            "From a revocation's start to its last token settled at the OP",
+            Unit::Seconds,
+            self.tokens_phase_seconds.clone(),
+        );
+        registry.register(
+            "custodian_vault_pending_wipes",
+            "Wipe commands not yet acknowledged by their view",
+            self.pending_wipes.clone(),
+        );
+        registry.register(
+            "custodian_vault_pending_token_revocations",
+            "Tokens of revocations not yet settled at the OP",
+            self.pending_token_revocations.clone(),
+        );
+        registry.register(
+            "custodian_vault_pending_revocations",
+            "Revocations not yet done",
+            self.pending_revocations.clone(),
+        );
+        registry.register_with_unit(
+            "custodian_vault_oldest_pending_revocation_age",
+            "Age of the oldest revocation not yet done (0 when none)",
+            Unit::Seconds,
+            self.oldest_pending_revocation_seconds.clone(),
         );
         registry.register(
             "custodian_vault_tokens_handed_out",

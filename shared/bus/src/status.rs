@@ -64,6 +64,16 @@ pub struct ConsumerStatus {
 
 /// Reads the stream, its consumers, the leadership leases and the dead-letter counts.
 pub async fn bus_status(bus: &Bus) -> Result<BusStatus, BusError> {
+    read_status(bus, true).await
+}
+
+/// [`bus_status`] without the newest dead letter per subject: counts only, no message read
+/// (for a service's gauges, whose identity may not read messages by sequence).
+pub async fn bus_counts(bus: &Bus) -> Result<BusStatus, BusError> {
+    read_status(bus, false).await
+}
+
+async fn read_status(bus: &Bus, with_newest: bool) -> Result<BusStatus, BusError> {
     let failed = |reason: String| BusError::Stream { stream: subjects::STREAM.to_owned(), reason };
     let js = bus.jetstream();
     let mut stream = js.get_stream(subjects::STREAM).await.map_err(|e| failed(e.to_string()))?;
@@ -131,7 +141,7 @@ pub async fn bus_status(bus: &Bus) -> Result<BusStatus, BusError> {
     }
     dead_letters.sort();
     let mut dead_letters_newest = Vec::with_capacity(dead_letters.len());
-    for (subject, _) in &dead_letters {
+    for (subject, _) in dead_letters.iter().filter(|_| with_newest) {
         let newest = stream.get_last_raw_message_by_subject(subject).await.map_err(|e| failed(e.to_string()))?;
         dead_letters_newest.push((subject.clone(), newest.sequence));
     }

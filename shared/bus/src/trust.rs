@@ -335,6 +335,10 @@ pub fn permissions(identity: &Identity) -> Permissions {
             .deadletters("audit")
             .exclusive_consumer(durables::AUDIT_CHAIN, &[subjects::ALL])
             .kv(buckets::LEADERSHIP, &[durables::AUDIT_CHAIN])
+            // The deployment's gauges: the consumers' state and who leads each (reading the
+            // leases, never writing one), no message of the stream.
+            .publish(&[&format!("$JS.API.CONSUMER.LIST.{stream}")])
+            .publish(&[&format!("$JS.API.DIRECT.GET.KV_{0}.$KV.{0}.>", buckets::LEADERSHIP)])
             .respond("audit", &[&format!("{}.*", audit::PRIVACY_LOG)])
             .done(),
         Identity::Service(Service::Incident) => g

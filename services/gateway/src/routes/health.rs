@@ -29,8 +29,13 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Every registered metric, as OpenMetrics to a scraper that asks for it and as Prometheus
 /// text 0.0.4 to any other (the format every Prometheus tool reads).
 pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    render_metrics(&state.registry, &headers)
+}
+
+/// `registry` as [`metrics`] answers it (for a process's own metrics listener too).
+pub fn render_metrics(registry: &prometheus_client::registry::Registry, headers: &HeaderMap) -> Response {
     let mut body = String::new();
-    if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
+    if prometheus_client::encoding::text::encode(&mut body, registry).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();

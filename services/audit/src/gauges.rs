@@ -1,0 +1,144 @@
+//! What the whole deployment looks like now, as gauges (the bus and the outboxes belong to no
+//! one service; the audit service, which reads the whole stream anyway, reports them): each
+//! durable consumer's backlog and whether a replica leads it, the dead letters the stream
+//! keeps, and the outboxes' unpublished events. Read every [`EVERY`] from JetStream and the
+//! database, as `custodian status` reads them, but without any message's content.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use tokio_util::sync::CancellationToken;
+
+use custodian_bus::Bus;
+use custodian_store::Store;
+use custodian_store::clock::SharedClock;
+
+/// How often the gauges are read (a scrape interval's worth).
+pub const EVERY: Duration = Duration::from_secs(5);
+
+type Labels = Vec<(String, String)>;
+
+#[derive(Debug, Clone, Default)]
+pub struct SystemGauges {
+    /// Messages a durable has not acknowledged yet (undelivered + in flight), per consumer.
+    pub consumer_pending: Family<Labels, Gauge>,
+    /// For consumers whose replicas take turns: 1 while a replica leads, 0 while none does.
+    pub consumer_led: Family<Labels, Gauge>,
+    /// Dead letters the stream holds, per subject.
+    pub dead_letters: Family<Labels, Gauge>,
+    /// Events written to an outbox and not yet published, per publisher.
+    pub outbox_unpublished: Family<Labels, Gauge>,
+    /// Age of the oldest of those, per publisher (0 when none waits).
+    pub outbox_oldest_seconds: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// 1 after a read that succeeded, 0 after one that failed (the rest then keep their last values).
+    pub up: Gauge,
+}
+
+impl SystemGauges {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "custodian_consumer_pending_messages",
+            "Messages a durable consumer has not acknowledged yet (undelivered and in flight)",
+            self.consumer_pending.clone(),
+        );
+        registry.register(
+            "custodian_consumer_led",
+            "1 while a replica leads a consumer whose replicas take turns, 0 while none does",
+            self.consumer_led.clone(),
+        );
+        registry.register(
+            "custodian_dead_letters_messages",
+            "Dead letters the stream holds, per subject",
+            self.dead_letters.clone(),
+        );
+        registry.register(
+            "custodian_outbox_unpublished_events",
+            "Events written to an outbox and not yet published, per publisher",
+            self.outbox_unpublished.clone(),
+        );
+        registry.register_with_unit(
+            "custodian_outbox_oldest_unpublished_age",
+            "Age of the oldest unpublished outbox event, per publisher",
+            Unit::Seconds,
+            self.outbox_oldest_seconds.clone(),
+        );
+        registry.register(
+            "custodian_system_gauges_up",
+            "1 if the last read of the bus and outbox gauges succeeded",
+            self.up.clone(),
+        );
+    }
+}
+
+/// Reads the gauges every [`EVERY`] until `shutdown`.
+pub async fn run(gauges: Arc<SystemGauges>, bus: Bus, store: Store, clock: SharedClock, shutdown: CancellationToken) {
+    loop {
+        let ok = read(&gauges, &bus, &store, &clock).await;
+        gauges.up.set(i64::from(ok));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
+async fn read(gauges: &SystemGauges, bus: &Bus, store: &Store, clock: &SharedClock) -> bool {
+    let label = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+    let bus = match custodian_bus::status::bus_counts(bus).await {
+        Ok(bus) => bus,
+        Err(e) => {
+            tracing::debug!(error = %e, "bus gauges not read");
+            return false;
+        }
+    };
+    // Cleared first: a consumer or subject gone since is no series of its own any more.
+    gauges.consumer_pending.clear();
+    gauges.consumer_led.clear();
+    for c in &bus.consumers {
+        let pending = c.pending.saturating_add(c.unacknowledged as u64);
+        let labels = label("consumer", &c.name);
+        // A term's durable and its predecessor may both still exist: the consumer's backlog is the live one's.
+        let gauge = gauges.consumer_pending.get_or_create(&labels);
+        gauge.set(gauge.get().max(i64::try_from(pending).unwrap_or(i64::MAX)));
+        if c.takes_turns {
+            gauges.consumer_led.get_or_create(&labels).set(i64::from(c.leader.is_some()));
+        }
+    }
+    gauges.dead_letters.clear();
+    // Every service's subject, at 0 when it holds none: an alert sees a rise from 0, not a
+    // series appearing.
+    for service in custodian_bus::trust::Service::ALL {
+        let subject = format!("{}.{}", custodian_events::subjects::DEADLETTER_PREFIX, service.name());
+        gauges.dead_letters.get_or_create(&label("subject", &subject)).set(0);
+    }
+    for (subject, n) in &bus.dead_letters {
+        gauges.dead_letters.get_or_create(&label("subject", subject)).set(i64::try_from(*n).unwrap_or(i64::MAX));
+    }
+    match custodian_store::outbox::backlog(store.db()).await {
+        Ok(backlog) => {
+            let now = clock.now();
+            gauges.outbox_unpublished.clear();
+            gauges.outbox_oldest_seconds.clear();
+            // Every service at 0 unless it has something waiting (as for dead letters).
+            for service in custodian_bus::trust::Service::ALL {
+                let labels = label("publisher", service.name());
+                gauges.outbox_unpublished.get_or_create(&labels).set(0);
+                gauges.outbox_oldest_seconds.get_or_create(&labels).set(0.0);
+            }
+            for b in backlog {
+                let labels = label("publisher", &b.publisher);
+                gauges.outbox_unpublished.get_or_create(&labels).set(i64::try_from(b.waiting).unwrap_or(i64::MAX));
+                let age = (now - b.oldest).to_std().unwrap_or_default().as_secs_f64();
+                gauges.outbox_oldest_seconds.get_or_create(&labels).set(age);
+            }
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "outbox gauges not read");
+            false
+        }
+    }
+}
