@@ -53,6 +53,11 @@ bench: install ## benchmarks with raw baselines measured in the same run (see BE
 	$(ENV) target/release/custodian-bench sweep 100000
 	$(ENV) target/release/custodian-bench revocation
 	$(ENV) target/release/custodian-bench bus 50000
+	@echo "-- the same consent and revocation benches with every span exported over OTLP, then 1% sampled"
+	$(ENV) CUSTODIAN_BENCH_TRACES=1 OTEL_TRACES_SAMPLER=always_on target/release/custodian-bench
+	$(ENV) CUSTODIAN_BENCH_TRACES=1 OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01 target/release/custodian-bench
+	$(ENV) CUSTODIAN_BENCH_TRACES=1 OTEL_TRACES_SAMPLER=always_on target/release/custodian-bench revocation
+	$(ENV) CUSTODIAN_BENCH_TRACES=1 OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01 target/release/custodian-bench revocation
 
 FUZZ_SECONDS ?= 60
 fuzz: ## fuzz the CloudEvent, logout-token and SET decoders for FUZZ_SECONDS each (nightly; not in CI)

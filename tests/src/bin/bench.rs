@@ -546,8 +546,32 @@ async fn sweep_bench(n: usize) {
 #[tokio::main]
 async fn main() {
     custodian_telemetry::set_default_filter("warn");
-    let _telemetry = custodian_telemetry::init("custodian-bench").ok();
-    let args: Vec<String> = std::env::args().collect();
+    // CUSTODIAN_BENCH_TRACES=1 exports every span over OTLP/HTTP to a receiver in this
+    // process (it decodes what it gets, on the same cores), sampled by the standard
+    // OTEL_TRACES_SAMPLER/_ARG; without it spans are made but not exported.
+    let export = match std::env::var_os("CUSTODIAN_BENCH_TRACES") {
+        Some(_) => {
+            let receiver = custodian_testkit::otlp::OtlpReceiver::shared();
+            println!(
+                "traces exported over OTLP/HTTP to a receiver in this process, sampler {} {}",
+                std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_else(|_| "parentbased_always_on".to_owned()),
+                std::env::var("OTEL_TRACES_SAMPLER_ARG").unwrap_or_default()
+            );
+            custodian_telemetry::Export::To { traces_url: receiver.traces_url(), every: Duration::from_secs(1) }
+        }
+        None => custodian_telemetry::Export::FromEnv,
+    };
+    let exporting = matches!(export, custodian_telemetry::Export::To { .. });
+    let telemetry = custodian_telemetry::init_with("custodian-bench", export).ok();
+    bench(std::env::args().collect()).await;
+    if exporting {
+        drop(telemetry); // flushes what is still batched
+        let spans = custodian_testkit::otlp::OtlpReceiver::shared().spans().len();
+        println!("spans received by the OTLP receiver: {spans}");
+    }
+}
+
+async fn bench(args: Vec<String>) {
     if args.get(1).map(String::as_str) == Some("bus") {
         let n = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100_000);
         return bus_bench(n).await;
