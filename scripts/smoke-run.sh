@@ -15,7 +15,14 @@ export CUSTODIAN_CONFIG=.data/custodian.toml
 # The person's sign-in starts (the vault makes the authorization request), the demo view serves.
 login=$(curl -s --cacert .data/tls/ca.pem -o /dev/null -w '%{http_code} %{redirect_url}' https://127.0.0.1:18080/login)
 case "$login" in "303 https://127.0.0.1:19443/auth?"*code_challenge_method=S256*) ;; *) cat "$log"; echo "smoke: /login gave $login" >&2; exit 1;; esac
-curl -fs --cacert .data/tls/ca.pem https://127.0.0.1:18081/ | grep -q "View <code>demo</code>" || { cat "$log"; echo "smoke: demo view not serving" >&2; exit 1; }
+# The demo view serves its page, and nothing of anyone's to a request without their session.
+curl -fs --cacert .data/tls/ca.pem https://127.0.0.1:18081/ | grep -q 'action="/sessions"' && { echo "smoke: the demo view offers a fetch to nobody" >&2; exit 1; }
+curl -fs --cacert .data/tls/ca.pem -H 'accept-language: en' https://127.0.0.1:18081/ | grep -q "Sign in through the platform" || { cat "$log"; echo "smoke: demo view not serving" >&2; exit 1; }
+anonymous=$(curl -s --cacert .data/tls/ca.pem -o /dev/null -w '%{http_code}' -d subject=alice https://127.0.0.1:18081/sessions)
+[ "$anonymous" = 401 ] || { echo "smoke: the demo view answered $anonymous to a fetch without a session" >&2; exit 1; }
+# The portal's page, in the browser's language, under its CSP.
+curl -fsi --cacert .data/tls/ca.pem -H 'accept-language: nl-BE,nl;q=0.9' https://127.0.0.1:18080/ >/tmp/smoke-portal
+grep -q "Uw toestemmingen" /tmp/smoke-portal && grep -qi "^content-security-policy: default-src 'self'" /tmp/smoke-portal || { cat /tmp/smoke-portal; echo "smoke: the portal is not served in Dutch under its CSP" >&2; exit 1; }
 target/debug/custodian events publish examples/consent-granted.json
 for _ in $(seq 1 100); do
   if target/debug/custodian consents list | grep -q "tp-demo .*granted .*demo-person"; then

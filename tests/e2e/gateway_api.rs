@@ -205,7 +205,7 @@ async fn the_gateway_serves_https_with_secure_prefixed_cookies_and_refuses_plain
 }
 
 #[tokio::test]
-async fn the_dashboard_escapes_a_hostile_platform_id_runs_no_script_and_revokes_only_by_its_own_form() {
+async fn the_portal_escapes_a_hostile_platform_id_runs_no_script_and_revokes_or_signs_out_only_by_its_own_forms() {
     // A platform id made to break out of an inline handler, as one was once published (a
     // token can now speak only for the platforms configured with it: this one was).
     let hostile = "x');document.title='XSS-'+document.domain;//<b>\"".to_owned();
@@ -226,7 +226,7 @@ async fn the_dashboard_escapes_a_hostile_platform_id_runs_no_script_and_revokes_
         stack.http.post(stack.url("/v1/events")).bearer_auth(PLATFORM_TOKEN).json(&grant).send().await.unwrap();
     assert_eq!(published.status(), StatusCode::ACCEPTED);
 
-    let page = custodian_testkit::eventually("the hostile grant on the dashboard", Duration::from_secs(20), || async {
+    let page = custodian_testkit::eventually("the hostile grant on the portal", Duration::from_secs(20), || async {
         let r = browser.get(stack.url("/")).send().await.ok()?;
         let headers = r.headers().clone();
         let body = r.text().await.ok()?;
@@ -245,12 +245,29 @@ async fn the_dashboard_escapes_a_hostile_platform_id_runs_no_script_and_revokes_
     let lower = body.to_ascii_lowercase();
     assert!(!lower.contains("<script") && !lower.contains("onclick") && !lower.contains("javascript:"), "{body}");
     assert!(!body.contains(&hostile) && !body.contains("<b>"), "the id is escaped wherever it appears: {body}");
+    // The portal's link to the confirmation step carries the id URL-encoded.
+    let confirm_href = body
+        .split("href=\"/consents/revoke?")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(|query| query.replace("&amp;", "&").replace("&#38;", "&"))
+        .find(|query| {
+            let url = reqwest::Url::parse(&format!("http://x/?{query}")).expect("a query");
+            url.query_pairs().any(|(k, v)| k == "platform_id" && v == hostile.as_str())
+        })
+        .expect("a link to the hostile platform's confirmation step");
+    let confirm = browser.get(stack.url(&format!("/consents/revoke?{confirm_href}"))).send().await.unwrap();
+    assert_eq!(confirm.status(), StatusCode::OK);
+    assert_eq!(confirm.headers()["x-frame-options"], "DENY", "the confirmation cannot be framed either");
+    let body = confirm.text().await.unwrap();
+    assert!(!body.contains(&hostile) && !body.contains("<b>"), "escaped on the confirmation: {body}");
+    assert!(body.contains("every app of the platform erases"), "the confirmation says what revoking does: {body}");
     let in_form = body
         .split("name=\"platform_id\" value=\"")
         .skip(1)
         .filter_map(|rest| rest.split('"').next())
         .find(|value| value.contains("document.title"))
-        .expect("the hostile platform id in a revoke form");
+        .unwrap_or_else(|| panic!("the hostile platform id in a revoke form: {body}"));
     let unescaped = [("&#39;", "'"), ("&#x27;", "'"), ("&quot;", "\""), ("&#34;", "\""), ("&lt;", "<"), ("&#60;", "<")]
         .iter()
         .fold(in_form.to_owned(), |s, (entity, c)| s.replace(entity, c))
@@ -289,15 +306,44 @@ async fn the_dashboard_escapes_a_hostile_platform_id_runs_no_script_and_revokes_
     problem(anonymous.await.unwrap(), StatusCode::UNAUTHORIZED).await;
     assert_eq!(stack.count_on(custodian_events::subjects::CONSENT_REVOKED).await, 0, "nothing was revoked");
 
-    // The page's own form: revoked, and back to the page with the receipt's link.
-    let done = revoke(vec![("platform_id", hostile.clone()), ("csrf", csrf)], Some("same-origin")).await.unwrap();
+    // The page's own form: revoked, and on to the receipt, a timeline that reaches done.
+    let done =
+        revoke(vec![("platform_id", hostile.clone()), ("csrf", csrf.clone())], Some("same-origin")).await.unwrap();
     assert_eq!(done.status(), StatusCode::SEE_OTHER);
     let location = done.headers()["location"].to_str().unwrap().to_owned();
-    let revocation_id = location.strip_prefix("/?revocation=").expect("back to the dashboard").to_owned();
-    let after = browser.get(stack.url(&location)).send().await.unwrap().text().await.unwrap();
-    assert!(after.contains(&format!("href=\"/v1/revocations/{revocation_id}\"")), "{after}");
+    let revocation_id = location.strip_prefix("/receipts/").expect("on to the receipt").to_owned();
+    assert!(uuid::Uuid::parse_str(&revocation_id).is_ok(), "{location}");
+    let receipt = custodian_testkit::eventually("the receipt done", Duration::from_secs(20), || async {
+        let r = browser.get(stack.url(&location)).header("accept-language", "en").send().await.ok()?;
+        let body = r.text().await.ok()?;
+        body.contains("Done. Every step below is confirmed.").then_some(body)
+    })
+    .await;
+    assert!(receipt.contains(&revocation_id), "the receipt shows its number: {receipt}");
+    assert!(!receipt.contains(&hostile) && !receipt.contains("<b>"), "the id is escaped on the receipt too");
+    assert!(!receipt.contains("http-equiv=\"refresh\""), "a done receipt no longer refreshes itself");
     assert_eq!(stack.count_on_settled(custodian_events::subjects::CONSENT_REVOKED, 1).await, 1);
-    // A link made by someone else shows nothing it carries but an id of the gateway's form.
-    let forged = browser.get(stack.url("/?revocation=%3Cscript%3E")).send().await.unwrap().text().await.unwrap();
-    assert!(!forged.contains("<script") && !forged.contains("Receipt of revocation"), "{forged}");
+    // The portal lists it among the ended consents, with its receipt.
+    let portal = browser.get(stack.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(portal.contains(&format!("href=\"/receipts/{revocation_id}\"")), "{portal}");
+    // Someone else's link shows nothing it carries: a 404 page with none of it.
+    let forged = browser.get(stack.url("/receipts/%3Cscript%3E")).send().await.unwrap();
+    assert_eq!(forged.status(), StatusCode::NOT_FOUND);
+    let forged = forged.text().await.unwrap();
+    assert!(!forged.contains("<script") && forged.contains("There is no receipt"), "{forged}");
+    let unknown = browser.get(stack.url(&format!("/receipts/{}", uuid::Uuid::new_v4()))).send().await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND, "an id of no revocation of this person's");
+
+    // Signing out: never by GET (a link on any site could), never without the page's token.
+    let by_get = browser.get(stack.url("/logout")).send().await.unwrap();
+    assert_eq!(by_get.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let forged_logout = browser.post(stack.url("/logout")).form(&[("csrf", "0".repeat(64))]).send().await.unwrap();
+    problem(forged_logout, StatusCode::FORBIDDEN).await;
+    let still = browser.get(stack.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(still.contains("action=\"/logout\""), "still signed in after the refused sign-outs");
+    let logout = browser.post(stack.url("/logout")).form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(logout.status(), StatusCode::SEE_OTHER);
+    let cleared =
+        logout.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("Max-Age=0"));
+    assert!(cleared, "the session cookie is cleared");
 }

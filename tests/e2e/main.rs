@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod audit;
+mod browser;
 mod bus_trust;
 mod consent_ledger;
 mod gateway_api;

@@ -68,6 +68,8 @@ pub struct Stack {
     pub gateway_limits: custodian_gateway::limits::LimitsConfig,
     /// What the vault (each start of it) measures.
     pub vault_metrics: custodian_vault::VaultMetrics,
+    /// What the person's portal says of each platform (set before the gateway starts).
+    pub portal: custodian_gateway::registry::PortalConfig,
     _dir: tempfile::TempDir,
 }
 
@@ -159,6 +161,7 @@ impl Stack {
             keyring: custodian_crypto::KeyRing::ephemeral(),
             platform_token_speaks_for: TEST_PLATFORMS.iter().map(|p| (*p).to_owned()).collect(),
             gateway_limits: Default::default(),
+            portal: Default::default(),
             vault_metrics: Default::default(),
             extra_audiences: Vec::new(),
             gateway_tls: None,
@@ -295,6 +298,39 @@ impl Stack {
             custodian_view_sdk::View::new(view_id, self.view_bus(view_id).await, self.clock.clone()).expect("view");
         self.run_view(&view);
         view
+    }
+
+    /// The demo view (the reference view) for `platform_id`, on plain HTTP on loopback: it
+    /// knows people by the gateway's session cookie and fetches their profile from the OP.
+    /// Returns its base URL.
+    pub async fn start_demo_view(&mut self, platform_id: &str) -> String {
+        let bus = self.view_bus("demo").await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let config = custodian_demo_view::DemoViewConfig {
+            enabled: true,
+            listen: listener.local_addr().expect("addr"),
+            view_id: "demo".into(),
+            platform_id: platform_id.to_owned(),
+            userinfo_url: Some(format!("{}/me", self.provider.issuer)),
+            ca_file: Some(self.provider.ca_file.clone()),
+            portal_url: self.gateway_url.clone(),
+            session_cookie: match self.gateway_tls {
+                Some(_) => "__Host-custodian_session".into(),
+                None => "custodian_session".into(),
+            },
+            ..Default::default()
+        };
+        let deps = custodian_demo_view::Deps { bus, clock: self.clock.clone(), listener };
+        let token = CancellationToken::new();
+        let run_token = token.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(e) = custodian_demo_view::run(deps, config, run_token).await {
+                tracing::error!(error = %e, "demo view stopped with an error");
+            }
+        });
+        self.views.push(("demo".into(), token, handle));
+        url
     }
 
     /// (Re)starts `view`'s wipe listener.
@@ -451,6 +487,7 @@ impl Stack {
             behind_tls_proxy: false,
             max_clock_skew_secs: custodian_events::MAX_CLOCK_SKEW.as_secs(),
             limits: self.gateway_limits.clone(),
+            portal: self.portal.clone(),
         };
         let (store, clock, bus) = (self.store.clone(), self.clock.clone(), self.service_bus(Service::Gateway));
         let token = CancellationToken::new();

@@ -408,7 +408,15 @@ async fn logout_ends_the_session_here_and_sends_the_browser_to_the_op() {
     let signed_in = browser.get(stack.url("/v1/me/consents")).send().await.expect("me");
     assert_eq!(signed_in.status(), StatusCode::OK);
 
-    let out = browser.get(stack.url("/logout")).send().await.expect("logout");
+    // The portal's sign-out form, with the token it carries (bound to the session cookie).
+    let portal = browser.get(stack.url("/")).send().await.expect("portal").text().await.expect("page");
+    let csrf = portal
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the sign-out form's token")
+        .to_owned();
+    let out = browser.post(stack.url("/logout")).form(&[("csrf", csrf)]).send().await.expect("logout");
     assert_eq!(out.status(), StatusCode::SEE_OTHER);
     let location = out.headers()[reqwest::header::LOCATION].to_str().expect("location").to_owned();
     assert!(location.starts_with(&format!("{}/session/end", stack.provider.issuer)), "{location}");

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod limits;
 pub mod problem;
+pub mod registry;
 pub mod routes;
 pub mod ssf_receiver;
 pub mod transmit;
@@ -74,6 +75,8 @@ pub struct GatewayConfig {
     pub max_clock_skew_secs: u64,
     /// Rate limits, timeouts and the connection cap.
     pub limits: limits::LimitsConfig,
+    /// What the person's portal says of each platform, and its time zone.
+    pub portal: registry::PortalConfig,
 }
 
 /// `[gateway.login]`: the person's sign-in (the code flow itself runs in the vault).
@@ -123,6 +126,7 @@ impl Default for GatewayConfig {
             behind_tls_proxy: false,
             max_clock_skew_secs: custodian_events::MAX_CLOCK_SKEW.as_secs(),
             limits: limits::LimitsConfig::default(),
+            portal: registry::PortalConfig::default(),
         }
     }
 }
@@ -169,6 +173,7 @@ pub struct AppState {
     pub max_clock_skew: chrono::Duration,
     pub rate_limiters: limits::RateLimiters,
     pub request_timeout: std::time::Duration,
+    pub portal: registry::PortalConfig,
 }
 
 #[derive(Debug)]
@@ -208,9 +213,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/v1/incidents", post(routes::incidents::report))
         .route("/v1/incidents/{incident_id}", get(routes::incidents::show))
-        .route("/", get(routes::dashboard::page))
-        .route("/consents/revoke", post(routes::dashboard::revoke))
-        .route("/logout", get(routes::login::logout).post(routes::login::logout))
+        .route("/", get(routes::portal::portal))
+        .route("/consents/revoke", get(routes::portal::confirm).post(routes::portal::revoke))
+        .route("/receipts/{revocation_id}", get(routes::portal::receipt))
+        .route("/logout", post(routes::login::logout))
+        .route("/assets/custodian.css", get(custodian_web::pages::stylesheet))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
@@ -283,6 +290,7 @@ pub async fn serve_metrics(
 /// Serves until `shutdown`, then finishes in-flight requests.
 pub async fn run(deps: Deps, config: GatewayConfig, shutdown: CancellationToken) -> Result<(), GatewayError> {
     let auth = auth::Authenticator::new(&config.machine_tokens, config.oidc.clone())?;
+    config.portal.validate().map_err(GatewayError::Config)?;
     let metrics = GatewayMetrics::default();
     let mut registry = deps.registry;
     registry.register("custodian_http_requests", "HTTP requests by method, route and status", metrics.requests.clone());
@@ -315,6 +323,7 @@ pub async fn run(deps: Deps, config: GatewayConfig, shutdown: CancellationToken)
             })?,
         rate_limiters: limits::RateLimiters::new(&config.limits, shutdown.clone())?,
         request_timeout: std::time::Duration::from_millis(config.limits.request_timeout_ms.max(1)),
+        portal: config.portal.clone(),
     });
     // SETs out to subscribed receivers, on a durable consumer (retries with backoff).
     let transmitting = match (&state.transmitter, &config.ssf_transmitter) {
@@ -380,10 +389,13 @@ mod tests {
             ("get", "/.well-known/jwks.json"),
             ("get", "/v1/incidents/{incident_id}"),
             ("get", "/"),
+            ("get", "/consents/revoke"),
             ("post", "/consents/revoke"),
+            ("get", "/receipts/{revocation_id}"),
+            ("get", "/assets/custodian.css"),
             ("get", "/login"),
             ("get", "/callback"),
-            ("get", "/logout"),
+            ("post", "/logout"),
             ("get", "/healthz"),
             ("get", "/readyz"),
             ("get", "/metrics"),

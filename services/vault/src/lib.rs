@@ -195,6 +195,15 @@ pub async fn run(deps: Deps, config: VaultConfig, shutdown: CancellationToken) -
     tasks.respond("vault-whoami", &client, vault::WHOAMI, SERVICE, vault.clone(), |v, q| async move {
         login::whoami(&v, q).await
     });
+    // A view asks under its own id (`custodian.vault.whoami.<view_id>`), like every request it makes.
+    tasks.respond_bound(
+        "vault-whoami-views",
+        &client,
+        format!("{}.*", vault::WHOAMI),
+        SERVICE,
+        vault.clone(),
+        |v, _view_id, q| async move { login::whoami(&v, q).await },
+    );
     tasks.respond("vault-logout", &client, vault::LOGOUT, SERVICE, vault.clone(), |v, q| async move {
         login::logout(&v, q).await
     });

@@ -320,6 +320,7 @@ pub fn permissions(identity: &Identity) -> Permissions {
                     vault::LOGIN_START,
                     vault::LOGIN_FINISH,
                     vault::WHOAMI,
+                    &format!("{}.*", vault::WHOAMI),
                     vault::LOGOUT,
                     &format!("{}.*", vault::TOKEN),
                     &format!("{}.*", vault::HOK),
@@ -411,6 +412,8 @@ pub fn permissions(identity: &Identity) -> Permissions {
                     &format!("{}.{id}", subjects::SESSION_WIPED),
                     &format!("{}.{id}", vault::TOKEN),
                     &format!("{}.{id}", vault::HOK),
+                    // Who a person signed in at the platform is (their session cookie's digest).
+                    &format!("{}.{id}", vault::WHOAMI),
                 ])
                 .done()
         }

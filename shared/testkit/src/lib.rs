@@ -7,6 +7,7 @@
 
 #![allow(clippy::expect_used)]
 
+pub mod browser;
 pub mod cpu;
 mod nats;
 pub mod otlp;

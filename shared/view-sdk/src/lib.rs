@@ -51,6 +51,13 @@ pub struct AccessToken {
     pub acr: Option<String>,
 }
 
+/// A person signed in at the platform (see [`View::signed_in`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedIn {
+    pub issuer: String,
+    pub subject: String,
+}
+
 /// A session started with [`View::start_session`] and the token it holds data under.
 #[derive(Debug)]
 pub struct StartedSession {
@@ -226,6 +233,23 @@ impl View {
             }
             TokenReply::NotFound(reason) => Err(ViewError::NoToken(reason)),
             TokenReply::Error(reason) => Err(ViewError::Vault(reason)),
+        }
+    }
+
+    /// The person signed in at the platform with this session cookie (the gateway's, which
+    /// the browser sends to the platform's views on the same host), asked of the vault; `None`
+    /// for a session unknown or ended. Only the cookie's SHA-256 leaves the view.
+    pub async fn signed_in(&self, session_cookie: &str, timeout: Duration) -> Result<Option<SignedIn>, ViewError> {
+        use custodian_events::vault::{SessionLookup, WHOAMI, WhoamiReply};
+        let lookup = SessionLookup { session_digest: custodian_crypto::sha256_hex(session_cookie) };
+        let subject = self.own(WHOAMI);
+        let reply = custodian_bus::query_idempotent::<_, WhoamiReply>(self.bus.client(), &subject, &lookup, timeout)
+            .await
+            .map_err(|e| ViewError::Vault(e.to_string()))?;
+        match reply {
+            WhoamiReply::Person(p) => Ok(Some(SignedIn { issuer: p.issuer, subject: p.subject })),
+            WhoamiReply::Unknown => Ok(None),
+            WhoamiReply::Error(e) => Err(ViewError::Vault(e)),
         }
     }
 

@@ -123,6 +123,12 @@ impl MemoryStore {
         self.lock().sessions.contains_key(session_id)
     }
 
+    /// Whether the session was wiped by a revocation (remembered for [`WIPED_REMEMBERED_FOR`]).
+    pub fn was_wiped(&self, session_id: &str) -> bool {
+        let now = self.clock.now();
+        self.lock().wiped.get(session_id).is_some_and(|until| *until > now)
+    }
+
     /// Drops the sessions and all their entries, and remembers them as wiped (they cannot be
     /// opened again); returns how many sessions were held.
     pub fn wipe(&self, session_ids: &[String]) -> usize {

@@ -16,6 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 
+pub mod i18n;
+pub mod pages;
 mod serve;
 pub use serve::{ServeLimits, serve};
 

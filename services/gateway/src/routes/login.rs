@@ -1,6 +1,6 @@
 //! A person's sign-in through the OP (authorization code + PKCE), run by the vault: `/login`
 //! sends the browser to the OP, `/callback` hands the code to the vault and sets the session
-//! cookie, `/logout` ends it here and at the OP. The gateway never sees a token: the vault
+//! cookie, `POST /logout` ends it here and at the OP. The gateway never sees a token: the vault
 //! exchanges the code, and keeps only the SHA-256 of the session cookie.
 //!
 //! Cookies: HttpOnly, SameSite=Lax; over HTTPS Secure and prefixed (`__Host-` for the session,
@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -151,10 +152,23 @@ pub async fn callback(
     }
 }
 
-/// `GET|POST /logout`: ends the session here and sends the browser to the OP to end it there.
-pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+#[derive(Debug, Deserialize)]
+pub struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /logout`: the portal's form ends the session here and sends the browser to the OP
+/// to end it there. Only a form of this site's own signs the person out (CSRF token, and
+/// `Sec-Fetch-Site` when the browser sends it); there is no GET, so a link or an image on
+/// another site cannot.
+pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(form): Form<LogoutForm>) -> Response {
     let mut target = state.login.after_login.clone();
     if let Some(cookie) = session_cookie(&state.login, &headers) {
+        if !crate::routes::portal::form_is_ours(&headers, &cookie, &form.csrf) {
+            return Problem::forbidden("this sign-out did not come from your consent page; you are still signed in")
+                .into_response();
+        }
         let lookup = SessionLookup { session_digest: crate::auth::token_digest(&cookie) };
         match custodian_bus::query_idempotent::<_, LogoutReply>(
             state.bus.client(),

@@ -1,9 +1,9 @@
 pub mod consents;
-pub mod dashboard;
 pub mod events;
 pub mod health;
 pub mod incidents;
 pub mod login;
+pub mod portal;
 pub mod privacy;
 pub mod revocations;
 pub mod signals;

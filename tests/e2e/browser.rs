@@ -1,0 +1,313 @@
+//! The person's pages in a real browser: Debian's Chromium, headless, through ChromeDriver.
+//! A person signs in at the real OP, sees the platform as the registry describes it, fetches
+//! their profile into the demo view, withdraws consent after a confirmation, and watches the
+//! receipt reach done, in each of the four languages; axe-core finds nothing serious or
+//! critical on any page; identifiers made to break out of HTML or a script are shown as text.
+//! Screenshots of each page go to `target/screenshots/`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use custodian_gateway::registry::{PlatformEntry, PortalConfig, ViewEntry};
+use custodian_testkit::browser::{self, Client, Locator};
+use serde_json::json;
+
+use crate::support::{PLATFORM_TOKEN, Stack, unique};
+
+/// Planted in every field a page shows: it must come out as these very characters.
+const HOSTILE: &str = "x');document.title='XSS';//\"><img src=x onerror=\"document.title='XSS'\">&amp;";
+
+fn words(en: &str, nl: &str, fr: &str, de: &str) -> BTreeMap<String, String> {
+    [("en", en), ("nl", nl), ("fr", fr), ("de", de)].into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+async fn text(client: &Client) -> String {
+    client.find(Locator::Css("body")).await.expect("body").text().await.expect("text")
+}
+
+async fn no_script_ran(client: &Client) {
+    let title = client.title().await.expect("title");
+    assert!(!title.contains("XSS"), "a planted script ran: the title is {title:?}");
+}
+
+/// axe-core on the page as it stands: nothing serious or critical.
+async fn accessible(client: &Client, page: &str) {
+    let found = browser::axe_serious(client).await;
+    assert!(found.is_empty(), "{page}: accessibility violations {found:#?}");
+}
+
+async fn click_link(client: &Client, text: &str) {
+    client
+        .find(Locator::LinkText(text))
+        .await
+        .unwrap_or_else(|e| panic!("a link {text:?}: {e}"))
+        .click()
+        .await
+        .expect("click");
+}
+
+async fn click_button(client: &Client, text: &str) {
+    let xpath = format!("//button[normalize-space(.)=\"{text}\"]");
+    client
+        .find(Locator::XPath(&xpath))
+        .await
+        .unwrap_or_else(|e| panic!("a button {text:?}: {e}"))
+        .click()
+        .await
+        .expect("click");
+}
+
+/// The OP's own login and consent pages, as a person fills them in.
+async fn sign_in_at_the_op(client: &Client, login: &str) {
+    let field = client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("input[name=login]"))
+        .await
+        .expect("the OP's login form");
+    field.send_keys(login).await.expect("login typed");
+    client
+        .find(Locator::Css("input[name=password]"))
+        .await
+        .expect("password field")
+        .send_keys("any")
+        .await
+        .expect("password typed");
+    client.find(Locator::Css("button[type=submit]")).await.expect("sign-in button").click().await.expect("signed in");
+    // The consent page (the OP asks once per client).
+    let consent = client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("button[type=submit]"))
+        .await
+        .expect("the OP's consent page");
+    consent.click().await.expect("consented");
+}
+
+#[tokio::test]
+async fn a_person_signs_in_withdraws_consent_with_confirmation_and_reads_the_receipt_in_four_languages() {
+    let mut stack = Stack::infrastructure().await;
+    stack.platform_token_speaks_for = vec![HOSTILE.to_owned()];
+    stack.start_consent();
+    stack.start_gateway().await;
+    let (client, settings) = stack.register_platform().await;
+    let platform_id = client.client_id.clone();
+    stack.portal = PortalConfig {
+        platforms: vec![PlatformEntry {
+            platform_id: platform_id.clone(),
+            name: "Zorgplatform Demo".into(),
+            legal_name: format!("Zorg & Co NV {HOSTILE}"),
+            enterprise_number: "0203.201.340".into(),
+            scopes: [(
+                "openid".to_owned(),
+                words(
+                    "Who you are, and your vaccination record",
+                    "Wie u bent, en uw vaccinatiegegevens",
+                    "Qui vous êtes, et vos vaccinations",
+                    "Wer Sie sind, und Ihr Impfausweis",
+                ),
+            )]
+            .into(),
+            views: vec![ViewEntry {
+                view_id: "demo".into(),
+                name: words(
+                    &format!("The demo app {HOSTILE}"),
+                    "De demo-app",
+                    "L’application de démonstration",
+                    "Die Demo-App",
+                ),
+            }],
+        }],
+        ..Default::default()
+    };
+    stack.restart_gateway().await;
+    stack.start_vault(crate::support::test_vault_config(vec![settings]));
+    let view_url = stack.start_demo_view(&platform_id).await;
+    let person = unique("ines");
+
+    let b = browser::browser("en").await;
+    b.goto(&stack.url("/")).await.expect("portal");
+    browser::wait_for_text(&b, "Sign in to see which platforms", Duration::from_secs(10)).await;
+    accessible(&b, "portal, signed out").await;
+    browser::screenshot(&b, "portal-signed-out-en").await;
+    click_link(&b, "Sign in at your identity provider").await;
+    sign_in_at_the_op(&b, &person).await;
+
+    // The portal: the platform by name, legal entity and enterprise number, what it may see.
+    let portal = browser::wait_for_text(&b, "Zorgplatform Demo", Duration::from_secs(20)).await;
+    assert!(portal.contains(&format!("Zorg & Co NV {HOSTILE}, enterprise number 0203.201.340")), "{portal}");
+    assert!(
+        portal.contains("Who you are, and your vaccination record"),
+        "the registry's words for the scope: {portal}"
+    );
+    assert!(portal.contains("Act for you while you are not signed in"), "the catalogue's words for offline_access");
+    assert!(portal.contains(&format!("The demo app {HOSTILE}")) && portal.contains("Level of assurance"), "{portal}");
+    assert!(!portal.contains("+00:00") && !portal.contains("T0"), "no RFC 3339 time on the page: {portal}");
+    no_script_ran(&b).await;
+
+    // A grant for a platform whose id is made to break out: shown as text, no script runs.
+    let grant = json!({
+        "specversion": "1.0", "id": unique("e"), "source": "urn:test", "type": "custodian.consent.granted.v1",
+        "time": stack.clock.now().to_rfc3339(), "datacontenttype": "application/json",
+        "data": {"issuer": stack.provider.issuer, "subject": person, "platform_id": HOSTILE, "scopes": ["openid", HOSTILE]}
+    });
+    let published =
+        stack.http.post(stack.url("/v1/events")).bearer_auth(PLATFORM_TOKEN).json(&grant).send().await.unwrap();
+    assert_eq!(published.status(), reqwest::StatusCode::ACCEPTED);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        b.refresh().await.expect("reload");
+        let page = text(&b).await;
+        if page.contains("This platform is not in the registry") {
+            assert!(page.contains(&format!("Access named “{HOSTILE}”")), "the planted scope as text: {page}");
+            assert!(page.lines().any(|l| l.trim() == HOSTILE), "the planted id as the platform's name: {page}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the planted grant never showed: {page}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let images = b.find_all(Locator::Css("main img")).await.expect("query");
+    assert!(images.is_empty(), "no planted element became part of the page");
+    no_script_ran(&b).await;
+    accessible(&b, "portal").await;
+    browser::screenshot(&b, "portal-signed-in-en").await;
+
+    // The demo view knows the person by the platform's session, and fetches for them alone.
+    b.goto(&view_url).await.expect("demo view");
+    browser::wait_for_text(&b, "This app holds nothing of yours.", Duration::from_secs(10)).await;
+    accessible(&b, "demo view").await;
+    click_button(&b, "Fetch my profile into this app").await;
+    let profile = browser::wait_for_text(&b, "Your profile, as this app holds it", Duration::from_secs(20)).await;
+    assert!(profile.contains(&person), "the profile fetched with the person's token: {profile}");
+    assert!(!profile.contains('{'), "the data as text, not JSON: {profile}");
+    accessible(&b, "demo view session").await;
+    browser::screenshot(&b, "view-session-en").await;
+
+    // Withdraw: a confirmation that says what it does, then the receipt until done.
+    b.goto(&stack.url("/")).await.expect("portal");
+    let link = b
+        .find(Locator::XPath(
+            "//section[.//h2[normalize-space(.)='Zorgplatform Demo']]//a[contains(@href, '/consents/revoke')]",
+        ))
+        .await
+        .expect("the platform's withdraw link");
+    link.click().await.expect("to the confirmation");
+    let confirm =
+        browser::wait_for_text(&b, "Withdraw your consent from Zorgplatform Demo?", Duration::from_secs(10)).await;
+    assert!(confirm.contains("every app of the platform erases the data of yours it holds in memory"), "{confirm}");
+    accessible(&b, "confirmation").await;
+    browser::screenshot(&b, "confirm-en").await;
+    click_button(&b, "Yes, withdraw my consent").await;
+    let receipt = browser::wait_for_text(&b, "Done. Every step below is confirmed.", Duration::from_secs(30)).await;
+    assert!(
+        receipt.contains("Your refresh token") && receipt.contains("withdrawn at the identity provider at"),
+        "{receipt}"
+    );
+    assert!(receipt.contains(&format!("The demo app {HOSTILE} erased your data at")), "the view's erasure: {receipt}");
+    no_script_ran(&b).await;
+    assert!(receipt.contains("Every step done on"), "{receipt}");
+    accessible(&b, "receipt").await;
+    browser::screenshot(&b, "receipt-en").await;
+    let receipt_url = b.current_url().await.expect("url").to_string();
+
+    // The switcher: each language, on the receipt and the portal.
+    for (lang, name, receipt_title, portal_title) in [
+        ("nl", "Nederlands", "Ontvangstbewijs: toestemming aan Zorgplatform Demo ingetrokken", "Uw toestemmingen"),
+        ("fr", "Français", "Reçu : consentement à Zorgplatform Demo retiré", "Vos consentements"),
+        ("de", "Deutsch", "Quittung: Einwilligung für Zorgplatform Demo widerrufen", "Ihre Einwilligungen"),
+        ("en", "English", "Receipt: consent of Zorgplatform Demo withdrawn", "Your consents"),
+    ] {
+        b.goto(&receipt_url).await.expect("receipt");
+        click_link(&b, name).await;
+        browser::wait_for_text(&b, receipt_title, Duration::from_secs(10)).await;
+        let html_lang = b.find(Locator::Css("html")).await.expect("html").attr("lang").await.expect("lang");
+        assert_eq!(html_lang.as_deref(), Some(lang));
+        accessible(&b, &format!("receipt ({lang})")).await;
+        browser::screenshot(&b, &format!("receipt-{lang}")).await;
+        // The choice sticks: the portal comes in the same language without asking again.
+        b.goto(&stack.url("/")).await.expect("portal");
+        let page = browser::wait_for_text(&b, portal_title, Duration::from_secs(10)).await;
+        assert!(!page.contains("Zorgplatform Demo\n") || lang == "en" || page.contains(portal_title));
+        accessible(&b, &format!("portal ({lang})")).await;
+        browser::screenshot(&b, &format!("portal-{lang}")).await;
+        b.goto(&stack.url(&format!("/?lang={lang}"))).await.expect("portal");
+        no_script_ran(&b).await;
+    }
+
+    // The view says what happened to the data.
+    b.goto(&view_url).await.expect("demo view");
+    browser::wait_for_text(&b, "erased: you withdrew your consent", Duration::from_secs(10)).await;
+    browser::screenshot(&b, "view-after-en").await;
+    b.close().await.expect("browser closed");
+
+    // A browser that asks for French gets French before any choice.
+    let fr = browser::browser("fr-BE,fr").await;
+    fr.goto(&stack.url("/")).await.expect("portal");
+    browser::wait_for_text(&fr, "Connectez-vous pour voir quelles plateformes", Duration::from_secs(10)).await;
+    accessible(&fr, "portal, signed out (fr)").await;
+    browser::screenshot(&fr, "portal-signed-out-fr").await;
+    fr.close().await.expect("browser closed");
+}
+
+/// The portal cannot be framed, even by a page of the same site's host.
+#[tokio::test]
+async fn the_portal_refuses_to_be_framed_and_the_demo_view_serves_no_one_without_a_session() {
+    let mut stack = Stack::infrastructure().await;
+    stack.start_consent();
+    stack.start_gateway().await;
+    let (client, settings) = stack.register_platform().await;
+    stack.start_vault(crate::support::test_vault_config(vec![settings]));
+    let view_url = stack.start_demo_view(&client.client_id).await;
+
+    let b = browser::browser("en").await;
+    // A page that frames the portal, served by the demo view's origin (a sibling of the same host).
+    // The first frame is the control: the gateway's style sheet may be framed, and shows.
+    // The framing page is served from the same host on another port: a same-site page.
+    let framing = format!(
+        "<!doctype html><title>framing</title><iframe src=\"{}\"></iframe><iframe src=\"{}\"></iframe>",
+        stack.url("/assets/custodian.css"),
+        stack.url("/")
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let framing_url = format!("http://{}/", listener.local_addr().expect("addr"));
+    let site = axum::Router::new().route("/", axum::routing::get(move || async move { axum::response::Html(framing) }));
+    tokio::spawn(async move { axum::serve(listener, site).await });
+    b.goto(&framing_url).await.expect("framing page");
+    let frame_text = |index: u16| {
+        let b = b.clone();
+        async move {
+            b.enter_frame(index).await.expect("into the frame");
+            let text = match b.find(Locator::Css("body")).await {
+                Ok(body) => body.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            b.enter_parent_frame().await.expect("out of the frame");
+            text
+        }
+    };
+    custodian_testkit::eventually("the control frame loaded", Duration::from_secs(10), || {
+        let loaded = frame_text(0);
+        async move { loaded.await.contains("--ink").then_some(()) }
+    })
+    .await;
+    let framed = frame_text(1).await;
+    assert!(
+        !framed.contains("Your consents") && !framed.contains("Sign in"),
+        "the portal rendered in a frame: {framed}"
+    );
+
+    // The demo view, without the platform's session: an invitation to sign in, and a fetch
+    // sent anyway is refused with nothing fetched.
+    b.goto(&view_url).await.expect("demo view");
+    let page = browser::wait_for_text(&b, "Sign in through the platform", Duration::from_secs(10)).await;
+    assert!(!page.contains("Fetch my profile"), "{page}");
+    b.close().await.expect("closed");
+    let anonymous = stack.http.post(format!("{view_url}/sessions")).form(&[("subject", "alice")]).send().await.unwrap();
+    assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED);
+    // Signed in, but with a form from elsewhere (no CSRF token): refused.
+    let (signed_in, _cookie, _) = stack.login_through_gateway(&unique("noor")).await;
+    let forged = signed_in.post(format!("{view_url}/sessions")).form(&[("csrf", "0")]).send().await.unwrap();
+    assert_eq!(forged.status(), reqwest::StatusCode::FORBIDDEN);
+    let home = signed_in.get(&view_url).send().await.unwrap().text().await.unwrap();
+    assert!(home.contains("This app holds nothing of yours."), "nothing was fetched: {home}");
+}
