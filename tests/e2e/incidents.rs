@@ -210,7 +210,11 @@ async fn a_platform_compromise_notifies_the_dpo_contains_and_rotates_the_secret(
     ] {
         assert!(first.contains(point), "the first e-mail lacks {point:?}:\n{first}");
     }
-    assert!(mails[3].contains("final report") && mails[3].contains("rotate_credentials"), "{}", mails[3]);
+    assert!(
+        mails[3].contains("final report") && mails[3].contains("Rotation of the client secret: done at"),
+        "{}",
+        mails[3]
+    );
     assert!(first.find("Message-ID").is_some());
 
     // Contained: every token dead at the OP, every view session wiped.
@@ -441,4 +445,81 @@ async fn the_dpo_webhook_gets_each_notification_signed_with_hmac_sha256() {
     let notified = stack.messages_on(custodian_events::subjects::DPO_NOTIFIED).await;
     assert_eq!(notified.iter().filter(|(_, e)| e["data"]["channel"] == "webhook").count(), 3);
     assert_eq!(notified.iter().filter(|(_, e)| e["data"]["channel"] == "email").count(), 3);
+}
+
+/// Each DPO e-mail, checked against the workflow's state at the instant it was sent: a
+/// measure is "taken" only if its step had finished by then, otherwise "in progress"; the
+/// sending step is "this message"; the Art. 33(1) deadline is stated; no JSON, no `null`;
+/// an HTML part says the same as the text part.
+#[tokio::test]
+async fn each_dpo_email_tells_the_workflow_as_it_stood_when_it_was_sent() {
+    let mut stack = Stack::start().await;
+    let smtp = SmtpServer::start();
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    stack.start_vault(test_vault_config(vec![settings]));
+    let _views = people_with_sessions(&mut stack, &platform, 2).await;
+    stack.start_incident(incident_config(&stack, &smtp, &client));
+    let id = report(&stack, "credential_loss", &platform).await;
+    closed(&stack, &id, Duration::from_secs(60)).await;
+
+    let steps = incident_step::Entity::find()
+        .filter(incident_step::Column::IncidentId.eq(id.clone()))
+        .all(stack.store.db())
+        .await
+        .expect("steps");
+    let step = |name: &str| steps.iter().find(|s| s.step == name).unwrap_or_else(|| panic!("step {name}")).clone();
+    let parts = smtp.parts();
+    assert_eq!(parts.len(), 4, "initial, containment, rotation, final");
+    let senders = [
+        ("notify_dpo", "Initial notification of the DPO"),
+        ("report_containment", "Follow-up notification: containment"),
+        ("report_rotation", "Follow-up notification: rotation"),
+        ("final_report", "Final report"),
+    ];
+    for ((text, html), (sender, sender_name)) in parts.iter().zip(senders) {
+        let sending = step(sender);
+        let detail: Value = serde_json::from_str(&sending.detail).expect("detail");
+        let sent_at: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(detail["email_delivered_at"].clone()).expect("delivered at");
+        let began = sending.started_at.expect("started");
+        assert!(text.contains(&format!("{sender_name}: this message, sent at")), "{sender}: {text}");
+        for (measure, taken, in_progress) in [
+            (
+                "contain",
+                "Taken: every token of the platform revoked",
+                "In progress: every token of the platform revoked",
+            ),
+            (
+                "rotate_credentials",
+                "Taken: the platform's client secret rotated",
+                "In progress: rotating the platform's client secret",
+            ),
+        ] {
+            let finished = step(measure).finished_at.expect("finished");
+            if text.contains(taken) {
+                assert!(finished <= sent_at, "{sender} lists {measure} as taken before it was: {text}");
+            } else {
+                assert!(text.contains(in_progress), "{sender} says nothing of {measure}: {text}");
+                assert!(finished > began, "{sender} lists {measure} as in progress though it was done: {text}");
+            }
+        }
+        if sender != "notify_dpo" {
+            assert!(!text.contains("(this message"), "only the first message is the notification at detection");
+            assert!(text.contains("Taken: the DPO notified at"), "{text}");
+        }
+        assert!(text.contains("within 72 hours") && text.contains("min left"), "the Art. 33(1) deadline: {text}");
+        assert!(!text.contains("null") && !text.contains('{') && !text.contains('}'), "no JSON: {text}");
+        assert!(html.contains("<h2>(d) Measures taken or proposed</h2>"), "an HTML part: {html}");
+        assert_eq!(html.matches("Taken:").count(), text.matches("Taken:").count(), "the parts agree");
+        assert_eq!(html.matches("In progress:").count(), text.matches("In progress:").count());
+    }
+    let (containment, _) = &parts[1];
+    assert!(containment.contains("Tokens revoked at the OpenID provider:"), "{containment}");
+    let (rotation, _) = &parts[2];
+    assert!(rotation.contains("Client secret version 1 replaced by version 2."), "{rotation}");
+    assert!(rotation.contains("The new secret authenticates: yes. The old secret is refused: yes."), "{rotation}");
+    let (last, _) = &parts[3];
+    assert!(last.contains("Every step of the workflow is done"), "{last}");
+    assert!(!last.contains("to do") && !last.contains("in progress since") && !last.contains("In progress:"), "{last}");
 }

@@ -509,13 +509,12 @@ async fn notify(
         .all(incidents.store.db())
         .await
         .unwrap_or_default();
-    let previous = steps.iter().rfind(|s| s.position < step.position).map(|s| s.detail.clone());
-    let extra: Value = previous.and_then(|d| serde_json::from_str(&d).ok()).unwrap_or(Value::Null);
     if detail.get("email_delivered_at").is_none() {
-        let (subject, body) = dpo::compose(stage, incident, &counted, &incidents.config.dpo.contact, &steps, &extra);
+        let now = incidents.clock.now();
+        let notice = dpo::compose(stage, incident, &counted, &incidents.config.dpo.contact, &steps, &step.step, now);
         let message_id = format!("<{}.{}@custodian>", incident.incident_id, step.step);
         let sent = match &incidents.mailer {
-            Ok(mailer) => dpo::send_email(&incidents.config.dpo, mailer, &message_id, &subject, body).await,
+            Ok(mailer) => dpo::send_email(&incidents.config.dpo, mailer, &message_id, &notice).await,
             Err(e) => Err(e.clone()),
         };
         match sent {

@@ -95,11 +95,45 @@ impl SmtpServer {
             })
             .unwrap_or_default();
         files.sort();
-        // Headers unfolded (RFC 5322 §2.2.3), so a test can search a long subject.
+        // Headers unfolded (RFC 5322 §2.2.3), so a test can search a long subject; then each
+        // part's body decoded (quoted-printable, base64), so a test can search the text.
         files
             .iter()
-            .filter_map(|p| std::fs::read_to_string(p).ok())
-            .map(|m| m.replace("\r\n ", " ").replace("\r\n\t", " ").replace("\n ", " "))
+            .filter_map(|p| std::fs::read(p).ok())
+            .map(|raw| {
+                let headers_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(raw.len());
+                let headers = String::from_utf8_lossy(&raw[..headers_end])
+                    .replace("\r\n ", " ")
+                    .replace("\r\n\t", " ")
+                    .replace("\n ", " ");
+                let mut out = format!("{headers}\r\n\r\n");
+                if let Ok(mail) = mailparse::parse_mail(&raw) {
+                    for part in mail.parts() {
+                        if part.subparts.is_empty() {
+                            out.push_str(&format!("--part {}\r\n", part.ctype.mimetype));
+                            out.push_str(&part.get_body().unwrap_or_default());
+                            out.push_str("\r\n");
+                        }
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// Each message's text part and HTML part, decoded (empty when it has none).
+    pub fn parts(&self) -> Vec<(String, String)> {
+        self.messages()
+            .iter()
+            .map(|m| {
+                let part = |kind: &str| {
+                    m.split("--part ")
+                        .find_map(|p| p.strip_prefix(kind))
+                        .map(|body| body.trim_start_matches("\r\n").to_owned())
+                        .unwrap_or_default()
+                };
+                (part("text/plain"), part("text/html"))
+            })
             .collect()
     }
 }
