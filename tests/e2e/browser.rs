@@ -123,7 +123,8 @@ async fn a_person_signs_in_withdraws_consent_with_confirmation_and_reads_the_rec
     stack.restart_gateway().await;
     stack.start_vault(crate::support::test_vault_config(vec![settings]));
     let view_url = stack.start_demo_view(&platform_id).await;
-    let person = unique("ines");
+    // The person's own identifier (the OP's `sub`, shown in the header) carries them too.
+    let person = format!("{}\"'<&');x//", unique("ines"));
 
     let b = browser::browser("en").await;
     b.goto(&stack.url("/")).await.expect("portal");
@@ -179,6 +180,7 @@ async fn a_person_signs_in_withdraws_consent_with_confirmation_and_reads_the_rec
     click_button(&b, "Fetch my profile into this app").await;
     let profile = browser::wait_for_text(&b, "Your profile, as this app holds it", Duration::from_secs(20)).await;
     assert!(profile.contains(&person), "the profile fetched with the person's token: {profile}");
+    assert!(text(&b).await.contains(&format!("Signed in as {person}")), "the planted subject as text");
     assert!(!profile.contains('{'), "the data as text, not JSON: {profile}");
     accessible(&b, "demo view session").await;
     browser::screenshot(&b, "view-session-en").await;
