@@ -488,7 +488,7 @@ async fn each_dpo_email_tells_the_workflow_as_it_stood_when_it_was_sent() {
             (
                 "contain",
                 "Taken: every token of the platform revoked",
-                "In progress: every token of the platform revoked",
+                "In progress: revoking every token of the platform",
             ),
             (
                 "rotate_credentials",

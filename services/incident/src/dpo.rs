@@ -142,10 +142,16 @@ fn measures(
         _ => {}
     }
     let person = incident.kind == "user_compromise";
-    let what = if person {
-        "the person's tokens revoked at the OpenID provider (RFC 7009) and every view session of theirs wiped"
+    let (what, doing) = if person {
+        (
+            "the person's tokens revoked at the OpenID provider (RFC 7009) and every view session of theirs wiped",
+            "revoking the person's tokens at the OpenID provider (RFC 7009) and wiping every view session of theirs",
+        )
     } else {
-        "every token of the platform revoked at the OpenID provider (RFC 7009) and every view session wiped"
+        (
+            "every token of the platform revoked at the OpenID provider (RFC 7009) and every view session wiped",
+            "revoking every token of the platform at the OpenID provider (RFC 7009) and wiping every view session",
+        )
     };
     if let Some(step) = find("contain") {
         match done("contain") {
@@ -157,7 +163,7 @@ fn measures(
                 };
                 out.push(format!("Taken: {what}, done at {}{counts}.", time(done.finished_at)));
             }
-            None => out.push(format!("In progress: {what}{}.", retrying(step))),
+            None => out.push(format!("In progress: {doing}{}.", retrying(step))),
         }
     }
     if let Some(step) = find("rotate_credentials") {
@@ -179,6 +185,11 @@ fn measures(
             .into(),
     );
     out
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
 fn retrying(step: &incident_step::Model) -> String {
@@ -293,7 +304,7 @@ pub(crate) fn compose(
     let sections = vec![
         Section {
             heading: "(a) Nature of the breach",
-            lines: vec![format!("{}.", nature(&incident.kind)), format!("Summary: {}", incident.summary)],
+            lines: vec![format!("{}.", capitalized(nature(&incident.kind))), format!("Summary: {}", incident.summary)],
         },
         Section {
             heading: "(a) Categories and approximate number of data subjects concerned",

@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -152,20 +151,16 @@ pub async fn callback(
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub struct LogoutForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 /// `POST /logout`: the portal's form ends the session here and sends the browser to the OP
 /// to end it there. Only a form of this site's own signs the person out (CSRF token, and
 /// `Sec-Fetch-Site` when the browser sends it); there is no GET, so a link or an image on
 /// another site cannot.
-pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(form): Form<LogoutForm>) -> Response {
+pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let mut target = state.login.after_login.clone();
     if let Some(cookie) = session_cookie(&state.login, &headers) {
-        if !crate::routes::portal::form_is_ours(&headers, &cookie, &form.csrf) {
+        // The form's token; a body that is no form (or none) carries none, and is refused.
+        let csrf = url::form_urlencoded::parse(&body).find(|(k, _)| k == "csrf").map(|(_, v)| v.into_owned());
+        if !crate::routes::portal::form_is_ours(&headers, &cookie, csrf.as_deref().unwrap_or_default()) {
             return Problem::forbidden("this sign-out did not come from your consent page; you are still signed in")
                 .into_response();
         }

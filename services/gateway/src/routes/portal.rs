@@ -233,6 +233,12 @@ pub async fn portal(State(state): State<Arc<AppState>>, headers: HeaderMap, Quer
     page(&state, StatusCode::OK, body, q.lang.as_deref())
 }
 
+/// A page of a signed-in person asked without a session: 401, with the invitation to sign in.
+fn signed_out(state: &AppState, frame: PageFrame, lang: Option<&str>) -> Response {
+    let body = PortalPage { page: frame, unavailable: false, granted: Vec::new(), ended: Vec::new() }.render();
+    page(state, StatusCode::UNAUTHORIZED, body, lang)
+}
+
 /// The catalogue key for why a consent ended (`revoked`, `expired`, `incident`).
 fn reason_key(reason: &str, prefix: &str) -> &'static str {
     match (prefix, reason) {
@@ -266,13 +272,16 @@ pub async fn confirm(
     headers: HeaderMap,
     Query(q): Query<ConfirmQuery>,
 ) -> Response {
+    if q.platform_id.is_empty() {
+        return Problem::bad_request("platform_id must not be empty").into_response();
+    }
     let path = format!(
         "/consents/revoke?{}",
         url::form_urlencoded::Serializer::new(String::new()).append_pair("platform_id", &q.platform_id).finish()
     );
     let frame = frame(&state, &headers, q.lang.as_deref(), &path).await;
     if frame.person.is_none() {
-        return Redirect::to("/").into_response();
+        return signed_out(&state, frame, q.lang.as_deref());
     }
     let tr = frame.tr;
     let body = ConfirmPage {
@@ -397,7 +406,7 @@ pub async fn receipt(
     let path = receipt_href(&id.to_string());
     let frame = frame(&state, &headers, q.lang.as_deref(), &path).await;
     let Some(person) = frame.person.clone() else {
-        return Redirect::to("/").into_response();
+        return signed_out(&state, frame, q.lang.as_deref());
     };
     let tr = frame.tr;
     let query = RevocationQuery { revocation_id: Some(id.to_string()), ..Default::default() };
