@@ -313,3 +313,91 @@ async fn the_portal_refuses_to_be_framed_and_the_demo_view_serves_no_one_without
     let home = signed_in.get(&view_url).send().await.unwrap().text().await.unwrap();
     assert!(home.contains("This app holds nothing of yours."), "nothing was fetched: {home}");
 }
+
+/// The operators' console: an operator signs in with their own token; ops sees a sweep's
+/// progress and an incident's steps with the DPO's deliveries, the DPO the privacy log; a
+/// platform's token is refused.
+#[tokio::test]
+async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_console() {
+    use crate::support::{DPO_TOKEN, OPS_TOKEN, RESPONDER_TOKEN};
+    let mut stack = Stack::infrastructure().await;
+    stack.start_consent();
+    stack.start_gateway().await;
+    let (client, settings) = stack.register_platform().await;
+    stack.start_vault(crate::support::test_vault_config(vec![settings]));
+    stack.start_sweeper("s1", crate::support::test_sweeper_config());
+    stack.start_audit(crate::audit::audit_config(None));
+    let smtp = custodian_testkit::SmtpServer::start();
+    stack.start_incident(crate::incidents::incident_config(&stack, &smtp, &client));
+
+    // Three consents idle for 200 days, and a sweep that ends them.
+    let long_ago = (stack.clock.now() - chrono::Duration::days(200)).to_rfc3339();
+    for n in 0..3 {
+        let grant = json!({
+            "specversion": "1.0", "id": unique("e"), "source": "urn:test", "type": "custodian.consent.granted.v1",
+            "time": long_ago, "datacontenttype": "application/json",
+            "data": {"issuer": "https://op.example", "subject": format!("{}-{n}", unique("idle")), "platform_id": "tp", "scopes": ["openid"]}
+        });
+        let r = stack.http.post(stack.url("/v1/events")).bearer_auth(PLATFORM_TOKEN).json(&grant).send().await.unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    }
+    custodian_testkit::eventually("three idle grants", Duration::from_secs(20), || async {
+        let q = custodian_events::queries::ConsentQuery { platform_id: Some("tp".into()), ..Default::default() };
+        (stack.ledger(q).await.len() == 3).then_some(())
+    })
+    .await;
+    let sweep = json!({"platform_id": "tp", "inactivity_days": 90});
+    let r = stack.http.post(stack.url("/v1/sweeps")).bearer_auth(OPS_TOKEN).json(&sweep).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    let incident =
+        json!({"kind": "data_leak", "platform_id": client.client_id, "summary": "a laptop <b>lost</b> & found"});
+    let r =
+        stack.http.post(stack.url("/v1/incidents")).bearer_auth(RESPONDER_TOKEN).json(&incident).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    let incident_id = r.json::<serde_json::Value>().await.unwrap()["incident_id"].as_str().unwrap().to_owned();
+    crate::incidents::closed(&stack, &incident_id, Duration::from_secs(60)).await;
+
+    let b = browser::browser("en").await;
+    b.goto(&stack.url("/console")).await.expect("console");
+    browser::wait_for_text(&b, "Sign in with your own operator token", Duration::from_secs(10)).await;
+    accessible(&b, "console sign-in").await;
+    browser::screenshot(&b, "console-sign-in-en").await;
+    // A platform's token is not an operator's.
+    b.find(Locator::Css("#token")).await.expect("token field").send_keys(PLATFORM_TOKEN).await.expect("typed");
+    click_button(&b, "Sign in to the console").await;
+    browser::wait_for_text(&b, "This token is not an operator's", Duration::from_secs(10)).await;
+
+    b.goto(&stack.url("/console")).await.expect("console");
+    b.find(Locator::Css("#token")).await.expect("token field").send_keys(OPS_TOKEN).await.expect("typed");
+    click_button(&b, "Sign in to the console").await;
+    let page = browser::wait_for_text(&b, "3 of 3 idle consents examined", Duration::from_secs(20)).await;
+    assert!(page.contains("test-ops (ops)"), "who is signed in: {page}");
+    assert!(page.contains("Consents ended\n3") || page.contains("Consents ended 3"), "{page}");
+    assert!(page.contains("Final report: done"), "the incident's steps: {page}");
+    assert!(page.contains("e-mail to the DPO accepted at"), "the DPO's deliveries: {page}");
+    assert!(page.contains("a laptop <b>lost</b> & found"), "the summary as text: {page}");
+    assert!(!page.contains("Privacy log"), "the privacy log is the DPO's only");
+    let progress = b.find(Locator::Css("progress")).await.expect("a progress bar").attr("value").await.expect("value");
+    assert_eq!(progress.as_deref(), Some("100"));
+    accessible(&b, "console (ops)").await;
+    browser::screenshot(&b, "console-ops-en").await;
+    click_link(&b, "Nederlands").await;
+    browser::wait_for_text(&b, "Console voor beheerders", Duration::from_secs(10)).await;
+    accessible(&b, "console (ops, nl)").await;
+    browser::screenshot(&b, "console-ops-nl").await;
+    click_button(&b, "Afmelden").await;
+    browser::wait_for_text(&b, "Meld u aan met uw eigen beheerderstoken", Duration::from_secs(10)).await;
+    b.close().await.expect("closed");
+
+    // The DPO sees the privacy log, and no sweep.
+    let dpo = browser::browser("en").await;
+    dpo.goto(&stack.url("/console")).await.expect("console");
+    dpo.find(Locator::Css("#token")).await.expect("token field").send_keys(DPO_TOKEN).await.expect("typed");
+    click_button(&dpo, "Sign in to the console").await;
+    let page =
+        browser::wait_for_text(&dpo, "Your reading of this log is itself recorded", Duration::from_secs(20)).await;
+    assert!(!page.contains("Inactivity sweeps") && page.contains("Incidents"), "{page}");
+    accessible(&dpo, "console (dpo)").await;
+    browser::screenshot(&dpo, "console-dpo-en").await;
+    dpo.close().await.expect("closed");
+}

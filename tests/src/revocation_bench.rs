@@ -543,7 +543,8 @@ pub async fn run_incident() {
     let start = Instant::now();
     bench.bus.publish_event(subjects::INCIDENT_REPORTED, &event).await.unwrap();
     loop {
-        let query = custodian_events::incident::IncidentQuery { incident_id: incident_id.clone() };
+        let query =
+            custodian_events::incident::IncidentQuery { incident_id: incident_id.clone(), ..Default::default() };
         if let Ok(custodian_events::incident::IncidentReply::Incident(view)) = custodian_bus::query(
             bench.bus.client(),
             custodian_events::incident::INCIDENTS,

@@ -123,7 +123,8 @@ pub async fn credentials(config: &Config, cmd: CredentialsCommand) -> anyhow::Re
             println!("rotation {id} started; `custodian incident show {id}` follows it");
             if wait {
                 for _ in 0..600 {
-                    let query = custodian_events::incident::IncidentQuery { incident_id: id.clone() };
+                    let query =
+                        custodian_events::incident::IncidentQuery { incident_id: id.clone(), ..Default::default() };
                     if let Ok(custodian_events::incident::IncidentReply::Incident(view)) = custodian_bus::query(
                         &client,
                         custodian_events::incident::INCIDENTS,
@@ -199,7 +200,8 @@ pub async fn incident(config: &Config, cmd: IncidentCommand) -> anyhow::Result<(
         }
         IncidentCommand::Show { incident_id, json } => {
             let client = connect_client(config, &OPS, "custodian-cli").await?;
-            let query = custodian_events::incident::IncidentQuery { incident_id: incident_id.clone() };
+            let query =
+                custodian_events::incident::IncidentQuery { incident_id: incident_id.clone(), ..Default::default() };
             let reply: custodian_events::incident::IncidentReply =
                 custodian_bus::query(&client, custodian_events::incident::INCIDENTS, &query, Duration::from_secs(10))
                     .await?;
@@ -207,6 +209,9 @@ pub async fn incident(config: &Config, cmd: IncidentCommand) -> anyhow::Result<(
                 custodian_events::incident::IncidentReply::Incident(v) => v,
                 custodian_events::incident::IncidentReply::NotFound => bail!("no incident {incident_id} (yet)"),
                 custodian_events::incident::IncidentReply::Error(e) => bail!("the incident service refused: {e}"),
+                custodian_events::incident::IncidentReply::Incidents(_) => {
+                    bail!("the incident service answered a list")
+                }
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
@@ -483,6 +488,7 @@ async fn ask_receipts(config: &Config, view: &ConsentView) -> anyhow::Result<Vec
         issuer: Some(view.issuer.clone()),
         subject: Some(view.subject.clone()),
         platform_id: Some(view.platform_id.clone()),
+        pending: false,
     };
     match custodian_bus::query::<_, RevocationReply>(&client, vault::REVOCATIONS, &query, Duration::from_secs(10))
         .await?
@@ -705,13 +711,14 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<()> {
 }
 
 async fn sweep_view(client: &async_nats::Client, sweep_id: &str) -> anyhow::Result<Option<queries::SweepView>> {
-    let query = queries::SweepQuery { sweep_id: sweep_id.to_owned() };
+    let query = queries::SweepQuery { sweep_id: sweep_id.to_owned(), ..Default::default() };
     match custodian_bus::query::<_, queries::SweepReply>(client, queries::SWEEPS, &query, Duration::from_secs(10))
         .await?
     {
         queries::SweepReply::Sweep(view) => Ok(Some(view)),
         queries::SweepReply::NotFound => Ok(None),
         queries::SweepReply::Error(e) => bail!("the sweeper refused: {e}"),
+        queries::SweepReply::Sweeps(_) => bail!("the sweeper answered a list"),
     }
 }
 

@@ -194,6 +194,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/login", get(routes::login::login))
         .route("/callback", get(routes::login::callback))
         .route("/oidc/backchannel-logout", post(routes::signals::backchannel_logout))
+        .route("/console/login", post(routes::console::login))
         .route("/ssf/events", post(routes::signals::security_event))
         .route_layer(limiters.per_address.clone());
     let events = Router::new()
@@ -218,6 +219,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/receipts/{revocation_id}", get(routes::portal::receipt))
         .route("/logout", post(routes::login::logout))
         .route("/assets/custodian.css", get(custodian_web::pages::stylesheet))
+        .route("/assets/live.js", get(custodian_web::pages::live_script))
+        .route("/console", get(routes::console::console))
+        .route("/console/logout", post(routes::console::logout))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
@@ -393,6 +397,10 @@ mod tests {
             ("post", "/consents/revoke"),
             ("get", "/receipts/{revocation_id}"),
             ("get", "/assets/custodian.css"),
+            ("get", "/assets/live.js"),
+            ("get", "/console"),
+            ("post", "/console/login"),
+            ("post", "/console/logout"),
             ("get", "/login"),
             ("get", "/callback"),
             ("post", "/logout"),

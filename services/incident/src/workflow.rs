@@ -20,7 +20,7 @@ use custodian_events::{
 use custodian_store::entities::{credential, incident, incident_step};
 use custodian_store::outbox;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -761,21 +761,41 @@ pub(crate) async fn view(incidents: &Incidents, query: Result<IncidentQuery, Str
         Err(e) => return IncidentReply::Error(e.to_string()),
     };
     let db = &snapshot;
+    if query.incident_id.is_empty()
+        && let Some(recent) = query.recent
+    {
+        let newest =
+            incident::Entity::find().order_by_desc(incident::Column::CreatedAt).limit(recent.min(100)).all(db).await;
+        let mut views = Vec::new();
+        for incident in newest.unwrap_or_default() {
+            match incident_view(db, incident).await {
+                Ok(view) => views.push(view),
+                Err(e) => return IncidentReply::Error(e.to_string()),
+            }
+        }
+        return IncidentReply::Incidents(views);
+    }
     let incident = match incident::Entity::find_by_id(query.incident_id.clone()).one(db).await {
         Ok(Some(i)) => i,
         Ok(None) => return IncidentReply::NotFound,
         Err(e) => return IncidentReply::Error(e.to_string()),
     };
-    let steps = match incident_step::Entity::find()
-        .filter(incident_step::Column::IncidentId.eq(query.incident_id))
+    match incident_view(db, incident).await {
+        Ok(view) => IncidentReply::Incident(Box::new(view)),
+        Err(e) => IncidentReply::Error(e.to_string()),
+    }
+}
+
+async fn incident_view<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    incident: incident::Model,
+) -> Result<IncidentView, sea_orm::DbErr> {
+    let steps = incident_step::Entity::find()
+        .filter(incident_step::Column::IncidentId.eq(incident.incident_id.clone()))
         .order_by_asc(incident_step::Column::Position)
         .all(db)
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => return IncidentReply::Error(e.to_string()),
-    };
-    IncidentReply::Incident(Box::new(IncidentView {
+        .await?;
+    Ok(IncidentView {
         incident_id: incident.incident_id,
         kind: incident.kind,
         platform_id: incident.platform_id,
@@ -800,5 +820,5 @@ pub(crate) async fn view(incidents: &Incidents, query: Result<IncidentQuery, Str
                 detail: serde_json::from_str(&s.detail).unwrap_or(Value::Null),
             })
             .collect(),
-    }))
+    })
 }

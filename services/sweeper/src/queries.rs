@@ -1,10 +1,11 @@
-//! Answers `custodian.query.sweeps` (progress of one sweep) for the gateway and the CLI.
+//! Answers `custodian.query.sweeps` (progress of one sweep, or the latest ones) for the gateway and
+//! the CLI.
 
 use custodian_events::queries::{self, SweepQuery, SweepReply, SweepView};
 use custodian_store::Store;
 use custodian_store::entities::sweep;
 use futures::StreamExt;
-use sea_orm::EntityTrait;
+use sea_orm::{EntityTrait, QueryOrder, QuerySelect};
 use tokio_util::sync::CancellationToken;
 
 pub async fn serve(
@@ -21,6 +22,20 @@ pub async fn serve(
         let Some(reply_to) = request.reply.clone() else { continue };
         let reply = match serde_json::from_slice::<SweepQuery>(&request.payload) {
             Err(e) => SweepReply::Error(format!("invalid query: {e}")),
+            Ok(q) if q.sweep_id.is_empty() && q.recent.is_some() => {
+                let newest = sweep::Entity::find()
+                    .order_by_desc(sweep::Column::CreatedAt)
+                    .limit(q.recent.unwrap_or(20).min(100))
+                    .all(store.db())
+                    .await;
+                match newest {
+                    Ok(rows) => SweepReply::Sweeps(rows.into_iter().map(view).collect()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sweep query failed");
+                        SweepReply::Error("the sweeper's database is unavailable".into())
+                    }
+                }
+            }
             Ok(q) => match sweep::Entity::find_by_id(q.sweep_id).one(store.db()).await {
                 Ok(Some(row)) => SweepReply::Sweep(view(row)),
                 Ok(None) => SweepReply::NotFound,

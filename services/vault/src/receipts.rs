@@ -11,8 +11,8 @@ pub(crate) async fn answer(vault: &Vault, query: Result<RevocationQuery, String>
         Ok(q) => q,
         Err(e) => return RevocationReply::Error(e),
     };
-    if query.revocation_id.is_none() && query.subject.is_none() && query.platform_id.is_none() {
-        return RevocationReply::Error("give a revocation_id, or a subject and/or platform_id".into());
+    if query.revocation_id.is_none() && query.subject.is_none() && query.platform_id.is_none() && !query.pending {
+        return RevocationReply::Error("give a revocation_id, a subject and/or platform_id, or pending".into());
     }
     // One snapshot: a receipt's state and its tokens and views are read as of one instant.
     let snapshot = match vault.store.begin_snapshot().await {
@@ -45,7 +45,13 @@ pub async fn receipts<C: ConnectionTrait>(conn: &C, query: &RevocationQuery) -> 
     if let Some(v) = &query.platform_id {
         select = select.filter(revocation::Column::PlatformId.eq(v.clone()));
     }
-    let rows = select.order_by_desc(revocation::Column::StartedAt).limit(100).all(conn).await?;
+    let select = if query.pending {
+        // What is still open, oldest first: the longest-pending is what an operator looks at.
+        select.filter(revocation::Column::State.eq("pending")).order_by_asc(revocation::Column::StartedAt)
+    } else {
+        select.order_by_desc(revocation::Column::StartedAt)
+    };
+    let rows = select.limit(100).all(conn).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let tokens = revocation_token::Entity::find()

@@ -18,10 +18,15 @@ pub const CONTAINMENT: &str = "custodian.query.containment";
 /// The vault: how many people and records an incident may concern (GDPR Art. 33(3)(a)).
 pub const EXPOSURE: &str = "custodian.query.exposure";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IncidentQuery {
+    /// One incident; empty with `recent` for a list.
+    #[serde(default)]
     pub incident_id: String,
+    /// The latest incidents, newest first, at most this many (the operators' console).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +63,7 @@ pub struct StepView {
 #[serde(rename_all = "snake_case")]
 pub enum IncidentReply {
     Incident(Box<IncidentView>),
+    Incidents(Vec<IncidentView>),
     NotFound,
     Error(String),
 }

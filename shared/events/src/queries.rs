@@ -109,10 +109,15 @@ pub enum IdleReply {
     Error(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SweepQuery {
+    /// One sweep; empty with `recent` for a list.
+    #[serde(default)]
     pub sweep_id: String,
+    /// The latest sweeps, newest first, at most this many (the operators' console).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +143,7 @@ pub struct SweepView {
 #[serde(rename_all = "snake_case")]
 pub enum SweepReply {
     Sweep(SweepView),
+    Sweeps(Vec<SweepView>),
     NotFound,
     Error(String),
 }

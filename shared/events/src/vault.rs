@@ -128,6 +128,9 @@ pub struct RevocationQuery {
     pub subject: Option<String>,
     #[serde(default)]
     pub platform_id: Option<String>,
+    /// Only revocations still pending, oldest first (the operators' console).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -273,6 +273,11 @@ mod tests {
             ("done", "1"),
             ("total", "2"),
             ("what", "w"),
+            ("tokens", "1"),
+            ("views", "2"),
+            ("scanned", "3"),
+            ("sections", "s"),
+            ("role", "r"),
             ("how", "h"),
         ];
         for lang in Lang::ALL {

@@ -62,6 +62,17 @@ pub async fn stylesheet() -> Response {
     response
 }
 
+/// `GET /assets/live.js`: live updates on top of pages that work without it.
+pub async fn live_script() -> Response {
+    let mut response = (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")],
+        include_str!("../assets/live.js"),
+    )
+        .into_response();
+    response.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
 /// The switcher's entries for a page: each language with the link that picks it.
 #[derive(Debug, Clone)]
 pub struct LangChoice {

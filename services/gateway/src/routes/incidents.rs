@@ -82,7 +82,7 @@ pub async fn show(
     if caller.require_role(Role::Responder).is_err() {
         caller.require_role(Role::Dpo).map_err(|_| Problem::forbidden("requires the responder or dpo role"))?;
     }
-    let query = IncidentQuery { incident_id: incident_id.clone() };
+    let query = IncidentQuery { incident_id: incident_id.clone(), ..Default::default() };
     match custodian_bus::query_idempotent::<_, IncidentReply>(
         state.bus.client(),
         INCIDENTS,
@@ -97,5 +97,6 @@ pub async fn show(
         IncidentReply::Incident(view) => Ok(Json(*view)),
         IncidentReply::NotFound => Err(Problem::not_found(format!("no incident {incident_id} (yet)"))),
         IncidentReply::Error(e) => Err(Problem::unavailable(e)),
+        IncidentReply::Incidents(_) => Err(Problem::unavailable("the incident service answered a list")),
     }
 }

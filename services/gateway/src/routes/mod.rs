@@ -1,4 +1,5 @@
 pub mod consents;
+pub mod console;
 pub mod events;
 pub mod health;
 pub mod incidents;

@@ -5,8 +5,8 @@
 //! `GET /` lists the platforms holding consent and the consents that ended, each with its
 //! receipt; `GET /consents/revoke?platform_id=` asks for confirmation and says what
 //! revoking does; `POST /consents/revoke` (CSRF token) does it and leads to
-//! `GET /receipts/{id}`, a timeline that refreshes itself (a `<meta>` refresh: no script)
-//! until every step is done.
+//! `GET /receipts/{id}`, a timeline with a refresh link that works without script, updated
+//! live by `/assets/live.js` (same origin, which the person can pause) until every step is done.
 //!
 //! Pages are askama templates (compiled and type-checked with the binary, HTML-escaped
 //! wherever a value goes) in the person's language, under a CSP with no `unsafe-inline`,
@@ -46,6 +46,8 @@ pub struct PageFrame {
     pub tr: Tr,
     pub langs: Vec<LangChoice>,
     pub person: Option<Person>,
+    /// An operator signed in to the console (never at the same time as a person's page).
+    pub operator: Option<crate::routes::console::Operator>,
 }
 
 /// The form's CSRF token: bound to the session cookie (which a page of another site can
@@ -81,10 +83,15 @@ async fn frame(state: &AppState, headers: &HeaderMap, lang: Option<&str>, path: 
         },
         None => None,
     };
-    PageFrame { tr, langs: lang_choices(tr.lang, path), person }
+    PageFrame { tr, langs: lang_choices(tr.lang, path), person, operator: None }
 }
 
-fn page(state: &AppState, status: StatusCode, rendered: askama::Result<String>, picked: Option<&str>) -> Response {
+pub(crate) fn page(
+    state: &AppState,
+    status: StatusCode,
+    rendered: askama::Result<String>,
+    picked: Option<&str>,
+) -> Response {
     let mut response = html(status, rendered);
     remember_lang(&mut response, picked, state.login.cookie_secure());
     response

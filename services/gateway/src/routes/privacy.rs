@@ -15,7 +15,7 @@ use crate::AppState;
 use crate::auth::{Caller, Role};
 use crate::problem::Problem;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
     pub platform_id: Option<String>,
@@ -43,6 +43,12 @@ pub async fn read(
         Caller::Machine { name, .. } => name.clone(),
         Caller::Person { subject, .. } => subject.clone(),
     };
+    let entries = read_log(&state, asked_by, filter).await?;
+    Ok(Json(PrivacyLog { entries }))
+}
+
+/// The privacy log as `asked_by` reads it (the audit service records each read with its reader).
+pub async fn read_log(state: &AppState, asked_by: String, filter: Filter) -> Result<Vec<PrivacyLogEntry>, Problem> {
     let key = custodian_crypto::ReplyKey::new();
     let query = PrivacyLogQuery {
         platform_id: filter.platform_id,
@@ -63,9 +69,7 @@ pub async fn read(
         PrivacyLogReply::Sealed(sealed) => {
             let plain =
                 key.open(&sealed).map_err(|_| Problem::unavailable("the audit service's answer is unreadable"))?;
-            let entries = serde_json::from_slice(&plain)
-                .map_err(|_| Problem::unavailable("the audit service's answer is unreadable"))?;
-            Ok(Json(PrivacyLog { entries }))
+            serde_json::from_slice(&plain).map_err(|_| Problem::unavailable("the audit service's answer is unreadable"))
         }
         PrivacyLogReply::Error(e) => Err(Problem::unavailable(e)),
     }

@@ -77,7 +77,7 @@ pub async fn show(
     let reply = custodian_bus::query_idempotent::<_, SweepReply>(
         state.bus.client(),
         queries::SWEEPS,
-        &SweepQuery { sweep_id: sweep_id.clone() },
+        &SweepQuery { sweep_id: sweep_id.clone(), ..Default::default() },
         Duration::from_secs(5),
     )
     .await
@@ -90,5 +90,6 @@ pub async fn show(
         // A request not yet picked up by the sweeper is not known yet.
         SweepReply::NotFound => Err(Problem::not_found(format!("no sweep {sweep_id} (yet)"))),
         SweepReply::Error(e) => Err(Problem::unavailable(e)),
+        SweepReply::Sweeps(_) => Err(Problem::unavailable("the sweeper answered a list")),
     }
 }

@@ -1,0 +1,384 @@
+//! `/console`: the operators' pages — revocations pending or stuck, sweeps with their progress
+//! and history, incidents with their steps and the DPO's deliveries, and, for the DPO, the
+//! privacy log (each read recorded with the reader's name by the audit service).
+//!
+//! Operators sign in with their own machine token (one per person, named, with the role the
+//! API enforces), not at the OP: the OP here is the citizens' identity provider, and a sign-in
+//! there goes through the platform's consent. The console is the API's authorization shown as
+//! pages: it asks exactly what the token's role may ask. The token is kept in an HttpOnly,
+//! SameSite=Strict cookie (`__Host-` over HTTPS) for 8 hours; forms carry a CSRF token bound
+//! to it. With script on, `/assets/live.js` updates the page every 5 s (the operator can pause
+//! it); without, a refresh link.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use custodian_events::incident::{INCIDENTS, IncidentQuery, IncidentReply, IncidentView};
+use custodian_events::queries::{self, SweepQuery, SweepReply, SweepView};
+use custodian_events::vault::{self, RevocationQuery, RevocationReply};
+use custodian_web::i18n::{Lang, Tr};
+use custodian_web::pages::lang_choices;
+
+use crate::AppState;
+use crate::auth::{Caller, Role};
+use crate::routes::portal::{LangQuery, PageFrame, page};
+
+const CONSOLE_COOKIE: &str = "custodian_console";
+const SECURE_CONSOLE_COOKIE: &str = "__Host-custodian_console";
+const SIGNED_IN_FOR_SECS: i64 = 8 * 3600;
+/// How many of the latest sweeps and incidents the page shows.
+const RECENT: u64 = 20;
+
+/// An operator signed in to the console.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    pub name: String,
+    pub role: &'static str,
+    pub csrf: String,
+    role_kind: Role,
+}
+
+fn cookie_name(state: &AppState) -> &'static str {
+    if state.login.cookie_secure() { SECURE_CONSOLE_COOKIE } else { CONSOLE_COOKIE }
+}
+
+fn console_token(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let name = cookie_name(state);
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn csrf_of(token: &str) -> String {
+    custodian_crypto::sha256_hex(&format!("custodian-console-csrf\u{0}{token}"))
+}
+
+/// The operator whose token the cookie holds, if it is an operator's (ops, DPO, responder).
+async fn operator(state: &AppState, headers: &HeaderMap) -> Option<Operator> {
+    let token = console_token(state, headers)?;
+    match state.auth.authenticate(&token).await {
+        Ok(Caller::Machine { name, role, .. }) if role != Role::Platform => {
+            Some(Operator { name, role: role.label(), csrf: csrf_of(&token), role_kind: role })
+        }
+        _ => None,
+    }
+}
+
+fn same_site_form(headers: &HeaderMap) -> bool {
+    !headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site != "same-origin" && site != "none")
+}
+
+/// A sweep as the console shows it.
+#[derive(Debug)]
+struct SweepLine {
+    id: String,
+    platform: String,
+    state: String,
+    dry_run: bool,
+    expired: u64,
+    scanned: u64,
+    total: u64,
+    percent: u64,
+    requested_by: String,
+    started: String,
+    finished: String,
+}
+
+#[derive(Debug)]
+struct StepLine {
+    name: String,
+    state: String,
+    done: bool,
+    attempts: i32,
+    last_error: String,
+    finished: String,
+    delivery: String,
+}
+
+#[derive(Debug)]
+struct IncidentCard {
+    id: String,
+    kind: String,
+    platform: String,
+    state: String,
+    detected: String,
+    summary: String,
+    steps: Vec<StepLine>,
+}
+
+#[derive(Debug)]
+struct RevocationLine {
+    id: String,
+    platform: String,
+    started: String,
+    tokens_pending: usize,
+    views_pending: usize,
+    attempts: i32,
+}
+
+#[derive(Debug)]
+struct PrivacyLine {
+    used_at: String,
+    platform: String,
+    caller: String,
+    organisation: String,
+    service: String,
+    purpose: String,
+}
+
+#[derive(Template)]
+#[template(path = "console.html")]
+struct ConsolePage {
+    page: PageFrame,
+    refused: Option<String>,
+    revocations: Option<Vec<RevocationLine>>,
+    sweeps: Option<Vec<SweepLine>>,
+    incidents: Option<Vec<IncidentCard>>,
+    privacy: Option<Vec<PrivacyLine>>,
+    /// Sections the role may see whose service did not answer.
+    unavailable: Vec<String>,
+}
+
+fn frame(state: &AppState, headers: &HeaderMap, lang: Option<&str>, operator: Option<Operator>) -> PageFrame {
+    let tr = Tr::new(Lang::negotiate(lang, headers), state.portal.tz());
+    PageFrame { tr, langs: lang_choices(tr.lang, "/console"), person: None, operator }
+}
+
+fn step_label(tr: &Tr, step: &str) -> String {
+    match step {
+        "notify_dpo" | "contain" | "report_containment" | "rotate_credentials" | "report_rotation" | "final_report" => {
+            tr.t(&format!("console-step-{step}"))
+        }
+        other => other.to_owned(),
+    }
+}
+
+fn incident_card(tr: &Tr, state: &AppState, i: IncidentView) -> IncidentCard {
+    IncidentCard {
+        steps: i
+            .steps
+            .iter()
+            .map(|s| {
+                let delivered =
+                    s.detail.get("email_delivered_at").and_then(|v| v.as_str()).and_then(|t| t.parse().ok());
+                let delivery = match delivered {
+                    Some(at) => tr.t1("console-mail-delivered", "time", &tr.datetime(&at)),
+                    None => String::new(),
+                };
+                StepLine {
+                    name: step_label(tr, &s.step),
+                    done: s.state == "done",
+                    state: s.state.clone(),
+                    attempts: s.attempts,
+                    last_error: s.last_error.clone().unwrap_or_default(),
+                    finished: s.finished_at.map(|t| tr.datetime(&t)).unwrap_or_default(),
+                    delivery,
+                }
+            })
+            .collect(),
+        id: i.incident_id,
+        kind: i.kind,
+        platform: state.portal.platform_name(&i.platform_id),
+        state: i.state,
+        detected: tr.datetime(&i.detected_at),
+        summary: i.summary,
+    }
+}
+
+async fn recent_sweeps(state: &AppState, tr: &Tr) -> Option<Vec<SweepLine>> {
+    let query = SweepQuery { recent: Some(RECENT), ..Default::default() };
+    let reply = custodian_bus::query_idempotent::<_, SweepReply>(
+        state.bus.client(),
+        queries::SWEEPS,
+        &query,
+        Duration::from_secs(5),
+    )
+    .await;
+    let Ok(SweepReply::Sweeps(list)) = reply else { return None };
+    Some(list.into_iter().map(|s: SweepView| sweep_line(state, tr, s)).collect())
+}
+
+fn sweep_line(state: &AppState, tr: &Tr, s: SweepView) -> SweepLine {
+    let total = s.total.unwrap_or(s.scanned).max(s.scanned);
+    SweepLine {
+        percent: s.scanned.saturating_mul(100).checked_div(total).unwrap_or(100),
+        platform: s.platform_id.map_or_else(|| tr.t("console-all-platforms"), |p| state.portal.platform_name(&p)),
+        id: s.sweep_id,
+        state: s.state,
+        dry_run: s.dry_run,
+        expired: s.expired,
+        scanned: s.scanned,
+        total,
+        requested_by: s.requested_by,
+        started: s.started_at.map(|t| tr.datetime(&t)).unwrap_or_default(),
+        finished: s.finished_at.map(|t| tr.datetime(&t)).unwrap_or_default(),
+    }
+}
+
+async fn recent_incidents(state: &AppState, tr: &Tr) -> Option<Vec<IncidentCard>> {
+    let query = IncidentQuery { recent: Some(RECENT), ..Default::default() };
+    let reply = custodian_bus::query_idempotent::<_, IncidentReply>(
+        state.bus.client(),
+        INCIDENTS,
+        &query,
+        Duration::from_secs(5),
+    )
+    .await;
+    let Ok(IncidentReply::Incidents(list)) = reply else { return None };
+    Some(list.into_iter().map(|i| incident_card(tr, state, i)).collect())
+}
+
+async fn pending_revocations(state: &AppState, tr: &Tr) -> Option<Vec<RevocationLine>> {
+    let query = RevocationQuery { pending: true, ..Default::default() };
+    let reply = custodian_bus::query_idempotent::<_, RevocationReply>(
+        state.bus.client(),
+        vault::REVOCATIONS,
+        &query,
+        Duration::from_secs(5),
+    )
+    .await;
+    let Ok(RevocationReply::Receipts(list)) = reply else { return None };
+    Some(
+        list.into_iter()
+            .map(|r| RevocationLine {
+                tokens_pending: r.tokens.iter().filter(|t| t.done_at.is_none()).count(),
+                views_pending: r.views.iter().filter(|v| v.state == "pending").count(),
+                attempts: r
+                    .tokens
+                    .iter()
+                    .map(|t| t.attempts)
+                    .chain(r.views.iter().map(|v| v.attempts))
+                    .max()
+                    .unwrap_or(0),
+                platform: state.portal.platform_name(&r.platform_id),
+                started: tr.datetime(&r.started_at),
+                id: r.revocation_id,
+            })
+            .collect(),
+    )
+}
+
+async fn privacy_log(state: &AppState, tr: &Tr, reader: &str) -> Option<Vec<PrivacyLine>> {
+    let filter = crate::routes::privacy::Filter { limit: Some(50), ..Default::default() };
+    let entries = crate::routes::privacy::read_log(state, reader.to_owned(), filter).await.ok()?;
+    Some(
+        entries
+            .into_iter()
+            .map(|e| PrivacyLine {
+                used_at: tr.datetime(&e.used_at),
+                platform: state.portal.platform_name(&e.platform_id),
+                caller: e.caller_identity,
+                organisation: e.caller_organisation.unwrap_or_default(),
+                service: e.service,
+                purpose: e.purpose.unwrap_or_default(),
+            })
+            .collect(),
+    )
+}
+
+/// `GET /console`: the sign-in form, or the sections the operator's role may see.
+pub async fn console(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<LangQuery>) -> Response {
+    let signed_in = operator(&state, &headers).await;
+    let frame = frame(&state, &headers, q.lang.as_deref(), signed_in.clone());
+    let tr = frame.tr;
+    let Some(op) = signed_in else {
+        let status = if console_token(&state, &headers).is_some() { StatusCode::FORBIDDEN } else { StatusCode::OK };
+        let body = ConsolePage {
+            page: frame,
+            refused: None,
+            revocations: None,
+            sweeps: None,
+            incidents: None,
+            privacy: None,
+            unavailable: Vec::new(),
+        };
+        return page(&state, status, body.render(), q.lang.as_deref());
+    };
+    let ops = op.role_kind == Role::Ops;
+    let (revocations, sweeps) =
+        if ops { tokio::join!(pending_revocations(&state, &tr), recent_sweeps(&state, &tr)) } else { (None, None) };
+    let incidents = recent_incidents(&state, &tr).await;
+    let dpo = op.role_kind == Role::Dpo;
+    let privacy = if dpo { privacy_log(&state, &tr, &op.name).await } else { None };
+    let mut unavailable = Vec::new();
+    for (shown, missing, key) in [
+        (ops, revocations.is_none(), "console-revocations"),
+        (ops, sweeps.is_none(), "console-sweeps"),
+        (true, incidents.is_none(), "console-incidents"),
+        (dpo, privacy.is_none(), "console-privacy"),
+    ] {
+        if shown && missing {
+            unavailable.push(tr.t(key));
+        }
+    }
+    let body = ConsolePage { page: frame, refused: None, revocations, sweeps, incidents, privacy, unavailable };
+    page(&state, StatusCode::OK, body.render(), q.lang.as_deref())
+}
+
+/// `POST /console/login`: an operator's token, checked as the API checks it.
+pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let token = url::form_urlencoded::parse(&body).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned());
+    let token = token.unwrap_or_default();
+    let refuse = |key: &str| {
+        let frame = frame(&state, &headers, None, None);
+        let refused = Some(frame.tr.t(key));
+        let page_body = ConsolePage {
+            page: frame,
+            refused,
+            revocations: None,
+            sweeps: None,
+            incidents: None,
+            privacy: None,
+            unavailable: Vec::new(),
+        };
+        page(&state, StatusCode::FORBIDDEN, page_body.render(), None)
+    };
+    if !same_site_form(&headers) {
+        return refuse("console-forged");
+    }
+    match state.auth.authenticate(&token).await {
+        Ok(Caller::Machine { role, .. }) if role != Role::Platform => {}
+        _ => return refuse("console-refused"),
+    }
+    let secure = if state.login.cookie_secure() { "; Secure" } else { "" };
+    let cookie = format!(
+        "{}={}; Path=/; Max-Age={SIGNED_IN_FOR_SECS}; HttpOnly; SameSite=Strict{secure}",
+        cookie_name(&state),
+        token
+    );
+    let mut response = Redirect::to("/console").into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// `POST /console/logout`: forgets the token (CSRF token required).
+pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let csrf = url::form_urlencoded::parse(&body).find(|(k, _)| k == "csrf").map(|(_, v)| v.into_owned());
+    if let Some(token) = console_token(&state, &headers)
+        && (!same_site_form(&headers) || csrf.as_deref() != Some(csrf_of(&token).as_str()))
+    {
+        return crate::problem::Problem::forbidden("this sign-out did not come from the console").into_response();
+    }
+    let secure = if state.login.cookie_secure() { "; Secure" } else { "" };
+    let cookie = format!("{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{secure}", cookie_name(&state));
+    let mut response = Redirect::to("/console").into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
