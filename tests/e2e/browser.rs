@@ -74,6 +74,12 @@ async fn sign_in_at_the_op(client: &Client, login: &str) {
         .await
         .expect("password typed");
     client.find(Locator::Css("button[type=submit]")).await.expect("sign-in button").click().await.expect("signed in");
+    // The login page has gone (its button must not be taken for the consent page's).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !client.find_all(Locator::Css("input[name=password]")).await.map(|found| found.is_empty()).unwrap_or(false) {
+        assert!(tokio::time::Instant::now() < deadline, "the OP's login page never went");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The consent page (the OP asks once per client).
     let consent = client
         .wait()
@@ -377,6 +383,10 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     assert!(page.contains("e-mail to the DPO accepted at"), "the DPO's deliveries: {page}");
     assert!(page.contains("a laptop <b>lost</b> & found"), "the summary as text: {page}");
     assert!(!page.contains("Privacy log"), "the privacy log is the DPO's only");
+    // The audit service reads the deployment every 5 s; the page follows live.
+    let live = browser::wait_for_text(&b, "consent-ledger", Duration::from_secs(20)).await;
+    assert!(live.contains("Health of the deployment") && live.contains("The stream holds no dead letter."), "{live}");
+    assert!(!live.contains("Unavailable right now"), "every section answered: {live}");
     let progress = b.find(Locator::Css("progress")).await.expect("a progress bar").attr("value").await.expect("value");
     assert_eq!(progress.as_deref(), Some("100"));
     accessible(&b, "console (ops)").await;

@@ -35,6 +35,19 @@ pub struct SystemGauges {
     pub outbox_oldest_seconds: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// 1 after a read that succeeded, 0 after one that failed (the rest then keep their last values).
     pub up: Gauge,
+    /// The last complete read, as the operators' console shows it (`custodian.query.health`).
+    pub latest: Arc<std::sync::Mutex<Option<custodian_events::queries::HealthView>>>,
+}
+
+impl SystemGauges {
+    /// The answer to `custodian.query.health`.
+    pub fn health(&self) -> custodian_events::queries::HealthReply {
+        use custodian_events::queries::HealthReply;
+        match self.latest.lock().map(|l| l.clone()) {
+            Ok(Some(view)) => HealthReply::Health(view),
+            _ => HealthReply::Unavailable("the deployment's health has not been read yet".into()),
+        }
+    }
 }
 
 impl SystemGauges {
@@ -91,6 +104,9 @@ async fn read(gauges: &SystemGauges, bus: &Bus, store: &Store, clock: &SharedClo
         Ok(bus) => bus,
         Err(e) => {
             tracing::debug!(error = %e, "bus gauges not read");
+            if let Ok(mut latest) = gauges.latest.lock() {
+                *latest = None;
+            }
             return false;
         }
     };
@@ -127,6 +143,32 @@ async fn read(gauges: &SystemGauges, bus: &Bus, store: &Store, clock: &SharedClo
                 let labels = label("publisher", service.name());
                 gauges.outbox_unpublished.get_or_create(&labels).set(0);
                 gauges.outbox_oldest_seconds.get_or_create(&labels).set(0.0);
+            }
+            let health = custodian_events::queries::HealthView {
+                read_at: now,
+                consumers: bus
+                    .consumers
+                    .iter()
+                    .map(|c| custodian_events::queries::ConsumerHealth {
+                        name: c.name.clone(),
+                        leader: c.leader.clone(),
+                        takes_turns: c.takes_turns,
+                        pending: c.pending,
+                        unacknowledged: c.unacknowledged as u64,
+                    })
+                    .collect(),
+                dead_letters: bus.dead_letters.clone(),
+                outboxes: backlog
+                    .iter()
+                    .map(|b| custodian_events::queries::OutboxHealth {
+                        publisher: b.publisher.clone(),
+                        waiting: b.waiting,
+                        oldest: b.oldest,
+                    })
+                    .collect(),
+            };
+            if let Ok(mut latest) = gauges.latest.lock() {
+                *latest = Some(health);
             }
             for b in backlog {
                 let labels = label("publisher", &b.publisher);

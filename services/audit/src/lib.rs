@@ -215,6 +215,14 @@ pub async fn run(deps: Deps, config: AuditConfig, shutdown: CancellationToken) -
         gauges::run(system, bus, store, clock, token).await;
         Ok::<(), std::convert::Infallible>(())
     });
+    tasks.respond(
+        "audit-health",
+        deps.bus.client(),
+        custodian_events::queries::HEALTH,
+        SERVICE,
+        deps.metrics.system.clone(),
+        |system, _query: Result<custodian_events::queries::HealthQuery, String>| async move { system.health() },
+    );
     // `custodian.query.privacy_log.<identity>`: nats-server lets each identity ask only on
     // its own name, so the read is recorded with who really asked.
     tasks.respond_bound(

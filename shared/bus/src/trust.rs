@@ -340,7 +340,7 @@ pub fn permissions(identity: &Identity) -> Permissions {
             // leases, never writing one), no message of the stream.
             .publish(&[&format!("$JS.API.CONSUMER.LIST.{stream}")])
             .publish(&[&format!("$JS.API.DIRECT.GET.KV_{0}.$KV.{0}.>", buckets::LEADERSHIP)])
-            .respond("audit", &[&format!("{}.*", audit::PRIVACY_LOG)])
+            .respond("audit", &[&format!("{}.*", audit::PRIVACY_LOG), queries::HEALTH])
             .done(),
         Identity::Service(Service::Incident) => g
             .stream_info()
@@ -361,6 +361,7 @@ pub fn permissions(identity: &Identity) -> Permissions {
                 queries::CONSENTS,
                 queries::PLATFORMS,
                 queries::SWEEPS,
+                queries::HEALTH,
                 vault::LOGIN_START,
                 vault::LOGIN_FINISH,
                 vault::WHOAMI,

@@ -66,6 +66,47 @@ pub enum ConsentReply {
 pub const IDLE_CONSENTS: &str = "custodian.query.idle_consents";
 /// Platforms that have granted consents (answered by the consent service).
 pub const PLATFORMS: &str = "custodian.query.platforms";
+/// The deployment's health as the audit service last read it (consumers, dead letters,
+/// outboxes), for the operators' console.
+pub const HEALTH: &str = "custodian.query.health";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthQuery {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthView {
+    pub read_at: DateTime<Utc>,
+    pub consumers: Vec<ConsumerHealth>,
+    /// Dead letters the stream holds, per subject.
+    pub dead_letters: Vec<(String, u64)>,
+    pub outboxes: Vec<OutboxHealth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerHealth {
+    pub name: String,
+    /// Who holds the lease, for replicas that take turns.
+    pub leader: Option<String>,
+    pub takes_turns: bool,
+    pub pending: u64,
+    pub unacknowledged: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxHealth {
+    pub publisher: String,
+    pub waiting: u64,
+    pub oldest: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthReply {
+    Health(HealthView),
+    /// Not read yet, or the last read failed.
+    Unavailable(String),
+}
+
 /// One sweep's progress (answered by the sweeper).
 pub const SWEEPS: &str = "custodian.query.sweeps";
 

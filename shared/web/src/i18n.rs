@@ -278,6 +278,7 @@ mod tests {
             ("scanned", "3"),
             ("sections", "s"),
             ("role", "r"),
+            ("publisher", "p"),
             ("how", "h"),
         ];
         for lang in Lang::ALL {

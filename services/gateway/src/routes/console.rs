@@ -129,6 +129,24 @@ struct RevocationLine {
     attempts: i32,
 }
 
+/// The deployment's health as the console shows it.
+#[derive(Debug)]
+struct Health {
+    read_at: String,
+    consumers: Vec<ConsumerLine>,
+    dead_letters: Vec<(String, u64)>,
+    outboxes: Vec<(String, u64, String)>,
+}
+
+#[derive(Debug)]
+struct ConsumerLine {
+    name: String,
+    leader: String,
+    alarm: bool,
+    pending: u64,
+    unacknowledged: u64,
+}
+
 #[derive(Debug)]
 struct PrivacyLine {
     used_at: String,
@@ -148,6 +166,7 @@ struct ConsolePage {
     sweeps: Option<Vec<SweepLine>>,
     incidents: Option<Vec<IncidentCard>>,
     privacy: Option<Vec<PrivacyLine>>,
+    health: Option<Health>,
     /// Sections the role may see whose service did not answer.
     unavailable: Vec<String>,
 }
@@ -271,6 +290,37 @@ async fn pending_revocations(state: &AppState, tr: &Tr) -> Option<Vec<Revocation
     )
 }
 
+async fn health(state: &AppState, tr: &Tr) -> Option<Health> {
+    let reply = custodian_bus::query_idempotent::<_, queries::HealthReply>(
+        state.bus.client(),
+        queries::HEALTH,
+        &queries::HealthQuery::default(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let Ok(queries::HealthReply::Health(view)) = reply else { return None };
+    Some(Health {
+        read_at: tr.datetime(&view.read_at),
+        consumers: view
+            .consumers
+            .into_iter()
+            .map(|c| ConsumerLine {
+                leader: match (&c.leader, c.takes_turns) {
+                    (Some(holder), _) => holder.clone(),
+                    (None, true) => tr.t("console-no-leader"),
+                    (None, false) => tr.t("console-shared"),
+                },
+                alarm: c.takes_turns && c.leader.is_none(),
+                name: c.name,
+                pending: c.pending,
+                unacknowledged: c.unacknowledged,
+            })
+            .collect(),
+        dead_letters: view.dead_letters,
+        outboxes: view.outboxes.into_iter().map(|o| (o.publisher, o.waiting, tr.datetime(&o.oldest))).collect(),
+    })
+}
+
 async fn privacy_log(state: &AppState, tr: &Tr, reader: &str) -> Option<Vec<PrivacyLine>> {
     let filter = crate::routes::privacy::Filter { limit: Some(50), ..Default::default() };
     let entries = crate::routes::privacy::read_log(state, reader.to_owned(), filter).await.ok()?;
@@ -303,18 +353,23 @@ pub async fn console(State(state): State<Arc<AppState>>, headers: HeaderMap, Que
             sweeps: None,
             incidents: None,
             privacy: None,
+            health: None,
             unavailable: Vec::new(),
         };
         return page(&state, status, body.render(), q.lang.as_deref());
     };
     let ops = op.role_kind == Role::Ops;
-    let (revocations, sweeps) =
-        if ops { tokio::join!(pending_revocations(&state, &tr), recent_sweeps(&state, &tr)) } else { (None, None) };
+    let (revocations, sweeps, health) = if ops {
+        tokio::join!(pending_revocations(&state, &tr), recent_sweeps(&state, &tr), health(&state, &tr))
+    } else {
+        (None, None, None)
+    };
     let incidents = recent_incidents(&state, &tr).await;
     let dpo = op.role_kind == Role::Dpo;
     let privacy = if dpo { privacy_log(&state, &tr, &op.name).await } else { None };
     let mut unavailable = Vec::new();
     for (shown, missing, key) in [
+        (ops, health.is_none(), "console-health"),
         (ops, revocations.is_none(), "console-revocations"),
         (ops, sweeps.is_none(), "console-sweeps"),
         (true, incidents.is_none(), "console-incidents"),
@@ -324,7 +379,7 @@ pub async fn console(State(state): State<Arc<AppState>>, headers: HeaderMap, Que
             unavailable.push(tr.t(key));
         }
     }
-    let body = ConsolePage { page: frame, refused: None, revocations, sweeps, incidents, privacy, unavailable };
+    let body = ConsolePage { page: frame, refused: None, revocations, sweeps, incidents, privacy, health, unavailable };
     page(&state, StatusCode::OK, body.render(), q.lang.as_deref())
 }
 
@@ -342,6 +397,7 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
             sweeps: None,
             incidents: None,
             privacy: None,
+            health: None,
             unavailable: Vec::new(),
         };
         page(&state, StatusCode::FORBIDDEN, page_body.render(), None)
