@@ -212,6 +212,9 @@ cat <<TOUR
     3. https://127.0.0.1:${GATEWAY_PORT}/ — withdraw the consent and confirm: the token is revoked at
        the OP, the view erases the data and acks; the receipt shows each step as it is done.
 
+  The operators' console: https://127.0.0.1:${GATEWAY_PORT}/console — sign in with the token in
+  $DATA/tokens/ops.token (health, revocations, sweeps, incidents) or dpo.token (the privacy log).
+
   Try, in another terminal at the top of the repository:
     export CUSTODIAN_CONFIG=$DATA/custodian.toml
     target/debug/custodian events publish examples/consent-granted.json
