@@ -14,6 +14,10 @@ use serde_json::json;
 
 use crate::support::{PLATFORM_TOKEN, Stack, unique};
 
+/// WebDriver's key codes (W3C WebDriver §17.4.2).
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
+
 /// Planted in every field a page shows: it must come out as these very characters.
 const HOSTILE: &str = "x');document.title='XSS';//\"><img src=x onerror=\"document.title='XSS'\">&amp;";
 
@@ -141,7 +145,8 @@ async fn a_person_signs_in_withdraws_consent_with_confirmation_and_reads_the_rec
     sign_in_at_the_op(&b, &person).await;
 
     // The portal: the platform by name, legal entity and enterprise number, what it may see.
-    let portal = browser::wait_for_text(&b, "Zorgplatform Demo", Duration::from_secs(20)).await;
+    // The grant of the sign-in reaches the ledger a moment after the portal may have been drawn.
+    let portal = browser::reload_until_text(&b, "Zorgplatform Demo", Duration::from_secs(20)).await;
     assert!(portal.contains(&format!("Zorg & Co NV {HOSTILE}, enterprise number 0203.201.340")), "{portal}");
     assert!(
         portal.contains("Who you are, and your vaccination record"),
@@ -205,7 +210,21 @@ async fn a_person_signs_in_withdraws_consent_with_confirmation_and_reads_the_rec
     assert!(confirm.contains("every app of the platform erases the data of yours it holds in memory"), "{confirm}");
     accessible(&b, "confirmation").await;
     browser::screenshot(&b, "confirm-en").await;
-    click_button(&b, "Yes, withdraw my consent").await;
+    // By keyboard alone: the skip link comes first, then Tab reaches the confirmation's
+    // button, and Enter presses it.
+    let focused = |b: Client| async move {
+        let element = b.active_element().await.expect("the focused element");
+        element.text().await.unwrap_or_default().trim().to_owned()
+    };
+    b.active_element().await.expect("focus").send_keys(TAB).await.expect("Tab");
+    assert_eq!(focused(b.clone()).await, "Skip to the content", "the first stop is the skip link");
+    let mut presses = 1;
+    while focused(b.clone()).await != "Yes, withdraw my consent" {
+        assert!(presses < 40, "Tab never reached the confirmation's button");
+        b.active_element().await.expect("focus").send_keys(TAB).await.expect("Tab");
+        presses += 1;
+    }
+    b.active_element().await.expect("focus").send_keys(ENTER).await.expect("Enter");
     let receipt = browser::wait_for_text(&b, "Done. Every step below is confirmed.", Duration::from_secs(30)).await;
     assert!(
         receipt.contains("Your refresh token") && receipt.contains("withdrawn at the identity provider at"),
@@ -241,6 +260,31 @@ async fn a_person_signs_in_withdraws_consent_with_confirmation_and_reads_the_rec
         b.goto(&stack.url(&format!("/?lang={lang}"))).await.expect("portal");
         no_script_ran(&b).await;
     }
+
+    // On a phone's screen: nothing wider than the screen.
+    b.set_window_size(390, 844).await.expect("a phone-sized window");
+    b.goto(&stack.url("/?lang=en")).await.expect("portal");
+    browser::wait_for_text(&b, "Ended consents", Duration::from_secs(10)).await;
+    let fits = b.execute("return document.documentElement.scrollWidth <= window.innerWidth;", Vec::new()).await;
+    let wide = b
+        .execute(
+            "return Array.from(document.querySelectorAll('body *')).filter(e => e.getBoundingClientRect().right > window.innerWidth + 1).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right) + ' ' + (e.textContent || '').slice(0, 40));",
+            Vec::new(),
+        )
+        .await
+        .expect("measured");
+    browser::screenshot(&b, "portal-phone-en").await;
+    assert_eq!(
+        fits.expect("measured"),
+        serde_json::Value::Bool(true),
+        "the portal scrolls sideways on a phone: {wide}"
+    );
+    browser::screenshot(&b, "portal-phone-en").await;
+    b.goto(&receipt_url).await.expect("receipt");
+    let fits = b.execute("return document.documentElement.scrollWidth <= window.innerWidth;", Vec::new()).await;
+    assert_eq!(fits.expect("measured"), serde_json::Value::Bool(true), "the receipt scrolls sideways on a phone");
+    browser::screenshot(&b, "receipt-phone-en").await;
+    b.set_window_size(1280, 1000).await.expect("back to a desktop window");
 
     // The view says what happened to the data.
     b.goto(&view_url).await.expect("demo view");
