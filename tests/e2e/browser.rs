@@ -407,6 +407,10 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     let incident_id = r.json::<serde_json::Value>().await.unwrap()["incident_id"].as_str().unwrap().to_owned();
     crate::incidents::closed(&stack, &incident_id, Duration::from_secs(60)).await;
 
+    // A far-dated grant published on the bus is dead-lettered by the consent service.
+    let far = crate::gateway_edge::grant(&stack, &unique("kato"), "tp", stack.clock.now() + chrono::Duration::days(1));
+    stack.bus.publish_event(custodian_events::subjects::CONSENT_GRANTED, &far).await.expect("publish");
+
     let b = browser::browser("en").await;
     b.goto(&stack.url("/console")).await.expect("console");
     browser::wait_for_text(&b, "Sign in with your own operator token", Duration::from_secs(10)).await;
@@ -428,8 +432,10 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     assert!(page.contains("a laptop <b>lost</b> & found"), "the summary as text: {page}");
     assert!(!page.contains("Privacy log"), "the privacy log is the DPO's only");
     // The audit service reads the deployment every 5 s; the page follows live.
-    let live = browser::wait_for_text(&b, "consent-ledger", Duration::from_secs(20)).await;
-    assert!(live.contains("Health of the deployment") && live.contains("The stream holds no dead letter."), "{live}");
+    let live = browser::wait_for_text(&b, "past this consumer's clock", Duration::from_secs(30)).await;
+    assert!(live.contains("Health of the deployment") && live.contains("consent-ledger"), "{live}");
+    assert!(live.contains("lifecycle.deadletter.consent: 1"), "the count per subject: {live}");
+    assert!(live.contains(&far.id), "the dead letter's event, with its reason: {live}");
     assert!(!live.contains("Unavailable right now"), "every section answered: {live}");
     let progress = b.find(Locator::Css("progress")).await.expect("a progress bar").attr("value").await.expect("value");
     assert_eq!(progress.as_deref(), Some("100"));

@@ -20,7 +20,7 @@ async fn publish(stack: &Stack, token: &str, body: Vec<u8>) -> (StatusCode, Valu
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-fn grant(
+pub(crate) fn grant(
     stack: &Stack,
     person: &str,
     platform: &str,

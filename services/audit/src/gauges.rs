@@ -158,6 +158,7 @@ async fn read(gauges: &SystemGauges, bus: &Bus, store: &Store, clock: &SharedClo
                     })
                     .collect(),
                 dead_letters: bus.dead_letters.clone(),
+                recent_dead_letters: recent_dead_letters(store).await,
                 outboxes: backlog
                     .iter()
                     .map(|b| custodian_events::queries::OutboxHealth {
@@ -183,4 +184,42 @@ async fn read(gauges: &SystemGauges, bus: &Bus, store: &Store, clock: &SharedClo
             false
         }
     }
+}
+
+/// How many of the latest dead letters the console lists.
+const RECENT_DEAD_LETTERS: u64 = 20;
+
+/// The latest dead letters with their reasons, read from the audit chain (which records every
+/// event of the stream, dead letters included). Only where it went and why: not its payload.
+async fn recent_dead_letters(store: &Store) -> Vec<custodian_events::queries::DeadLetterSummary> {
+    use custodian_store::entities::audit_entry;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+    let prefix = format!("{}.", custodian_events::subjects::DEADLETTER_PREFIX);
+    let rows = audit_entry::Entity::find()
+        .filter(audit_entry::Column::Subject.starts_with(prefix.as_str()))
+        .order_by_desc(audit_entry::Column::Seq)
+        .limit(RECENT_DEAD_LETTERS)
+        .all(store.db())
+        .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::debug!(error = %e, "dead letters not read");
+            return Vec::new();
+        }
+    };
+    rows.into_iter()
+        .map(|row| {
+            let event: serde_json::Value = serde_json::from_str(&row.payload).unwrap_or_default();
+            let data = &event["data"];
+            let text = |key: &str| data.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);
+            custodian_events::queries::DeadLetterSummary {
+                recorded_at: row.recorded_at,
+                subject: row.subject,
+                original_subject: text("original_subject").unwrap_or_default(),
+                original_id: text("original_id"),
+                reason: text("reason").unwrap_or_default(),
+            }
+        })
+        .collect()
 }

@@ -80,6 +80,20 @@ pub struct HealthView {
     /// Dead letters the stream holds, per subject.
     pub dead_letters: Vec<(String, u64)>,
     pub outboxes: Vec<OutboxHealth>,
+    /// The latest dead letters, newest first, with their reasons (from the audit chain).
+    #[serde(default)]
+    pub recent_dead_letters: Vec<DeadLetterSummary>,
+}
+
+/// One dead letter as operators see it: where it went, what it was, why it was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterSummary {
+    pub recorded_at: DateTime<Utc>,
+    /// `lifecycle.deadletter.<service>`: the service that refused it.
+    pub subject: String,
+    pub original_subject: String,
+    pub original_id: Option<String>,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

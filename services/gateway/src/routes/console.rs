@@ -135,7 +135,17 @@ struct Health {
     read_at: String,
     consumers: Vec<ConsumerLine>,
     dead_letters: Vec<(String, u64)>,
+    recent_dead_letters: Vec<DeadLetterLine>,
     outboxes: Vec<(String, u64, String)>,
+}
+
+#[derive(Debug)]
+struct DeadLetterLine {
+    recorded_at: String,
+    service: String,
+    original_subject: String,
+    original_id: String,
+    reason: String,
 }
 
 #[derive(Debug)]
@@ -317,6 +327,17 @@ async fn health(state: &AppState, tr: &Tr) -> Option<Health> {
             })
             .collect(),
         dead_letters: view.dead_letters,
+        recent_dead_letters: view
+            .recent_dead_letters
+            .into_iter()
+            .map(|d| DeadLetterLine {
+                recorded_at: tr.datetime(&d.recorded_at),
+                service: d.subject.rsplit('.').next().unwrap_or_default().to_owned(),
+                original_subject: d.original_subject,
+                original_id: d.original_id.unwrap_or_default(),
+                reason: d.reason,
+            })
+            .collect(),
         outboxes: view.outboxes.into_iter().map(|o| (o.publisher, o.waiting, tr.datetime(&o.oldest))).collect(),
     })
 }
