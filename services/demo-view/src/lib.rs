@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Form, Router};
@@ -177,18 +177,6 @@ struct LangQuery {
     lang: Option<String>,
 }
 
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
-        .filter(|v| !v.is_empty())
-}
-
 fn csrf_token(cookie: &str) -> String {
     custodian_crypto::sha256_hex(&format!("custodian-demo-view-csrf\u{0}{cookie}"))
 }
@@ -196,7 +184,7 @@ fn csrf_token(cookie: &str) -> String {
 /// Who the platform's session cookie belongs to, asked of the vault. `Err` when the vault
 /// did not answer (the page says so; nothing is shown as if signed out).
 async fn person(state: &AppState, headers: &HeaderMap) -> Result<Option<Person>, String> {
-    let Some(cookie) = cookie_value(headers, &state.config.session_cookie) else { return Ok(None) };
+    let Some(cookie) = custodian_web::pages::cookie(headers, &state.config.session_cookie) else { return Ok(None) };
     let signed_in = state.view.signed_in(&cookie, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
     Ok(signed_in.map(|p| Person { issuer: p.issuer, subject: p.subject, csrf: csrf_token(&cookie) }))
 }
@@ -320,11 +308,8 @@ async fn open(State(state): State<Arc<AppState>>, headers: HeaderMap, Form(form)
     let Some(person) = frame.person.clone() else {
         return home_with(&state, frame, StatusCode::UNAUTHORIZED, "view-signed-out");
     };
-    let cross_site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|site| site != "same-origin" && site != "none");
-    if cross_site || custodian_crypto::sha256_hex(&form.csrf) != custodian_crypto::sha256_hex(&person.csrf) {
+    let ours = custodian_web::pages::sent_from_this_site(&headers);
+    if !ours || custodian_crypto::sha256_hex(&form.csrf) != custodian_crypto::sha256_hex(&person.csrf) {
         return home_with(&state, frame, StatusCode::FORBIDDEN, "view-forged");
     }
     // The session is on record at the vault before any data is fetched.

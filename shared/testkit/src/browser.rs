@@ -118,8 +118,18 @@ pub async fn screenshot(client: &Client, name: &str) -> PathBuf {
     path
 }
 
-/// Waits until the page's text contains `text` (reloads of a self-refreshing page included).
+/// Waits until the page's text contains `text` (live updates of the page included).
 pub async fn wait_for_text(client: &Client, text: &str, timeout: Duration) -> String {
+    poll_text(client, text, timeout, false).await
+}
+
+/// Reloads the page until its text contains `text` (for a page that does not update itself,
+/// showing state another service is still applying).
+pub async fn reload_until_text(client: &Client, text: &str, timeout: Duration) -> String {
+    poll_text(client, text, timeout, true).await
+}
+
+async fn poll_text(client: &Client, text: &str, timeout: Duration, reload: bool) -> String {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let body = match client.find(Locator::Css("body")).await {
@@ -131,23 +141,8 @@ pub async fn wait_for_text(client: &Client, text: &str, timeout: Duration) -> St
         }
         assert!(tokio::time::Instant::now() < deadline, "the page never showed {text:?}; it shows:\n{body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Reloads the page until its text contains `text` (for a page that does not update itself,
-/// showing state another service is still applying).
-pub async fn reload_until_text(client: &Client, text: &str, timeout: Duration) -> String {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let body = match client.find(Locator::Css("body")).await {
-            Ok(body) => body.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        if body.contains(text) {
-            return body;
+        if reload {
+            client.refresh().await.expect("reload");
         }
-        assert!(tokio::time::Instant::now() < deadline, "the page never showed {text:?}; it shows:\n{body}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        client.refresh().await.expect("reload");
     }
 }

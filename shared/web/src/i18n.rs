@@ -58,14 +58,7 @@ impl Lang {
         if let Some(lang) = query_lang.and_then(Lang::from_code) {
             return lang;
         }
-        let cookie = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| *k == LANG_COOKIE)
-            .and_then(|(_, v)| Lang::from_code(v));
+        let cookie = crate::pages::cookie(headers, LANG_COOKIE).and_then(|v| Lang::from_code(&v));
         if let Some(lang) = cookie {
             return lang;
         }

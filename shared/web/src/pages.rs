@@ -7,6 +7,28 @@ use axum::response::{IntoResponse, Response};
 
 use crate::i18n::{LANG_COOKIE, Lang};
 
+/// The value of cookie `name` in a request (empty counts as absent).
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// False when the browser says (`Sec-Fetch-Site`) that a form was sent from another site; a
+/// client that does not say is judged by the form's CSRF token alone.
+pub fn sent_from_this_site(headers: &HeaderMap) -> bool {
+    !headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site != "same-origin" && site != "none")
+}
+
 /// Scripts, styles, images and forms of this origin only; no framing by anyone.
 pub const CONTENT_SECURITY_POLICY: &str =
     "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'";

@@ -47,16 +47,7 @@ fn cookie_name(state: &AppState) -> &'static str {
 }
 
 fn console_token(state: &AppState, headers: &HeaderMap) -> Option<String> {
-    let name = cookie_name(state);
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
-        .filter(|v| !v.is_empty())
+    custodian_web::pages::cookie(headers, cookie_name(state))
 }
 
 fn csrf_of(token: &str) -> String {
@@ -72,13 +63,6 @@ async fn operator(state: &AppState, headers: &HeaderMap) -> Option<Operator> {
         }
         _ => None,
     }
-}
-
-fn same_site_form(headers: &HeaderMap) -> bool {
-    !headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|site| site != "same-origin" && site != "none")
 }
 
 /// A sweep as the console shows it.
@@ -423,7 +407,7 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         };
         page(&state, StatusCode::FORBIDDEN, page_body.render(), None)
     };
-    if !same_site_form(&headers) {
+    if !custodian_web::pages::sent_from_this_site(&headers) {
         return refuse("console-forged");
     }
     match state.auth.authenticate(&token).await {
@@ -447,7 +431,7 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
 pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let csrf = url::form_urlencoded::parse(&body).find(|(k, _)| k == "csrf").map(|(_, v)| v.into_owned());
     if let Some(token) = console_token(&state, &headers)
-        && (!same_site_form(&headers) || csrf.as_deref() != Some(csrf_of(&token).as_str()))
+        && (!custodian_web::pages::sent_from_this_site(&headers) || csrf.as_deref() != Some(csrf_of(&token).as_str()))
     {
         return crate::problem::Problem::forbidden("this sign-out did not come from the console").into_response();
     }

@@ -27,17 +27,7 @@ pub const SESSION_COOKIE: &str = "custodian_session";
 pub const LOGIN_COOKIE: &str = "custodian_login";
 const VAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
-        .filter(|v| !v.is_empty())
-}
+use custodian_web::pages::cookie as cookie_value;
 
 pub fn session_cookie(login: &crate::LoginConfig, headers: &HeaderMap) -> Option<String> {
     cookie_value(headers, login.session_cookie_name())

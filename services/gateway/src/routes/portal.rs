@@ -59,13 +59,9 @@ pub fn csrf_token(cookie: &str) -> String {
 /// Whether a form came from this site's own page: its CSRF token matches the session's,
 /// and the browser (when it says) sent it from this origin.
 pub fn form_is_ours(headers: &HeaderMap, cookie: &str, csrf: &str) -> bool {
-    let cross_site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|site| site != "same-origin" && site != "none");
     // Compared as digests: the time taken says nothing about how much of the token matched.
     let matches = custodian_crypto::sha256_hex(csrf) == custodian_crypto::sha256_hex(&csrf_token(cookie));
-    !cross_site && matches
+    custodian_web::pages::sent_from_this_site(headers) && matches
 }
 
 #[derive(Debug, Default, Deserialize)]
