@@ -44,18 +44,35 @@ fn vault_unavailable(e: custodian_bus::QueryError) -> Problem {
     Problem::unavailable("the token vault did not answer; please retry")
 }
 
-/// The person behind a session cookie, asked of the vault.
+/// The person behind a session cookie, asked of the vault. While the vault cannot read its
+/// database (e.g. PostgreSQL restarting) it is asked again within the budget, as the consent
+/// ledger is: a person's request is not lost to a restart.
 pub async fn person_of_cookie(state: &AppState, cookie: &str) -> Result<Caller, Problem> {
     let lookup = SessionLookup { session_digest: crate::auth::token_digest(cookie) };
-    match custodian_bus::query_idempotent::<_, WhoamiReply>(state.bus.client(), vault::WHOAMI, &lookup, VAULT_TIMEOUT)
-        .await
-        .map_err(vault_unavailable)?
-    {
-        WhoamiReply::Person(p) => Ok(Caller::Person { issuer: p.issuer, subject: p.subject }),
-        WhoamiReply::Unknown => Err(Problem::unauthorized("session expired or unknown; sign in again at /login")),
-        WhoamiReply::Error(e) => Err(Problem::unavailable(e)),
+    let deadline = tokio::time::Instant::now() + VAULT_TIMEOUT;
+    loop {
+        let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match custodian_bus::query_idempotent::<_, WhoamiReply>(state.bus.client(), vault::WHOAMI, &lookup, budget)
+            .await
+            .map_err(vault_unavailable)?
+        {
+            WhoamiReply::Person(p) => return Ok(Caller::Person { issuer: p.issuer, subject: p.subject }),
+            WhoamiReply::Unknown => {
+                return Err(Problem::unauthorized("session expired or unknown; sign in again at /login"));
+            }
+            WhoamiReply::Error(e) => {
+                if tokio::time::Instant::now() + WHOAMI_PAUSE * 2 >= deadline {
+                    tracing::warn!(reason = %e, budget_ms = VAULT_TIMEOUT.as_millis() as u64, "vault unavailable for the whole budget");
+                    return Err(Problem::unavailable(e));
+                }
+                tokio::time::sleep(WHOAMI_PAUSE).await;
+            }
+        }
     }
 }
+
+/// Between two questions to a vault that could not read its database.
+const WHOAMI_PAUSE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Deserialize)]
 pub struct LoginParams {
