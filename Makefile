@@ -3,6 +3,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 ENV := source scripts/env.sh &&
+# cargo test, with each failing test's reason repeated at the end of the output
+TEST := CARGO=$(CARGO) bash scripts/cargo-test.sh
 
 .PHONY: help install build run test test-unit test-sqlite test-postgres lint smoke chaos chaos-short bench fuzz clean
 
@@ -23,11 +25,11 @@ lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 test-unit: install ## unit tests and end-to-end tests on SQLite
-	$(ENV) CUSTODIAN_TEST_BACKEND=sqlite $(CARGO) test --locked --workspace
+	$(ENV) CUSTODIAN_TEST_BACKEND=sqlite $(TEST) --locked --workspace
 
 test-postgres: install ## end-to-end tests on PostgreSQL (a throwaway cluster on a free port)
-	$(ENV) CUSTODIAN_TEST_BACKEND=postgres $(CARGO) test --locked -p custodian-tests --test e2e
-	$(ENV) CUSTODIAN_TEST_BACKEND=postgres $(CARGO) test --locked -p custodian dossier::tests::the_live_state
+	$(ENV) CUSTODIAN_TEST_BACKEND=postgres $(TEST) --locked -p custodian-tests --test e2e
+	$(ENV) CUSTODIAN_TEST_BACKEND=postgres $(TEST) --locked -p custodian dossier::tests::the_live_state
 
 smoke: build ## `make run` comes up and shows a published grant
 	@bash scripts/smoke-run.sh
@@ -38,12 +40,12 @@ CHAOS_PG := CUSTODIAN_TEST_PG_OPTIONS="-c fsync=on -c synchronous_commit=on -c f
 CHAOS_ROUNDS ?= 18
 CHAOS_PEOPLE ?= 8
 chaos-short: build ## the chaos suite, each kind of process killed once, on one NATS server and on a 3-node cluster (part of `make test`)
-	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=8 CHAOS_PEOPLE=4 CHAOS_NATS_NODES=1 $(CARGO) test --locked -p custodian-tests --test chaos -- --nocapture
-	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=9 CHAOS_PEOPLE=4 CHAOS_NATS_NODES=3 $(CARGO) test --locked -p custodian-tests --test chaos -- --nocapture
+	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=8 CHAOS_PEOPLE=4 CHAOS_NATS_NODES=1 $(TEST) --locked -p custodian-tests --test chaos -- --nocapture
+	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=9 CHAOS_PEOPLE=4 CHAOS_NATS_NODES=3 $(TEST) --locked -p custodian-tests --test chaos -- --nocapture
 
 chaos: build ## the chaos suite, CHAOS_ROUNDS rounds of CHAOS_PEOPLE revocations, single-node then 3-node; prints the latencies per process killed (CHAOS_SEED replays a schedule)
-	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=$(CHAOS_ROUNDS) CHAOS_PEOPLE=$(CHAOS_PEOPLE) CHAOS_NATS_NODES=1 $(CARGO) test --locked -p custodian-tests --test chaos -- --nocapture
-	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=$(CHAOS_ROUNDS) CHAOS_PEOPLE=$(CHAOS_PEOPLE) CHAOS_NATS_NODES=3 $(CARGO) test --locked -p custodian-tests --test chaos -- --nocapture
+	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=$(CHAOS_ROUNDS) CHAOS_PEOPLE=$(CHAOS_PEOPLE) CHAOS_NATS_NODES=1 $(TEST) --locked -p custodian-tests --test chaos -- --nocapture
+	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=$(CHAOS_ROUNDS) CHAOS_PEOPLE=$(CHAOS_PEOPLE) CHAOS_NATS_NODES=3 $(TEST) --locked -p custodian-tests --test chaos -- --nocapture
 
 test: install lint test-unit test-postgres smoke chaos-short ## everything CI runs: lint, all tests on both backends, the make-run smoke test, the short chaos suite
 

@@ -59,12 +59,12 @@ impl BatchHandler for Gate {
 /// A handler with a bug: it panics on the batch that carries `on`.
 #[derive(Clone)]
 struct Panics {
-    on: String,
+    at_sequence: u64,
 }
 
 impl BatchHandler for Panics {
     async fn handle(&self, batch: &[Delivery]) -> Vec<Result<(), HandlerError>> {
-        assert!(batch.iter().all(|d| d.event.id() != self.on), "a bug in the handler");
+        assert!(batch.iter().all(|d| d.stream_sequence != self.at_sequence), "a bug in the handler");
         batch.iter().map(|_| Ok(())).collect()
     }
 }
@@ -150,16 +150,19 @@ async fn in_order_appliers_apply_side_by_side_but_ack_nothing_past_an_unfinished
 #[tokio::test]
 async fn an_applier_that_panics_stops_the_consumer_instead_of_stalling_it() {
     let stack = Stack::infrastructure().await;
-    let published = publish_seen(&stack, 20, 0).await;
+    publish_seen(&stack, 20, 0).await;
     let mut spec = in_order_spec();
     spec.batch = 5;
     spec.appliers = 3;
-    let task = spawn_consumer(&stack, spec, Panics { on: published[7].clone() }, &CancellationToken::new());
+    let task = spawn_consumer(&stack, spec, Panics { at_sequence: 8 }, &CancellationToken::new());
     let outcome =
         tokio::time::timeout(Duration::from_secs(20), task).await.expect("the consumer stopped").expect("joined");
     let error = outcome.expect_err("the consumer reports the failure");
     assert!(error.to_string().contains("applier task failed"), "{error}");
-    assert!(ack_floor(&stack, "test-in-order").await <= 5, "nothing acked past the batch that panicked");
+    // A fetch may hand over fewer than `batch` messages, so the batches' bounds are not fixed;
+    // what must hold is that nothing from the panicking message on is acked.
+    let floor = ack_floor(&stack, "test-in-order").await;
+    assert!(floor < 8, "acked up to {floor}, past the event whose batch panicked");
 }
 
 /// Two replicas: only the lease holder consumes; stopped gracefully, it releases the lease
