@@ -441,6 +441,14 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     assert_eq!(progress.as_deref(), Some("100"));
     accessible(&b, "console (ops)").await;
     browser::screenshot(&b, "console-ops-en").await;
+    // Replayed while it is still dated ahead: refused again, and the page says so and why.
+    let replay = format!("//tr[.//span[normalize-space(.)='{}']]//button[@type='submit']", far.id);
+    b.find(Locator::XPath(&replay)).await.expect("the dead letter's replay button").click().await.expect("replay");
+    browser::wait_for_text(&b, "The dead letter was replayed and refused again", Duration::from_secs(20)).await;
+    let replayed = browser::wait_for_text(&b, "Replayed by test-ops at", Duration::from_secs(30)).await;
+    assert!(replayed.contains("refused again (time "), "the replay's reason: {replayed}");
+    accessible(&b, "console after a replay").await;
+    browser::screenshot(&b, "console-replayed-en").await;
     click_link(&b, "Nederlands").await;
     browser::wait_for_text(&b, "Console voor beheerders", Duration::from_secs(10)).await;
     accessible(&b, "console (ops, nl)").await;

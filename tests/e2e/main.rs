@@ -7,6 +7,7 @@ mod audit;
 mod browser;
 mod bus_trust;
 mod consent_ledger;
+mod dead_letters;
 mod gateway_api;
 mod gateway_edge;
 mod incidents;

@@ -189,31 +189,43 @@ async fn read(gauges: &SystemGauges, bus: &Bus, store: &Store, clock: &SharedClo
 /// How many of the latest dead letters the console lists.
 const RECENT_DEAD_LETTERS: u64 = 20;
 
-/// The latest dead letters with their reasons, read from the audit chain (which records every
-/// event of the stream, dead letters included). Only where it went and why: not its payload.
+/// The latest dead letters with their reasons and the operators' replays of each, read from
+/// the audit chain (which records every event of the stream, dead letters included). Only
+/// where each went and why: not its payload.
 async fn recent_dead_letters(store: &Store) -> Vec<custodian_events::queries::DeadLetterSummary> {
-    use custodian_store::entities::audit_entry;
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
-    let prefix = format!("{}.", custodian_events::subjects::DEADLETTER_PREFIX);
-    let rows = audit_entry::Entity::find()
-        .filter(audit_entry::Column::Subject.starts_with(prefix.as_str()))
-        .order_by_desc(audit_entry::Column::Seq)
-        .limit(RECENT_DEAD_LETTERS)
-        .all(store.db())
-        .await;
-    let rows = match rows {
+    use custodian_events::queries::{DeadLetterSummary, ReplaySummary};
+    let rows = match latest_entries(store, custodian_events::subjects::DEADLETTER_PREFIX, RECENT_DEAD_LETTERS).await {
         Ok(rows) => rows,
         Err(e) => {
             tracing::debug!(error = %e, "dead letters not read");
             return Vec::new();
         }
     };
+    let replays = latest_entries(store, custodian_events::subjects::REPLAYED_PREFIX, RECENT_REPLAYS).await;
+    let replays: Vec<(String, ReplaySummary)> = replays
+        .unwrap_or_default()
+        .into_iter()
+        .rev()
+        .filter_map(|row| {
+            let event: serde_json::Value = serde_json::from_str(&row.payload).ok()?;
+            let data: custodian_events::DeadLetterReplayedV1 = serde_json::from_value(event["data"].clone()).ok()?;
+            let summary = ReplaySummary {
+                recorded_at: row.recorded_at,
+                operator: data.operator,
+                outcome: data.outcome,
+                reason: data.reason,
+            };
+            Some((data.dead_letter_id, summary))
+        })
+        .collect();
     rows.into_iter()
         .map(|row| {
             let event: serde_json::Value = serde_json::from_str(&row.payload).unwrap_or_default();
             let data = &event["data"];
             let text = |key: &str| data.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);
-            custodian_events::queries::DeadLetterSummary {
+            DeadLetterSummary {
+                replays: replays.iter().filter(|(id, _)| *id == row.event_id).map(|(_, r)| r.clone()).collect(),
+                id: row.event_id,
                 recorded_at: row.recorded_at,
                 subject: row.subject,
                 original_subject: text("original_subject").unwrap_or_default(),
@@ -222,4 +234,52 @@ async fn recent_dead_letters(store: &Store) -> Vec<custodian_events::queries::De
             }
         })
         .collect()
+}
+
+/// How many of the latest replays are matched to the dead letters listed.
+const RECENT_REPLAYS: u64 = 200;
+
+/// The newest `limit` entries of the chain on `<prefix>.<token>` subjects, newest first.
+async fn latest_entries(
+    store: &Store,
+    prefix: &str,
+    limit: u64,
+) -> Result<Vec<custodian_store::entities::audit_entry::Model>, sea_orm::DbErr> {
+    use custodian_store::entities::audit_entry;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+    audit_entry::Entity::find()
+        .filter(audit_entry::Column::Subject.starts_with(format!("{prefix}.").as_str()))
+        .order_by_desc(audit_entry::Column::Seq)
+        .limit(limit)
+        .all(store.db())
+        .await
+}
+
+/// The dead letter `id` of `service` as the chain recorded it, for that service's replay. Only
+/// from `lifecycle.deadletter.<service>`: a service cannot replay another's.
+pub async fn dead_letter(store: &Store, service: &str, id: &str) -> custodian_events::replay::DeadLetterReply {
+    use custodian_events::replay::DeadLetterReply;
+    use custodian_store::entities::audit_entry;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let Some(subject) = custodian_events::subjects::deadletter(service) else {
+        return DeadLetterReply::Error(format!("{service:?} is not a service name"));
+    };
+    let row = audit_entry::Entity::find()
+        .filter(audit_entry::Column::Subject.eq(subject.as_str()))
+        .filter(audit_entry::Column::EventId.eq(id))
+        .one(store.db())
+        .await;
+    match row {
+        Ok(None) => DeadLetterReply::NotFound,
+        Ok(Some(row)) => {
+            let data = serde_json::from_str::<serde_json::Value>(&row.payload)
+                .map_err(|e| e.to_string())
+                .and_then(|event| serde_json::from_value(event["data"].clone()).map_err(|e| e.to_string()));
+            match data {
+                Ok(letter) => DeadLetterReply::Found(letter),
+                Err(e) => DeadLetterReply::Error(format!("the recorded dead letter does not read: {e}")),
+            }
+        }
+        Err(e) => DeadLetterReply::Error(format!("the audit chain could not be read: {e}")),
+    }
 }

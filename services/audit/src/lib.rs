@@ -233,6 +233,22 @@ pub async fn run(deps: Deps, config: AuditConfig, shutdown: CancellationToken) -
         audit.clone(),
         |a, identity, q| async move { privacy_log(&a, &identity, q).await },
     );
+    // `custodian.query.dead_letter.<service>`: a service replaying a dead letter reads it
+    // here, and only from its own dead-letter subject.
+    let store = Arc::new(deps.store.clone());
+    tasks.respond_bound(
+        "audit-dead-letters",
+        deps.bus.client(),
+        format!("{}.*", custodian_events::replay::DEAD_LETTER),
+        SERVICE,
+        store,
+        |store, service, q: Result<custodian_events::replay::DeadLetterQuery, String>| async move {
+            match q {
+                Ok(q) => gauges::dead_letter(&store, &service, &q.id).await,
+                Err(e) => custodian_events::replay::DeadLetterReply::Error(e),
+            }
+        },
+    );
     tasks.wait().await
 }
 

@@ -88,6 +88,7 @@ pub async fn run(deps: Deps, config: ConsentConfig, shutdown: CancellationToken)
     spec.leading = Some(deps.metrics.leading.clone());
     // Facts are ordered by their time: one dated far ahead would outrank every later one.
     spec.future_skew = Some(custodian_events::MAX_CLOCK_SKEW);
+    spec.replay = true;
 
     let mut tasks = Supervisor::new(shutdown.clone());
     tasks.spawn("consent-relay", relay.run(shutdown.clone()));
@@ -101,6 +102,7 @@ pub async fn run(deps: Deps, config: ConsentConfig, shutdown: CancellationToken)
     }
     let mut retention_spec = ConsumerSpec::new(SERVICE, "retention", &[subjects::RETENTION_PURGE]);
     retention_spec.batch = 10;
+    retention_spec.replay = true;
     let (bus, clock, token) = (deps.bus.clone(), deps.clock.clone(), shutdown.clone());
     let retention = retention::RetentionHandler { store: deps.store.clone() };
     tasks.spawn("consent-retention", async move {

@@ -195,6 +195,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/callback", get(routes::login::callback))
         .route("/oidc/backchannel-logout", post(routes::signals::backchannel_logout))
         .route("/console/login", post(routes::console::login))
+        .route("/console/dead-letters/replay", post(routes::console::replay))
         .route("/ssf/events", post(routes::signals::security_event))
         .route_layer(limiters.per_address.clone());
     let events = Router::new()
@@ -401,6 +402,7 @@ mod tests {
             ("get", "/console"),
             ("post", "/console/login"),
             ("post", "/console/logout"),
+            ("post", "/console/dead-letters/replay"),
             ("get", "/login"),
             ("get", "/callback"),
             ("post", "/logout"),

@@ -224,6 +224,7 @@ pub async fn run(deps: Deps, config: IncidentConfig, shutdown: CancellationToken
     spec.linger = Duration::ZERO;
     spec.max_deliver = incidents.config.max_deliver.max(1);
     spec.ack_wait = Duration::from_secs(incidents.config.ack_wait_secs.max(1));
+    spec.replay = true;
     let handler = workflow::ReportHandler { incidents: incidents.clone() };
     let (bus, clock, token) = (incidents.bus.clone(), incidents.clock.clone(), shutdown.clone());
     tasks

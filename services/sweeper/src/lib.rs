@@ -108,7 +108,8 @@ pub async fn run(deps: Deps, config: SweeperConfig, shutdown: CancellationToken)
     tasks.spawn("sweeper-worker", async move { worker(s, kv, t).await });
     let (s, t) = (sweeper.clone(), shutdown.clone());
     tasks.spawn("sweeper-schedule", async move { schedule::run(s, t).await });
-    let spec = ConsumerSpec::new(SERVICE, "requests", &[subjects::SWEEP_REQUESTED]);
+    let mut spec = ConsumerSpec::new(SERVICE, "requests", &[subjects::SWEEP_REQUESTED]);
+    spec.replay = true;
     let (bus, clock, t) = (deps.bus.clone(), deps.clock.clone(), shutdown.clone());
     let handler = RequestHandler(sweeper.clone());
     tasks.spawn("sweeper-requests", async move { custodian_bus::run_consumer(&bus, spec, handler, clock, t).await });

@@ -177,6 +177,7 @@ pub async fn run(deps: Deps, config: VaultConfig, shutdown: CancellationToken) -
     spec.linger = Duration::ZERO;
     // A view's session dated ahead would look opened after a revocation that came before it.
     spec.future_skew = Some(custodian_events::MAX_CLOCK_SKEW);
+    spec.replay = true;
     let handler = handler::LifecycleHandler { vault: vault.clone() };
     let (bus, clock, token) = (vault.bus.clone(), vault.clock.clone(), shutdown.clone());
     tasks.spawn("vault-lifecycle", async move { custodian_bus::run_consumer(&bus, spec, handler, clock, token).await });

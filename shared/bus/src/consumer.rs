@@ -87,6 +87,10 @@ pub struct ConsumerSpec {
     pub future_skew: Option<Duration>,
     /// Exclusive only: set to 1 while this replica leads and consumes, 0 while it stands by.
     pub leading: Option<prometheus_client::metrics::gauge::Gauge>,
+    /// Answers operators' replays of its dead letters ([`crate::replay`]) while it consumes
+    /// (an exclusive consumer: while it leads). Not for the audit chain, whose order is its
+    /// meaning, nor for views.
+    pub replay: bool,
 }
 
 impl ConsumerSpec {
@@ -107,6 +111,7 @@ impl ConsumerSpec {
             exclusive: false,
             future_skew: None,
             leading: None,
+            replay: false,
         }
     }
 }
@@ -134,6 +139,13 @@ async fn consume<H: BatchHandler>(
     shutdown: &CancellationToken,
 ) -> Result<(), BusError> {
     let config = consumer_config(spec);
+    // Replays are answered while this replica consumes, and no longer.
+    let replays = shutdown.child_token();
+    let _stop_replays = replays.clone().drop_guard();
+    if spec.replay {
+        let (bus, spec, handler, clock) = (bus.clone(), spec.clone(), handler.clone(), clock.clone());
+        tokio::spawn(crate::replay::serve(bus, spec, handler, clock, replays));
+    }
     // Reopened after a delivery gap: not if the service is stopping meanwhile.
     while !shutdown.is_cancelled() {
         let Some(opened) = open_with_retry(bus, spec, &config, shutdown).await else { return Ok(()) };
@@ -206,7 +218,7 @@ fn term_durable(base: &str, term: u64) -> String {
 }
 
 /// The durable's name without its leadership term (`consent-ledger-t42` → `consent-ledger`).
-fn durable_base(spec: &ConsumerSpec) -> &str {
+pub(crate) fn durable_base(spec: &ConsumerSpec) -> &str {
     match term_base(&spec.durable) {
         Some(base) if spec.exclusive => base,
         _ => &spec.durable,
@@ -741,6 +753,25 @@ fn envelope_id(payload: &[u8]) -> Option<String> {
     (!id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control)).then(|| id.to_owned())
 }
 
+/// A structured event as this consumer takes it: strictly decoded, bound to its subject,
+/// and not dated too far past the clock; else the event's id (when it has a plausible one)
+/// and the reason.
+pub(crate) fn check_event(
+    spec: &ConsumerSpec,
+    clock: &SharedClock,
+    subject: &str,
+    payload: &[u8],
+) -> Result<LifecycleEvent, (Option<String>, String)> {
+    let event = LifecycleEvent::decode(Some(subject), payload).map_err(|e| (envelope_id(payload), e.to_string()))?;
+    match spec.future_skew {
+        Some(skew) if event.time() > clock.now() + skew => Err((
+            Some(event.id().to_owned()),
+            format!("time {} is more than {}s past this consumer's clock", event.time().to_rfc3339(), skew.as_secs()),
+        )),
+        _ => Ok(event),
+    }
+}
+
 /// Decodes strictly; what does not decode is dead-lettered at once. `None` if the service
 /// stopped while an in-order consumer was still trying to dead-letter.
 async fn decode_batch(
@@ -762,20 +793,7 @@ async fn decode_batch(
         };
         let checked = structured
             .map_err(|(id, e)| (id, e.to_string()))
-            .and_then(|payload| {
-                LifecycleEvent::decode(Some(&subject), &payload).map_err(|e| (envelope_id(&payload), e.to_string()))
-            })
-            .and_then(|event| match spec.future_skew {
-                Some(skew) if event.time() > clock.now() + skew => Err((
-                    Some(event.id().to_owned()),
-                    format!(
-                        "time {} is more than {}s past this consumer's clock",
-                        event.time().to_rfc3339(),
-                        skew.as_secs()
-                    ),
-                )),
-                _ => Ok(event),
-            });
+            .and_then(|payload| check_event(spec, clock, &subject, &payload));
         match checked {
             Ok(event) => {
                 let header_tp = message

@@ -11,6 +11,7 @@ pub mod lease;
 pub mod metrics;
 mod publish;
 mod relay;
+mod replay;
 pub mod status;
 mod supervisor;
 pub mod trust;

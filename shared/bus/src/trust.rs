@@ -16,7 +16,7 @@
 
 use std::fmt;
 
-use custodian_events::{audit, incident, queries, subjects, vault};
+use custodian_events::{audit, incident, queries, replay, subjects, vault};
 
 /// How many durables an exclusive consumer cycles through, one per leadership term
 /// (`<base>-t<term mod TERM_SLOTS>`): a bounded set, so the table can name each one. A slot
@@ -192,6 +192,24 @@ pub const VAULT_LIFECYCLE_SUBJECTS: &[&str] = &[
 pub const CONSENT_LEDGER_SUBJECTS: &[&str] =
     &[subjects::CONSENT_GRANTED, subjects::CONSENT_REVOKED, subjects::ACTIVITY_SEEN, subjects::CONSENT_EXPIRE];
 
+/// The consumers that replay their dead letters on an operator's request ([`crate::replay`]):
+/// `(service, durable, filter subjects)`. Not the audit chain, whose order is its meaning.
+pub const REPLAYING: &[(Service, &str, &[&str])] = &[
+    (Service::Consent, durables::CONSENT_LEDGER, CONSENT_LEDGER_SUBJECTS),
+    (Service::Consent, durables::CONSENT_RETENTION, &[subjects::RETENTION_PURGE]),
+    (Service::Sweeper, durables::SWEEPER_REQUESTS, &[subjects::SWEEP_REQUESTED]),
+    (Service::Vault, durables::VAULT_LIFECYCLE, VAULT_LIFECYCLE_SUBJECTS),
+    (Service::Incident, durables::INCIDENT_REPORTS, &[subjects::INCIDENT_REPORTED]),
+];
+
+/// The durable of `service` that refused a message on `original_subject` and replays it.
+pub fn replaying_durable(service: &str, original_subject: &str) -> Option<&'static str> {
+    REPLAYING.iter().find_map(|(s, durable, filters)| {
+        (s.name() == service && filters.iter().any(|f| subjects::matches_filter(f, original_subject)))
+            .then_some(*durable)
+    })
+}
+
 /// What platforms say (through the gateway, or an operator's `custodian events publish`).
 pub const PLATFORM_FACTS: &[&str] =
     &[subjects::CONSENT_GRANTED, subjects::CONSENT_REVOKED, subjects::ACTIVITY_SEEN, subjects::TOKEN_HOK_USED];
@@ -274,6 +292,18 @@ impl Grant {
         self.publish(&[&subject])
     }
 
+    /// Replays its dead letters on an operator's request ([`crate::replay`]): answers them for
+    /// each of its durables in [`REPLAYING`], reads its own dead letters from the audit
+    /// chain, and records each replay.
+    fn replays(mut self, service: Service) -> Self {
+        for (_, durable, _) in REPLAYING.iter().filter(|(s, _, _)| *s == service) {
+            self = self.respond(durable, &[&format!("{}.{durable}", replay::REPLAY)]);
+        }
+        let lookup = format!("{}.{}", replay::DEAD_LETTER, service.name());
+        let record = format!("{}.{}", subjects::REPLAYED_PREFIX, service.name());
+        self.request(&[&lookup]).publish(&[&record])
+    }
+
     fn done(self) -> Permissions {
         self.0
     }
@@ -293,6 +323,7 @@ pub fn permissions(identity: &Identity) -> Permissions {
             .consumer(stream, durables::CONSENT_RETENTION, &[subjects::RETENTION_PURGE])
             .kv(buckets::LEADERSHIP, &[durables::CONSENT_LEDGER])
             .respond("consent", &[queries::CONSENTS, queries::IDLE_CONSENTS, queries::PLATFORMS])
+            .replays(Service::Consent)
             .done(),
         Identity::Service(Service::Sweeper) => g
             .stream_info()
@@ -302,6 +333,7 @@ pub fn permissions(identity: &Identity) -> Permissions {
             .kv(buckets::SWEEPER_LEASES, &[">"])
             .respond("sweeper", &[queries::SWEEPS])
             .request(&[queries::IDLE_CONSENTS, queries::PLATFORMS])
+            .replays(Service::Sweeper)
             .done(),
         Identity::Service(Service::Vault) => g
             .stream_info()
@@ -330,6 +362,7 @@ pub fn permissions(identity: &Identity) -> Permissions {
                 ],
             )
             .request(&[incident::CREDENTIAL])
+            .replays(Service::Vault)
             .done(),
         Identity::Service(Service::Audit) => g
             .stream_info()
@@ -340,7 +373,10 @@ pub fn permissions(identity: &Identity) -> Permissions {
             // leases, never writing one), no message of the stream.
             .publish(&[&format!("$JS.API.CONSUMER.LIST.{stream}")])
             .publish(&[&format!("$JS.API.DIRECT.GET.KV_{0}.$KV.{0}.>", buckets::LEADERSHIP)])
-            .respond("audit", &[&format!("{}.*", audit::PRIVACY_LOG), queries::HEALTH])
+            .respond(
+                "audit",
+                &[&format!("{}.*", audit::PRIVACY_LOG), queries::HEALTH, &format!("{}.*", replay::DEAD_LETTER)],
+            )
             .done(),
         Identity::Service(Service::Incident) => g
             .stream_info()
@@ -349,6 +385,7 @@ pub fn permissions(identity: &Identity) -> Permissions {
             .consumer(stream, durables::INCIDENT_REPORTS, &[subjects::INCIDENT_REPORTED])
             .respond("incident", &[incident::INCIDENTS, incident::CREDENTIAL, incident::ROTATE])
             .request(&[incident::CONTAINMENT, incident::EXPOSURE, queries::CONSENTS])
+            .replays(Service::Incident)
             .done(),
         Identity::Service(Service::Gateway) => g
             .stream_info()
@@ -369,6 +406,8 @@ pub fn permissions(identity: &Identity) -> Permissions {
                 vault::REVOCATIONS,
                 incident::INCIDENTS,
                 &format!("{}.gateway", audit::PRIVACY_LOG),
+                // The console's replays of dead letters, for the operator signed in there.
+                &format!("{}.*", replay::REPLAY),
             ])
             .done(),
         Identity::Operator(Operator::Ops) => g
@@ -506,6 +545,39 @@ mod tests {
             );
             assert!(!p.subscribe.iter().any(|s| s == "_INBOX.>"), "{identity} reads every inbox");
         }
+    }
+
+    #[test]
+    fn only_the_gateway_asks_for_replays_and_each_service_replays_and_reads_only_its_own_dead_letters() {
+        let mut identities = Identity::fixed();
+        identities.push(Identity::view("v1").unwrap());
+        for identity in &identities {
+            let p = permissions(identity);
+            let asks = p.publish.iter().any(|s| s.starts_with(replay::REPLAY) || s == "$JS.API.>");
+            assert_eq!(
+                asks,
+                matches!(identity, Identity::Service(Service::Gateway) | Identity::Provisioner),
+                "{identity} may ask for a replay"
+            );
+            for subject in p.publish.iter().filter(|s| s.starts_with(replay::DEAD_LETTER)) {
+                let Identity::Service(service) = identity else { panic!("{identity} reads dead letters") };
+                assert_eq!(*subject, format!("{}.{}", replay::DEAD_LETTER, service.name()));
+            }
+        }
+        for (service, durable, filters) in REPLAYING {
+            let p = permissions(&Identity::Service(*service));
+            assert!(durable.starts_with(service.name()), "{durable} is {}'s", service.name());
+            assert!(p.subscribe.contains(&format!("{}.{durable} {durable}", replay::REPLAY)), "{durable} answers");
+            assert!(p.publish.contains(&format!("{}.{}", subjects::REPLAYED_PREFIX, service.name())));
+            for filter in *filters {
+                let example = filter.replace('*', "v1");
+                assert_eq!(replaying_durable(service.name(), &example), Some(*durable), "{example}");
+            }
+        }
+        let audit = permissions(&Identity::Service(Service::Audit));
+        assert!(audit.subscribe.contains(&format!("{}.* audit", replay::DEAD_LETTER)));
+        assert_eq!(replaying_durable("audit", subjects::CONSENT_GRANTED), None, "the chain does not replay");
+        assert_eq!(replaying_durable("vault", subjects::CONSENT_GRANTED), None, "not a subject the vault reads");
     }
 
     #[test]

@@ -370,6 +370,7 @@ lifecycle_events! {
     CredentialRotated(CredentialRotatedV1),
     DpoNotified(DpoNotifiedV1),
     DeadLetter(DeadLetterV1),
+    DeadLetterReplayed(DeadLetterReplayedV1),
     SweepRequested(SweepRequestedV1),
     SweepFinished(SweepFinishedV1),
     RetentionPurge(RetentionPurgeV1),
@@ -377,9 +378,9 @@ lifecycle_events! {
     SessionRevoke(SessionRevokeV1),
 }
 
-/// Routed subjects (`…wipe.<view>`, `…deadletter.<service>`) match their prefix plus one token.
+/// Routed subjects (`…wipe.<view>`, `…deadletter.<service>`, `…replayed.<service>`) match their prefix plus one token.
 fn subject_matches(expected: &str, actual: &str) -> bool {
-    if expected == subjects::SESSION_WIPE_PREFIX || expected == subjects::DEADLETTER_PREFIX {
+    if [subjects::SESSION_WIPE_PREFIX, subjects::DEADLETTER_PREFIX, subjects::REPLAYED_PREFIX].contains(&expected) {
         subjects::token_after(actual, expected).is_some()
     } else if [subjects::SESSION_OPENED, subjects::SESSION_CLOSED, subjects::SESSION_WIPED].contains(&expected) {
         // The v1 subject, or the one bound to the publishing view.
@@ -414,6 +415,7 @@ impl LifecycleEvent {
     /// `None` for routed commands, which need their routing token.
     pub fn fixed_subject(&self) -> Option<&'static str> {
         let s = self.subject_or_prefix();
-        (s != subjects::SESSION_WIPE_PREFIX && s != subjects::DEADLETTER_PREFIX).then_some(s)
+        let routed = [subjects::SESSION_WIPE_PREFIX, subjects::DEADLETTER_PREFIX, subjects::REPLAYED_PREFIX];
+        (!routed.contains(&s)).then_some(s)
     }
 }

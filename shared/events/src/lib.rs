@@ -11,6 +11,7 @@ mod error;
 pub mod incident;
 pub mod payloads;
 pub mod queries;
+pub mod replay;
 pub mod subjects;
 pub mod vault;
 

@@ -397,6 +397,41 @@ event_data!(DeadLetterV1, subjects::DEADLETTER_PREFIX, "custodian.deadletter.v1"
     check_id("original_subject", &s.original_subject)
 });
 
+/// What came of replaying a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayOutcome {
+    /// The service applied the event (or had already: its effects are never doubled).
+    Applied,
+    /// The service refused it again, for the reason given; it stays a dead letter.
+    Refused,
+    /// The service could not apply it now (e.g. its database is down); it may be replayed later.
+    NotNow,
+}
+
+/// An operator's replay of one of a service's dead letters, published by that service on
+/// `lifecycle.replayed.<service>` once the replay is done, for the audit chain. Contract
+/// addition (v1): the console asks for replays; nothing consumes it but the audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterReplayedV1 {
+    /// The dead letter's own event id.
+    pub dead_letter_id: String,
+    pub original_subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_id: Option<String>,
+    /// The operator who asked, by the name of their token.
+    pub operator: String,
+    pub outcome: ReplayOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+event_data!(DeadLetterReplayedV1, subjects::REPLAYED_PREFIX, "custodian.deadletter.replayed.v1", |s| {
+    check_id("dead_letter_id", &s.dead_letter_id)?;
+    check_id("original_subject", &s.original_subject)?;
+    check_id("operator", &s.operator)
+});
+
 /// An inactivity sweep asked for by an operator (`POST /v1/sweeps`, `custodian sweep run`).
 /// Contract addition (v1): the sweeper consumes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

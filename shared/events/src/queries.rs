@@ -88,12 +88,27 @@ pub struct HealthView {
 /// One dead letter as operators see it: where it went, what it was, why it was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetterSummary {
+    /// The dead letter's own event id (what a replay names).
+    #[serde(default)]
+    pub id: String,
     pub recorded_at: DateTime<Utc>,
     /// `lifecycle.deadletter.<service>`: the service that refused it.
     pub subject: String,
     pub original_subject: String,
     pub original_id: Option<String>,
     pub reason: String,
+    /// Operators' replays of it, oldest first.
+    #[serde(default)]
+    pub replays: Vec<ReplaySummary>,
+}
+
+/// One replay of a dead letter, from the audit chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplaySummary {
+    pub recorded_at: DateTime<Utc>,
+    pub operator: String,
+    pub outcome: crate::payloads::ReplayOutcome,
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! NATS subject names. Constants, never assembled ad hoc; the only identifiers that may
-//! appear in a subject are a view id (wipe commands) and a service name (dead letters).
+//! appear in a subject are a view id (wipe commands) and a service name (dead letters and
+//! their replays).
 
 pub const STREAM: &str = "LIFECYCLE";
 pub const ALL: &str = "lifecycle.>";
@@ -33,6 +34,10 @@ pub const RETENTION_PURGE: &str = "lifecycle.retention.purge";
 /// Prefix of `lifecycle.deadletter.<service>`; see [`deadletter`].
 pub const DEADLETTER_PREFIX: &str = "lifecycle.deadletter";
 
+/// Prefix of `lifecycle.replayed.<service>`: an operator's replay of one of the service's
+/// dead letters, and what came of it; see [`replayed`].
+pub const REPLAYED_PREFIX: &str = "lifecycle.replayed";
+
 /// Is `token` usable as one NATS subject token (no separator, no wildcard, no space)?
 pub fn is_valid_token(token: &str) -> bool {
     !token.is_empty()
@@ -61,6 +66,25 @@ pub fn deadletter(service: &str) -> Option<String> {
     is_valid_token(service).then(|| format!("{DEADLETTER_PREFIX}.{service}"))
 }
 
+/// `lifecycle.replayed.<service>`, or `None` when the service name is not a valid token.
+pub fn replayed(service: &str) -> Option<String> {
+    is_valid_token(service).then(|| format!("{REPLAYED_PREFIX}.{service}"))
+}
+
+/// Does `subject` match the NATS filter `filter` (`*` one token, `>` one or more)?
+pub fn matches_filter(filter: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for want in filter.split('.') {
+        match (want, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (want, Some(token)) if want == token => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
+}
+
 /// The routing token after a prefix, e.g. the view id of a wipe subject.
 pub fn token_after<'a>(subject: &'a str, prefix: &str) -> Option<&'a str> {
     subject.strip_prefix(prefix)?.strip_prefix('.').filter(|t| is_valid_token(t))
@@ -69,6 +93,19 @@ pub fn token_after<'a>(subject: &'a str, prefix: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_match_as_nats_server_matches_them() {
+        assert!(matches_filter("lifecycle.consent.granted", "lifecycle.consent.granted"));
+        assert!(!matches_filter("lifecycle.consent.granted", "lifecycle.consent.granted.x"));
+        assert!(!matches_filter("lifecycle.consent.granted", "lifecycle.consent"));
+        assert!(matches_filter("lifecycle.session.opened.*", "lifecycle.session.opened.view-1"));
+        assert!(!matches_filter("lifecycle.session.opened.*", "lifecycle.session.opened"));
+        assert!(!matches_filter("lifecycle.session.opened.*", "lifecycle.session.opened.a.b"));
+        assert!(matches_filter("lifecycle.>", "lifecycle.consent.granted"));
+        assert!(!matches_filter("lifecycle.>", "lifecycle"));
+        assert!(!matches_filter("lifecycle.>", "custodian.query.health"));
+    }
 
     #[test]
     fn wipe_subject_carries_only_a_plain_view_token() {

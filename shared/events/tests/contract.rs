@@ -22,6 +22,7 @@ fn round_trip<T: EventData + std::fmt::Debug + PartialEq + Clone>(data: T) -> se
     let subject = match T::SUBJECT {
         subjects::SESSION_WIPE_PREFIX => "lifecycle.session.wipe.view-1".to_owned(),
         subjects::DEADLETTER_PREFIX => "lifecycle.deadletter.consent".to_owned(),
+        subjects::REPLAYED_PREFIX => "lifecycle.replayed.consent".to_owned(),
         s => s.to_owned(),
     };
     let decoded = LifecycleEvent::decode(Some(&subject), &bytes).unwrap();
@@ -163,6 +164,17 @@ fn every_payload_keeps_its_wire_form() {
             original_id: Some("e-9".into()),
             reason: "invalid data".into(),
             payload_base64: "e30=".into(),
+        })
+    );
+    insta::assert_json_snapshot!(
+        "deadletter_replayed",
+        round_trip(DeadLetterReplayedV1 {
+            dead_letter_id: "dl-1".into(),
+            original_subject: "lifecycle.consent.granted".into(),
+            original_id: Some("e-9".into()),
+            operator: "alice-ops".into(),
+            outcome: ReplayOutcome::Refused,
+            reason: Some("time is more than 300s past this consumer's clock".into()),
         })
     );
     insta::assert_json_snapshot!(

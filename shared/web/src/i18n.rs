@@ -273,6 +273,7 @@ mod tests {
             ("role", "r"),
             ("publisher", "p"),
             ("how", "h"),
+            ("operator", "o"),
         ];
         for lang in Lang::ALL {
             let catalogue = &catalogues()[&lang];

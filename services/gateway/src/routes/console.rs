@@ -17,15 +17,17 @@ use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use custodian_events::ReplayOutcome;
 use custodian_events::incident::{INCIDENTS, IncidentQuery, IncidentReply, IncidentView};
 use custodian_events::queries::{self, SweepQuery, SweepReply, SweepView};
+use custodian_events::replay::{ReplayReply, ReplayRequest};
 use custodian_events::vault::{self, RevocationQuery, RevocationReply};
 use custodian_web::i18n::{Lang, Tr};
 use custodian_web::pages::lang_choices;
 
 use crate::AppState;
 use crate::auth::{Caller, Role};
-use crate::routes::portal::{LangQuery, PageFrame, page};
+use crate::routes::portal::{PageFrame, page};
 
 const CONSOLE_COOKIE: &str = "custodian_console";
 const SECURE_CONSOLE_COOKIE: &str = "__Host-custodian_console";
@@ -125,11 +127,16 @@ struct Health {
 
 #[derive(Debug)]
 struct DeadLetterLine {
+    id: String,
+    /// The consumer that refused it and replays it, if it is one that replays.
+    durable: Option<&'static str>,
     recorded_at: String,
     service: String,
     original_subject: String,
     original_id: String,
     reason: String,
+    /// The operators' replays of it, in words.
+    replays: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -156,6 +163,8 @@ struct PrivacyLine {
 struct ConsolePage {
     page: PageFrame,
     refused: Option<String>,
+    /// What came of the replay the operator just asked for.
+    replayed: Option<String>,
     revocations: Option<Vec<RevocationLine>>,
     sweeps: Option<Vec<SweepLine>>,
     incidents: Option<Vec<IncidentCard>>,
@@ -314,16 +323,33 @@ async fn health(state: &AppState, tr: &Tr) -> Option<Health> {
         recent_dead_letters: view
             .recent_dead_letters
             .into_iter()
-            .map(|d| DeadLetterLine {
-                recorded_at: tr.datetime(&d.recorded_at),
-                service: d.subject.rsplit('.').next().unwrap_or_default().to_owned(),
-                original_subject: d.original_subject,
-                original_id: d.original_id.unwrap_or_default(),
-                reason: d.reason,
+            .map(|d| {
+                let service = d.subject.rsplit('.').next().unwrap_or_default().to_owned();
+                DeadLetterLine {
+                    durable: custodian_bus::trust::replaying_durable(&service, &d.original_subject),
+                    replays: d.replays.iter().map(|r| replay_line(tr, r)).collect(),
+                    id: d.id,
+                    recorded_at: tr.datetime(&d.recorded_at),
+                    service,
+                    original_subject: d.original_subject,
+                    original_id: d.original_id.unwrap_or_default(),
+                    reason: d.reason,
+                }
             })
             .collect(),
         outboxes: view.outboxes.into_iter().map(|o| (o.publisher, o.waiting, tr.datetime(&o.oldest))).collect(),
     })
+}
+
+fn replay_line(tr: &Tr, r: &queries::ReplaySummary) -> String {
+    let key = match r.outcome {
+        ReplayOutcome::Applied => "console-replay-applied",
+        ReplayOutcome::Refused => "console-replay-refused",
+        ReplayOutcome::NotNow => "console-replay-not-now",
+    };
+    let time = tr.datetime(&r.recorded_at);
+    let reason = r.reason.clone().unwrap_or_default();
+    tr.args(key, &[("operator", r.operator.as_str()), ("time", time.as_str()), ("reason", reason.as_str())])
 }
 
 async fn privacy_log(state: &AppState, tr: &Tr, reader: &str) -> Option<Vec<PrivacyLine>> {
@@ -344,8 +370,19 @@ async fn privacy_log(state: &AppState, tr: &Tr, reader: &str) -> Option<Vec<Priv
     )
 }
 
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ConsoleQuery {
+    lang: Option<String>,
+    /// Set by the redirect after a replay: what came of it.
+    replayed: Option<String>,
+}
+
 /// `GET /console`: the sign-in form, or the sections the operator's role may see.
-pub async fn console(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<LangQuery>) -> Response {
+pub async fn console(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<ConsoleQuery>,
+) -> Response {
     let signed_in = operator(&state, &headers).await;
     let frame = frame(&state, &headers, q.lang.as_deref(), signed_in.clone());
     let tr = frame.tr;
@@ -354,6 +391,7 @@ pub async fn console(State(state): State<Arc<AppState>>, headers: HeaderMap, Que
         let body = ConsolePage {
             page: frame,
             refused: None,
+            replayed: None,
             revocations: None,
             sweeps: None,
             incidents: None,
@@ -384,7 +422,23 @@ pub async fn console(State(state): State<Arc<AppState>>, headers: HeaderMap, Que
             unavailable.push(tr.t(key));
         }
     }
-    let body = ConsolePage { page: frame, refused: None, revocations, sweeps, incidents, privacy, health, unavailable };
+    let replayed = match q.replayed.as_deref() {
+        Some(outcome @ ("applied" | "refused" | "not_now" | "not_found" | "unavailable")) if ops => {
+            Some(tr.t(&format!("console-replayed-{}", outcome.replace('_', "-"))))
+        }
+        _ => None,
+    };
+    let body = ConsolePage {
+        page: frame,
+        refused: None,
+        replayed,
+        revocations,
+        sweeps,
+        incidents,
+        privacy,
+        health,
+        unavailable,
+    };
     page(&state, StatusCode::OK, body.render(), q.lang.as_deref())
 }
 
@@ -398,6 +452,7 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         let page_body = ConsolePage {
             page: frame,
             refused,
+            replayed: None,
             revocations: None,
             sweeps: None,
             incidents: None,
@@ -442,4 +497,56 @@ pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, body
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
+}
+
+/// `POST /console/dead-letters/replay` (ops only, CSRF token required): asks the service
+/// that refused a dead letter to try it again. The service reads the dead letter from the
+/// audit chain itself and records the replay there with the operator's name; the page says
+/// what came of it.
+pub async fn replay(State(state): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let field = |name: &str| url::form_urlencoded::parse(&body).find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+    let Some(op) = operator(&state, &headers).await else {
+        return crate::problem::Problem::unauthorized("sign in to the console first").into_response();
+    };
+    if !custodian_web::pages::sent_from_this_site(&headers) || field("csrf").as_deref() != Some(op.csrf.as_str()) {
+        return crate::problem::Problem::forbidden("this replay did not come from the console").into_response();
+    }
+    if op.role_kind != Role::Ops {
+        return crate::problem::Problem::forbidden("replaying dead letters is for the ops role").into_response();
+    }
+    let id = field("id").filter(|id| !id.is_empty());
+    let durable = field("durable").and_then(|d| {
+        custodian_bus::trust::REPLAYING.iter().find(|(_, known, _)| *known == d).map(|(_, known, _)| *known)
+    });
+    let (Some(id), Some(durable)) = (id, durable) else {
+        return crate::problem::Problem::bad_request("name the dead letter (id) and a consumer that replays (durable)")
+            .into_response();
+    };
+    let Some(subject) = custodian_events::replay::replay_subject(durable) else {
+        return crate::problem::Problem::bad_request("durable is not a subject token").into_response();
+    };
+    let asked = ReplayRequest { dead_letter_id: id, operator: op.name.clone() };
+    // A replay never doubles an effect (the service's inbox), so a lost one is asked again.
+    let reply = custodian_bus::query_idempotent::<_, ReplayReply>(
+        state.bus.client(),
+        &subject,
+        &asked,
+        Duration::from_secs(10),
+    )
+    .await;
+    let outcome = match reply {
+        Ok(ReplayReply::Replayed { outcome: ReplayOutcome::Applied, .. }) => "applied",
+        Ok(ReplayReply::Replayed { outcome: ReplayOutcome::Refused, .. }) => "refused",
+        Ok(ReplayReply::Replayed { outcome: ReplayOutcome::NotNow, .. }) => "not_now",
+        Ok(ReplayReply::NotFound) => "not_found",
+        Ok(ReplayReply::Error(e)) => {
+            tracing::warn!(%durable, error = %e, "a dead letter's replay failed");
+            "unavailable"
+        }
+        Err(e) => {
+            tracing::warn!(%durable, error = %e, "a dead letter's replay was not answered");
+            "unavailable"
+        }
+    };
+    Redirect::to(&format!("/console?replayed={outcome}#dead-letters")).into_response()
 }
