@@ -125,3 +125,44 @@ tests:
     let (ok, out) = promtool(&["test", "rules", "test.yaml"], dir.path());
     assert!(ok && out.contains("SUCCESS"), "{out}");
 }
+
+/// The same registry reaches an OTLP collector (the standard exporter, every second here):
+/// the request counter as a monotonic sum and the latency as a histogram in seconds, with
+/// the values the Prometheus scrape shows, under the process's `service.name`.
+#[tokio::test]
+async fn the_metrics_reach_an_otlp_collector_with_the_values_the_scrape_shows() {
+    let stack = Stack::start().await;
+    // A count no other test's gateway reaches: this many reads of the OpenAPI document.
+    let reads = 23;
+    for _ in 0..reads {
+        let response = stack.http.get(stack.url("/openapi.json")).send().await.expect("openapi");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let scraped = stack.http.get(stack.url("/metrics")).send().await.expect("scrape").text().await.expect("text");
+    let line =
+        format!("custodian_http_requests_total{{method=\"GET\",route=\"/openapi.json\",status=\"200\"}} {reads}");
+    assert!(scraped.lines().any(|l| l == line), "the scrape shows {line:?}:\n{scraped}");
+
+    let receiver = custodian_testkit::otlp::OtlpReceiver::shared();
+    let labels = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    };
+    let counted = labels(&[("method", "GET"), ("route", "/openapi.json"), ("status", "200")]);
+    let timed = labels(&[("method", "GET"), ("route", "/openapi.json")]);
+    eventually("the request counter and histogram over OTLP", Duration::from_secs(20), || async {
+        let metrics = receiver.metrics();
+        let has = |name: &str, kind: &str, unit: &str, attributes: &std::collections::BTreeMap<String, String>| {
+            metrics.iter().any(|m| {
+                m.name == name
+                    && m.kind == kind
+                    && m.unit == unit
+                    && m.service == "custodian-tests"
+                    && m.points.iter().any(|(a, v)| a == attributes && *v == f64::from(reads))
+            })
+        };
+        (has("custodian_http_requests", "sum", "", &counted)
+            && has("custodian_http_request_duration_seconds", "histogram", "seconds", &timed))
+        .then_some(())
+    })
+    .await;
+}

@@ -122,9 +122,17 @@ impl Stack {
     /// NATS, database (migrated), OP; no Custodian service yet.
     pub async fn infrastructure() -> Stack {
         // Every span of every test goes to one OTLP receiver; a test reads its own traces.
+        // Metrics too, every second, from each process-wide exporter (the gateways' registries).
+        let receiver = custodian_testkit::otlp::OtlpReceiver::shared();
         custodian_telemetry::init_for_tests_with(custodian_telemetry::Export::To {
-            traces_url: custodian_testkit::otlp::OtlpReceiver::shared().traces_url(),
+            traces_url: receiver.traces_url(),
             every: Duration::from_millis(100),
+            metrics: Some(custodian_telemetry::metrics_export::MetricsTarget {
+                url: receiver.metrics_url(),
+                headers: Vec::new(),
+                every: Duration::from_secs(1),
+                timeout: Duration::from_secs(5),
+            }),
         });
         let dir = tempfile::tempdir().expect("temp dir");
         let nats = NatsServer::start();

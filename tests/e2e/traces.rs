@@ -101,6 +101,17 @@ fn reassemble(
     if kinds != ["access", "refresh"] || calls.iter().any(|s| s.attribute("outcome") != Some("revoked")) {
         return Err(format!("not both RFC 7009 calls, each revoked: {calls:?}"));
     }
+    // Each call's `token.revoked` is relayed under the call that settled it.
+    for call in &calls {
+        let relayed = exported
+            .children(call)
+            .find(|s| {
+                s.name == "outbox_publish"
+                    && s.attribute("messaging.destination.name") == Some("lifecycle.token.revoked")
+            })
+            .ok_or("a token's revocation without its token.revoked relayed under it")?;
+        path.push(relayed.clone());
+    }
     path.extend(calls.into_iter().cloned());
     let sends: Vec<&ReceivedSpan> = exported.children(applied).filter(|s| s.name == "send_wipe").collect();
     if sends.len() < views {
@@ -264,6 +275,21 @@ async fn an_incident_reported_with_a_traceparent_is_one_trace_through_its_steps_
                 .ok_or("the vault's containment is not under the command's relay")?;
             for name in ["report_containment", "rotate_credentials", "report_rotation", "final_report"] {
                 step(name).ok_or("a later step is missing from the trace")?;
+            }
+            // The rotation at the OP (RFC 7592) and the checks of which secret authenticates.
+            let rotate = step("rotate_credentials").ok_or("no rotate_credentials step")?;
+            let rotated = exported
+                .children(rotate)
+                .find(|s| s.name == "rfc7592_rotate" && s.attribute("outcome") == Some("rotated"))
+                .ok_or("no rfc7592_rotate span under rotate_credentials")?;
+            if rotated.attribute("platform_id") != Some(platform.as_str()) {
+                return Err("the rotation span does not name the platform");
+            }
+            let checks: Vec<_> =
+                exported.spans.iter().filter(|s| s.trace_id == trace_id && s.name == "client_secret_check").collect();
+            let outcomes: Vec<_> = checks.iter().filter_map(|s| s.attribute("outcome")).collect();
+            if !outcomes.contains(&"authenticates") || !outcomes.contains(&"refused") {
+                return Err("the new secret's check and the old one's refusal are not both in the trace");
             }
             Ok(())
         })();

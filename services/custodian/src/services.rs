@@ -191,6 +191,8 @@ async fn run_services(config: Config, which: &[ServiceName]) -> anyhow::Result<(
             .await
             .with_context(|| format!("cannot listen on {addr} (CUSTODIAN_METRICS_LISTEN)"))?;
         tasks.spawn("metrics", custodian_gateway::serve_metrics(listener, registry, shutdown.clone()));
+    } else if custodian_telemetry::metrics_export::target().is_some() {
+        tasks.spawn("metrics-export", custodian_gateway::export_metrics(registry, shutdown.clone()));
     }
     tracing::info!(services = ?which, nats = %custodian_bus::redact(&config.nats_url), "custodian running; Ctrl-C to stop");
     tasks.wait().await?;

@@ -163,7 +163,7 @@ pub struct AppState {
     pub store: Option<Store>,
     pub auth: auth::Authenticator,
     pub clock: SharedClock,
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     pub metrics: GatewayMetrics,
     pub login: LoginConfig,
     pub transmitter: Option<transmit::Transmitter>,
@@ -281,6 +281,7 @@ pub async fn serve_metrics(
     shutdown: CancellationToken,
 ) -> Result<(), std::io::Error> {
     let registry = std::sync::Arc::new(registry);
+    let exporting = custodian_telemetry::metrics_export::spawn_export(registry.clone(), shutdown.clone());
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move |headers: axum::http::HeaderMap| {
@@ -289,7 +290,17 @@ pub async fn serve_metrics(
         }),
     );
     tracing::info!(addr = %listener.local_addr()?, "metrics listening");
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+    finish_export(exporting).await;
+    served
+}
+
+/// Exports `registry` over OTLP, when configured, for a process that serves no `/metrics`.
+pub async fn export_metrics(registry: Registry, shutdown: CancellationToken) -> Result<(), std::io::Error> {
+    let exporting = custodian_telemetry::metrics_export::spawn_export(Arc::new(registry), shutdown.clone());
+    shutdown.cancelled().await;
+    finish_export(exporting).await;
+    Ok(())
 }
 
 /// Serves until `shutdown`, then finishes in-flight requests.
@@ -310,6 +321,9 @@ pub async fn run(deps: Deps, config: GatewayConfig, shutdown: CancellationToken)
         "Events accepted on POST /v1/events",
         metrics.events_published.clone(),
     );
+    let registry = Arc::new(registry);
+    // Also over OTLP when the standard variables say so.
+    let exporting = custodian_telemetry::metrics_export::spawn_export(registry.clone(), shutdown.clone());
     let state = Arc::new(AppState {
         bus: deps.bus,
         store: deps.store,
@@ -371,7 +385,18 @@ pub async fn run(deps: Deps, config: GatewayConfig, shutdown: CancellationToken)
     for task in [transmitting, receiving].into_iter().flatten() {
         task.abort();
     }
+    finish_export(exporting).await;
     served
+}
+
+/// The last export, sent once the process stops (briefly: a collector that is down does not
+/// hold up the stop).
+async fn finish_export(exporting: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(task) = exporting
+        && tokio::time::timeout(std::time::Duration::from_secs(2), task).await.is_err()
+    {
+        tracing::debug!("the last metrics export did not finish in time");
+    }
 }
 
 #[cfg(test)]

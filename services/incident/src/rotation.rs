@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use crate::PlatformRegistration;
 use crate::credentials::Secrets;
@@ -26,12 +27,26 @@ async fn body_of(response: custodian_oidc::reqwest::Response) -> Result<Value, S
 }
 
 /// RFC 7592 read then update: the new secrets (client secret, registration access token).
+/// A client span of its own, whose context the OP receives.
 pub(crate) async fn rotate(platform: &PlatformRegistration, current: &Secrets) -> Result<Secrets, String> {
+    let span = tracing::info_span!(
+        "rfc7592_rotate",
+        otel.kind = "client",
+        platform_id = %platform.platform_id,
+        outcome = tracing::field::Empty,
+    );
+    let rotated = rotate_in_span(platform, current).instrument(span.clone()).await;
+    span.record("outcome", if rotated.is_ok() { "rotated" } else { "failed" });
+    rotated
+}
+
+async fn rotate_in_span(platform: &PlatformRegistration, current: &Secrets) -> Result<Secrets, String> {
     let client = http(platform)?;
     let uri = &current.registration_client_uri;
     let metadata = body_of(
         client
             .get(uri)
+            .headers(custodian_oidc::trace_headers())
             .bearer_auth(&current.registration_access_token)
             .send()
             .await
@@ -49,6 +64,7 @@ pub(crate) async fn rotate(platform: &PlatformRegistration, current: &Secrets) -
     let updated = body_of(
         client
             .put(uri)
+            .headers(custodian_oidc::trace_headers())
             .bearer_auth(&current.registration_access_token)
             .header("content-type", "application/json")
             .body(serde_json::to_vec(&update).map_err(|e| e.to_string())?)
@@ -74,10 +90,28 @@ pub(crate) async fn rotate(platform: &PlatformRegistration, current: &Secrets) -
 /// Does `secret` authenticate `client_id` at the token endpoint? (A refresh with a bogus
 /// token: `invalid_grant` means the client was authenticated, `invalid_client` that it was not.)
 pub(crate) async fn authenticates(platform: &PlatformRegistration, secret: &SecretString) -> Result<bool, String> {
+    let span = tracing::info_span!(
+        "client_secret_check",
+        otel.kind = "client",
+        platform_id = %platform.platform_id,
+        outcome = tracing::field::Empty,
+    );
+    let checked = authenticates_in_span(platform, secret).instrument(span.clone()).await;
+    let outcome = match checked {
+        Ok(true) => "authenticates",
+        Ok(false) => "refused",
+        Err(_) => "failed",
+    };
+    span.record("outcome", outcome);
+    checked
+}
+
+async fn authenticates_in_span(platform: &PlatformRegistration, secret: &SecretString) -> Result<bool, String> {
     let client = http(platform)?;
     let discovery = body_of(
         client
             .get(format!("{}/.well-known/openid-configuration", platform.issuer.trim_end_matches('/')))
+            .headers(custodian_oidc::trace_headers())
             .send()
             .await
             .map_err(|e| format!("discovery: {e}"))?,
@@ -86,6 +120,7 @@ pub(crate) async fn authenticates(platform: &PlatformRegistration, secret: &Secr
     let token_endpoint = discovery["token_endpoint"].as_str().ok_or("no token_endpoint")?;
     let response = client
         .post(token_endpoint)
+        .headers(custodian_oidc::trace_headers())
         .basic_auth(&platform.platform_id, Some(secret.expose_secret()))
         .form(&[("grant_type", "refresh_token"), ("refresh_token", "custodian-credential-check")])
         .send()

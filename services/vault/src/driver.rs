@@ -257,8 +257,11 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<usize, VaultError> {
     let traces = Arc::new(revocation_traces(vault, claimed.iter().map(|c| c.token.revocation_id.clone())).await?);
     let handled = claimed.len();
     let claimed_ids: Vec<String> = claimed.iter().map(|c| c.token.id.clone()).collect();
+    // Each call's span context, for its `token.revoked` (relayed under the call that settled it).
+    let call_traces: Arc<std::sync::Mutex<HashMap<String, String>>> = Arc::default();
     let calls = futures::stream::iter(claimed.into_iter().map(|c| {
         let rows = rows.clone();
+        let call_traces = call_traces.clone();
         // Each OP call continues its revocation's trace (the OP receives the context too).
         let span = tracing::info_span!(
             "revoke_token",
@@ -277,6 +280,9 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<usize, VaultError> {
                 Err(_) => "failed",
             };
             tracing::Span::current().record("outcome", label);
+            if let (Some(tp), Ok(mut traces)) = (custodian_telemetry::current_traceparent(), call_traces.lock()) {
+                traces.insert(c.token.id.clone(), tp);
+            }
             (c.token, outcome)
         }
         .instrument(span)
@@ -327,6 +333,7 @@ async fn revoke_due_tokens(vault: &Vault) -> Result<usize, VaultError> {
                         kind,
                         outcome,
                         now,
+                        call_traces.lock().ok().and_then(|traces| traces.get(&token.id).cloned()),
                     ));
                 }
                 settled_assertions.insert(token.assertion_id.clone());

@@ -263,6 +263,7 @@ pub(crate) async fn begin_revocation(
                     kind,
                     RevocationOutcome::AlreadyInvalid,
                     now,
+                    None,
                 ));
             } else {
                 pending += 1;
@@ -358,6 +359,7 @@ pub(crate) fn token_revoked_event(
     kind: TokenKind,
     outcome: RevocationOutcome,
     at: DateTime<Utc>,
+    traceparent: Option<String>,
 ) -> custodian_store::outbox::OutgoingEvent {
     let data = TokenRevokedV1 {
         issuer: issuer.to_owned(),
@@ -369,7 +371,12 @@ pub(crate) fn token_revoked_event(
     };
     let id = derived_event_id("token.revoked", &format!("{revocation_id}:{assertion_id}:{}", kind_str(kind)));
     let event = CloudEvent::with_id(id, SOURCE, at, data);
-    custodian_bus::outbox_row(subjects::TOKEN_REVOKED, &event)
+    let mut row = custodian_bus::outbox_row(subjects::TOKEN_REVOKED, &event);
+    // Relayed under the span that settled it (the OP call), else the current one.
+    if traceparent.is_some() {
+        row.traceparent = traceparent;
+    }
+    row
 }
 
 /// One pending wipe per view for `sessions` (each session marked with its wipe).

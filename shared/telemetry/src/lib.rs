@@ -1,7 +1,8 @@
-//! Logs and traces for every service: a `tracing` subscriber (pretty, or JSON with
-//! `CUSTODIAN_LOG_FORMAT=json`), OpenTelemetry export over OTLP/HTTP when the standard
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C trace context carried in NATS headers so
-//! that one trace spans gateway → consent → vault.
+//! Logs, traces and the metrics' way out for every service: a `tracing` subscriber (pretty,
+//! or JSON with `CUSTODIAN_LOG_FORMAT=json`), OpenTelemetry export over OTLP/HTTP when the
+//! standard `OTEL_EXPORTER_OTLP_ENDPOINT` is set (spans here, metrics in [`metrics_export`]),
+//! and W3C trace context carried in NATS headers so that one trace spans gateway → consent →
+//! vault.
 //!
 //! Invariant: nothing here logs message payloads; callers put identifiers only in span fields.
 
@@ -15,6 +16,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+pub mod metrics_export;
 
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -30,6 +33,8 @@ pub enum TelemetryError {
     Filter(#[source] tracing_subscriber::filter::ParseError),
     #[error("a global tracing subscriber is already installed")]
     AlreadyInstalled,
+    #[error("metrics export: {0}")]
+    Metrics(String),
 }
 
 /// Keeps the tracer providers alive; flushes spans when dropped.
@@ -74,8 +79,9 @@ pub fn init(default_service: &str) -> Result<TelemetryGuard, TelemetryError> {
 pub enum Export {
     /// OTLP/HTTP when the standard `OTEL_EXPORTER_OTLP_*` variables say so, else nowhere.
     FromEnv,
-    /// OTLP/HTTP to this traces URL, in batches at most `every` apart (tests' receivers).
-    To { traces_url: String, every: std::time::Duration },
+    /// OTLP/HTTP to this traces URL, in batches at most `every` apart, and metrics to their
+    /// target (tests' receivers).
+    To { traces_url: String, every: std::time::Duration, metrics: Option<metrics_export::MetricsTarget> },
 }
 
 pub fn init_with(default_service: &str, export: Export) -> Result<TelemetryGuard, TelemetryError> {
@@ -85,6 +91,12 @@ pub fn init_with(default_service: &str, export: Export) -> Result<TelemetryGuard
     let filter = EnvFilter::builder().parse(filter).map_err(TelemetryError::Filter)?;
     let trace_filter = std::env::var("CUSTODIAN_TRACE").unwrap_or_else(|_| DEFAULT_TRACE_FILTER.to_owned());
     let trace_filter = EnvFilter::builder().parse(trace_filter).map_err(TelemetryError::Filter)?;
+    let metrics = match &export {
+        Export::FromEnv => metrics_export::MetricsTarget::from_vars(|name| std::env::var(name).ok())
+            .map_err(TelemetryError::Metrics)?,
+        Export::To { metrics, .. } => metrics.clone(),
+    };
+    metrics_export::configure(default_service, metrics);
     let (tracer, providers) = ServiceTracer::new(default_service, &export)?;
     // Spans carry what operators search by, not where in the code they were made.
     let otel = tracing_opentelemetry::layer()
@@ -270,7 +282,7 @@ fn tracer_provider(service_name: &'static str, export: &Export) -> Result<SdkTra
             builder.with_batch_exporter(exporter)
         }
         Export::FromEnv => builder,
-        Export::To { traces_url, every } => {
+        Export::To { traces_url, every, .. } => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_endpoint(traces_url.clone())

@@ -1,5 +1,6 @@
-//! An OTLP/HTTP trace receiver (protobuf, `POST /v1/traces`), so that tests assert on the
-//! spans that were actually exported, as a collector would receive them.
+//! An OTLP/HTTP receiver (protobuf, `POST /v1/traces` and `POST /v1/metrics`), so that tests
+//! assert on the spans and metrics that were actually exported, as a collector would
+//! receive them.
 //!
 //! One receiver serves a whole test process ([`OtlpReceiver::shared`]): the tracer providers
 //! are process-wide, so it runs on a thread of its own and outlives each test's runtime.
@@ -11,8 +12,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use axum::body::Bytes;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use prost::Message as _;
 
 /// The most spans kept; the oldest go first (a test reads its own soon after making them).
@@ -42,10 +45,29 @@ impl ReceivedSpan {
     }
 }
 
+/// One exported metric of one export, as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedMetric {
+    /// The `service.name` of the resource it was exported under.
+    pub service: String,
+    pub name: String,
+    pub unit: String,
+    /// `sum` (monotonic), `gauge` or `histogram`.
+    pub kind: &'static str,
+    /// Each data point: its attributes, and its value (a histogram's: its count).
+    pub points: Vec<(BTreeMap<String, String>, f64)>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Received {
+    spans: VecDeque<ReceivedSpan>,
+    metrics: VecDeque<ReceivedMetric>,
+}
+
 #[derive(Debug, Clone)]
 pub struct OtlpReceiver {
     addr: SocketAddr,
-    spans: Arc<Mutex<VecDeque<ReceivedSpan>>>,
+    received: Arc<Mutex<Received>>,
 }
 
 impl OtlpReceiver {
@@ -60,8 +82,8 @@ impl OtlpReceiver {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the OTLP receiver");
         listener.set_nonblocking(true).expect("non-blocking listener");
         let addr = listener.local_addr().expect("receiver address");
-        let spans = Arc::new(Mutex::new(VecDeque::new()));
-        let receiver = OtlpReceiver { addr, spans: spans.clone() };
+        let received = Arc::new(Mutex::new(Received::default()));
+        let receiver = OtlpReceiver { addr, received: received.clone() };
         std::thread::Builder::new()
             .name("otlp-receiver".into())
             .spawn(move || {
@@ -70,7 +92,8 @@ impl OtlpReceiver {
                     let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
                     let app = axum::Router::new()
                         .route("/v1/traces", axum::routing::post(receive))
-                        .with_state(spans)
+                        .route("/v1/metrics", axum::routing::post(receive_metrics))
+                        .with_state(received)
                         .layer(axum::extract::DefaultBodyLimit::max(64 << 20));
                     let _ = axum::serve(listener, app).await;
                 });
@@ -84,20 +107,33 @@ impl OtlpReceiver {
         format!("http://{}/v1/traces", self.addr)
     }
 
+    /// The URL exporters post metrics to.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/v1/metrics", self.addr)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Received> {
+        self.received.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Every span received so far (up to the last [`KEEP`]).
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.spans.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect()
+        self.lock().spans.iter().cloned().collect()
     }
 
     /// The spans of one trace.
     pub fn trace(&self, trace_id: &str) -> Vec<ReceivedSpan> {
-        let spans = self.spans.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        spans.iter().filter(|s| s.trace_id == trace_id).cloned().collect()
+        self.lock().spans.iter().filter(|s| s.trace_id == trace_id).cloned().collect()
+    }
+
+    /// Every metric of every export received so far (up to the last [`KEEP_METRICS`]).
+    pub fn metrics(&self) -> Vec<ReceivedMetric> {
+        self.lock().metrics.iter().cloned().collect()
     }
 }
 
 async fn receive(
-    axum::extract::State(spans): axum::extract::State<Arc<Mutex<VecDeque<ReceivedSpan>>>>,
+    axum::extract::State(all): axum::extract::State<Arc<Mutex<Received>>>,
     body: Bytes,
 ) -> axum::response::Response {
     let request = match ExportTraceServiceRequest::decode(body) {
@@ -122,13 +158,67 @@ async fn receive(
         }
     }
     {
-        let mut spans = spans.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        spans.extend(received);
-        while spans.len() > KEEP {
-            spans.pop_front();
+        let mut all = all.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.spans.extend(received);
+        while all.spans.len() > KEEP {
+            all.spans.pop_front();
         }
     }
     let response = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+    ([(header::CONTENT_TYPE, "application/x-protobuf")], response).into_response()
+}
+
+/// The most metrics kept (one per family per export); the oldest go first.
+const KEEP_METRICS: usize = 200_000;
+
+async fn receive_metrics(
+    axum::extract::State(all): axum::extract::State<Arc<Mutex<Received>>>,
+    body: Bytes,
+) -> axum::response::Response {
+    let request = match ExportMetricsServiceRequest::decode(body) {
+        Ok(request) => request,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("not an ExportMetricsServiceRequest: {e}")).into_response(),
+    };
+    let mut received = Vec::new();
+    for resource_metrics in request.resource_metrics {
+        let resource = resource_metrics.resource.map(|r| r.attributes).unwrap_or_default();
+        let service = attributes(&resource).remove("service.name").unwrap_or_default();
+        for metric in resource_metrics.scope_metrics.into_iter().flat_map(|s| s.metrics) {
+            use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
+            let number = |v: &Option<Value>| match v {
+                Some(Value::AsDouble(d)) => *d,
+                Some(Value::AsInt(i)) => *i as f64,
+                None => f64::NAN,
+            };
+            let (kind, points) = match &metric.data {
+                Some(Data::Sum(sum)) => {
+                    ("sum", sum.data_points.iter().map(|p| (attributes(&p.attributes), number(&p.value))).collect())
+                }
+                Some(Data::Gauge(gauge)) => {
+                    ("gauge", gauge.data_points.iter().map(|p| (attributes(&p.attributes), number(&p.value))).collect())
+                }
+                Some(Data::Histogram(h)) => {
+                    ("histogram", h.data_points.iter().map(|p| (attributes(&p.attributes), p.count as f64)).collect())
+                }
+                _ => ("other", Vec::new()),
+            };
+            received.push(ReceivedMetric {
+                service: service.clone(),
+                name: metric.name,
+                unit: metric.unit,
+                kind,
+                points,
+            });
+        }
+    }
+    {
+        let mut all = all.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.metrics.extend(received);
+        while all.metrics.len() > KEEP_METRICS {
+            all.metrics.pop_front();
+        }
+    }
+    let response = ExportMetricsServiceResponse { partial_success: None }.encode_to_vec();
     ([(header::CONTENT_TYPE, "application/x-protobuf")], response).into_response()
 }
 

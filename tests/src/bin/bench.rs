@@ -557,7 +557,11 @@ async fn main() {
                 std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_else(|_| "parentbased_always_on".to_owned()),
                 std::env::var("OTEL_TRACES_SAMPLER_ARG").unwrap_or_default()
             );
-            custodian_telemetry::Export::To { traces_url: receiver.traces_url(), every: Duration::from_secs(1) }
+            custodian_telemetry::Export::To {
+                traces_url: receiver.traces_url(),
+                every: Duration::from_secs(1),
+                metrics: None,
+            }
         }
         None => custodian_telemetry::Export::FromEnv,
     };
