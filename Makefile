@@ -35,13 +35,13 @@ smoke: build ## `make run` comes up and shows a published grant
 	@bash scripts/smoke-run.sh
 
 # Every service its own process, PostgreSQL with fsync on, one process SIGKILLed per round
-# (each kind at least twice in the default 18 rounds: 144 people).
+# (each kind at least twice in the default 20 rounds: 160 people).
 CHAOS_PG := CUSTODIAN_TEST_PG_OPTIONS="-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
-CHAOS_ROUNDS ?= 18
+CHAOS_ROUNDS ?= 20
 CHAOS_PEOPLE ?= 8
 chaos-short: build ## the chaos suite, each kind of process killed once, on one NATS server and on a 3-node cluster (part of `make test`)
-	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=8 CHAOS_PEOPLE=4 CHAOS_NATS_NODES=1 $(TEST) --locked -p custodian-tests --test chaos -- --nocapture
-	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=9 CHAOS_PEOPLE=4 CHAOS_NATS_NODES=3 $(TEST) --locked -p custodian-tests --test chaos -- --nocapture
+	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=9 CHAOS_PEOPLE=4 CHAOS_NATS_NODES=1 $(TEST) --locked -p custodian-tests --test chaos -- --nocapture
+	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=10 CHAOS_PEOPLE=4 CHAOS_NATS_NODES=3 $(TEST) --locked -p custodian-tests --test chaos -- --nocapture
 
 chaos: build ## the chaos suite, CHAOS_ROUNDS rounds of CHAOS_PEOPLE revocations, single-node then 3-node; prints the latencies per process killed (CHAOS_SEED replays a schedule)
 	$(ENV) $(CHAOS_PG) CHAOS_ROUNDS=$(CHAOS_ROUNDS) CHAOS_PEOPLE=$(CHAOS_PEOPLE) CHAOS_NATS_NODES=1 $(TEST) --locked -p custodian-tests --test chaos -- --nocapture

@@ -21,8 +21,9 @@ use sha2::{Digest, Sha256};
 
 /// The services and their replicas, by process name. Two of each that runs replicated; the
 /// incident service runs one (its workflow steps are fenced in the database, but one replica
-/// is what is deployed).
-pub const PROCESSES: [(&str, &str); 11] = [
+/// is what is deployed); the demo view runs one, a view being one process that holds what it
+/// fetched in its memory.
+pub const PROCESSES: [(&str, &str); 12] = [
     ("consent-1", "consent"),
     ("consent-2", "consent"),
     ("vault-1", "vault"),
@@ -34,7 +35,11 @@ pub const PROCESSES: [(&str, &str); 11] = [
     ("sweeper-1", "sweeper"),
     ("sweeper-2", "sweeper"),
     ("incident-1", "incident"),
+    ("view-1", "demo-view"),
 ];
+
+/// The demo view's view id (a NATS identity of its own).
+pub const DEMO_VIEW: &str = "chaos-demo";
 
 /// What a revocation's waiter asks, cloned into each one (the cluster itself is busy killing).
 #[derive(Clone)]
@@ -63,6 +68,8 @@ pub struct Cluster {
     keyring: KeyRing,
     /// `gateway-1`'s and `gateway-2`'s.
     pub gateway_urls: Vec<String>,
+    /// The demo view's (`view-1`), on the gateways' host: the platform's session cookie reaches it.
+    pub demo_view_url: String,
     pub ops_token: String,
     pub responder_token: String,
     http: reqwest::Client,
@@ -107,6 +114,7 @@ impl Cluster {
         let provider = Provider::shared();
         let smtp = SmtpServer::start();
         let ports = [custodian_testkit::free_port(), custodian_testkit::free_port()];
+        let demo_view_url = format!("http://127.0.0.1:{}", custodian_testkit::free_port());
         let gateway_urls: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
         let client = provider.register_client(&[&format!("{}/callback", gateway_urls[0])]).await;
         let incident_client = provider.register_client(&[&format!("{}/callback", gateway_urls[0])]).await;
@@ -205,6 +213,14 @@ smtp_url = "{smtp_url}"
 contact = "DPO, dpo@chaos.example"
 timeout_secs = 3
 
+[demo_view]
+listen = "{demo_view_addr}"
+view_id = "{demo_view}"
+platform_id = "{client_id}"
+portal_url = "{gateway_url}"
+session_cookie = "custodian_session"
+keep_secs = 120
+
 [[incident.platforms]]
 platform_id = "{incident_id}"
 issuer = "{issuer}"
@@ -214,6 +230,8 @@ registration_access_token = "{registration_token}"
 client_secret = "{incident_secret}"
 "#,
             replicas = nats_nodes.min(3),
+            demo_view_addr = demo_view_url.trim_start_matches("http://"),
+            demo_view = DEMO_VIEW,
             port = ports[0],
             gateway_url = gateway_urls[0],
             ca = path(&access.ca),
@@ -246,6 +264,7 @@ client_secret = "{incident_secret}"
             client_secret: client.client_secret,
             keyring,
             gateway_urls,
+            demo_view_url,
             ops_token,
             responder_token,
             http,
@@ -257,6 +276,9 @@ client_secret = "{incident_secret}"
         cluster.wait_for_jetstream().await;
         cluster.once(&["migrate"]);
         cluster.once(&["nats", "provision"]);
+        for node in &mut cluster.nats {
+            node.add_view(DEMO_VIEW);
+        }
         for (name, _) in PROCESSES {
             cluster.spawn(name);
         }
@@ -316,6 +338,16 @@ client_secret = "{incident_secret}"
             })
             .await;
         }
+        self.demo_view_ready().await;
+    }
+
+    /// The demo view answers its start page.
+    pub async fn demo_view_ready(&self) {
+        eventually("the demo view to answer", Duration::from_secs(60), || async {
+            let response = self.http.get(format!("{}/", self.demo_view_url)).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
     }
 
     /// SIGKILL of one process: a service's (`vault-1`), a NATS node's (`nats-2`), or

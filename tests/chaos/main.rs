@@ -7,13 +7,16 @@
 //! victims follow a schedule drawn from a seed, printed at the start (`CHAOS_SEED` replays
 //! it): every kind of process in turn, in a shuffled order — a vault replica, the consent
 //! leader, a gateway, the audit leader, the sweeper holding a sweep, the incident service,
-//! a NATS server (in a cluster: the stream's leader, then a consumer's leader) and PostgreSQL
-//! (its server processes crash and it recovers from its log). The round of the sweeper runs an
+//! a NATS server (in a cluster: the stream's leader, then a consumer's leader), the demo view
+//! (a view process, with what it fetched in its memory) and PostgreSQL (its server processes
+//! crash and it recovers from its log). The round of the sweeper runs an
 //! inactivity sweep, the round of the incident service an incident's whole workflow.
 //!
 //! Asserted: every revocation accepted (a gateway killed mid-request is retried on the
 //! other), its receipt done, every token inactive at the OP, no view holding anything of a
-//! revoked person and no session of theirs without a wipe, exactly one `consent.ended` per
+//! revoked person (the demo view asked through its pages, with the person's own cookie: what
+//! it held is wiped, or was lost with the killed process and the restarted one acknowledged
+//! the wipe) and no session of theirs without a wipe, exactly one `consent.ended` per
 //! revocation and expiry, every sweep and incident finished with all its steps, each DPO
 //! notification sent (at least once, and at most twice: a kill between the SMTP server's
 //! acceptance and its record re-sends it with the same Message-ID), `audit verify --stream`
@@ -21,7 +24,8 @@
 //! the time from a revocation's 202 to its tokens inactive at the OP and to its receipt done,
 //! and from each kill until the round's last receipt is done, per kind of process killed.
 //!
-//! `make test` runs a short variant; `make chaos` longer ones (`CHAOS_ROUNDS`, `CHAOS_PEOPLE`).
+//! `make test` runs a short variant; `make chaos` longer ones (`CHAOS_ROUNDS`, `CHAOS_PEOPLE`;
+//! `CHAOS_KINDS` narrows the schedule to some kinds).
 //! The `custodian` binary must be built (`target/debug/custodian`, or `CHAOS_CUSTODIAN_BIN`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -58,6 +62,8 @@ struct Person {
     browser: reqwest::Client,
     /// (view index, session id) of every session a view opened for them.
     sessions: Arc<Mutex<Vec<(usize, String)>>>,
+    /// Every session the demo view (a process of its own) opened for them.
+    demo_sessions: Arc<Mutex<Vec<String>>>,
     /// Their tokens, as the OP issued them (from the vault's sealed rows).
     tokens: Vec<String>,
 }
@@ -87,6 +93,7 @@ impl Victim {
             "vault" | "gateway" => format!("{}-{}", self.kind, self.replica),
             "incident" => "incident-1".into(),
             "nats" => "nats-1".into(),
+            "view" => "view-1 (the demo view)".into(),
             other => other.to_owned(),
         }
     }
@@ -104,11 +111,18 @@ fn schedule(seed: u64, rounds: usize, nats_nodes: usize) -> Vec<Victim> {
             "incident",
             "nats-stream-leader",
             "nats-consumer-leader",
+            "view",
             "postgres",
         ]
     } else {
-        vec!["vault", "consent", "gateway", "audit", "sweeper", "incident", "nats", "postgres"]
+        vec!["vault", "consent", "gateway", "audit", "sweeper", "incident", "nats", "view", "postgres"]
     };
+    // `CHAOS_KINDS=view,vault` narrows the schedule to those kinds (to chase one failure).
+    let kinds: Vec<&'static str> = match std::env::var("CHAOS_KINDS") {
+        Ok(only) => kinds.into_iter().filter(|k| only.split(',').any(|o| o.trim() == *k)).collect(),
+        Err(_) => kinds,
+    };
+    assert!(!kinds.is_empty(), "CHAOS_KINDS names none of the kinds of process");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut plan = Vec::new();
     while plan.len() < rounds {
@@ -140,6 +154,7 @@ async fn revocations_hold_through_sigkill_of_any_one_process() {
     let (mut revoked_total, mut expired_total) = (0u64, 0u64);
     let mut incidents = Vec::new();
     let mut gateway_retries = 0usize;
+    let mut demo_sessions = 0usize;
 
     for (round, victim) in plan.iter().copied().enumerate() {
         let mut people = Vec::new();
@@ -157,6 +172,15 @@ async fn revocations_hold_through_sigkill_of_any_one_process() {
                     .unwrap();
                 person.sessions.lock().await.push((v, started.session_id));
             }
+            let demo = open_demo_session(&cluster.demo_view_url, &person.browser)
+                .await
+                .unwrap_or_else(|e| panic!("the demo view opened no session for {}: {e}", person.name));
+            assert!(
+                demo_holds(&cluster.demo_view_url, &person.browser, &demo).await,
+                "the demo view shows what it holds for {}",
+                person.name
+            );
+            person.demo_sessions.lock().await.push(demo);
         }
 
         // The round's other work, running when the victim dies.
@@ -217,6 +241,21 @@ async fn revocations_hold_through_sigkill_of_any_one_process() {
             }));
         }
 
+        // And through the demo view's pages, as the person's browser would.
+        for person in &people {
+            let (stop, sessions, browser, url) =
+                (stop.clone(), person.demo_sessions.clone(), person.browser.clone(), cluster.demo_view_url.clone());
+            openers.push(tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    match open_demo_session(&url, &browser).await {
+                        Ok(session) => sessions.lock().await.push(session),
+                        // No token any more, or the view (or a service behind it) being killed.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            }));
+        }
+
         // Everyone revokes; each revocation is followed from its 202 to its tokens dead at the
         // OP and its receipt done, while the victim is killed and restarted.
         let mut requests = Vec::new();
@@ -266,6 +305,17 @@ async fn revocations_hold_through_sigkill_of_any_one_process() {
                     views[*v].view_id(),
                     person.name
                 );
+            }
+            demo_sessions += person.demo_sessions.lock().await.len();
+            for (n, session) in person.demo_sessions.lock().await.iter().enumerate() {
+                if demo_holds(&cluster.demo_view_url, &person.browser, session).await {
+                    let row = view_session::Entity::find_by_id(session.clone()).one(cluster.store.db()).await;
+                    panic!(
+                        "the demo view still holds session {session} (its {n}th for them) of {} after its revocation \
+                         ({victim_name} killed); the vault's record of it: {row:?}",
+                        person.name
+                    );
+                }
             }
             // Retried: the pool's connections may have died with a crashed PostgreSQL.
             let open = eventually("the person's sessions", Duration::from_secs(30), || async {
@@ -324,6 +374,7 @@ async fn revocations_hold_through_sigkill_of_any_one_process() {
     println!("\nPostgreSQL with fsync={}; NATS: {nats_nodes} node(s)", cluster.fsync().await);
     println!("processes killed: {}", killed.join(", "));
     println!("requests a killed gateway dropped, retried on the other: {gateway_retries}");
+    println!("sessions the demo view opened through its pages, each checked wiped: {demo_sessions}");
     report(&timings, &converged);
     cluster.stop();
 }
@@ -351,6 +402,7 @@ async fn resolve(cluster: &Cluster, victim: Victim, sweep_id: Option<&str>) -> S
         "vault" | "gateway" => format!("{}-{}", victim.kind, victim.replica),
         "incident" => "incident-1".into(),
         "nats" => "nats-1".into(),
+        "view" => "view-1".into(),
         "nats-stream-leader" => cluster.jetstream_leaders().await.0,
         "nats-consumer-leader" => cluster.jetstream_leaders().await.1,
         other => other.to_owned(),
@@ -446,6 +498,51 @@ fn check_dpo_mails(cluster: &Cluster, incidents: &[String]) {
 }
 
 /// Signs `name` in through the gateway and the OP's pages; waits for the grant in the ledger.
+/// Opens a session at the demo view as the person's browser does: its start page's form
+/// (with the CSRF token bound to the platform's session cookie), posted. The session's id.
+async fn open_demo_session(url: &str, browser: &reqwest::Client) -> Result<String, String> {
+    let page = browser.get(format!("{url}/")).send().await.map_err(|e| e.to_string())?;
+    let page = page.text().await.map_err(|e| e.to_string())?;
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .ok_or("no form on the demo view's page (signed out?)")?
+        .to_owned();
+    let opened = browser
+        .post(format!("{url}/sessions"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if opened.status() != StatusCode::SEE_OTHER {
+        return Err(format!("the demo view answered {}", opened.status()));
+    }
+    let to = opened.headers()[reqwest::header::LOCATION].to_str().map_err(|e| e.to_string())?;
+    to.strip_prefix("/sessions/").map(str::to_owned).ok_or_else(|| format!("redirected to {to}"))
+}
+
+/// Does the demo view show the person's data of `session` as held in its memory (its page
+/// of the session, as the person's browser gets it)? Asked until it answers (it may be
+/// restarting); a page that cannot tell (signed out) is a failure, not a "no".
+async fn demo_holds(url: &str, browser: &reqwest::Client, session: &str) -> bool {
+    let (status, page) = eventually("the demo view's page of a session", Duration::from_secs(30), || async {
+        let response = browser.get(format!("{url}/sessions/{session}")).send().await.ok()?;
+        let status = response.status();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            return None;
+        }
+        Some((status, response.text().await.ok()?))
+    })
+    .await;
+    let gone = page.contains("This app no longer holds this data.");
+    match status {
+        StatusCode::OK => !gone,
+        StatusCode::NOT_FOUND if gone => false,
+        other => panic!("the demo view's page of session {session} cannot tell ({other}): {page}"),
+    }
+}
+
 async fn sign_in(cluster: &Cluster, name: &str) -> Person {
     let browser = cluster.provider.browser();
     let start =
@@ -463,7 +560,13 @@ async fn sign_in(cluster: &Cluster, name: &str) -> Person {
         }
     })
     .await;
-    Person { name: name.to_owned(), browser, sessions: Arc::default(), tokens: Vec::new() }
+    Person {
+        name: name.to_owned(),
+        browser,
+        sessions: Arc::default(),
+        demo_sessions: Arc::default(),
+        tokens: Vec::new(),
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
