@@ -597,8 +597,8 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if std::thread::panicking() {
-            // Keep the processes' logs for whoever reads the failure.
+        if std::thread::panicking() || std::env::var_os("CHAOS_KEEP_LOGS").is_some() {
+            // Keep the processes' logs for whoever reads the failure (or asked for them).
             let kept = std::env::temp_dir().join(format!("custodian-chaos-logs-{}", std::process::id()));
             let _ = std::fs::create_dir_all(&kept);
             for (name, _) in PROCESSES {
