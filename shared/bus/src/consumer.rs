@@ -337,7 +337,7 @@ fn consumer_config(spec: &ConsumerSpec) -> pull::Config {
 
 /// A durable ready to pull from.
 struct Opened {
-    messages: pull::Stream,
+    messages: Pulls,
     /// The consumer sequence of its last delivery before this instance (0 if replaced).
     last_delivery: u64,
 }
@@ -408,15 +408,49 @@ async fn open(bus: &Bus, spec: &ConsumerSpec, config: &pull::Config) -> Result<O
         consumer = js.create_consumer_on_stream(replacement, subjects::STREAM).await.map_err(|e| consumer_error(&e))?;
         last_delivery = 0;
     }
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(spec.batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| consumer_error(&e))?;
+    let messages = pulls(consumer, spec.batch).await.map_err(|e| consumer_error(&e))?;
     Ok(Opened { messages, last_delivery })
+}
+
+/// How often an idle pull hears from the server: two missed in a row mean its pull request is
+/// gone (with the node that led the consumer), and a fresh one is sent.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long one pull request waits for messages before the client sends the next.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// The messages of a durable, pulled so that a lost pull request is replaced at once.
+type Pulls = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Message, pull::MessagesError>> + Send>>;
+
+async fn pull_stream(
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+    batch: usize,
+) -> Result<pull::Stream, async_nats::jetstream::consumer::StreamError> {
+    consumer.stream().max_messages_per_batch(batch).heartbeat(PULL_HEARTBEAT).expires(PULL_EXPIRES).messages().await
+}
+
+/// async-nats reports missed heartbeats but sends the next pull request only when the
+/// connection comes back or the lost one would have expired. A client connected to a
+/// surviving node keeps its connection while the consumer's leader dies with the pull request
+/// it held, so that wait was the whole request's expiry. Here a missed heartbeat replaces the
+/// pull stream, whose first request goes to whichever node leads the consumer now.
+async fn pulls(
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    batch: usize,
+) -> Result<Pulls, async_nats::jetstream::consumer::StreamError> {
+    let first = pull_stream(&consumer, batch).await?;
+    let pulled = futures::stream::unfold((consumer, first), move |(consumer, mut current)| async move {
+        let item = current.next().await?;
+        if let Err(e) = &item
+            && e.kind() == pull::MessagesErrorKind::MissingHeartbeat
+        {
+            match pull_stream(&consumer, batch).await {
+                Ok(fresh) => current = fresh,
+                Err(e) => tracing::debug!(error = %e, "no fresh pull yet; the next missed heartbeat tries again"),
+            }
+        }
+        Some((item, (consumer, current)))
+    });
+    Ok(Box::pin(pulled))
 }
 
 /// One ack (or nak, or dead letter) per message; several instances may share the durable.
@@ -487,7 +521,7 @@ where
         for item in chunk {
             match item {
                 Ok(message) => messages.push(Pulled::from(message)),
-                // Missed heartbeats and the like: the stream reconnects by itself.
+                // Missed heartbeats (a fresh pull is already on its way: see `pulls`) and the like.
                 Err(e) => tracing::warn!(durable = %spec.durable, error = %e, "pull consumer hiccup"),
             }
         }

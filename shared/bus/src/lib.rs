@@ -41,6 +41,10 @@ pub enum BusError {
     Consumer { durable: String, reason: String },
     #[error("publish of event {event_id} on {subject} failed: {reason}")]
     Publish { event_id: String, subject: String, reason: String },
+    /// Another publisher's copy of this event (same `Nats-Msg-Id`) is still being stored
+    /// (JetStream 10158): not a failure yet; once stored, a publish again gets the duplicate ack.
+    #[error("event {event_id} on {subject} is being stored from another publish of it; publish it again later")]
+    InFlight { event_id: String, subject: String },
     #[error("invalid routing token {0:?} for a subject")]
     InvalidSubjectToken(String),
     #[error("database error in the outbox relay: {0}")]

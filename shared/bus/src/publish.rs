@@ -47,22 +47,39 @@ struct ApiError {
     #[serde(default)]
     code: u16,
     #[serde(default)]
+    err_code: u32,
+    #[serde(default)]
     description: String,
 }
 
+/// JetStream's "duplicate message id is in process": a publish of the same id is being
+/// stored (two replicas' relays draining one outbox, or a retry racing its original).
+const DUPLICATE_IN_PROCESS: u32 = 10158;
+
+/// Why a message has no ack to count as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NotStored {
+    /// Another publish of it is being stored; the next attempt gets the duplicate ack.
+    InFlight,
+    Failed(String),
+}
+
 /// What an ack says: `Ok`, or why the stream did not store the message.
-fn verdict(message: &Message) -> Result<(), String> {
+fn verdict(message: &Message) -> Result<(), NotStored> {
     if let Some(status) = message.status.filter(|s| *s != StatusCode::OK) {
-        return Err(if status == StatusCode::NO_RESPONDERS {
+        return Err(NotStored::Failed(if status == StatusCode::NO_RESPONDERS {
             "no stream takes this subject (no responders)".to_owned()
         } else {
             format!("status {status} instead of an ack")
-        });
+        }));
     }
     match serde_json::from_slice::<PubAck>(&message.payload) {
         Ok(PubAck { error: None }) => Ok(()),
-        Ok(PubAck { error: Some(e) }) => Err(format!("stream refused it ({}): {}", e.code, e.description)),
-        Err(e) => Err(format!("unreadable ack: {e}")),
+        Ok(PubAck { error: Some(e) }) if e.err_code == DUPLICATE_IN_PROCESS => Err(NotStored::InFlight),
+        Ok(PubAck { error: Some(e) }) => {
+            Err(NotStored::Failed(format!("stream refused it ({}): {}", e.code, e.description)))
+        }
+        Err(e) => Err(NotStored::Failed(format!("unreadable ack: {e}"))),
     }
 }
 
@@ -89,7 +106,7 @@ pub(crate) async fn publish_all(
         Ok(acks) => acks,
         Err(reason) => return events.iter().map(|out| Err(publish_error(out, &reason))).collect(),
     };
-    let mut verdicts: Vec<Option<Result<(), String>>> = vec![None; events.len()];
+    let mut verdicts: Vec<Option<Result<(), NotStored>>> = vec![None; events.len()];
     let (mut waiting, window) = (0usize, in_flight.max(1));
     // Why the batch stopped early, if it did: every event without a verdict gets it.
     let mut gave_up: Option<String> = None;
@@ -113,7 +130,7 @@ pub(crate) async fn publish_all(
         );
         match tokio::time::timeout(ACK_TIMEOUT, send).await {
             Ok(Ok(())) => waiting += 1,
-            Ok(Err(e)) => verdicts[i] = Some(Err(e.to_string())),
+            Ok(Err(e)) => verdicts[i] = Some(Err(NotStored::Failed(e.to_string()))),
             Err(_) => {
                 gave_up = Some(format!("not sent within {ACK_TIMEOUT:?} (NATS unreachable?)"));
                 break 'send;
@@ -130,7 +147,14 @@ pub(crate) async fn publish_all(
     verdicts
         .into_iter()
         .zip(events)
-        .map(|(verdict, out)| verdict.unwrap_or_else(|| Err(unanswered.clone())).map_err(|r| publish_error(out, r)))
+        .map(|(verdict, out)| {
+            verdict.unwrap_or_else(|| Err(NotStored::Failed(unanswered.clone()))).map_err(|why| match why {
+                NotStored::InFlight => {
+                    BusError::InFlight { event_id: out.event_id.clone(), subject: out.subject.clone() }
+                }
+                NotStored::Failed(reason) => publish_error(out, reason),
+            })
+        })
         .collect()
 }
 
@@ -139,7 +163,7 @@ pub(crate) async fn publish_all(
 async fn next_verdict(
     acks: &mut async_nats::Subscriber,
     prefix: &str,
-    verdicts: &mut [Option<Result<(), String>>],
+    verdicts: &mut [Option<Result<(), NotStored>>],
 ) -> Result<(), String> {
     loop {
         let message = match tokio::time::timeout(ACK_TIMEOUT, acks.next()).await {
@@ -186,9 +210,16 @@ mod tests {
             r#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"LIFECYCLE","seq":0}"#,
             None,
         ));
-        assert_eq!(refused, Err("stream refused it (503): maximum messages exceeded".to_owned()));
+        assert_eq!(refused, Err(NotStored::Failed("stream refused it (503): maximum messages exceeded".to_owned())));
+        let racing = verdict(&ack(
+            r#"{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in process"}}"#,
+            None,
+        ));
+        assert_eq!(racing, Err(NotStored::InFlight));
         let nobody = verdict(&ack("", Some(StatusCode::NO_RESPONDERS)));
-        assert!(nobody.unwrap_err().contains("no responders"));
-        assert!(verdict(&ack("not json", None)).unwrap_err().starts_with("unreadable ack"));
+        assert!(matches!(nobody, Err(NotStored::Failed(r)) if r.contains("no responders")));
+        assert!(
+            matches!(verdict(&ack("not json", None)), Err(NotStored::Failed(r)) if r.starts_with("unreadable ack"))
+        );
     }
 }

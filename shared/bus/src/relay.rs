@@ -119,10 +119,13 @@ impl OutboxRelay {
                 .collect();
             let results = self.bus.publish_all(&outgoing, IN_FLIGHT).await;
             drop(spans);
-            let (mut acked, mut failed, mut first_error) = (Vec::new(), Vec::new(), None);
+            let (mut acked, mut failed, mut first_error, mut in_flight) = (Vec::new(), Vec::new(), None, 0usize);
             for (out, result) in outgoing.into_iter().zip(results) {
                 match result {
                     Ok(()) => acked.push(out.event_id),
+                    // Being stored from another relay's publish: that one marks it, or the
+                    // next pass gets the duplicate ack. Neither a failure nor a reason to wait.
+                    Err(BusError::InFlight { .. }) => in_flight += 1,
                     Err(e) => {
                         failed.push(out.event_id);
                         first_error.get_or_insert(e);
@@ -130,10 +133,17 @@ impl OutboxRelay {
                 }
             }
             total += acked.len();
+            let progressed = !acked.is_empty();
             outbox::mark_published(self.store.db(), acked, self.clock.now()).await?;
             if let Some(e) = first_error {
                 outbox::record_failed_attempt(self.store.db(), failed).await?;
                 return Err(e);
+            }
+            if in_flight > 0 && !progressed {
+                // All that is left is being stored by another publish: the next pass finds it
+                // marked, or gets its duplicate ack, rather than spin on it now.
+                tracing::debug!(publisher = %self.publisher, in_flight, "outbox rows being stored by another relay");
+                return Ok(total);
             }
         }
     }
