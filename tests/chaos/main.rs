@@ -350,8 +350,9 @@ async fn revocations_hold_through_sigkill_of_any_one_process() {
         if victim.kind == "incident" {
             let id = incidents.last().expect("the round's incident").clone();
             let closed = eventually("the incident to close", Duration::from_secs(120), || async {
-                let view =
-                    cluster.machine(Method::GET, &format!("/v1/incidents/{id}"), &cluster.responder_token, None).await;
+                let view = cluster
+                    .machine_found(Method::GET, &format!("/v1/incidents/{id}"), &cluster.responder_token, None)
+                    .await?;
                 (view["state"] == "closed").then_some(view)
             })
             .await;
@@ -370,7 +371,7 @@ async fn revocations_hold_through_sigkill_of_any_one_process() {
     );
     check_dpo_mails(&cluster, &incidents);
     cluster.audit_verify();
-    cluster.status_check();
+    cluster.status_check().await;
     println!("\nPostgreSQL with fsync={}; NATS: {nats_nodes} node(s)", cluster.fsync().await);
     println!("processes killed: {}", killed.join(", "));
     println!("requests a killed gateway dropped, retried on the other: {gateway_retries}");
