@@ -443,3 +443,60 @@ async fn get_login_attempts(stack: &Stack) -> usize {
     use sea_orm::EntityTrait;
     custodian_store::entities::login_attempt::Entity::find().all(stack.store.db()).await.expect("rows").len()
 }
+
+/// A refusal that comes before the body (no token here) waits for the body: answering while
+/// the client still sends would close the connection on unread bytes, which the kernel turns
+/// into a reset, and the client would lose the answer (over TLS: "EOF in violation of
+/// protocol"). So the answer comes after the body, and the connection stays usable.
+#[tokio::test]
+async fn a_request_refused_before_its_body_arrives_is_answered_after_it_on_a_connection_kept_alive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start().await;
+    let addr = stack.gateway_url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let body = vec![b' '; 64 * 1024];
+    let mut connection = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/cloudevents+json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    connection.write_all(head.as_bytes()).await.expect("write the head");
+    connection.flush().await.expect("flush");
+    // The body follows later, as a slow client's would.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut early = [0u8; 1];
+    let answered_early = tokio::time::timeout(Duration::from_millis(10), connection.peek(&mut early)).await.is_ok();
+    assert!(!answered_early, "the gateway answered before the body was sent");
+    connection.write_all(&body).await.expect("the body is taken, not reset");
+    let first = read_one_response(&mut connection).await;
+    assert!(first.starts_with("HTTP/1.1 401"), "{first}");
+    assert!(!first.to_ascii_lowercase().contains("connection: close"), "{first}");
+
+    // The same connection answers the next request.
+    connection.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("second request");
+    let second = read_one_response(&mut connection).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+
+    async fn read_one_response(connection: &mut tokio::net::TcpStream) -> String {
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&buffer).into_owned();
+            if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if rest.len() >= length {
+                    return text;
+                }
+            }
+            let read = tokio::time::timeout(Duration::from_secs(10), connection.read(&mut chunk))
+                .await
+                .expect("an answer within 10 s")
+                .expect("read");
+            assert!(read > 0, "the connection closed before a whole answer: {}", String::from_utf8_lossy(&buffer));
+            buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+}

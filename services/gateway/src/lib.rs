@@ -228,6 +228,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(routes::health::metrics))
         .route("/openapi.json", get(routes::health::openapi))
         .fallback(|| async { problem::Problem::not_found("no such endpoint") })
+        .layer(middleware::from_fn(limits::read_body_first))
         .layer(middleware::from_fn_with_state(state.request_timeout, limits::time_limit))
         .layer(middleware::map_response(problem::bare_errors_as_problems))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))

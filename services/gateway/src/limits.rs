@@ -166,6 +166,38 @@ impl RateLimiters {
     }
 }
 
+/// The largest request body the gateway reads (axum's own default for a body extractor).
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Reads the whole request body, up to [`MAX_BODY_BYTES`], before anything answers. A refusal
+/// sent while the client is still sending (a 429, a 401) would close the connection on its
+/// unread bytes, which the kernel turns into a reset: the client loses the answer (over TLS it
+/// sees "EOF in violation of protocol"). Read first, the answer arrives and the connection
+/// stays usable. Runs inside [`time_limit`], so a body that trickles is bounded too.
+pub async fn read_body_first(request: Request, next: Next) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Err(e) if is_too_large(&e) => {
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload Too Large")
+                .detail(format!("at most {MAX_BODY_BYTES} bytes"))
+                .into_response()
+        }
+        Err(_) => Problem::bad_request("the request body could not be read to its end").into_response(),
+    }
+}
+
+fn is_too_large(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Bounds the handling of a request in time.
 pub async fn time_limit(State(timeout): State<Duration>, request: Request, next: Next) -> axum::response::Response {
     match tokio::time::timeout(timeout, next.run(request)).await {
