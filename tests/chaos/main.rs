@@ -269,7 +269,7 @@ async fn revocations_hold_through_sigkill_of_any_one_process() {
                 let (revocation_id, at, retries) = revoke(&browser, &gateways, i, &platform, &name).await;
                 let (tokens_inactive, receipt_done) =
                     tokio::join!(probe.until_inactive(&tokens, at), probe.until_done(&revocation_id, at));
-                (Timing { kind, tokens_inactive, receipt_done }, retries)
+                (Timing { kind, tokens_inactive, receipt_done }, retries, at)
             }));
             tokio::time::sleep(Duration::from_millis(15)).await;
             // Half of them sent: the victim dies with the rest in flight or still to come.
@@ -283,7 +283,12 @@ async fn revocations_hold_through_sigkill_of_any_one_process() {
         cluster.restart(&victim_name).await;
         eprintln!("round {round}: killed {victim_name}, back after {:?}", killed_at.elapsed());
         for request in requests {
-            let (timing, retries) = request.await.expect("a revocation held through the kill");
+            let (timing, retries, at) = request.await.expect("a revocation held through the kill");
+            // Each revocation, timed from about the kill (the instant the round's last was sent).
+            if std::env::var_os("CHAOS_PRINT_EACH").is_some() {
+                let offset = if at >= killed_at { (at - killed_at).as_secs_f64() } else { -(killed_at - at).as_secs_f64() };
+                eprintln!("  accepted at kill{offset:+.2}s: tokens {:?}, receipt {:?}", timing.tokens_inactive, timing.receipt_done);
+            }
             timings.push(timing);
             gateway_retries += retries;
         }

@@ -304,6 +304,47 @@ async fn a_pipelined_publish_into_a_dead_server_fails_in_bounded_time_and_a_rese
     assert_eq!(stack.count_on(subjects::CONSENT_GRANTED).await, 6_000);
 }
 
+/// Acks asked for over a connection that died with its server never come. Once the client is
+/// connected to the restarted server, the publishes waiting for them fail at once, naming the
+/// lost connection (not after the ack timeout), and a resend lands each event once.
+#[tokio::test]
+async fn publishes_whose_acks_died_with_the_connection_fail_on_reconnection_and_a_resend_lands_once() {
+    let mut stack = Stack::infrastructure().await;
+    let events: Vec<Outgoing> = (0..50).map(|i| outgoing(&grant_event(&format!("frozen-{i}"), "tp", i))).collect();
+    let single = outgoing(&grant_event("frozen-single", "tp", 50));
+    // Frozen, the server leaves what is sent in its socket and answers nothing.
+    let pid = stack.nats.pid().expect("nats-server runs").to_string();
+    let stopped = std::process::Command::new("kill").args(["-STOP", &pid]).status().expect("kill -STOP");
+    assert!(stopped.success());
+    let batch = tokio::spawn({
+        let (bus, events) = (stack.bus.clone(), events.clone());
+        async move { bus.publish_all(&events, 64).await }
+    });
+    let one = tokio::spawn({
+        let (bus, single) = (stack.bus.clone(), single.clone());
+        async move { bus.publish(&single).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!batch.is_finished() && !one.is_finished(), "nothing is acked by a frozen server");
+    // SIGKILLed frozen, with what it was sent, and started again on its port and store.
+    stack.nats.restart();
+    let results = batch.await.expect("batch");
+    for result in &results {
+        let error = result.as_ref().expect_err("an ack lost with the old connection").to_string();
+        assert!(error.contains("connection was replaced"), "{error}");
+    }
+    let error = one.await.expect("single").expect_err("an ack lost with the old connection").to_string();
+    assert!(error.contains("connection was replaced"), "{error}");
+
+    let mut all = events.clone();
+    all.push(single);
+    eventually("every event acked after the restart", Duration::from_secs(30), || async {
+        stack.bus.publish_all(&all, 64).await.iter().all(Result::is_ok).then_some(())
+    })
+    .await;
+    assert_eq!(stack.count_on(subjects::CONSENT_GRANTED).await, 51);
+}
+
 #[tokio::test]
 async fn an_outbox_row_whose_publish_was_lost_is_re_driven() {
     let mut stack = Stack::infrastructure().await;

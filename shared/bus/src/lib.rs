@@ -338,9 +338,15 @@ impl Bus {
 
     /// Publishes one event and waits for its ack. A duplicate (same id within the window)
     /// is a success: the stream already holds it.
+    /// An ack asked for over a connection since replaced fails at once (see
+    /// `publish::ConnectionEpoch`) rather than after the client's 5 s.
     pub async fn publish(&self, out: &Outgoing) -> Result<(), BusError> {
-        self.send(out).await?.await.map_err(|e| publish_error(out, e))?;
-        Ok(())
+        let epoch = publish::ConnectionEpoch::of(&self.client);
+        let ack = self.send(out).await?;
+        tokio::select! {
+            acked = ack => acked.map(|_| ()).map_err(|e| publish_error(out, e)),
+            () = epoch.replaced() => Err(publish_error(out, publish::ACK_LOST_WITH_CONNECTION)),
+        }
     }
 
     /// [`Bus::publish`], attempted again (same message id, so the stream keeps one copy) while

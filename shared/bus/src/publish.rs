@@ -23,6 +23,43 @@ use crate::{BusError, Outgoing, publish_error};
 /// events, like the outbox relay, sends them again; the stream de-duplicates by id.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often an ack's wait looks whether the connection it was asked on has been replaced.
+const EPOCH_CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// Which connection of a client a publish went out on: the client counts its connections, one
+/// more at each reconnection. An ack asked for over a connection since replaced never comes
+/// (it went to the dead one, or died with its server), so waiting out [`ACK_TIMEOUT`] for it
+/// would only hold back every event behind it; the caller sends it again at once instead, and
+/// the stream keeps one copy by its id.
+pub(crate) struct ConnectionEpoch {
+    statistics: std::sync::Arc<async_nats::Statistics>,
+    connects: u64,
+}
+
+impl ConnectionEpoch {
+    pub(crate) fn of(client: &async_nats::Client) -> Self {
+        let statistics = client.statistics();
+        let connects = statistics.connects.load(std::sync::atomic::Ordering::Relaxed);
+        Self { statistics, connects }
+    }
+
+    /// Has the client connected again since?
+    pub(crate) fn is_replaced(&self) -> bool {
+        self.statistics.connects.load(std::sync::atomic::Ordering::Relaxed) != self.connects
+    }
+
+    /// Resolves once the client has connected again.
+    pub(crate) async fn replaced(&self) {
+        while !self.is_replaced() {
+            tokio::time::sleep(EPOCH_CHECK_EVERY).await;
+        }
+    }
+}
+
+/// Why an awaited ack will not come: its connection was replaced.
+pub(crate) const ACK_LOST_WITH_CONNECTION: &str =
+    "the NATS connection was replaced before the ack came (it is lost with the old one)";
+
 /// The headers every event travels with.
 pub(crate) fn headers(out: &Outgoing) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -95,6 +132,9 @@ pub(crate) async fn publish_all(
     if events.is_empty() {
         return Vec::new();
     }
+    let epoch = ConnectionEpoch::of(client);
+    let mut epoch_checks = tokio::time::interval(EPOCH_CHECK_EVERY);
+    epoch_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let prefix = client.new_inbox();
     // The subscription goes through the same client buffer as the publishes (see below).
     let subscribed = match tokio::time::timeout(ACK_TIMEOUT, client.subscribe(format!("{prefix}.*"))).await {
@@ -112,7 +152,7 @@ pub(crate) async fn publish_all(
     let mut gave_up: Option<String> = None;
     'send: for (i, out) in events.iter().enumerate() {
         while waiting >= window {
-            match next_verdict(&mut acks, &prefix, &mut verdicts).await {
+            match next_verdict(&mut acks, &prefix, &mut verdicts, &epoch, &mut epoch_checks).await {
                 Ok(()) => waiting -= 1,
                 Err(reason) => {
                     gave_up = Some(reason);
@@ -138,7 +178,7 @@ pub(crate) async fn publish_all(
         }
     }
     while waiting > 0 && gave_up.is_none() {
-        match next_verdict(&mut acks, &prefix, &mut verdicts).await {
+        match next_verdict(&mut acks, &prefix, &mut verdicts, &epoch, &mut epoch_checks).await {
             Ok(()) => waiting -= 1,
             Err(reason) => gave_up = Some(reason),
         }
@@ -159,16 +199,32 @@ pub(crate) async fn publish_all(
 }
 
 /// Waits for the next ack that fills an empty slot and records it; `Err` when none comes in
-/// time or the subscription ended.
+/// time, the subscription ended, or the connection the batch went out on was replaced.
 async fn next_verdict(
     acks: &mut async_nats::Subscriber,
     prefix: &str,
     verdicts: &mut [Option<Result<(), NotStored>>],
+    epoch: &ConnectionEpoch,
+    epoch_checks: &mut tokio::time::Interval,
 ) -> Result<(), String> {
     loop {
-        let message = match tokio::time::timeout(ACK_TIMEOUT, acks.next()).await {
-            Ok(Some(message)) => message,
-            Ok(None) => return Err("the connection closed before the ack".to_owned()),
+        let next = async {
+            loop {
+                tokio::select! {
+                    biased;
+                    message = acks.next() => return Ok(message),
+                    _ = epoch_checks.tick() => {
+                        if epoch.is_replaced() {
+                            return Err(ACK_LOST_WITH_CONNECTION.to_owned());
+                        }
+                    }
+                }
+            }
+        };
+        let message = match tokio::time::timeout(ACK_TIMEOUT, next).await {
+            Ok(Ok(Some(message))) => message,
+            Ok(Ok(None)) => return Err("the connection closed before the ack".to_owned()),
+            Ok(Err(reason)) => return Err(reason),
             Err(_) => return Err(format!("no ack within {ACK_TIMEOUT:?}")),
         };
         let slot = message
