@@ -286,8 +286,12 @@ async fn revocations_hold_through_sigkill_of_any_one_process() {
             let (timing, retries, at) = request.await.expect("a revocation held through the kill");
             // Each revocation, timed from about the kill (the instant the round's last was sent).
             if std::env::var_os("CHAOS_PRINT_EACH").is_some() {
-                let offset = if at >= killed_at { (at - killed_at).as_secs_f64() } else { -(killed_at - at).as_secs_f64() };
-                eprintln!("  accepted at kill{offset:+.2}s: tokens {:?}, receipt {:?}", timing.tokens_inactive, timing.receipt_done);
+                let offset =
+                    if at >= killed_at { (at - killed_at).as_secs_f64() } else { -(killed_at - at).as_secs_f64() };
+                eprintln!(
+                    "  accepted at kill{offset:+.2}s: tokens {:?}, receipt {:?}",
+                    timing.tokens_inactive, timing.receipt_done
+                );
             }
             timings.push(timing);
             gateway_retries += retries;

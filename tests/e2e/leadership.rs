@@ -426,3 +426,22 @@ async fn status_names_the_leader_and_what_needs_an_operator() {
         "{found:?}"
     );
 }
+
+/// A try whose answer was lost (timed out after the server stored it), or a holder that stepped
+/// down while NATS was unreachable, finds the key under its own name: that is still its lease,
+/// and it is taken back at once. Another holder's name means someone else leads.
+#[tokio::test]
+async fn a_lease_found_under_the_holders_own_name_is_taken_back_and_anothers_is_not() {
+    use custodian_bus::lease::{self, Lease};
+    let stack = Stack::infrastructure().await;
+    let kv = lease::bucket(stack.bus.jetstream(), "custodian_test_leases", Duration::from_secs(30), 1)
+        .await
+        .expect("lease bucket");
+    let key = unique("ledger");
+    let first = Lease::try_acquire(&kv, &key, "replica-a").await.expect("reachable").expect("nobody held it");
+    let again = Lease::try_acquire(&kv, &key, "replica-a").await.expect("reachable").expect("its own lease");
+    assert_eq!(again.revision(), first.revision(), "the same lease, not a new write");
+    let mut again = again;
+    again.renew().await.expect("renewed as the holder it is");
+    assert!(Lease::try_acquire(&kv, &key, "replica-b").await.expect("reachable").is_none(), "replica-a leads");
+}

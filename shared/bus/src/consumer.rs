@@ -179,7 +179,10 @@ async fn run_exclusive<H: BatchHandler>(
     while let Some(leadership) = lease::lead(bus, &spec.durable, &holder, shutdown).await {
         let term_spec =
             ConsumerSpec { durable: term_durable(&spec.durable, leadership.term()), in_order: true, ..spec.clone() };
-        let outcome = match take_over(bus, &spec.durable, &term_spec).await {
+        let took_over = tokio::time::timeout(SET_UP_TIMEOUT, take_over(bus, &spec.durable, &term_spec))
+            .await
+            .unwrap_or_else(|_| Err(set_up_timed_out(&term_spec)));
+        let outcome = match took_over {
             Ok(()) => {
                 set_leading(spec, true);
                 let consumed = consume(bus, &term_spec, handler, clock, leadership.ended()).await;
@@ -342,6 +345,18 @@ struct Opened {
     last_delivery: u64,
 }
 
+/// How long one try at setting a durable up may take. While a stream or the cluster's meta
+/// group elects a leader (a NATS node killed), JetStream API calls hang for the client's whole
+/// request timeout, several in a row; bounded, the next try goes out soon after the election.
+const SET_UP_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn set_up_timed_out(spec: &ConsumerSpec) -> BusError {
+    BusError::Consumer {
+        durable: spec.durable.clone(),
+        reason: format!("JetStream did not answer the set-up within {SET_UP_TIMEOUT:?}"),
+    }
+}
+
 /// Opens the durable; a busy or restarting server can refuse the set-up for a while, so
 /// this retries rather than take the whole service down with it. `None` on shutdown.
 async fn open_with_retry(
@@ -352,7 +367,10 @@ async fn open_with_retry(
 ) -> Option<Opened> {
     let mut attempt = 0u32;
     loop {
-        match open(bus, spec, config).await {
+        let opened = tokio::time::timeout(SET_UP_TIMEOUT, open(bus, spec, config))
+            .await
+            .unwrap_or_else(|_| Err(set_up_timed_out(spec)));
+        match opened {
             Ok(opened) => return Some(opened),
             Err(e) => {
                 attempt += 1;

@@ -24,6 +24,10 @@ pub const LEADERSHIP_TTL: Duration = Duration::from_secs(2);
 const RENEW_EVERY: Duration = Duration::from_millis(400);
 /// How often a replica that does not lead tries to take the lease.
 const CONTEND_EVERY: Duration = Duration::from_millis(150);
+/// How long one try may take. While the bucket's stream elects a leader (a NATS node killed),
+/// its API calls hang for the client's whole request timeout, twice; bounded, a replica tries
+/// again every second and takes the lease soon after the election.
+const CONTEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -90,7 +94,18 @@ impl Lease {
             Ok(revision) => {
                 Ok(Some(Lease { kv: kv.clone(), key: key.to_owned(), holder: holder.to_owned(), revision }))
             }
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            // Perhaps its own: a try that timed out after the server stored it, or a holder
+            // that stepped down while NATS was unreachable. Nobody else wrote the key since
+            // (they would have put their own name in it), so it is still this holder's.
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match kv.entry(key).await {
+                Ok(Some(entry)) if entry.value.as_ref() == holder.as_bytes() => Ok(Some(Lease {
+                    kv: kv.clone(),
+                    key: key.to_owned(),
+                    holder: holder.to_owned(),
+                    revision: entry.revision,
+                })),
+                _ => Ok(None),
+            },
             Err(e) => Err(LeaseError::Unreachable { key: key.to_owned(), reason: e.to_string() }),
         }
     }
@@ -197,6 +212,14 @@ pub async fn lead(bus: &Bus, name: &str, holder: &str, shutdown: &CancellationTo
                 None => store.insert(bucket(bus.jetstream(), LEADERSHIP_BUCKET, LEADERSHIP_TTL, bus.replicas()).await?),
             };
             Lease::try_acquire(kv, name, holder).await
+        };
+        let attempt = async {
+            tokio::time::timeout(CONTEND_TIMEOUT, attempt).await.unwrap_or_else(|_| {
+                Err(LeaseError::Unreachable {
+                    key: name.to_owned(),
+                    reason: format!("no answer within {CONTEND_TIMEOUT:?}"),
+                })
+            })
         };
         match attempt.await {
             Ok(Some(lease)) => {
