@@ -348,7 +348,7 @@ struct Opened {
 /// How long one try at setting a durable up may take. While a stream or the cluster's meta
 /// group elects a leader (a NATS node killed), JetStream API calls hang for the client's whole
 /// request timeout, several in a row; bounded, the next try goes out soon after the election.
-const SET_UP_TIMEOUT: Duration = Duration::from_secs(3);
+const SET_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn set_up_timed_out(spec: &ConsumerSpec) -> BusError {
     BusError::Consumer {
