@@ -231,7 +231,7 @@ async fn the_idle_scan_pages_across_days_and_cuts_at_the_exact_instant() {
 }
 
 /// `n` consents on `platform`, granted 200 days ago (idle), applied by the ledger.
-async fn grant_idle(stack: &Stack, run: &str, platform: &str, n: usize) {
+pub(crate) async fn grant_idle(stack: &Stack, run: &str, platform: &str, n: usize) {
     let then = stack.clock.now() - chrono::Duration::days(200);
     let grants: Vec<Outgoing> = (0..n).map(|i| grant(&format!("{run}-{i}"), platform, then)).collect();
     assert!(stack.bus.publish_all(&grants, 512).await.iter().all(Result::is_ok));

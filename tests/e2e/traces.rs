@@ -154,6 +154,17 @@ async fn a_revocation_sent_with_a_traceparent_is_one_trace_to_the_last_view_ack(
         view.start_session(None, &person, &platform, Duration::from_secs(10)).await.expect("a session");
     }
 
+    // The person's tokens as the vault holds them: no span may carry any of them.
+    let tokens: Vec<String> = crate::support::stored_bundles(&stack)
+        .await
+        .into_iter()
+        .filter(|(row, _)| row.subject == person)
+        .flat_map(|(_, b)| {
+            [Some(b.access_token.clone()), b.refresh_token.clone(), b.id_token.clone()].into_iter().flatten()
+        })
+        .collect();
+    assert!(tokens.len() >= 2, "the person's access and refresh tokens");
+
     let (traceparent, trace_id, caller_span) = caller_context();
     let response = browser
         .delete(stack.url(&format!("/v1/me/consents/{platform}")))
@@ -202,6 +213,7 @@ async fn a_revocation_sent_with_a_traceparent_is_one_trace_to_the_last_view_ack(
             assert!(!value.contains(&person), "span {} carries the person's identity: {value}", span.name);
             assert!(!value.contains(&cookie), "span {} carries the session cookie", span.name);
             assert!(!value.contains("eyJ"), "span {} carries what looks like a JWT: {value}", span.name);
+            assert!(!tokens.iter().any(|t| value.contains(t.as_str())), "span {} carries one of the tokens", span.name);
         }
     }
 }
@@ -349,5 +361,74 @@ async fn a_cloudevent_traceparent_is_the_parent_of_its_publish_and_the_ledger_li
             "no publish_event under the event's traceparent, linked by a batch"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A sweep asked for with a `traceparent` runs in the caller's trace, on the sweeper that
+/// takes it: each page's `consent.expire` commands are relayed under the page, and the ledger's
+/// batch that applies them links to their publish.
+#[tokio::test]
+async fn a_sweep_requested_with_a_traceparent_is_one_trace_through_its_pages_to_the_ledger() {
+    let mut stack = Stack::start().await;
+    let mut config = crate::support::test_sweeper_config();
+    config.batch = 2;
+    stack.start_sweeper("traced", config);
+    let run = unique("traced-idle");
+    crate::sweeps::grant_idle(&stack, &run, "tp", 3).await;
+
+    let (traceparent, trace_id, caller_span) = caller_context();
+    let response = stack
+        .http
+        .post(stack.url("/v1/sweeps"))
+        .bearer_auth(crate::support::OPS_TOKEN)
+        .header("traceparent", &traceparent)
+        .json(&serde_json::json!({"platform_id": "tp", "inactivity_days": 90}))
+        .send()
+        .await
+        .expect("sweep");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let sweep_id = response.json::<Value>().await.expect("body")["sweep_id"].as_str().expect("id").to_owned();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let exported = Exported::get();
+        let found = (|| {
+            exported
+                .spans
+                .iter()
+                .find(|s| s.trace_id == trace_id && s.parent_span_id == caller_span)
+                .ok_or("no request span under the caller's")?;
+            let sweep = exported
+                .named("sweep")
+                .find(|s| s.attribute("sweep_id") == Some(sweep_id.as_str()))
+                .ok_or("no sweep span")?;
+            if sweep.trace_id != trace_id || sweep.service != "custodian-sweeper" {
+                return Err("the sweep's run is not in the caller's trace, under the sweeper");
+            }
+            let pages: Vec<&ReceivedSpan> = exported.children(sweep).filter(|s| s.name == "sweep_page").collect();
+            let swept: usize = pages.iter().filter_map(|p| p.attribute("size")?.parse::<usize>().ok()).sum();
+            if pages.len() < 2 || swept < 3 {
+                return Err("not every page of the sweep is under its run");
+            }
+            for page in pages {
+                let relayed: Vec<&ReceivedSpan> =
+                    exported.children(page).filter(|s| s.name == "outbox_publish").collect();
+                if relayed.is_empty() {
+                    return Err("a page's commands are not relayed under it");
+                }
+                for publish in relayed {
+                    exported
+                        .linking_to(publish)
+                        .find(|s| s.name == "handle_batch" && s.service == "custodian-consent")
+                        .ok_or("the ledger's batch does not link to a command's publish")?;
+                }
+            }
+            Ok(())
+        })();
+        match found {
+            Ok(()) => break,
+            Err(missing) if std::time::Instant::now() > deadline => panic!("the sweep's trace is broken: {missing}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
 }

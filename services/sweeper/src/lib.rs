@@ -191,16 +191,15 @@ impl BatchHandler for RequestHandler {
             };
             let d = &event.data;
             let idle_before = event.time - chrono::Duration::days(i64::from(d.inactivity_days));
-            let created = sweep::ensure(
-                self.0.store.db(),
-                &d.sweep_id,
-                d.platform_id.clone(),
-                d.dry_run,
+            let new = sweep::NewSweep {
+                sweep_id: d.sweep_id.clone(),
+                platform_id: d.platform_id.clone(),
+                dry_run: d.dry_run,
                 idle_before,
-                &d.requested_by,
-                self.0.clock.now(),
-            )
-            .await;
+                requested_by: d.requested_by.clone(),
+                traceparent: delivery.traceparent.clone(),
+            };
+            let created = sweep::ensure(self.0.store.db(), new, self.0.clock.now()).await;
             results.push(created.map_err(|e| HandlerError::Transient(e.to_string())));
         }
         self.0.wake();

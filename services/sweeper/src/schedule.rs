@@ -59,16 +59,15 @@ async fn fire(sweeper: &Sweeper, job: &Job, at: DateTime<Utc>) -> Result<(), sea
             let s = &sweeper.config.schedules[*i];
             let id = format!("{}-{}", s.name, at.format("%Y%m%dT%H%M%SZ"));
             let idle_before = at - chrono::Duration::days(i64::from(s.inactivity_days));
-            sweep::ensure(
-                sweeper.store.db(),
-                &id,
-                s.platform_id.clone(),
-                false,
+            let new = sweep::NewSweep {
+                sweep_id: id,
+                platform_id: s.platform_id.clone(),
+                dry_run: false,
                 idle_before,
-                &format!("schedule:{}", s.name),
-                now,
-            )
-            .await?;
+                requested_by: format!("schedule:{}", s.name),
+                traceparent: None,
+            };
+            sweep::ensure(sweeper.store.db(), new, now).await?;
             sweeper.wake();
         }
         Job::Retention => {

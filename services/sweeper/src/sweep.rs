@@ -12,6 +12,7 @@ use custodian_store::entities::sweep;
 use custodian_store::outbox;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+use tracing::Instrument;
 
 use crate::{SERVICE, SOURCE, Sweeper};
 
@@ -29,23 +30,27 @@ pub enum SweepError {
     Missing(String),
 }
 
+/// A sweep to run, as requested or scheduled.
+#[derive(Debug, Clone)]
+pub struct NewSweep {
+    pub sweep_id: String,
+    pub platform_id: Option<String>,
+    pub dry_run: bool,
+    pub idle_before: DateTime<Utc>,
+    pub requested_by: String,
+    /// The trace context of its request: the run, on whichever replica, continues it.
+    pub traceparent: Option<String>,
+}
+
 /// Creates the sweep row unless it exists (every replica may call this for the same id).
-pub async fn ensure<C: ConnectionTrait>(
-    conn: &C,
-    sweep_id: &str,
-    platform_id: Option<String>,
-    dry_run: bool,
-    idle_before: DateTime<Utc>,
-    requested_by: &str,
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
+pub async fn ensure<C: ConnectionTrait>(conn: &C, new: NewSweep, now: DateTime<Utc>) -> Result<(), DbErr> {
     let row = sweep::ActiveModel {
-        sweep_id: Set(sweep_id.to_owned()),
-        platform_id: Set(platform_id),
-        dry_run: Set(dry_run),
+        sweep_id: Set(new.sweep_id),
+        platform_id: Set(new.platform_id),
+        dry_run: Set(new.dry_run),
         state: Set("pending".into()),
-        idle_before: Set(idle_before),
-        requested_by: Set(requested_by.to_owned()),
+        idle_before: Set(new.idle_before),
+        requested_by: Set(new.requested_by),
         holder: Set(None),
         scanned: Set(0),
         expired: Set(0),
@@ -57,6 +62,7 @@ pub async fn ensure<C: ConnectionTrait>(
         started_at: Set(None),
         finished_at: Set(None),
         updated_at: Set(now),
+        traceparent: Set(new.traceparent),
     };
     sweep::Entity::insert(row).on_conflict_do_nothing_on([sweep::Column::SweepId]).exec_without_returning(conn).await?;
     Ok(())
@@ -124,10 +130,29 @@ pub async fn run(
     sweep_id: &str,
     stop: &tokio_util::sync::CancellationToken,
 ) -> Result<(), SweepError> {
-    let mut row = claim(sweeper, sweep_id).await?;
+    let row = claim(sweeper, sweep_id).await?;
     if row.state == "finished" {
         return Ok(());
     }
+    // One span per run (a resumed sweep has one per replica that ran it), in its request's
+    // trace; each page's commands continue it.
+    let span = tracing::info_span!(
+        "sweep",
+        sweep_id,
+        platform_id = row.platform_id.as_deref().unwrap_or("*"),
+        dry_run = row.dry_run
+    );
+    custodian_telemetry::adopt_remote_parent(&span, row.traceparent.as_deref());
+    run_claimed(sweeper, row, stop).instrument(span).await
+}
+
+async fn run_claimed(
+    sweeper: &Sweeper,
+    mut row: sweep::Model,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<(), SweepError> {
+    let sweep_id = row.sweep_id.clone();
+    let sweep_id = sweep_id.as_str();
     let platforms = platforms(sweeper, &row).await?;
     if row.total.is_none() {
         let mut total = 0;
@@ -170,7 +195,8 @@ pub async fn run(
             let (consents, _) = page(sweeper, &query).await?;
             let Some(last) = consents.last() else { break };
             let cursor = IdleCursor { last_seen_at: last.last_seen_at, consent_key: last.consent_key.clone() };
-            write_page(sweeper, &row, platform, &consents, &cursor).await?;
+            let span = tracing::info_span!("sweep_page", sweep_id, platform_id = %platform, size = consents.len());
+            write_page(sweeper, &row, platform, &consents, &cursor).instrument(span).await?;
             sweeper.metrics.scanned.inc_by(consents.len() as u64);
             if !row.dry_run {
                 sweeper.metrics.expired.inc_by(consents.len() as u64);

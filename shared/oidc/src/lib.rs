@@ -182,7 +182,18 @@ pub struct OidcClient {
     end_session: Option<String>,
 }
 
-/// An HTTP client for talking to the OP: its CA trusted, no redirects (the OAuth security BCP).
+/// Records how an OP call ended on its span (`ok`, `refused`, `unavailable`, `failed`).
+fn settled<T>(result: Result<T, OidcError>) -> Result<T, OidcError> {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(OidcError::Refused(_)) => "refused",
+        Err(OidcError::Unavailable(_)) => "unavailable",
+        Err(_) => "failed",
+    };
+    tracing::Span::current().record("outcome", outcome);
+    result
+}
+
 /// The current span's W3C trace context as request headers: the OP (and whatever it logs)
 /// joins the trace of the revocation or login that called it.
 pub fn trace_headers() -> reqwest::header::HeaderMap {
@@ -221,6 +232,7 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for Traced {
     }
 }
 
+/// An HTTP client for talking to the OP: its CA trusted, no redirects (the OAuth security BCP).
 pub fn http_client(ca_file: Option<&std::path::Path>, timeout: Duration) -> Result<reqwest::Client, OidcError> {
     let mut builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(timeout);
     if let Some(path) = ca_file {
@@ -324,46 +336,53 @@ impl OidcClient {
 
     /// Redeems an authorization code and validates the ID token (signature, iss, aud, exp,
     /// nonce, minimum acr).
+    #[tracing::instrument(name = "oidc_code_exchange", skip_all, fields(otel.kind = "client", outcome = tracing::field::Empty))]
     pub async fn exchange_code(
         &self,
         code: &str,
         pkce_verifier: &SecretString,
         nonce: &SecretString,
     ) -> Result<Tokens, OidcError> {
-        let response = self
-            .client
-            .exchange_code(AuthorizationCode::new(code.to_owned()))
-            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose_secret().to_owned()))
-            .request_async(&self.traced())
-            .await
-            .map_err(token_error)?;
-        let id_token = response.id_token().ok_or_else(|| OidcError::IdToken("the OP returned no ID token".into()))?;
-        let claims = id_token
-            .claims(&self.client.id_token_verifier(), &Nonce::new(nonce.expose_secret().to_owned()))
-            .map_err(|e| OidcError::IdToken(e.to_string()))?;
-        let acr = claims.auth_context_ref().map(|a| a.as_str().to_owned());
-        if let Err(refused) = self.check_acr(acr.as_deref()) {
-            // Not kept, and not left alive at the OP either.
-            let access = SecretString::from(response.access_token().secret().clone());
-            let _ = self.revoke(&access, TokenKind::Access).await;
-            if let Some(refresh) = response.refresh_token() {
-                let _ = self.revoke(&SecretString::from(refresh.secret().clone()), TokenKind::Refresh).await;
+        settled(
+            async {
+                let response = self
+                    .client
+                    .exchange_code(AuthorizationCode::new(code.to_owned()))
+                    .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose_secret().to_owned()))
+                    .request_async(&self.traced())
+                    .await
+                    .map_err(token_error)?;
+                let id_token =
+                    response.id_token().ok_or_else(|| OidcError::IdToken("the OP returned no ID token".into()))?;
+                let claims = id_token
+                    .claims(&self.client.id_token_verifier(), &Nonce::new(nonce.expose_secret().to_owned()))
+                    .map_err(|e| OidcError::IdToken(e.to_string()))?;
+                let acr = claims.auth_context_ref().map(|a| a.as_str().to_owned());
+                if let Err(refused) = self.check_acr(acr.as_deref()) {
+                    // Not kept, and not left alive at the OP either.
+                    let access = SecretString::from(response.access_token().secret().clone());
+                    let _ = self.revoke(&access, TokenKind::Access).await;
+                    if let Some(refresh) = response.refresh_token() {
+                        let _ = self.revoke(&SecretString::from(refresh.secret().clone()), TokenKind::Refresh).await;
+                    }
+                    return Err(refused);
+                }
+                let identity = Identity {
+                    issuer: claims.issuer().as_str().to_owned(),
+                    subject: claims.subject().as_str().to_owned(),
+                    acr,
+                };
+                Ok(Tokens {
+                    access_token: SecretString::from(response.access_token().secret().clone()),
+                    refresh_token: response.refresh_token().map(|t| SecretString::from(t.secret().clone())),
+                    id_token: Some(SecretString::from(id_token.to_string())),
+                    access_expires_at: expires_at(response.expires_in()),
+                    scopes: response.scopes().map(|s| s.iter().map(|s| s.to_string()).collect()).unwrap_or_default(),
+                    identity: Some(identity),
+                })
             }
-            return Err(refused);
-        }
-        let identity = Identity {
-            issuer: claims.issuer().as_str().to_owned(),
-            subject: claims.subject().as_str().to_owned(),
-            acr,
-        };
-        Ok(Tokens {
-            access_token: SecretString::from(response.access_token().secret().clone()),
-            refresh_token: response.refresh_token().map(|t| SecretString::from(t.secret().clone())),
-            id_token: Some(SecretString::from(id_token.to_string())),
-            access_expires_at: expires_at(response.expires_in()),
-            scopes: response.scopes().map(|s| s.iter().map(|s| s.to_string()).collect()).unwrap_or_default(),
-            identity: Some(identity),
-        })
+            .await,
+        )
     }
 
     /// Refuses an `acr` below the platform's requirement (seed §1.2).
@@ -376,18 +395,28 @@ impl OidcClient {
         }
     }
 
+    #[tracing::instrument(name = "oidc_refresh", skip_all, fields(otel.kind = "client", outcome = tracing::field::Empty))]
     pub async fn refresh(&self, refresh_token: &SecretString) -> Result<Tokens, OidcError> {
-        let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
-        let response =
-            self.client.exchange_refresh_token(&token).request_async(&self.traced()).await.map_err(token_error)?;
-        Ok(Tokens {
-            access_token: SecretString::from(response.access_token().secret().clone()),
-            refresh_token: response.refresh_token().map(|t| SecretString::from(t.secret().clone())),
-            id_token: response.id_token().map(|t| SecretString::from(t.to_string())),
-            access_expires_at: expires_at(response.expires_in()),
-            scopes: response.scopes().map(|s| s.iter().map(|s| s.to_string()).collect()).unwrap_or_default(),
-            identity: None,
-        })
+        settled(
+            async {
+                let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
+                let response = self
+                    .client
+                    .exchange_refresh_token(&token)
+                    .request_async(&self.traced())
+                    .await
+                    .map_err(token_error)?;
+                Ok(Tokens {
+                    access_token: SecretString::from(response.access_token().secret().clone()),
+                    refresh_token: response.refresh_token().map(|t| SecretString::from(t.secret().clone())),
+                    id_token: response.id_token().map(|t| SecretString::from(t.to_string())),
+                    access_expires_at: expires_at(response.expires_in()),
+                    scopes: response.scopes().map(|s| s.iter().map(|s| s.to_string()).collect()).unwrap_or_default(),
+                    identity: None,
+                })
+            }
+            .await,
+        )
     }
 
     /// RFC 7009. The OP answers 200 for a token it no longer knows: that counts as done.
@@ -409,66 +438,84 @@ impl OidcClient {
     }
 
     /// RFC 7662, authenticated as this client.
+    #[tracing::instrument(name = "oidc_introspect", skip_all, fields(otel.kind = "client", token_kind = kind.hint(), outcome = tracing::field::Empty))]
     pub async fn introspect(&self, token: &SecretString, kind: TokenKind) -> Result<Introspection, OidcError> {
-        let token = AccessToken::new(token.expose_secret().to_owned());
-        let response = self
-            .client
-            .introspect(&token)
-            .set_token_type_hint(kind.hint())
-            .request_async(&self.traced())
-            .await
-            .map_err(|e| match e {
-                RequestTokenError::ServerResponse(r) => OidcError::Refused(r.error().to_string()),
-                other => OidcError::Unavailable(request_error_kind(&other)),
-            })?;
-        Ok(Introspection { active: response.active(), expires_at: response.exp() })
+        settled(
+            async {
+                let token = AccessToken::new(token.expose_secret().to_owned());
+                let response = self
+                    .client
+                    .introspect(&token)
+                    .set_token_type_hint(kind.hint())
+                    .request_async(&self.traced())
+                    .await
+                    .map_err(|e| match e {
+                        RequestTokenError::ServerResponse(r) => OidcError::Refused(r.error().to_string()),
+                        other => OidcError::Unavailable(request_error_kind(&other)),
+                    })?;
+                Ok(Introspection { active: response.active(), expires_at: response.exp() })
+            }
+            .await,
+        )
     }
 
     /// RFC 8693 token exchange at the token endpoint, authenticated as this client: the
     /// person's access token for a token of `requested_token_type` (e.g. a SAML assertion).
+    #[tracing::instrument(name = "oidc_token_exchange", skip_all, fields(otel.kind = "client", requested_token_type = requested_token_type, outcome = tracing::field::Empty))]
     pub async fn exchange_token(
         &self,
         subject_token: &SecretString,
         requested_token_type: &str,
     ) -> Result<ExchangedToken, OidcError> {
-        #[derive(Deserialize)]
-        struct Answer {
-            access_token: String,
-            issued_token_type: Option<String>,
-            expires_in: Option<u64>,
-        }
-        #[derive(Deserialize)]
-        struct ErrorAnswer {
-            error: String,
-        }
-        let response = self
-            .http
-            .post(self.client.token_uri().as_str())
-            .headers(trace_headers())
-            .basic_auth(&self.settings.client_id, Some(self.settings.client_secret.expose_secret()))
-            .form(&[
-                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
-                ("subject_token", subject_token.expose_secret()),
-                ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
-                ("requested_token_type", requested_token_type),
-            ])
-            .send()
-            .await
-            .map_err(|e| OidcError::Unavailable(format!("token exchange: {}", describe(&e))))?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| OidcError::Unavailable(format!("token exchange: {e}")))?;
-        if !status.is_success() {
-            let code =
-                serde_json::from_slice::<ErrorAnswer>(&body).map(|e| e.error).unwrap_or_else(|_| status.to_string());
-            return Err(if status.is_server_error() { OidcError::Unavailable(code) } else { OidcError::Refused(code) });
-        }
-        let answer: Answer = serde_json::from_slice(&body)
-            .map_err(|_| OidcError::Unavailable("token exchange: unparseable response".into()))?;
-        Ok(ExchangedToken {
-            token: SecretString::from(answer.access_token),
-            issued_token_type: answer.issued_token_type.unwrap_or_else(|| requested_token_type.to_owned()),
-            expires_at: expires_at(answer.expires_in.map(Duration::from_secs)),
-        })
+        settled(
+            async {
+                #[derive(Deserialize)]
+                struct Answer {
+                    access_token: String,
+                    issued_token_type: Option<String>,
+                    expires_in: Option<u64>,
+                }
+                #[derive(Deserialize)]
+                struct ErrorAnswer {
+                    error: String,
+                }
+                let response = self
+                    .http
+                    .post(self.client.token_uri().as_str())
+                    .headers(trace_headers())
+                    .basic_auth(&self.settings.client_id, Some(self.settings.client_secret.expose_secret()))
+                    .form(&[
+                        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                        ("subject_token", subject_token.expose_secret()),
+                        ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+                        ("requested_token_type", requested_token_type),
+                    ])
+                    .send()
+                    .await
+                    .map_err(|e| OidcError::Unavailable(format!("token exchange: {}", describe(&e))))?;
+                let status = response.status();
+                let body =
+                    response.bytes().await.map_err(|e| OidcError::Unavailable(format!("token exchange: {e}")))?;
+                if !status.is_success() {
+                    let code = serde_json::from_slice::<ErrorAnswer>(&body)
+                        .map(|e| e.error)
+                        .unwrap_or_else(|_| status.to_string());
+                    return Err(if status.is_server_error() {
+                        OidcError::Unavailable(code)
+                    } else {
+                        OidcError::Refused(code)
+                    });
+                }
+                let answer: Answer = serde_json::from_slice(&body)
+                    .map_err(|_| OidcError::Unavailable("token exchange: unparseable response".into()))?;
+                Ok(ExchangedToken {
+                    token: SecretString::from(answer.access_token),
+                    issued_token_type: answer.issued_token_type.unwrap_or_else(|| requested_token_type.to_owned()),
+                    expires_at: expires_at(answer.expires_in.map(Duration::from_secs)),
+                })
+            }
+            .await,
+        )
     }
 
     /// RP-initiated logout at the OP (OpenID Connect RP-Initiated Logout 1.0), if it offers it.
