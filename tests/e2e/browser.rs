@@ -46,6 +46,23 @@ async fn accessible(client: &Client, page: &str) {
     assert!(found.is_empty(), "{page}: accessibility violations {found:#?}");
 }
 
+/// [`accessible`] on `url` in each language, chosen by the switcher's `?lang=`, ending in
+/// English; each page's screenshot is `<shot>-<lang>`.
+async fn accessible_in_every_language(client: &Client, url: &str, page: &str, shot: &str) {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    for lang in ["nl", "fr", "de", "en"] {
+        client.goto(&format!("{url}{separator}lang={lang}")).await.unwrap_or_else(|e| panic!("{page}: {e}"));
+        let what = format!("{page} in {lang}");
+        custodian_testkit::eventually(&what, PAGE, || async {
+            let html = client.find(Locator::Css("html")).await.ok()?;
+            (html.attr("lang").await.ok()?.as_deref() == Some(lang)).then_some(())
+        })
+        .await;
+        accessible(client, &what).await;
+        browser::screenshot(client, &format!("{shot}-{lang}")).await;
+    }
+}
+
 async fn click_link(client: &Client, text: &str) {
     client
         .find(Locator::LinkText(text))
@@ -199,8 +216,7 @@ async fn a_person_signs_in_withdraws_consent_with_confirmation_and_reads_the_rec
     assert!(profile.contains(&person), "the profile fetched with the person's token: {profile}");
     assert!(text(&b).await.contains(&format!("Signed in as {person}")), "the planted subject as text");
     assert!(!profile.contains('{'), "the data as text, not JSON: {profile}");
-    accessible(&b, "demo view session").await;
-    browser::screenshot(&b, "view-session-en").await;
+    accessible_in_every_language(&b, &view_url, "demo view session", "view-session").await;
 
     // Withdraw: a confirmation that says what it does, then the receipt until done.
     b.goto(&stack.url("/")).await.expect("portal");
@@ -213,8 +229,8 @@ async fn a_person_signs_in_withdraws_consent_with_confirmation_and_reads_the_rec
     link.click().await.expect("to the confirmation");
     let confirm = browser::wait_for_text(&b, "Withdraw your consent from Zorgplatform Demo?", PAGE).await;
     assert!(confirm.contains("every app of the platform erases the data of yours it holds in memory"), "{confirm}");
-    accessible(&b, "confirmation").await;
-    browser::screenshot(&b, "confirm-en").await;
+    let confirm_url = b.current_url().await.expect("url").to_string();
+    accessible_in_every_language(&b, &confirm_url, "confirmation", "confirm").await;
     // By keyboard alone: the skip link comes first, then Tab reaches the confirmation's
     // button, and Enter presses it.
     let focused = |b: Client| async move {
@@ -258,8 +274,9 @@ async fn a_person_signs_in_withdraws_consent_with_confirmation_and_reads_the_rec
         browser::screenshot(&b, &format!("receipt-{lang}")).await;
         // The choice sticks: the portal comes in the same language without asking again.
         b.goto(&stack.url("/")).await.expect("portal");
-        let page = browser::wait_for_text(&b, portal_title, PAGE).await;
-        assert!(!page.contains("Zorgplatform Demo\n") || lang == "en" || page.contains(portal_title));
+        browser::wait_for_text(&b, portal_title, PAGE).await;
+        let html_lang = b.find(Locator::Css("html")).await.expect("html").attr("lang").await.expect("lang");
+        assert_eq!(html_lang.as_deref(), Some(lang), "the portal keeps the language chosen on the receipt");
         accessible(&b, &format!("portal ({lang})")).await;
         browser::screenshot(&b, &format!("portal-{lang}")).await;
         b.goto(&stack.url(&format!("/?lang={lang}"))).await.expect("portal");
@@ -365,7 +382,9 @@ async fn the_portal_refuses_to_be_framed_and_the_demo_view_serves_no_one_without
     let (signed_in, _cookie, _) = stack.login_through_gateway(&unique("noor")).await;
     let forged = signed_in.post(format!("{view_url}/sessions")).form(&[("csrf", "0")]).send().await.unwrap();
     assert_eq!(forged.status(), reqwest::StatusCode::FORBIDDEN);
-    let home = signed_in.get(&view_url).send().await.unwrap().text().await.unwrap();
+    let home = signed_in.get(&view_url).send().await.unwrap();
+    crate::support::assert_page_headers(home.headers(), "the demo view");
+    let home = home.text().await.unwrap();
     assert!(home.contains("This app holds nothing of yours."), "nothing was fetched: {home}");
 }
 
@@ -419,8 +438,7 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     let b = browser::browser("en").await;
     b.goto(&stack.url("/console")).await.expect("console");
     browser::wait_for_text(&b, "Sign in with your own operator token", PAGE).await;
-    accessible(&b, "console sign-in").await;
-    browser::screenshot(&b, "console-sign-in-en").await;
+    accessible_in_every_language(&b, &stack.url("/console"), "console sign-in", "console-sign-in").await;
     // A platform's token is not an operator's.
     b.find(Locator::Css("#token")).await.expect("token field").send_keys(PLATFORM_TOKEN).await.expect("typed");
     click_button(&b, "Sign in to the console").await;
@@ -454,6 +472,7 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     assert!(replayed.contains("refused again (time "), "the replay's reason: {replayed}");
     accessible(&b, "console after a replay").await;
     browser::screenshot(&b, "console-replayed-en").await;
+    accessible_in_every_language(&b, &stack.url("/console"), "console (ops)", "console-ops").await;
     click_link(&b, "Nederlands").await;
     browser::wait_for_text(&b, "Console voor beheerders", PAGE).await;
     accessible(&b, "console (ops, nl)").await;
@@ -469,7 +488,6 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     click_button(&dpo, "Sign in to the console").await;
     let page = browser::wait_for_text(&dpo, "Your reading of this log is itself recorded", SETTLE).await;
     assert!(!page.contains("Inactivity sweeps") && page.contains("Incidents"), "{page}");
-    accessible(&dpo, "console (dpo)").await;
-    browser::screenshot(&dpo, "console-dpo-en").await;
+    accessible_in_every_language(&dpo, &stack.url("/console"), "console (dpo)", "console-dpo").await;
     dpo.close().await.expect("closed");
 }

@@ -30,6 +30,7 @@ impl Console {
         let set_cookie = signed_in.headers()["set-cookie"].to_str().unwrap().to_owned();
         let cookie = set_cookie.split(';').next().unwrap().to_owned();
         let page = http.get(stack.url("/console")).header("cookie", &cookie).send().await.unwrap();
+        crate::support::assert_page_headers(page.headers(), "the console");
         let page = page.text().await.unwrap();
         let csrf = page
             .split("name=\"csrf\" value=\"")

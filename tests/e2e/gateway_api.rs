@@ -234,14 +234,7 @@ async fn the_portal_escapes_a_hostile_platform_id_runs_no_script_and_revokes_or_
     })
     .await;
     let (headers, body) = page;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    assert!(header("content-security-policy").contains("default-src 'self'"), "{headers:?}");
-    assert!(header("content-security-policy").contains("frame-ancestors 'none'"));
-    assert!(!header("content-security-policy").contains("unsafe-inline"));
-    assert_eq!(header("x-frame-options"), "DENY");
-    assert_eq!(header("x-content-type-options"), "nosniff");
-    assert_eq!(header("referrer-policy"), "no-referrer");
-    assert_eq!(header("cache-control"), "no-store");
+    crate::support::assert_page_headers(&headers, "the portal");
     let lower = body.to_ascii_lowercase();
     // Script only from this origin's files: no inline script, no handler, no javascript: URL.
     assert!(lower.split("<script").skip(1).all(|tag| tag.starts_with(" src=\"/assets/") && tag.contains("></script>")));
@@ -260,7 +253,7 @@ async fn the_portal_escapes_a_hostile_platform_id_runs_no_script_and_revokes_or_
         .expect("a link to the hostile platform's confirmation step");
     let confirm = browser.get(stack.url(&format!("/consents/revoke?{confirm_href}"))).send().await.unwrap();
     assert_eq!(confirm.status(), StatusCode::OK);
-    assert_eq!(confirm.headers()["x-frame-options"], "DENY", "the confirmation cannot be framed either");
+    crate::support::assert_page_headers(confirm.headers(), "the confirmation");
     let body = confirm.text().await.unwrap();
     assert!(!body.contains(&hostile) && !body.contains("<b>"), "escaped on the confirmation: {body}");
     assert!(body.contains("every app of the platform erases"), "the confirmation says what revoking does: {body}");
@@ -317,10 +310,13 @@ async fn the_portal_escapes_a_hostile_platform_id_runs_no_script_and_revokes_or_
     assert!(uuid::Uuid::parse_str(&revocation_id).is_ok(), "{location}");
     let receipt = custodian_testkit::eventually("the receipt done", Duration::from_secs(20), || async {
         let r = browser.get(stack.url(&location)).header("accept-language", "en").send().await.ok()?;
+        let headers = r.headers().clone();
         let body = r.text().await.ok()?;
-        body.contains("Done. Every step below is confirmed.").then_some(body)
+        body.contains("Done. Every step below is confirmed.").then_some((headers, body))
     })
     .await;
+    let (headers, receipt) = receipt;
+    crate::support::assert_page_headers(&headers, "the receipt");
     assert!(receipt.contains(&revocation_id), "the receipt shows its number: {receipt}");
     assert!(!receipt.contains(&hostile) && !receipt.contains("<b>"), "the id is escaped on the receipt too");
     assert!(!receipt.contains("data-live"), "a done receipt is no longer updated live");

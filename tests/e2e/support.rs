@@ -759,3 +759,17 @@ async fn crash(service: Option<(CancellationToken, JoinHandle<()>)>) {
         let _ = handle.await;
     }
 }
+
+/// The headers every page of personal data carries: script and style from its own origin
+/// only, never framed, never sniffed, never cached, no referrer.
+#[track_caller]
+pub fn assert_page_headers(headers: &reqwest::header::HeaderMap, page: &str) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let csp = header("content-security-policy");
+    assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"), "{page}: {headers:?}");
+    assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{page}: {csp}");
+    assert_eq!(header("x-frame-options"), "DENY", "{page}");
+    assert_eq!(header("x-content-type-options"), "nosniff", "{page}");
+    assert_eq!(header("referrer-policy"), "no-referrer", "{page}");
+    assert_eq!(header("cache-control"), "no-store", "{page}");
+}
