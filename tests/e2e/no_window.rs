@@ -232,3 +232,80 @@ async fn a_revocation_sent_again_is_the_same_revocation_with_one_receipt() {
     assert_eq!(revocations.len(), 1, "one revocation with a receipt");
     assert_eq!(stack.count_on(custodian_events::subjects::CONSENT_REVOKED).await, 1, "one event on the stream");
 }
+
+/// The durables a revocation goes through: the ledger's (each term), the vault's, the views'.
+async fn revocation_path_durables(stack: &Stack) -> Vec<String> {
+    use futures::TryStreamExt;
+    let stream = stack.bus.jetstream().get_stream(custodian_events::subjects::STREAM).await.expect("stream");
+    let names: Vec<String> = stream.consumer_names().try_collect().await.expect("consumer names");
+    let on_path = |n: &String| {
+        n.starts_with(custodian_bus::trust::durables::CONSENT_LEDGER)
+            || n == custodian_bus::trust::durables::VAULT_LIFECYCLE
+            || (n.starts_with("view-") && n.ends_with("-wipes"))
+    };
+    names.into_iter().filter(on_path).collect()
+}
+
+#[tokio::test]
+async fn a_revocation_is_done_while_the_stream_delivers_nothing_and_its_late_copies_change_nothing() {
+    let mut stack = Stack::start().await;
+    let (client, settings) = stack.register_platform().await;
+    let platform = client.client_id.clone();
+    stack.start_vault(test_vault_config(vec![settings]));
+    let person = unique("nudged");
+    let (browser, cookie) = signed_in(&stack, &person).await;
+    let view = stack.start_view(&unique("nudged")).await;
+    let started = view.start_session(None, &person, &platform, Duration::from_secs(10)).await.expect("session");
+    view.store().put(&started.session_id, "labs", b"HbA1c".to_vec(), Duration::from_secs(60)).expect("held");
+
+    // Every durable on the path delivers nothing, as while a JetStream cluster elects the
+    // leader of a dead node's groups: the revocation must go through on its nudges alone.
+    let stream = stack.bus.jetstream().get_stream(custodian_events::subjects::STREAM).await.expect("stream");
+    let durables = revocation_path_durables(&stack).await;
+    assert!(durables.len() >= 3, "the ledger's, the vault's and the view's durables: {durables:?}");
+    let until = async_nats::datetime::add_std_duration(async_nats::datetime::now(), Duration::from_secs(120))
+        .expect("a time ahead");
+    for durable in &durables {
+        let paused = stream.pause_consumer(durable, until).await.expect("pause");
+        assert!(paused.paused, "{durable} paused");
+    }
+
+    let response = browser.delete(stack.url(&format!("/v1/me/consents/{platform}"))).send().await.expect("revoke");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted: Value = response.json().await.expect("body");
+    let id = accepted["revocation_id"].as_str().expect("revocation id").to_owned();
+    let receipt = done_receipt(&stack, Some(&cookie), &id, Duration::from_secs(15)).await;
+    assert!(receipt.tokens.iter().all(|t| t.outcome == "revoked") && !receipt.tokens.is_empty(), "{receipt:?}");
+    assert!(receipt.views.len() == 1 && receipt.views[0].state == "acked", "{receipt:?}");
+    assert_eq!(view.store().counts(), (0, 0), "the view holds data past a done receipt");
+    for durable in &durables {
+        let info = stream.consumer_info(durable).await.expect("consumer info");
+        assert!(info.paused, "{durable} delivered nothing meanwhile");
+    }
+
+    // The stream's copies then come, and find everything already done.
+    for durable in &durables {
+        stream.resume_consumer(durable).await.expect("resume");
+    }
+    eventually("the stream's copies to be applied", Duration::from_secs(20), || {
+        let (stream, durables) = (stream.clone(), durables.clone());
+        async move {
+            for durable in &durables {
+                let info = stream.consumer_info(durable).await.ok()?;
+                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())?;
+            }
+            Some(())
+        }
+    })
+    .await;
+    assert_eq!(stack.count_on(custodian_events::subjects::CONSENT_ENDED).await, 1, "one consent.ended");
+    let revocations = revocation::Entity::find()
+        .filter(revocation::Column::Subject.eq(person.clone()))
+        .all(stack.store.db())
+        .await
+        .expect("revocations");
+    assert_eq!(revocations.len(), 1, "one revocation");
+    let (_, again) = crate::vault::fetch_receipt(&stack, &stack.http, Some(&cookie), &id).await;
+    assert_eq!(again.as_ref(), Some(&receipt), "the receipt is as it was");
+    assert_eq!(view.store().counts(), (0, 0));
+}

@@ -75,24 +75,28 @@ fn reassemble(
         .ok_or("no person_revocation span under the request")?;
     path.push(revocation.clone());
     // The ledger's batch links to the revocation's span; the `consent.ended` it wrote is
-    // published by the relay under that batch.
-    let batch = exported
-        .linking_to(revocation)
-        .find(|s| s.name == "handle_batch" && s.service == "custodian-consent")
-        .ok_or("no consent batch links to the revocation")?;
-    path.push(batch.clone());
+    // published by the relay under that batch. The event comes twice, from the stream and as a
+    // nudge: each is a batch (`handle_batch`, `handle_nudges`) linking to it, and the first
+    // applied wrote `consent.ended`.
     let relayed = exported
         .named("outbox_publish")
         .find(|s| s.attribute("event_id") == Some(ended_event_id))
         .ok_or("consent.ended not relayed in a span")?;
-    if relayed.trace_id != batch.trace_id || relayed.parent_span_id != batch.span_id {
-        return Err(format!("consent.ended's relay span is not under the batch that wrote it: {relayed:?}"));
-    }
+    let batch = exported
+        .linking_to(revocation)
+        .filter(|s| matches!(s.name.as_str(), "handle_batch" | "handle_nudges") && s.service == "custodian-consent")
+        .find(|batch| relayed.trace_id == batch.trace_id && relayed.parent_span_id == batch.span_id)
+        .ok_or_else(|| {
+            format!("consent.ended's relay span is not under a batch linking to the revocation: {relayed:?}")
+        })?;
+    path.push(batch.clone());
     path.push(relayed.clone());
-    // The vault applies it as a child of the relay's span, and drives the revocation from there.
+    // The vault applies it as a child of the relay's span (once per copy), and drives the
+    // revocation from the copy it applied first.
     let applied = exported
         .children(relayed)
-        .find(|s| s.name == "vault_event" && s.service == "custodian-vault")
+        .filter(|s| s.name == "vault_event" && s.service == "custodian-vault")
+        .find(|applied| exported.children(applied).any(|s| s.name == "revoke_token"))
         .ok_or("the vault's handling of consent.ended is not under its relay span")?;
     path.push(applied.clone());
     let calls: Vec<&ReceivedSpan> = exported.children(applied).filter(|s| s.name == "revoke_token").collect();
@@ -206,8 +210,15 @@ async fn a_revocation_sent_with_a_traceparent_is_one_trace_to_the_last_view_ack(
     assert_eq!(trace.spans[0].name, "DELETE /v1/me/consents/{platform_id}", "named by method and route");
     assert_eq!(trace.spans[0].attribute("http.response.status_code"), Some("202"));
 
-    // No attribute or event of any exported span holds the person, their cookie or a token.
+    // The login's OP calls, each a client span of the vault that made it, with its outcome.
     let everything = Exported::get();
+    for call in ["oidc_code_exchange", "oidc_introspect"] {
+        assert!(
+            everything.named(call).any(|s| s.service == "custodian-vault" && s.attribute("outcome") == Some("ok")),
+            "no {call} span of the vault's"
+        );
+    }
+    // No attribute or event of any exported span holds the person, their cookie or a token.
     for span in &everything.spans {
         for value in span.attributes.values().chain(&span.events) {
             assert!(!value.contains(&person), "span {} carries the person's identity: {value}", span.name);

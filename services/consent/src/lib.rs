@@ -89,6 +89,9 @@ pub async fn run(deps: Deps, config: ConsentConfig, shutdown: CancellationToken)
     // Facts are ordered by their time: one dated far ahead would outrank every later one.
     spec.future_skew = Some(custodian_events::MAX_CLOCK_SKEW);
     spec.replay = true;
+    // A revocation reaches the ledger as a nudge too, on any replica (rows are locked in key
+    // order, so replicas applying side by side never deadlock), leading or not.
+    spec.nudged = true;
 
     let mut tasks = Supervisor::new(shutdown.clone());
     tasks.spawn("consent-relay", relay.run(shutdown.clone()));

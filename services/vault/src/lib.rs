@@ -178,6 +178,9 @@ pub async fn run(deps: Deps, config: VaultConfig, shutdown: CancellationToken) -
     // A view's session dated ahead would look opened after a revocation that came before it.
     spec.future_skew = Some(custodian_events::MAX_CLOCK_SKEW);
     spec.replay = true;
+    // `consent.ended` and the views' acks come as nudges too, ahead of the stream after a
+    // NATS node's death.
+    spec.nudged = true;
     let handler = handler::LifecycleHandler { vault: vault.clone() };
     let (bus, clock, token) = (vault.bus.clone(), vault.clock.clone(), shutdown.clone());
     tasks.spawn("vault-lifecycle", async move { custodian_bus::run_consumer(&bus, spec, handler, clock, token).await });

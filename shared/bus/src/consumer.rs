@@ -91,6 +91,10 @@ pub struct ConsumerSpec {
     /// (an exclusive consumer: while it leads). Not for the audit chain, whose order is its
     /// meaning, nor for views.
     pub replay: bool,
+    /// Also applies the nudges of its nudged filters ([`crate::nudge`]), on every replica
+    /// (one per nudge, in a queue group) whether it leads or not: for a handler that makes
+    /// any delivery harmless whatever its order and whoever applies it.
+    pub nudged: bool,
 }
 
 impl ConsumerSpec {
@@ -112,6 +116,7 @@ impl ConsumerSpec {
             future_skew: None,
             leading: None,
             replay: false,
+            nudged: false,
         }
     }
 }
@@ -125,6 +130,13 @@ pub async fn run_consumer<H: BatchHandler>(
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
     let handler = Arc::new(handler);
+    // Nudges are taken while the consumer runs, and no longer.
+    let nudges = shutdown.child_token();
+    let _stop_nudges = nudges.clone().drop_guard();
+    if spec.nudged {
+        let (client, spec, base) = (bus.client().clone(), spec.clone(), spec.durable.clone());
+        tokio::spawn(crate::nudge::listen(client, spec, base, handler.clone(), clock.clone(), nudges));
+    }
     if spec.exclusive {
         return run_exclusive(bus, &spec, &handler, &clock, &shutdown).await;
     }

@@ -9,6 +9,7 @@
 mod consumer;
 pub mod lease;
 pub mod metrics;
+pub mod nudge;
 mod publish;
 mod relay;
 mod replay;
@@ -329,11 +330,15 @@ impl Bus {
 
     /// Sends one event; the returned future resolves on the stream's ack. Sending many
     /// before awaiting keeps many acks in flight (throughput).
+    /// An event of a revocation's path is nudged as it is sent, or once stored ([`nudge`]).
     pub async fn send(&self, out: &Outgoing) -> Result<PublishAckFuture, BusError> {
-        self.js
+        let ack = self
+            .js
             .publish_with_headers(out.subject.clone(), publish::headers(out), out.payload.clone())
             .await
-            .map_err(|e| publish_error(out, e))
+            .map_err(|e| publish_error(out, e))?;
+        let _ = nudge::send(&self.client, out, nudge::When::Sent).await;
+        Ok(ack)
     }
 
     /// Publishes one event and waits for its ack. A duplicate (same id within the window)
@@ -344,9 +349,11 @@ impl Bus {
         let epoch = publish::ConnectionEpoch::of(&self.client);
         let ack = self.send(out).await?;
         tokio::select! {
-            acked = ack => acked.map(|_| ()).map_err(|e| publish_error(out, e)),
-            () = epoch.replaced() => Err(publish_error(out, publish::ACK_LOST_WITH_CONNECTION)),
-        }
+            acked = ack => acked.map_err(|e| publish_error(out, e))?,
+            () = epoch.replaced() => return Err(publish_error(out, publish::ACK_LOST_WITH_CONNECTION)),
+        };
+        let _ = nudge::send(&self.client, out, nudge::When::Stored).await;
+        Ok(())
     }
 
     /// [`Bus::publish`], attempted again (same message id, so the stream keeps one copy) while
@@ -542,15 +549,23 @@ where
         let Some(reply_to) = request.reply.clone() else { continue };
         let (client, handler) = (client.clone(), handler.clone());
         let subject = subject.to_owned();
-        tokio::spawn(async move {
-            let bound = request.subject.rsplit('.').next().unwrap_or_default().to_owned();
-            let question = serde_json::from_slice::<Q>(&request.payload).map_err(|e| format!("invalid request: {e}"));
-            let answer = handler(bound, question).await;
-            let body = serde_json::to_vec(&answer).unwrap_or_default();
-            if let Err(e) = client.publish(reply_to, body.into()).await {
-                tracing::warn!(%subject, error = %e, "reply not sent");
-            }
-        });
+        // The answer's work (a login's OP calls, a query) under the answering service's name.
+        let span = tracing::info_span!("answer_request", otel.kind = "server", messaging.destination.name = %subject, service = %queue);
+        let traceparent = request.headers.as_ref().and_then(|h| h.get(custodian_telemetry::TRACEPARENT));
+        custodian_telemetry::adopt_remote_parent(&span, traceparent.map(|v| v.as_str()));
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let bound = request.subject.rsplit('.').next().unwrap_or_default().to_owned();
+                let question =
+                    serde_json::from_slice::<Q>(&request.payload).map_err(|e| format!("invalid request: {e}"));
+                let answer = handler(bound, question).await;
+                let body = serde_json::to_vec(&answer).unwrap_or_default();
+                if let Err(e) = client.publish(reply_to, body.into()).await {
+                    tracing::warn!(%subject, error = %e, "reply not sent");
+                }
+            },
+            span,
+        ));
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::sync::LazyLock;
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
@@ -37,6 +38,28 @@ pub(crate) fn observe_outbox_age(publisher: &str, seconds: f64) {
     OUTBOX_AGE.get_or_create(&vec![("publisher".to_owned(), publisher.to_owned())]).observe(seconds);
 }
 
+type Counters = Family<Labels, Counter>;
+
+/// Nudges handed to a consumer's handler, by durable and outcome (`applied`, or `left` to the
+/// stream's copy: refused, failed or already applied by a handler that says so).
+pub(crate) static NUDGES: LazyLock<Counters> = LazyLock::new(Family::default);
+pub(crate) static NUDGES_SENT: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+pub(crate) fn nudge_sent() {
+    NUDGES_SENT.inc();
+}
+
+pub(crate) fn nudges_applied(durable: &str, applied: u64, left: u64) {
+    let labels =
+        |outcome: &str| vec![("durable".to_owned(), durable.to_owned()), ("outcome".to_owned(), outcome.to_owned())];
+    if applied > 0 {
+        NUDGES.get_or_create(&labels("applied")).inc_by(applied);
+    }
+    if left > 0 {
+        NUDGES.get_or_create(&labels("left")).inc_by(left);
+    }
+}
+
 /// Adds the consumers' and relays' metrics to `registry` (once per process).
 pub fn register(registry: &mut Registry) {
     registry.register_with_unit(
@@ -50,5 +73,15 @@ pub fn register(registry: &mut Registry) {
         "Time a consumer's handler took to apply one batch",
         Unit::Seconds,
         BATCH_APPLY.clone(),
+    );
+    registry.register(
+        "custodian_nudges_sent",
+        "Core-NATS copies sent beside events on a revocation's path",
+        NUDGES_SENT.clone(),
+    );
+    registry.register(
+        "custodian_nudges",
+        "Nudges handed to a consumer's handler, by durable and outcome",
+        NUDGES.clone(),
     );
 }

@@ -150,6 +150,8 @@ pub(crate) async fn publish_all(
     let (mut waiting, window) = (0usize, in_flight.max(1));
     // Why the batch stopped early, if it did: every event without a verdict gets it.
     let mut gave_up: Option<String> = None;
+    // Nudges stop at the first that cannot be sent (see `nudge::send`).
+    let mut nudging = true;
     'send: for (i, out) in events.iter().enumerate() {
         while waiting >= window {
             match next_verdict(&mut acks, &prefix, &mut verdicts, &epoch, &mut epoch_checks).await {
@@ -169,7 +171,10 @@ pub(crate) async fn publish_all(
             out.payload.clone(),
         );
         match tokio::time::timeout(ACK_TIMEOUT, send).await {
-            Ok(Ok(())) => waiting += 1,
+            Ok(Ok(())) => {
+                waiting += 1;
+                nudging = nudging && crate::nudge::send(client, out, crate::nudge::When::Sent).await;
+            }
             Ok(Err(e)) => verdicts[i] = Some(Err(NotStored::Failed(e.to_string()))),
             Err(_) => {
                 gave_up = Some(format!("not sent within {ACK_TIMEOUT:?} (NATS unreachable?)"));
@@ -181,6 +186,11 @@ pub(crate) async fn publish_all(
         match next_verdict(&mut acks, &prefix, &mut verdicts, &epoch, &mut epoch_checks).await {
             Ok(()) => waiting -= 1,
             Err(reason) => gave_up = Some(reason),
+        }
+    }
+    for (verdict, out) in verdicts.iter().zip(events) {
+        if nudging && matches!(verdict, Some(Ok(()))) {
+            nudging = crate::nudge::send(client, out, crate::nudge::When::Stored).await;
         }
     }
     let unanswered = gave_up.unwrap_or_else(|| "no ack".to_owned());

@@ -225,8 +225,26 @@ impl Grant {
         g
     }
 
+    /// Publishes `subjects`, and the nudges of those nudged ([`crate::nudge`]): who may say
+    /// a thing may say it both ways.
     fn publish(mut self, subjects: &[&str]) -> Self {
         self.0.publish.extend(subjects.iter().map(|s| (*s).to_owned()));
+        self.0
+            .publish
+            .extend(subjects.iter().filter(|s| crate::nudge::is_nudged_filter(s)).map(|s| crate::nudge::subject(s)));
+        self
+    }
+
+    /// Takes the nudges of the nudged ones of its durable's `filters`, in the queue group its
+    /// replicas share: it may read them as nudges since it reads them from the stream.
+    fn nudges(mut self, durable: &str, filters: &[&str]) -> Self {
+        let queue = crate::nudge::queue(durable);
+        self.0.subscribe.extend(
+            filters
+                .iter()
+                .filter(|f| crate::nudge::is_nudged_filter(f))
+                .map(|f| format!("{} {queue}", crate::nudge::subject(f))),
+        );
         self
     }
 
@@ -320,6 +338,7 @@ pub fn permissions(identity: &Identity) -> Permissions {
             .deadletters("consent")
             .publish(&[subjects::CONSENT_ENDED])
             .exclusive_consumer(durables::CONSENT_LEDGER, CONSENT_LEDGER_SUBJECTS)
+            .nudges(durables::CONSENT_LEDGER, CONSENT_LEDGER_SUBJECTS)
             .consumer(stream, durables::CONSENT_RETENTION, &[subjects::RETENTION_PURGE])
             .kv(buckets::LEADERSHIP, &[durables::CONSENT_LEDGER])
             .respond("consent", &[queries::CONSENTS, queries::IDLE_CONSENTS, queries::PLATFORMS])
@@ -346,6 +365,7 @@ pub fn permissions(identity: &Identity) -> Permissions {
                 subjects::TOKEN_HOK_USED,
             ])
             .consumer(stream, durables::VAULT_LIFECYCLE, VAULT_LIFECYCLE_SUBJECTS)
+            .nudges(durables::VAULT_LIFECYCLE, VAULT_LIFECYCLE_SUBJECTS)
             .respond(
                 "vault",
                 &[
@@ -445,6 +465,7 @@ pub fn permissions(identity: &Identity) -> Permissions {
         Identity::View(id) => {
             let wipes = format!("{}.{id}", subjects::SESSION_WIPE_PREFIX);
             g.consumer(stream, &durables::view_wipes(id), &[&wipes])
+                .nudges(&durables::view_wipes(id), &[&wipes])
                 .deadletters(&identity.name())
                 .publish(&[
                     &format!("{}.{id}", subjects::SESSION_OPENED),
@@ -594,7 +615,15 @@ mod tests {
             p.publish.contains(&"$JS.API.CONSUMER.CREATE.LIFECYCLE.view-v1-wipes.lifecycle.session.wipe.v1".to_owned())
         );
         assert!(!p.allow_responses, "a view answers nothing");
-        assert_eq!(p.subscribe, vec!["_INBOX.view-v1.>".to_owned()]);
+        assert_eq!(
+            p.subscribe,
+            vec![
+                "_INBOX.view-v1.>".to_owned(),
+                "custodian.nudge.lifecycle.session.wipe.v1 view-v1-wipes-nudges".to_owned(),
+            ],
+            "its own inbox, and the nudges of its own wipes"
+        );
+        assert!(p.publish.contains(&"custodian.nudge.lifecycle.session.wiped.v1".to_owned()), "{:?}", p.publish);
     }
 
     #[test]

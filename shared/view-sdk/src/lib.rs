@@ -297,6 +297,8 @@ impl View {
         spec.linger = Duration::ZERO;
         spec.deliver_new = true;
         spec.ack_wait = Duration::from_secs(10);
+        // Wipe commands come as nudges too (a wipe is harmless twice).
+        spec.nudged = true;
         let handler = WipeHandler { view: self.clone() };
         let result = custodian_bus::run_consumer(&self.bus, spec, handler, self.clock.clone(), shutdown).await;
         evictor.abort();
