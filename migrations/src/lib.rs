@@ -19,6 +19,7 @@ mod m20261203_000012_status_marks;
 mod m20261203_000013_session_assertion;
 mod m20261204_000014_revocation_trace;
 mod m20261206_000015_sweep_trace;
+mod m20261206_000016_revocation_awaits_stream;
 
 /// Runs `sql` on PostgreSQL only: storage tuning SQLite has no counterpart for.
 async fn on_postgres(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
@@ -51,6 +52,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000013_session_assertion::Migration),
             Box::new(m20261204_000014_revocation_trace::Migration),
             Box::new(m20261206_000015_sweep_trace::Migration),
+            Box::new(m20261206_000016_revocation_awaits_stream::Migration),
         ]
     }
 }

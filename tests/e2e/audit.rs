@@ -572,6 +572,7 @@ fn deliveries(stack: &Stack, prefix: &str, range: std::ops::Range<usize>) -> Vec
                 stream_sequence: i as u64,
                 traceparent: None,
                 raw: raw.into(),
+                nudge: false,
             }
         })
         .collect()

@@ -247,7 +247,7 @@ async fn revocation_path_durables(stack: &Stack) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_revocation_is_done_while_the_stream_delivers_nothing_and_its_late_copies_change_nothing() {
+async fn while_the_stream_delivers_nothing_a_revocation_ends_the_tokens_and_wipes_the_views_and_is_done_once_it_does() {
     let mut stack = Stack::start().await;
     let (client, settings) = stack.register_platform().await;
     let platform = client.client_id.clone();
@@ -259,7 +259,7 @@ async fn a_revocation_is_done_while_the_stream_delivers_nothing_and_its_late_cop
     view.store().put(&started.session_id, "labs", b"HbA1c".to_vec(), Duration::from_secs(60)).expect("held");
 
     // Every durable on the path delivers nothing, as while a JetStream cluster elects the
-    // leader of a dead node's groups: the revocation must go through on its nudges alone.
+    // leader of a dead node's groups: the revocation goes through on its nudges alone.
     let stream = stack.bus.jetstream().get_stream(custodian_events::subjects::STREAM).await.expect("stream");
     let durables = revocation_path_durables(&stack).await;
     assert!(durables.len() >= 3, "the ledger's, the vault's and the view's durables: {durables:?}");
@@ -274,19 +274,32 @@ async fn a_revocation_is_done_while_the_stream_delivers_nothing_and_its_late_cop
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let accepted: Value = response.json().await.expect("body");
     let id = accepted["revocation_id"].as_str().expect("revocation id").to_owned();
-    let receipt = done_receipt(&stack, Some(&cookie), &id, Duration::from_secs(15)).await;
-    assert!(receipt.tokens.iter().all(|t| t.outcome == "revoked") && !receipt.tokens.is_empty(), "{receipt:?}");
-    assert!(receipt.views.len() == 1 && receipt.views[0].state == "acked", "{receipt:?}");
-    assert_eq!(view.store().counts(), (0, 0), "the view holds data past a done receipt");
+    // Tokens withdrawn at the OP and the view's data erased, while the stream is stalled.
+    let receipt = eventually("the tokens revoked and the view acked", Duration::from_secs(15), || async {
+        let (_, receipt) = crate::vault::fetch_receipt(&stack, &stack.http, Some(&cookie), &id).await;
+        let receipt = receipt?;
+        let tokens = !receipt.tokens.is_empty() && receipt.tokens.iter().all(|t| t.outcome == "revoked");
+        let views = receipt.views.len() == 1 && receipt.views[0].state == "acked";
+        (tokens && views).then_some(receipt)
+    })
+    .await;
+    assert_eq!(view.store().counts(), (0, 0), "the view holds nothing of the person");
+    // Not done yet: sessions opened before it may still be queued on the stream.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, still) = crate::vault::fetch_receipt(&stack, &stack.http, Some(&cookie), &id).await;
+    assert_eq!(still.as_ref().map(|r| r.state.as_str()), Some("pending"), "done only once the stream delivers it");
+    assert_eq!(receipt.state, "pending");
     for durable in &durables {
         let info = stream.consumer_info(durable).await.expect("consumer info");
         assert!(info.paused, "{durable} delivered nothing meanwhile");
     }
 
-    // The stream's copies then come, and find everything already done.
+    // The stream's copies then come: the revocation is done, and nothing else changed.
     for durable in &durables {
         stream.resume_consumer(durable).await.expect("resume");
     }
+    let done = done_receipt(&stack, Some(&cookie), &id, Duration::from_secs(20)).await;
+    assert_eq!((&done.tokens, &done.views), (&receipt.tokens, &receipt.views), "the copies changed nothing");
     eventually("the stream's copies to be applied", Duration::from_secs(20), || {
         let (stream, durables) = (stream.clone(), durables.clone());
         async move {
@@ -305,7 +318,5 @@ async fn a_revocation_is_done_while_the_stream_delivers_nothing_and_its_late_cop
         .await
         .expect("revocations");
     assert_eq!(revocations.len(), 1, "one revocation");
-    let (_, again) = crate::vault::fetch_receipt(&stack, &stack.http, Some(&cookie), &id).await;
-    assert_eq!(again.as_ref(), Some(&receipt), "the receipt is as it was");
     assert_eq!(view.store().counts(), (0, 0));
 }

@@ -489,6 +489,7 @@ async fn a_revocation_settled_by_a_replica_that_stopped_before_marking_it_done_i
         finished_at: None,
         updated_at: started,
         traceparent: None,
+        awaits_stream: false,
     };
     let wipe_row = |revocation_id: &str, state: &str, next_attempt_at| pending_wipe::Model {
         wipe_id: unique("wipe"),

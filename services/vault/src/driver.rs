@@ -611,6 +611,7 @@ async fn finish_where<C: ConnectionTrait>(
         .col_expr(revocation::Column::UpdatedAt, now.into())
         .filter(revocations)
         .filter(revocation::Column::State.eq("pending"))
+        .filter(revocation::Column::AwaitsStream.eq(false))
         .filter(revocation::Column::RevocationId.not_in_subquery(pending_tokens))
         .filter(revocation::Column::RevocationId.not_in_subquery(pending_wipes))
         .exec(conn)

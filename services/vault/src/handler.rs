@@ -47,6 +47,8 @@ pub(crate) struct Effects {
     /// Revocations a late session reopened: set back to pending once their locks are held.
     pub reopened: HashSet<String>,
     pub new_work: bool,
+    /// The batch is of nudges: a revocation it starts awaits its event on the stream.
+    pub from_nudges: bool,
 }
 
 impl LifecycleHandler {
@@ -54,7 +56,7 @@ impl LifecycleHandler {
         let vault = &self.vault;
         let now = vault.clock.now();
         let txn = vault.store.begin_write().await?;
-        let mut effects = Effects::default();
+        let mut effects = Effects { from_nudges: batch.iter().any(|d| d.nudge), ..Effects::default() };
         let mut results = Vec::with_capacity(batch.len());
         // Views' acknowledgements are applied together after the rest of the batch, in wipe-id
         // order: a few statements per batch instead of three per ack, and rows locked in the
@@ -215,11 +217,25 @@ pub(crate) async fn begin_revocation(
         finished_at: Set(None),
         updated_at: Set(now),
         traceparent: Set(custodian_telemetry::current_traceparent()),
+        awaits_stream: Set(effects.from_nudges),
     })
     .on_conflict(OnConflict::column(revocation::Column::RevocationId).do_nothing().to_owned())
     .exec_without_returning(txn)
     .await?;
     if inserted == 0 {
+        // Its event, from the stream, after its nudge: everything before it on the stream has
+        // been delivered too, so it may be done once its items are settled.
+        if !effects.from_nudges {
+            let confirmed = revocation::Entity::update_many()
+                .col_expr(revocation::Column::AwaitsStream, false.into())
+                .filter(revocation::Column::RevocationId.eq(revocation_id.clone()))
+                .filter(revocation::Column::AwaitsStream.eq(true))
+                .exec(txn)
+                .await?;
+            if confirmed.rows_affected > 0 {
+                effects.touched_revocations.insert(revocation_id);
+            }
+        }
         return Ok(false);
     }
     vault.metrics.revocations_started.inc();

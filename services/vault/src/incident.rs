@@ -80,6 +80,26 @@ pub(crate) async fn contain(
             started += 1;
         }
     }
+    // Its event from the stream, after its nudge took the people over: their revocations
+    // (found by the incident's prefix, since their tokens are taken now) may be done.
+    if !effects.from_nudges {
+        let awaiting: Vec<String> = revocation::Entity::find()
+            .select_only()
+            .column(revocation::Column::RevocationId)
+            .filter(revocation::Column::RevocationId.starts_with(revocation_prefix(&data.incident_id)))
+            .filter(revocation::Column::AwaitsStream.eq(true))
+            .into_tuple()
+            .all(txn)
+            .await?;
+        if !awaiting.is_empty() {
+            revocation::Entity::update_many()
+                .col_expr(revocation::Column::AwaitsStream, false.into())
+                .filter(revocation::Column::RevocationId.is_in(awaiting.clone()))
+                .exec(txn)
+                .await?;
+            effects.touched_revocations.extend(awaiting);
+        }
+    }
     // Taken over, even when nobody was concerned: the incident service waits for this mark.
     inbox::record_new(txn, CONTAIN_CONSUMER, &[event.id.as_str()], now).await?;
     effects.new_work = true;

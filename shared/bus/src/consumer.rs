@@ -39,6 +39,9 @@ pub struct Delivery {
     pub traceparent: Option<String>,
     /// The message exactly as it was on the wire (the audit chain digests these bytes).
     pub raw: Bytes,
+    /// A nudge ([`crate::nudge`]): its stream copy, and what the stream holds before it, may
+    /// not have been delivered yet.
+    pub nudge: bool,
 }
 
 /// A service's event handler. It gets whole batches so it can apply them in one database
@@ -867,7 +870,7 @@ async fn decode_batch(
                     .map(|v| v.as_str().to_owned());
                 let traceparent = header_tp.or_else(|| event.traceparent().map(str::to_owned));
                 let raw = payload;
-                decoded.push(Delivery { subject, event, raw, delivered, stream_sequence, traceparent });
+                decoded.push(Delivery { subject, event, raw, delivered, stream_sequence, traceparent, nudge: false });
                 decoded_messages.push(message);
             }
             Err((original_id, reason)) if spec.in_order => {

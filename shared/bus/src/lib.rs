@@ -348,11 +348,15 @@ impl Bus {
     pub async fn publish(&self, out: &Outgoing) -> Result<(), BusError> {
         let epoch = publish::ConnectionEpoch::of(&self.client);
         let ack = self.send(out).await?;
+        let _again = nudge::again_until_acked(&self.client, std::slice::from_ref(out));
         tokio::select! {
             acked = ack => acked.map_err(|e| publish_error(out, e))?,
             () = epoch.replaced() => return Err(publish_error(out, publish::ACK_LOST_WITH_CONNECTION)),
         };
-        let _ = nudge::send(&self.client, out, nudge::When::Stored).await;
+        let stored_nudge = nudge::when(&out.subject) == Some(nudge::When::Stored);
+        if stored_nudge && nudge::send(&self.client, out, nudge::When::Stored).await {
+            nudge::again_later(&self.client, vec![out.clone()]);
+        }
         Ok(())
     }
 

@@ -105,6 +105,61 @@ pub(crate) async fn send(client: &async_nats::Client, out: &Outgoing, at: When) 
     }
 }
 
+/// How often the nudges of events still waiting for their ack go again: one lost with a
+/// dying node's connection (its subscriber's, or its publisher's) is not left to the stream's
+/// election. In a normal run acks come long before.
+const AGAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// Sends the nudges of those of `events` nudged when sent, again every [`AGAIN_EVERY`], until
+/// the returned guard is dropped (their acks are in, or the publish gave up). `None` when
+/// none of them is nudged when sent.
+pub(crate) fn again_until_acked(client: &async_nats::Client, events: &[Outgoing]) -> Option<AgainGuard> {
+    let due: Vec<Outgoing> = events.iter().filter(|out| when(&out.subject) == Some(When::Sent)).cloned().collect();
+    if due.is_empty() {
+        return None;
+    }
+    let client = client.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(AGAIN_EVERY).await;
+            for out in &due {
+                if !send(&client, out, When::Sent).await {
+                    break;
+                }
+            }
+        }
+    });
+    Some(AgainGuard(task.abort_handle()))
+}
+
+/// Sends the nudges of those of `stored` nudged once stored again, [`AGAIN_EVERY`] after the
+/// first: their publisher keeps nothing to send them again from, and one lost with a dying
+/// node's subscriber would otherwise wait for the stream's copy, behind an election.
+pub(crate) fn again_later(client: &async_nats::Client, stored: Vec<Outgoing>) {
+    let due: Vec<Outgoing> = stored.into_iter().filter(|out| when(&out.subject) == Some(When::Stored)).collect();
+    if due.is_empty() {
+        return;
+    }
+    let client = client.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(AGAIN_EVERY).await;
+        for out in &due {
+            if !send(&client, out, When::Stored).await {
+                break;
+            }
+        }
+    });
+}
+
+/// Stops [`again_until_acked`]'s re-sends when dropped.
+pub(crate) struct AgainGuard(tokio::task::AbortHandle);
+
+impl Drop for AgainGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The filters of `spec` that are nudged: those its consumer also takes as nudges.
 pub fn filters(spec: &ConsumerSpec) -> Vec<String> {
     spec.filter_subjects.iter().filter(|f| is_nudged_filter(f)).cloned().collect()
@@ -180,7 +235,7 @@ fn delivery(spec: &ConsumerSpec, clock: &SharedClock, message: async_nats::Messa
     let header_tp =
         message.headers.as_ref().and_then(|h| h.get(custodian_telemetry::TRACEPARENT)).map(|v| v.as_str().to_owned());
     let traceparent = header_tp.or_else(|| event.traceparent().map(str::to_owned));
-    Some(Delivery { subject, event, delivered: 1, stream_sequence: 0, traceparent, raw })
+    Some(Delivery { subject, event, delivered: 1, stream_sequence: 0, traceparent, raw, nudge: true })
 }
 
 #[cfg(test)]

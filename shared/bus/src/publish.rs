@@ -182,16 +182,22 @@ pub(crate) async fn publish_all(
             }
         }
     }
+    let _again = if waiting > 0 && nudging { crate::nudge::again_until_acked(client, events) } else { None };
     while waiting > 0 && gave_up.is_none() {
         match next_verdict(&mut acks, &prefix, &mut verdicts, &epoch, &mut epoch_checks).await {
             Ok(()) => waiting -= 1,
             Err(reason) => gave_up = Some(reason),
         }
     }
+    let mut stored = Vec::new();
     for (verdict, out) in verdicts.iter().zip(events) {
-        if nudging && matches!(verdict, Some(Ok(()))) {
+        if nudging && matches!(verdict, Some(Ok(()))) && crate::nudge::when(&out.subject).is_some() {
             nudging = crate::nudge::send(client, out, crate::nudge::When::Stored).await;
+            stored.push(out.clone());
         }
+    }
+    if nudging {
+        crate::nudge::again_later(client, stored);
     }
     let unanswered = gave_up.unwrap_or_else(|| "no ack".to_owned());
     verdicts

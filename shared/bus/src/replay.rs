@@ -142,6 +142,7 @@ async fn apply<H: BatchHandler>(
         stream_sequence: 0,
         traceparent,
         raw: payload,
+        nudge: false,
     };
     let span = tracing::info_span!("replay_dead_letter", service = %spec.service, durable = %durable_base(spec));
     let results = tracing::Instrument::instrument(handler.handle(std::slice::from_ref(&delivery)), span).await;

@@ -20,6 +20,9 @@ pub struct Model {
     /// The W3C trace context of the work that started it (the driver's spans continue it).
     #[serde(skip)]
     pub traceparent: Option<String>,
+    /// Started from a nudge, and its event not yet delivered by the stream: not done before
+    /// then, since sessions opened before it may still be on their way through the stream.
+    pub awaits_stream: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
