@@ -400,10 +400,9 @@ async fn a_sweep_requested_with_a_traceparent_is_one_trace_through_its_pages_to_
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let sweep_id = response.json::<Value>().await.expect("body")["sweep_id"].as_str().expect("id").to_owned();
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    custodian_testkit::eventually_explained("the sweep's trace whole", Duration::from_secs(30), || async {
         let exported = Exported::get();
-        let found = (|| {
+        (|| {
             exported
                 .spans
                 .iter()
@@ -435,11 +434,8 @@ async fn a_sweep_requested_with_a_traceparent_is_one_trace_through_its_pages_to_
                 }
             }
             Ok(())
-        })();
-        match found {
-            Ok(()) => break,
-            Err(missing) if std::time::Instant::now() > deadline => panic!("the sweep's trace is broken: {missing}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+        })()
+        .map_err(str::to_owned)
+    })
+    .await;
 }

@@ -10,8 +10,9 @@
 //! and the consumers of those subjects apply a nudge with the very handler, checks and
 //! de-duplication that apply the stream's copy.
 //!
-//! A nudge is only ever a shortcut. It is fire-and-forget (lost with a dying connection,
-//! never retried), not stored, not acked; the stream's copy still comes and finds its
+//! A nudge is only ever a shortcut: not stored, not acked, and sent again only a little
+//! (every second while its event awaits its ack, or once a second after it was stored, for
+//! one lost with a dying node's connection); the stream's copy still comes and finds its
 //! effect already there (every handler makes a second delivery harmless), or does the work
 //! if the nudge was lost or failed. Who may publish and read a nudge is who may publish and
 //! read its event: the trust table grants both from the same entries.
