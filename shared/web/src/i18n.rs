@@ -1,7 +1,8 @@
 //! The pages' languages: Dutch, French, German (Belgium's three official languages) and
 //! English. Every string a page shows lives in a Fluent catalogue (`locales/<lang>.ftl`),
-//! compiled into the binary; a unit test checks that each catalogue has every key of the
-//! others. Dates are shown in the person's language and time zone, never as RFC 3339.
+//! compiled into the binary; unit tests check that each catalogue has every key of the
+//! others, that every key the code and the templates ask for exists, and that none is
+//! unused. Dates are shown in the person's language and time zone, never as RFC 3339.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -236,6 +237,100 @@ mod tests {
             let extra: Vec<_> = these.difference(&english).collect();
             assert!(missing.is_empty() && extra.is_empty(), "{}: missing {missing:?}, extra {extra:?}", lang.code());
         }
+    }
+
+    /// A literal as a key: itself, or, for a key built with `format!("prefix-{…}")`, the
+    /// prefix with `*` appended; `None` if it cannot be a key.
+    fn as_key(literal: &str, needs_dash: bool) -> Option<String> {
+        let (stem, dynamic) = match literal.find('{') {
+            Some(brace) if literal.ends_with('}') => (&literal[..brace], true),
+            _ => (literal, false),
+        };
+        let key_like = (stem.contains('-') || !needs_dash)
+            && stem.starts_with(|c: char| c.is_ascii_lowercase())
+            && stem.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        key_like.then(|| if dynamic { format!("{stem}*") } else { stem.to_owned() })
+    }
+
+    /// The keys passed straight to the translator: `.t("…")`, `.t1(`, `.t2(`, `.args(`,
+    /// also as `&format!("…")`.
+    fn called_keys(text: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for call in [".t(", ".t1(", ".t2(", ".args("] {
+            for (at, _) in text.match_indices(call) {
+                let after = text[at + call.len()..].trim_start().trim_start_matches("&format!(");
+                let Some(after) = after.strip_prefix('"') else { continue };
+                let Some(end) = after.find('"') else { continue };
+                found.extend(as_key(&after[..end], false));
+            }
+        }
+        found
+    }
+
+    /// Every key-like literal of Rust source with a dash (`"console-replay-applied"`).
+    fn key_like_literals(text: &str) -> Vec<String> {
+        text.split('"').skip(1).step_by(2).filter_map(|literal| as_key(literal, true)).collect()
+    }
+
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("a source directory").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs" || e == "html") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// A key the code asks for that no catalogue has would show as the key itself; a key no
+    /// code asks for is a translation nobody reads. Counted: the literals passed to `t`, `t1`,
+    /// `t2` and `args`, and in Rust files that use [`Tr`] every key-like literal whose first
+    /// word is a catalogue's (`console-…`, `receipt-…`), wherever the key is chosen.
+    #[test]
+    fn every_key_the_code_asks_for_is_in_the_catalogue_and_every_key_is_asked_for() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let english: std::collections::BTreeSet<&str> = keys(Lang::En).iter().map(String::as_str).collect();
+        let first_words: std::collections::BTreeSet<&str> =
+            english.iter().filter_map(|k| k.split('-').next()).collect();
+        let mut files = Vec::new();
+        sources(&root.join("services"), &mut files);
+        sources(&root.join("shared"), &mut files);
+        let mut used = std::collections::BTreeSet::new();
+        let mut prefixes = std::collections::BTreeSet::new();
+        let mut missing = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).expect("a readable source");
+            let template = file.extension().is_some_and(|e| e == "html");
+            // Rust files that translate: those that name the translator.
+            if !template && !["&Tr", "Tr::new", "i18n::"].iter().any(|n| text.contains(n)) {
+                continue;
+            }
+            let mut asked = called_keys(&text);
+            if !template {
+                let catalogue_words = |k: &String| k.split('-').next().is_some_and(|w| first_words.contains(w));
+                asked.extend(key_like_literals(&text).into_iter().filter(catalogue_words));
+            }
+            for key in asked {
+                if let Some(prefix) = key.strip_suffix('*') {
+                    if !english.iter().any(|k| k.starts_with(prefix)) {
+                        missing.push(format!("{}: {prefix}…", file.display()));
+                    }
+                    prefixes.insert(prefix.to_owned());
+                } else if english.contains(key.as_str()) {
+                    used.insert(key);
+                } else {
+                    missing.push(format!("{}: {key}", file.display()));
+                }
+            }
+        }
+        assert!(files.len() > 20 && used.len() > 50, "the sources were read: {} files, {} keys", files.len(), used.len());
+        assert!(missing.is_empty(), "keys asked for that the catalogue lacks: {missing:#?}");
+        let unused: Vec<_> = english
+            .iter()
+            .filter(|k| !used.contains(**k) && !prefixes.iter().any(|p| k.starts_with(p.as_str())))
+            .collect();
+        assert!(unused.is_empty(), "keys no code asks for: {unused:?}");
     }
 
     #[test]

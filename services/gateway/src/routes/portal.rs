@@ -217,7 +217,7 @@ pub async fn portal(State(state): State<Arc<AppState>>, headers: HeaderMap, Quer
         .map(|r| EndedLine {
             name: state.portal.platform_name(&r.platform_id),
             ended: tr.t1("history-ended", "when", &tr.datetime(&r.started_at)),
-            reason: tr.t(reason_key(&r.reason, "history-reason")),
+            reason: tr.t(history_reason_key(&r.reason)),
             receipt_href: Some(receipt_href(&r.revocation_id)),
         })
         .collect();
@@ -227,7 +227,7 @@ pub async fn portal(State(state): State<Arc<AppState>>, headers: HeaderMap, Quer
             ended.push(EndedLine {
                 name: state.portal.platform_name(&c.platform_id),
                 ended: tr.t1("history-ended", "when", &tr.datetime_or_never(&c.ended_at)),
-                reason: tr.t(reason_key(&c.state, "history-reason")),
+                reason: tr.t(history_reason_key(&c.state)),
                 receipt_href: None,
             });
         }
@@ -242,14 +242,20 @@ fn signed_out(state: &AppState, frame: PageFrame, lang: Option<&str>) -> Respons
     page(state, StatusCode::UNAUTHORIZED, body, lang)
 }
 
-/// The catalogue key for why a consent ended (`revoked`, `expired`, `incident`).
-fn reason_key(reason: &str, prefix: &str) -> &'static str {
-    match (prefix, reason) {
-        ("history-reason", "expired") => "history-reason-expired",
-        ("history-reason", "incident") => "history-reason-incident",
-        ("history-reason", _) => "history-reason-revoked",
-        (_, "expired") => "receipt-asked-reason-expired",
-        (_, "incident") => "receipt-asked-reason-incident",
+/// The history's words for why a consent ended (`revoked`, `expired`, `incident`).
+fn history_reason_key(reason: &str) -> &'static str {
+    match reason {
+        "expired" => "history-reason-expired",
+        "incident" => "history-reason-incident",
+        _ => "history-reason-revoked",
+    }
+}
+
+/// The receipt's first step: who asked for the revocation, and why.
+fn receipt_asked_key(reason: &str) -> &'static str {
+    match reason {
+        "expired" => "receipt-asked-reason-expired",
+        "incident" => "receipt-asked-reason-incident",
         _ => "receipt-asked",
     }
 }
@@ -352,7 +358,7 @@ struct NotFoundPage {
 /// OP, each view's erasure, and when all was done.
 fn timeline(state: &AppState, receipt: &Receipt, tr: &Tr) -> Vec<Step> {
     let mut steps = vec![Step {
-        text: tr.t1(reason_key(&receipt.reason, "receipt"), "time", &tr.datetime(&receipt.started_at)),
+        text: tr.t1(receipt_asked_key(&receipt.reason), "time", &tr.datetime(&receipt.started_at)),
         done: true,
     }];
     if receipt.tokens.is_empty() {
