@@ -451,6 +451,7 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     assert!(page.contains("test-ops (ops)"), "who is signed in: {page}");
     assert!(page.contains("Consents ended\n3") || page.contains("Consents ended 3"), "{page}");
     assert!(page.contains("Final report: done"), "the incident's steps: {page}");
+    assert!(page.contains("Data leak at"), "the incident's kind in words: {page}");
     assert!(page.contains("e-mail to the DPO accepted at"), "the DPO's deliveries: {page}");
     assert!(page.contains("a laptop <b>lost</b> & found"), "the summary as text: {page}");
     assert!(!page.contains("Privacy log"), "the privacy log is the DPO's only");
@@ -459,6 +460,7 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     assert!(live.contains("Health of the deployment") && live.contains("consent-ledger"), "{live}");
     assert!(live.contains("lifecycle.deadletter.consent: 1"), "the count per subject: {live}");
     assert!(live.contains(&far.id), "the dead letter's event, with its reason: {live}");
+    assert!(live.contains("Dated too far ahead of the service's clock."), "the cause in words: {live}");
     assert!(!live.contains("Unavailable right now"), "every section answered: {live}");
     let progress = b.find(Locator::Css("progress")).await.expect("a progress bar").attr("value").await.expect("value");
     assert_eq!(progress.as_deref(), Some("100"));
@@ -474,7 +476,11 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     browser::screenshot(&b, "console-replayed-en").await;
     accessible_in_every_language(&b, &stack.url("/console"), "console (ops)", "console-ops").await;
     click_link(&b, "Nederlands").await;
-    browser::wait_for_text(&b, "Console voor beheerders", PAGE).await;
+    let dutch = browser::wait_for_text(&b, "Console voor beheerders", PAGE).await;
+    for words in ["Eindverslag: klaar", "Datalek bij", "Te ver vooruit gedateerd"] {
+        assert!(dutch.contains(words), "{words:?}: the machine's words in Dutch: {dutch}");
+    }
+    assert!(dutch.contains("Toestand\nvoltooid") || dutch.contains("Toestand voltooid"), "the sweep's state: {dutch}");
     accessible(&b, "console (ops, nl)").await;
     browser::screenshot(&b, "console-ops-nl").await;
     click_button(&b, "Afmelden").await;

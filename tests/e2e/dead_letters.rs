@@ -25,10 +25,17 @@ struct Console {
 impl Console {
     async fn sign_in(stack: &Stack, token: &str) -> Console {
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http");
-        let signed_in = http.post(stack.url("/console/login")).form(&[("token", token)]).send().await.unwrap();
+        let (form_cookie, form_csrf) = sign_in_form(&http, stack).await;
+        let signed_in = http
+            .post(stack.url("/console/login"))
+            .header("cookie", &form_cookie)
+            .header("sec-fetch-site", "same-origin")
+            .form(&[("token", token), ("csrf", &form_csrf)])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
-        let set_cookie = signed_in.headers()["set-cookie"].to_str().unwrap().to_owned();
-        let cookie = set_cookie.split(';').next().unwrap().to_owned();
+        let cookie = console_cookie(&signed_in).expect("the console's cookie");
         let page = http.get(stack.url("/console")).header("cookie", &cookie).send().await.unwrap();
         crate::support::assert_page_headers(page.headers(), "the console");
         let page = page.text().await.unwrap();
@@ -65,6 +72,71 @@ impl Console {
     }
 }
 
+/// The sign-in form's cookie (`name=value`) and CSRF token, as `GET /console` gives them.
+async fn sign_in_form(http: &reqwest::Client, stack: &Stack) -> (String, String) {
+    let form = http.get(stack.url("/console")).send().await.unwrap();
+    let cookie = form
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("custodian_console_sign_in="))
+        .and_then(|c| c.split(';').next())
+        .expect("the sign-in form's cookie")
+        .to_owned();
+    let page = form.text().await.unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the sign-in form's CSRF token")
+        .to_owned();
+    assert!(cookie.ends_with(&format!("={csrf}")) && csrf.len() == 64, "the form's token is its cookie's");
+    (cookie, csrf)
+}
+
+/// The console's session cookie a response sets, if it sets one with a value.
+fn console_cookie(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|c| c.split(';').next())
+        .find(|c| c.starts_with("custodian_console=") && c.len() > "custodian_console=".len())
+        .map(str::to_owned)
+}
+
+/// A sign-in that is not the console's own form (no CSRF token, a token without its
+/// cookie, another form's token, another site) is refused with the sign-in page, and no
+/// session is opened, even with a valid operator's token.
+async fn forged_sign_ins_are_refused(stack: &Stack) {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http");
+    let (cookie, csrf) = sign_in_form(&http, stack).await;
+    let (other_cookie, _) = sign_in_form(&http, stack).await;
+    for (what, cookie, csrf, site) in [
+        ("no token, no cookie", None, None, "same-origin"),
+        ("the token without its cookie", None, Some(csrf.as_str()), "same-origin"),
+        ("the cookie without the token", Some(cookie.as_str()), None, "same-origin"),
+        ("another form's cookie", Some(other_cookie.as_str()), Some(csrf.as_str()), "same-origin"),
+        ("an empty token and cookie", Some("custodian_console_sign_in="), Some(""), "same-origin"),
+        ("from another site", Some(cookie.as_str()), Some(csrf.as_str()), "cross-site"),
+    ] {
+        let mut form = vec![("token", OPS_TOKEN)];
+        form.extend(csrf.map(|c| ("csrf", c)));
+        let mut request = http.post(stack.url("/console/login")).header("sec-fetch-site", site).form(&form);
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        let refused = request.send().await.unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{what}");
+        assert_eq!(console_cookie(&refused), None, "{what}: no session");
+        let page = refused.text().await.unwrap();
+        assert!(page.contains("This sign-in did not come from the console"), "{what}: {page}");
+        assert!(page.contains("name=\"csrf\""), "{what}: the form again, to sign in from");
+    }
+}
+
 /// The dead letter of `original_id` as the audit service's health read lists it.
 async fn dead_letter(stack: &Stack, original_id: &str, replays: usize) -> DeadLetterSummary {
     let what = format!("the dead letter of {original_id} with {replays} replays");
@@ -85,7 +157,7 @@ async fn dead_letter(stack: &Stack, original_id: &str, replays: usize) -> DeadLe
 /// again for the same reason; replayed once the clock has caught up, it is applied; replayed
 /// again, nothing changes. Each replay is in the audit chain with the operator's name, and the
 /// console shows them. Only ops may replay, only from the console's own form, and only the
-/// gateway may ask a service for one.
+/// gateway may ask a service for one. Signing in takes the console's own sign-in form.
 #[tokio::test]
 async fn a_dead_letter_replayed_from_the_console_is_applied_once_its_cause_is_gone_and_each_replay_is_chained() {
     let mut stack = Stack::infrastructure().await;
@@ -103,6 +175,7 @@ async fn a_dead_letter_replayed_from_the_console_is_applied_once_its_cause_is_go
     assert!(letter.reason.contains("past this consumer's clock"), "{}", letter.reason);
     let mine = || ConsentQuery { subject: Some(person.clone()), with_history: true, ..Default::default() };
 
+    forged_sign_ins_are_refused(&stack).await;
     let ops = Console::sign_in(&stack, OPS_TOKEN).await;
     // Refused: from another site, without the page's CSRF token, by another role, for nothing.
     assert_eq!(ops.replay(&letter.id, "consent-ledger", &ops.csrf, "cross-site").await, Err(StatusCode::FORBIDDEN));

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::{AckKind, Message, consumer::pull};
 use base64::Engine as _;
 use bytes::Bytes;
+use custodian_events::payloads::{AHEAD_OF_CLOCK, GAVE_UP};
 use custodian_events::{CloudEvent, DeadLetterV1, LifecycleEvent, derived_event_id, subjects};
 use custodian_store::clock::SharedClock;
 use futures::StreamExt;
@@ -833,7 +834,7 @@ pub(crate) fn check_event(
     match spec.future_skew {
         Some(skew) if event.time() > clock.now() + skew => Err((
             Some(event.id().to_owned()),
-            format!("time {} is more than {}s past this consumer's clock", event.time().to_rfc3339(), skew.as_secs()),
+            format!("time {} is more than {}s {AHEAD_OF_CLOCK}", event.time().to_rfc3339(), skew.as_secs()),
         )),
         _ => Ok(event),
     }
@@ -927,7 +928,7 @@ async fn handle_batch<H: BatchHandler>(
         match result {
             Ok(()) => ack(message, AckKind::Ack).await,
             Err(HandlerError::Transient(reason)) if delivery.delivered >= spec.max_deliver => {
-                let reason = format!("gave up after {} deliveries: {reason}", delivery.delivered);
+                let reason = format!("{GAVE_UP} {} deliveries: {reason}", delivery.delivered);
                 dead_letter(bus, spec, clock, message, Some(delivery.event.id()), delivery.stream_sequence, &reason)
                     .await;
             }
@@ -1002,8 +1003,8 @@ async fn handle_batch_in_order<H: BatchHandler>(
     for (i, (delivery, message)) in decoded.iter().zip(decoded_messages).enumerate() {
         let reason = match results.get(i) {
             Some(Err(HandlerError::Permanent(reason))) => reason.clone(),
-            Some(Err(HandlerError::Transient(reason))) => format!("gave up after {attempt} attempts: {reason}"),
-            None => format!("gave up after {attempt} attempts: handler gave no result"),
+            Some(Err(HandlerError::Transient(reason))) => format!("{GAVE_UP} {attempt} attempts: {reason}"),
+            None => format!("{GAVE_UP} {attempt} attempts: handler gave no result"),
             Some(Ok(())) => {
                 last_success = Some(message);
                 continue;

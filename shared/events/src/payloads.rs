@@ -397,6 +397,65 @@ event_data!(DeadLetterV1, subjects::DEADLETTER_PREFIX, "custodian.deadletter.v1"
     check_id("original_subject", &s.original_subject)
 });
 
+/// How a consumer's reason for giving up on a message starts when it kept failing on it.
+pub const GAVE_UP: &str = "gave up after";
+/// What a consumer's reason says of an event dated too far past its clock.
+pub const AHEAD_OF_CLOCK: &str = "past this consumer's clock";
+
+/// Why a message was dead-lettered, in the terms a person reads on the console (its
+/// reason stays the engineers' detail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterCause {
+    /// Not a well-formed event: the envelope, its version, its content type or its data.
+    Unreadable,
+    /// A well-formed event on a subject it does not belong on (or a view speaking for another).
+    Misaddressed,
+    /// Dated too far past the consumer's clock.
+    AheadOfClock,
+    /// The service kept failing on it and gave up.
+    GaveUp,
+    /// The service read it and refused it.
+    Refused,
+}
+
+impl DeadLetterCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unreadable => "unreadable",
+            Self::Misaddressed => "misaddressed",
+            Self::AheadOfClock => "ahead-of-clock",
+            Self::GaveUp => "gave-up",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+impl DeadLetterV1 {
+    /// The cause, from the reason the consumer wrote (a [`crate::DecodeError`]'s text,
+    /// [`GAVE_UP`], [`AHEAD_OF_CLOCK`], or a handler's refusal).
+    pub fn cause(reason: &str) -> DeadLetterCause {
+        const UNREADABLE: [&str; 5] = [
+            "not a CloudEvents",
+            "unsupported specversion",
+            "unsupported datacontenttype",
+            "invalid data",
+            "invalid field",
+        ];
+        const MISADDRESSED: [&str; 3] = ["unknown event type", "event type ", "view "];
+        if reason.starts_with(GAVE_UP) {
+            DeadLetterCause::GaveUp
+        } else if reason.contains(AHEAD_OF_CLOCK) {
+            DeadLetterCause::AheadOfClock
+        } else if UNREADABLE.iter().any(|p| reason.starts_with(p)) {
+            DeadLetterCause::Unreadable
+        } else if MISADDRESSED.iter().any(|p| reason.starts_with(p)) {
+            DeadLetterCause::Misaddressed
+        } else {
+            DeadLetterCause::Refused
+        }
+    }
+}
+
 /// What came of replaying a dead letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

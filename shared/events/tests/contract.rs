@@ -384,3 +384,32 @@ fn derived_ids_are_stable_and_distinct() {
     assert_ne!(derived_event_id("ended", "e-1"), derived_event_id("ended", "e-2"));
     assert_ne!(derived_event_id("ended", "e-1"), derived_event_id("wipe", "e-1"));
 }
+
+#[test]
+fn a_dead_letters_cause_is_read_from_the_reason_the_decoder_or_the_consumer_wrote() {
+    use custodian_events::payloads::{AHEAD_OF_CLOCK, DeadLetterCause, GAVE_UP};
+    let reason = |v: &serde_json::Value| decode(v).unwrap_err().to_string();
+    let cause = |r: &str| DeadLetterV1::cause(r);
+    let mut bad_data = granted_json();
+    bad_data["data"]["diagnosis"] = "J45".into();
+    let mut bad_version = granted_json();
+    bad_version["specversion"] = "0.3".into();
+    let mut xml = granted_json();
+    xml["datacontenttype"] = "application/xml".into();
+    for unreadable in [reason(&bad_data), reason(&bad_version), reason(&xml), reason(&json!([1]))] {
+        assert_eq!(cause(&unreadable), DeadLetterCause::Unreadable, "{unreadable}");
+    }
+    let mut elsewhere = granted_json();
+    elsewhere["type"] = "custodian.consent.revoked.v1".into();
+    let mut unknown = granted_json();
+    unknown["type"] = "custodian.nothing.v1".into();
+    for misaddressed in [reason(&elsewhere), reason(&unknown)] {
+        assert_eq!(cause(&misaddressed), DeadLetterCause::Misaddressed, "{misaddressed}");
+    }
+    assert_eq!(cause(&format!("{GAVE_UP} 5 deliveries: database locked")), DeadLetterCause::GaveUp);
+    assert_eq!(
+        cause(&format!("time 2030-01-01T00:00:00Z is more than 300s {AHEAD_OF_CLOCK}")),
+        DeadLetterCause::AheadOfClock
+    );
+    assert_eq!(cause("not a sweep request"), DeadLetterCause::Refused);
+}

@@ -175,6 +175,11 @@ impl Tr {
         text.into_owned()
     }
 
+    /// Whether the catalogue has `key` (for words of a machine's vocabulary that may grow).
+    pub fn has(&self, key: &str) -> bool {
+        catalogues()[&self.lang].bundle.has_message(key)
+    }
+
     /// The message `key`, with no arguments.
     pub fn t(&self, key: &str) -> String {
         self.args(key, &[])
@@ -324,7 +329,12 @@ mod tests {
                 }
             }
         }
-        assert!(files.len() > 20 && used.len() > 50, "the sources were read: {} files, {} keys", files.len(), used.len());
+        assert!(
+            files.len() > 20 && used.len() > 50,
+            "the sources were read: {} files, {} keys",
+            files.len(),
+            used.len()
+        );
         assert!(missing.is_empty(), "keys asked for that the catalogue lacks: {missing:#?}");
         let unused: Vec<_> = english
             .iter()

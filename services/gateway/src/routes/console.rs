@@ -7,7 +7,7 @@
 //! there goes through the platform's consent. The console is the API's authorization shown as
 //! pages: it asks exactly what the token's role may ask. The token is kept in an HttpOnly,
 //! SameSite=Strict cookie (`__Host-` over HTTPS) for 8 hours; forms carry a CSRF token bound
-//! to it. With script on, `/assets/live.js` updates the page every 5 s (the operator can pause
+//! to it, and the sign-in form one that its own cookie repeats. With script on, `/assets/live.js` updates the page every 5 s (the operator can pause
 //! it); without, a refresh link.
 
 use std::sync::Arc;
@@ -32,6 +32,12 @@ use crate::routes::portal::{PageFrame, page};
 const CONSOLE_COOKIE: &str = "custodian_console";
 const SECURE_CONSOLE_COOKIE: &str = "__Host-custodian_console";
 const SIGNED_IN_FOR_SECS: i64 = 8 * 3600;
+/// The sign-in form's CSRF token, also in this cookie (double submit): a form posted from
+/// elsewhere has neither the page's token nor, SameSite=Strict, the cookie.
+const LOGIN_CSRF_COOKIE: &str = "custodian_console_sign_in";
+const SECURE_LOGIN_CSRF_COOKIE: &str = "__Host-custodian_console_sign_in";
+/// How long a sign-in form may stay open before it has to be loaded again.
+const SIGN_IN_FORM_SECS: i64 = 3600;
 /// How many of the latest sweeps and incidents the page shows.
 const RECENT: u64 = 20;
 
@@ -46,6 +52,10 @@ pub struct Operator {
 
 fn cookie_name(state: &AppState) -> &'static str {
     if state.login.cookie_secure() { SECURE_CONSOLE_COOKIE } else { CONSOLE_COOKIE }
+}
+
+fn login_csrf_cookie(state: &AppState) -> &'static str {
+    if state.login.cookie_secure() { SECURE_LOGIN_CSRF_COOKIE } else { LOGIN_CSRF_COOKIE }
 }
 
 fn console_token(state: &AppState, headers: &HeaderMap) -> Option<String> {
@@ -134,6 +144,9 @@ struct DeadLetterLine {
     service: String,
     original_subject: String,
     original_id: String,
+    /// Why, in the operator's language.
+    cause: String,
+    /// The consumer's own reason, for engineers.
     reason: String,
     /// The operators' replays of it, in words.
     replays: Vec<String>,
@@ -162,6 +175,8 @@ struct PrivacyLine {
 #[template(path = "console.html")]
 struct ConsolePage {
     page: PageFrame,
+    /// The sign-in form's CSRF token (signed out only).
+    sign_in_csrf: String,
     refused: Option<String>,
     /// What came of the replay the operator just asked for.
     replayed: Option<String>,
@@ -179,13 +194,28 @@ fn frame(state: &AppState, headers: &HeaderMap, lang: Option<&str>, operator: Op
     PageFrame { tr, langs: lang_choices(tr.lang, "/console"), person: None, operator }
 }
 
+/// A word of a machine's vocabulary in the operator's language: one the catalogue does
+/// not know yet (a new step, state or kind) shows as the machine wrote it.
+fn translated_or_as_is(tr: &Tr, key: &str, word: &str) -> String {
+    if tr.has(key) { tr.t(key) } else { word.to_owned() }
+}
+
 fn step_label(tr: &Tr, step: &str) -> String {
-    match step {
-        "notify_dpo" | "contain" | "report_containment" | "rotate_credentials" | "report_rotation" | "final_report" => {
-            tr.t(&format!("console-step-{step}"))
-        }
-        other => other.to_owned(),
-    }
+    translated_or_as_is(tr, &format!("console-step-{step}"), step)
+}
+
+/// A sweep's, an incident's or a step's state (`pending`, `running`, `done`, `closed`…).
+fn state_word(tr: &Tr, state: &str) -> String {
+    translated_or_as_is(tr, &format!("console-state-{state}"), state)
+}
+
+fn incident_kind(tr: &Tr, kind: &str) -> String {
+    translated_or_as_is(tr, &format!("console-kind-{kind}"), kind)
+}
+
+/// Why a dead letter was refused, in words, the consumer's reason kept as the detail.
+fn dead_letter_cause(tr: &Tr, reason: &str) -> String {
+    tr.t(&format!("console-dead-letter-{}", custodian_events::DeadLetterV1::cause(reason).as_str()))
 }
 
 fn incident_card(tr: &Tr, state: &AppState, i: IncidentView) -> IncidentCard {
@@ -203,7 +233,7 @@ fn incident_card(tr: &Tr, state: &AppState, i: IncidentView) -> IncidentCard {
                 StepLine {
                     name: step_label(tr, &s.step),
                     done: s.state == "done",
-                    state: s.state.clone(),
+                    state: state_word(tr, &s.state),
                     attempts: s.attempts,
                     last_error: s.last_error.clone().unwrap_or_default(),
                     finished: s.finished_at.map(|t| tr.datetime(&t)).unwrap_or_default(),
@@ -212,9 +242,9 @@ fn incident_card(tr: &Tr, state: &AppState, i: IncidentView) -> IncidentCard {
             })
             .collect(),
         id: i.incident_id,
-        kind: i.kind,
+        kind: incident_kind(tr, &i.kind),
         platform: state.portal.platform_name(&i.platform_id),
-        state: i.state,
+        state: state_word(tr, &i.state),
         detected: tr.datetime(&i.detected_at),
         summary: i.summary,
     }
@@ -239,7 +269,7 @@ fn sweep_line(state: &AppState, tr: &Tr, s: SweepView) -> SweepLine {
         percent: s.scanned.saturating_mul(100).checked_div(total).unwrap_or(100),
         platform: s.platform_id.map_or_else(|| tr.t("console-all-platforms"), |p| state.portal.platform_name(&p)),
         id: s.sweep_id,
-        state: s.state,
+        state: state_word(tr, &s.state),
         dry_run: s.dry_run,
         expired: s.expired,
         scanned: s.scanned,
@@ -333,6 +363,7 @@ async fn health(state: &AppState, tr: &Tr) -> Option<Health> {
                     service,
                     original_subject: d.original_subject,
                     original_id: d.original_id.unwrap_or_default(),
+                    cause: dead_letter_cause(tr, &d.reason),
                     reason: d.reason,
                 }
             })
@@ -388,18 +419,7 @@ pub async fn console(
     let tr = frame.tr;
     let Some(op) = signed_in else {
         let status = if console_token(&state, &headers).is_some() { StatusCode::FORBIDDEN } else { StatusCode::OK };
-        let body = ConsolePage {
-            page: frame,
-            refused: None,
-            replayed: None,
-            revocations: None,
-            sweeps: None,
-            incidents: None,
-            privacy: None,
-            health: None,
-            unavailable: Vec::new(),
-        };
-        return page(&state, status, body.render(), q.lang.as_deref());
+        return sign_in_page(&state, frame, status, None, q.lang.as_deref());
     };
     let ops = op.role_kind == Role::Ops;
     let (revocations, sweeps, health) = if ops {
@@ -430,6 +450,7 @@ pub async fn console(
     };
     let body = ConsolePage {
         page: frame,
+        sign_in_csrf: String::new(),
         refused: None,
         replayed,
         revocations,
@@ -442,27 +463,57 @@ pub async fn console(
     page(&state, StatusCode::OK, body.render(), q.lang.as_deref())
 }
 
-/// `POST /console/login`: an operator's token, checked as the API checks it.
+/// The sign-in form, with a fresh CSRF token in the form and in its cookie.
+fn sign_in_page(
+    state: &AppState,
+    frame: PageFrame,
+    status: StatusCode,
+    refused: Option<String>,
+    lang: Option<&str>,
+) -> Response {
+    let csrf = custodian_crypto::lower_hex(&custodian_crypto::random_32());
+    let body = ConsolePage {
+        page: frame,
+        sign_in_csrf: csrf.clone(),
+        refused,
+        replayed: None,
+        revocations: None,
+        sweeps: None,
+        incidents: None,
+        privacy: None,
+        health: None,
+        unavailable: Vec::new(),
+    };
+    let mut response = page(state, status, body.render(), lang);
+    let secure = if state.login.cookie_secure() { "; Secure" } else { "" };
+    let cookie = format!(
+        "{}={csrf}; Path=/; Max-Age={SIGN_IN_FORM_SECS}; HttpOnly; SameSite=Strict{secure}",
+        login_csrf_cookie(state)
+    );
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// `POST /console/login`: an operator's token, checked as the API checks it, from the
+/// console's own sign-in form (its CSRF token matches its cookie).
 pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let token = url::form_urlencoded::parse(&body).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned());
-    let token = token.unwrap_or_default();
+    let field = |name: &str| url::form_urlencoded::parse(&body).find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+    let token = field("token").unwrap_or_default();
     let refuse = |key: &str| {
         let frame = frame(&state, &headers, None, None);
         let refused = Some(frame.tr.t(key));
-        let page_body = ConsolePage {
-            page: frame,
-            refused,
-            replayed: None,
-            revocations: None,
-            sweeps: None,
-            incidents: None,
-            privacy: None,
-            health: None,
-            unavailable: Vec::new(),
-        };
-        page(&state, StatusCode::FORBIDDEN, page_body.render(), None)
+        sign_in_page(&state, frame, StatusCode::FORBIDDEN, refused, None)
     };
-    if !custodian_web::pages::sent_from_this_site(&headers) {
+    let expected = custodian_web::pages::cookie(&headers, login_csrf_cookie(&state));
+    let from_the_form = match (expected, field("csrf")) {
+        (Some(expected), Some(sent)) => {
+            !expected.is_empty() && crate::routes::login::constant_time_eq(expected.as_bytes(), sent.as_bytes())
+        }
+        _ => false,
+    };
+    if !custodian_web::pages::sent_from_this_site(&headers) || !from_the_form {
         return refuse("console-forged");
     }
     match state.auth.authenticate(&token).await {
@@ -475,9 +526,12 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         cookie_name(&state),
         token
     );
+    let used = format!("{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{secure}", login_csrf_cookie(&state));
     let mut response = Redirect::to("/console").into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, value);
+    for cookie in [cookie, used] {
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
     }
     response
 }
