@@ -20,6 +20,7 @@ mod m20261203_000013_session_assertion;
 mod m20261204_000014_revocation_trace;
 mod m20261206_000015_sweep_trace;
 mod m20261206_000016_revocation_awaits_stream;
+mod m20261206_000017_privacy_log_reads;
 
 /// Runs `sql` on PostgreSQL only: storage tuning SQLite has no counterpart for.
 async fn on_postgres(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
@@ -53,6 +54,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000014_revocation_trace::Migration),
             Box::new(m20261206_000015_sweep_trace::Migration),
             Box::new(m20261206_000016_revocation_awaits_stream::Migration),
+            Box::new(m20261206_000017_privacy_log_reads::Migration),
         ]
     }
 }

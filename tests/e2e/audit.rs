@@ -10,7 +10,7 @@ use custodian_testkit::eventually;
 use custodian_view_sdk::HokUse;
 use reqwest::StatusCode;
 use sea_orm::{ActiveModelTrait, ConnectionTrait, DbBackend, EntityTrait, QueryOrder, Statement};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::{DPO_TOKEN, OPS_TOKEN, Stack, test_vault_config, unique};
 
@@ -293,8 +293,12 @@ async fn ten_holder_of_key_uses_make_ten_privacy_log_entries_readable_by_the_dpo
         assert!(xml.contains(&token.assertion_id) && xml.contains("holder-of-key"), "{xml}");
         assertion_ids.push(token.assertion_id);
     }
+    let asked = std::sync::atomic::AtomicU64::new(0);
     let entries = eventually("ten privacy-log entries", Duration::from_secs(20), || async {
         let r = stack.http.get(stack.url("/v1/privacy-log")).bearer_auth(DPO_TOKEN).send().await.ok()?;
+        if r.status() == StatusCode::OK {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         let body: Value = r.json().await.ok()?;
         let entries = body["entries"].as_array()?.clone();
         (entries.len() == 10).then_some(entries)
@@ -327,6 +331,51 @@ async fn ten_holder_of_key_uses_make_ten_privacy_log_entries_readable_by_the_dpo
         assert!(!dump.contains(national_number), "the caller identity is in clear in {table}");
     }
     assert_eq!(stack.count_on(subjects::TOKEN_HOK_USED).await, 10, "one event per use");
+
+    // Every answered read is on record with its reader, newest first; the last showed ten.
+    let reads = |token: &'static str| stack.http.get(stack.url("/v1/privacy-log/reads")).bearer_auth(token).send();
+    let body: Value = reads(DPO_TOKEN).await.expect("reads").json().await.expect("json");
+    let recorded = body["reads"].as_array().expect("reads").clone();
+    let answered = asked.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(recorded.len() as u64, answered, "one record per answered read: {recorded:?}");
+    assert_eq!(recorded[0]["reader"], "test-dpo", "{}", recorded[0]);
+    assert_eq!(recorded[0]["via"], "gateway");
+    assert_eq!(recorded[0]["entries"], 10);
+    assert!(recorded[0]["platform_id"].is_null() && recorded[0]["read_at"].is_string());
+    let times: Vec<&str> = recorded.iter().map(|r| r["read_at"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
+    let filtered = stack
+        .http
+        .get(stack.url(&format!("/v1/privacy-log?platform_id={}&limit=3", client.client_id)))
+        .bearer_auth(DPO_TOKEN)
+        .send()
+        .await
+        .expect("filtered read");
+    assert_eq!(filtered.status(), StatusCode::OK);
+    let body: Value = reads(DPO_TOKEN).await.expect("reads").json().await.expect("json");
+    let latest = &body["reads"][0];
+    assert_eq!(
+        (&latest["platform_id"], &latest["limit"], &latest["entries"]),
+        (&json!(client.client_id), &json!(3), &json!(3))
+    );
+    assert_eq!(reads(OPS_TOKEN).await.expect("ops").status(), StatusCode::FORBIDDEN, "the DPO's only");
+    let bad = stack.http.get(stack.url("/v1/privacy-log/reads?limit=0")).bearer_auth(DPO_TOKEN).send().await.unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
+    // The record of reads cannot be changed or emptied.
+    let db = stack.store.db();
+    for change in ["UPDATE privacy_log_reads SET reader = 'nobody'", "DELETE FROM privacy_log_reads"] {
+        let refused = db.execute_unprepared(change).await;
+        assert!(refused.is_err(), "{change} went through");
+    }
+    // A read that cannot be recorded is not answered: no identity leaves unaccounted for.
+    db.execute_unprepared("ALTER TABLE privacy_log_reads RENAME TO privacy_log_reads_away").await.expect("rename");
+    let unrecorded = stack.http.get(stack.url("/v1/privacy-log")).bearer_auth(DPO_TOKEN).send().await.unwrap();
+    let status = unrecorded.status();
+    let text = unrecorded.text().await.unwrap();
+    db.execute_unprepared("ALTER TABLE privacy_log_reads_away RENAME TO privacy_log_reads").await.expect("rename back");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(text.contains("could not be recorded") && !text.contains(national_number), "{text}");
 }
 
 #[tokio::test]

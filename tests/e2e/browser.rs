@@ -494,6 +494,8 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     click_button(&dpo, "Sign in to the console").await;
     let page = browser::wait_for_text(&dpo, "Your reading of this log is itself recorded", SETTLE).await;
     assert!(!page.contains("Inactivity sweeps") && page.contains("Incidents"), "{page}");
+    // This very read is on record, with the DPO's name, before the page showed the log.
+    assert!(page.contains("Reads of this log") && page.contains("test-dpo"), "the reads, with their reader: {page}");
     accessible_in_every_language(&dpo, &stack.url("/console"), "console (dpo)", "console-dpo").await;
     dpo.close().await.expect("closed");
 }

@@ -3,7 +3,8 @@
 //! triggers keep append-only; signs checkpoints over (sequence, hash) with Ed25519 and exports
 //! them (a JSON line each) so that a truncated tail is detectable too; and keeps the privacy
 //! log of holder-of-key token uses (seed §1.5) with the caller's identity sealed under the
-//! audit key ring, readable by the DPO only (answers sealed to the asker).
+//! audit key ring, readable by the DPO only (answers sealed to the asker); each read is
+//! recorded, with its reader, before it is answered (`privacy_log_reads`, append-only).
 
 pub mod chain;
 pub mod completeness;
@@ -17,15 +18,18 @@ use std::time::Duration;
 
 use custodian_bus::{Bus, ConsumerSpec, Supervisor, SupervisorError};
 use custodian_crypto::{Envelope, KeyRing};
-use custodian_events::audit::{PRIVACY_LOG, PrivacyLogEntry, PrivacyLogQuery, PrivacyLogReply};
+use custodian_events::audit::{
+    MAX_READS_LISTED, PRIVACY_LOG, PRIVACY_LOG_READS, PrivacyLogEntry, PrivacyLogQuery, PrivacyLogRead,
+    PrivacyLogReadsQuery, PrivacyLogReadsReply, PrivacyLogReply,
+};
 use custodian_events::subjects;
 use custodian_store::Store;
 use custodian_store::clock::SharedClock;
-use custodian_store::entities::{audit_checkpoint, privacy_entry};
+use custodian_store::entities::{audit_checkpoint, privacy_entry, privacy_read};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use secrecy::SecretString;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -233,6 +237,15 @@ pub async fn run(deps: Deps, config: AuditConfig, shutdown: CancellationToken) -
         audit.clone(),
         |a, identity, q| async move { privacy_log(&a, &identity, q).await },
     );
+    // `custodian.query.privacy_log_reads.<identity>`: who read the privacy log, for the DPO.
+    tasks.respond_bound(
+        "audit-privacy-log-reads",
+        deps.bus.client(),
+        format!("{PRIVACY_LOG_READS}.*"),
+        SERVICE,
+        audit.clone(),
+        |a, _identity, q| async move { privacy_log_reads(&a, q).await },
+    );
     // `custodian.query.dead_letter.<service>`: a service replaying a dead letter reads it
     // here, and only from its own dead-letter subject.
     let store = Arc::new(deps.store.clone());
@@ -295,12 +308,8 @@ async fn privacy_log(audit: &Audit, identity: &str, query: Result<PrivacyLogQuer
     if let Some(to) = query.to {
         select = select.filter(privacy_entry::Column::UsedAt.lt(to));
     }
-    let rows = match select
-        .order_by_asc(privacy_entry::Column::UsedAt)
-        .limit(query.limit.unwrap_or(1000).min(10_000))
-        .all(audit.store.db())
-        .await
-    {
+    let limit = query.limit.unwrap_or(1000).min(10_000);
+    let rows = match select.order_by_asc(privacy_entry::Column::UsedAt).limit(limit).all(audit.store.db()).await {
         Ok(rows) => rows,
         Err(e) => {
             tracing::warn!(error = %e, "privacy log query failed");
@@ -336,11 +345,64 @@ async fn privacy_log(audit: &Audit, identity: &str, query: Result<PrivacyLogQuer
             purpose: row.purpose,
         });
     }
+    // A read that is not recorded is not answered: the DPO's reads are accountable too.
+    let read = privacy_read::ActiveModel {
+        id: Set(uuid::Uuid::new_v4().to_string()),
+        read_at: Set(audit.clock.now()),
+        reader: Set(query.asked_by.clone()),
+        via: Set(identity.to_owned()),
+        platform_filter: Set(query.platform_id.clone()),
+        from_filter: Set(query.from),
+        to_filter: Set(query.to),
+        row_limit: Set(i64::try_from(limit).unwrap_or(i64::MAX)),
+        entries: Set(i64::try_from(entries.len()).unwrap_or(i64::MAX)),
+    };
+    let read_id = match privacy_read::Entity::insert(read).exec(audit.store.db()).await {
+        Ok(inserted) => inserted.last_insert_id,
+        Err(e) => {
+            tracing::warn!(error = %e, "privacy log read not recorded, so not answered");
+            return PrivacyLogReply::Error("the read could not be recorded, so it is not answered".into());
+        }
+    };
     audit.metrics.privacy_reads.inc();
-    tracing::info!(nats_identity = %identity, on_behalf_of = %query.asked_by, entries = entries.len(), "privacy log read");
+    tracing::info!(%read_id, via = %identity, entries = entries.len(), "privacy log read, recorded");
     let json = zeroize::Zeroizing::new(serde_json::to_vec(&entries).unwrap_or_default());
     match custodian_crypto::seal_to(&query.reply_key, &json) {
         Ok(sealed) => PrivacyLogReply::Sealed(sealed),
         Err(e) => PrivacyLogReply::Error(e.to_string()),
+    }
+}
+
+async fn privacy_log_reads(audit: &Audit, query: Result<PrivacyLogReadsQuery, String>) -> PrivacyLogReadsReply {
+    let query = match query {
+        Ok(q) => q,
+        Err(e) => return PrivacyLogReadsReply::Error(e),
+    };
+    let rows = privacy_read::Entity::find()
+        .order_by_desc(privacy_read::Column::ReadAt)
+        .order_by_desc(privacy_read::Column::Id)
+        .limit(query.limit.unwrap_or(MAX_READS_LISTED).clamp(1, MAX_READS_LISTED))
+        .all(audit.store.db())
+        .await;
+    match rows {
+        Ok(rows) => PrivacyLogReadsReply::Reads(
+            rows.into_iter()
+                .map(|r| PrivacyLogRead {
+                    read_id: r.id,
+                    read_at: r.read_at,
+                    reader: r.reader,
+                    via: r.via,
+                    platform_id: r.platform_filter,
+                    from: r.from_filter,
+                    to: r.to_filter,
+                    limit: u64::try_from(r.row_limit).unwrap_or(0),
+                    entries: u64::try_from(r.entries).unwrap_or(0),
+                })
+                .collect(),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "privacy log reads query failed");
+            PrivacyLogReadsReply::Error("the audit database is unavailable".into())
+        }
     }
 }

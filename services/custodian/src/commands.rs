@@ -285,6 +285,14 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Who read the privacy log (each read is recorded with its reader before it is answered).
+    PrivacyReads {
+        /// The latest this many reads.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        limit: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Make a checkpoint signing key and an identity key ring for `[audit]`.
     Keygen,
 }
@@ -419,6 +427,39 @@ pub async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<()> {
                 );
             }
             println!("{} use(s)", entries.len());
+        }
+        AuditCommand::PrivacyReads { limit, json } => {
+            use custodian_events::audit::{PRIVACY_LOG_READS, PrivacyLogReadsQuery, PrivacyLogReadsReply};
+            let client = connect_client(config, &DPO, "custodian-cli").await?;
+            let reply: PrivacyLogReadsReply = custodian_bus::query_idempotent(
+                &client,
+                &format!("{PRIVACY_LOG_READS}.{DPO}"),
+                &PrivacyLogReadsQuery { limit: Some(limit) },
+                Duration::from_secs(10),
+            )
+            .await?;
+            let reads = match reply {
+                PrivacyLogReadsReply::Reads(reads) => reads,
+                PrivacyLogReadsReply::Error(e) => bail!("the audit service refused: {e}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reads)?);
+                return Ok(());
+            }
+            println!("{:<19} {:<24} {:<8} {:<16} {:>7} PERIOD", "READ", "READER", "VIA", "PLATFORM", "ENTRIES");
+            for r in &reads {
+                println!(
+                    "{:<19} {:<24} {:<8} {:<16} {:>7} {} .. {}",
+                    time(Some(r.read_at)),
+                    r.reader,
+                    r.via,
+                    r.platform_id.as_deref().unwrap_or("*"),
+                    r.entries,
+                    r.from.map_or_else(|| "-".to_owned(), |t| time(Some(t))),
+                    r.to.map_or_else(|| "-".to_owned(), |t| time(Some(t))),
+                );
+            }
+            println!("{} read(s)", reads.len());
         }
     }
     Ok(())

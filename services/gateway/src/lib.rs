@@ -212,6 +212,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/sweeps/{sweep_id}", get(routes::sweeps::show))
         .route("/v1/revocations/{revocation_id}", get(routes::revocations::show))
         .route("/v1/privacy-log", get(routes::privacy::read))
+        .route("/v1/privacy-log/reads", get(routes::privacy::reads))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/v1/incidents", post(routes::incidents::report))
         .route("/v1/incidents/{incident_id}", get(routes::incidents::show))
@@ -414,6 +415,7 @@ mod tests {
             ("get", "/v1/sweeps/{sweep_id}"),
             ("get", "/v1/revocations/{revocation_id}"),
             ("get", "/v1/privacy-log"),
+            ("get", "/v1/privacy-log/reads"),
             ("post", "/v1/incidents"),
             ("post", "/oidc/backchannel-logout"),
             ("post", "/ssf/events"),

@@ -395,7 +395,12 @@ pub fn permissions(identity: &Identity) -> Permissions {
             .publish(&[&format!("$JS.API.DIRECT.GET.KV_{0}.$KV.{0}.>", buckets::LEADERSHIP)])
             .respond(
                 "audit",
-                &[&format!("{}.*", audit::PRIVACY_LOG), queries::HEALTH, &format!("{}.*", replay::DEAD_LETTER)],
+                &[
+                    &format!("{}.*", audit::PRIVACY_LOG),
+                    &format!("{}.*", audit::PRIVACY_LOG_READS),
+                    queries::HEALTH,
+                    &format!("{}.*", replay::DEAD_LETTER),
+                ],
             )
             .done(),
         Identity::Service(Service::Incident) => g
@@ -426,6 +431,7 @@ pub fn permissions(identity: &Identity) -> Permissions {
                 vault::REVOCATIONS,
                 incident::INCIDENTS,
                 &format!("{}.gateway", audit::PRIVACY_LOG),
+                &format!("{}.gateway", audit::PRIVACY_LOG_READS),
                 // The console's replays of dead letters, for the operator signed in there.
                 &format!("{}.*", replay::REPLAY),
             ])
@@ -459,9 +465,14 @@ pub fn permissions(identity: &Identity) -> Permissions {
                 incident::EXPOSURE,
             ])
             .done(),
-        Identity::Operator(Operator::Dpo) => {
-            g.stream_info().request(&[&format!("{}.dpo", audit::PRIVACY_LOG), incident::INCIDENTS]).done()
-        }
+        Identity::Operator(Operator::Dpo) => g
+            .stream_info()
+            .request(&[
+                &format!("{}.dpo", audit::PRIVACY_LOG),
+                &format!("{}.dpo", audit::PRIVACY_LOG_READS),
+                incident::INCIDENTS,
+            ])
+            .done(),
         Identity::View(id) => {
             let wipes = format!("{}.{id}", subjects::SESSION_WIPE_PREFIX);
             g.consumer(stream, &durables::view_wipes(id), &[&wipes])

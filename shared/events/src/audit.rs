@@ -5,6 +5,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub const PRIVACY_LOG: &str = "custodian.query.privacy_log";
+/// The record of the privacy log's reads: `custodian.query.privacy_log_reads.<asker>`.
+pub const PRIVACY_LOG_READS: &str = "custodian.query.privacy_log_reads";
+/// The most reads one answer lists (and the default).
+pub const MAX_READS_LISTED: u64 = 1000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,7 +21,7 @@ pub struct PrivacyLogQuery {
     pub to: Option<DateTime<Utc>>,
     #[serde(default)]
     pub limit: Option<u64>,
-    /// Who asks (recorded by the audit service in its log: the DPO's reads are traced too).
+    /// Who asks: recorded by the audit service with the read, before it answers.
     pub asked_by: String,
     /// Base64 X25519 public key; the entries come back sealed to it.
     pub reply_key: String,
@@ -57,4 +61,34 @@ impl std::fmt::Debug for PrivacyLogEntry {
             .field("service", &self.service)
             .finish_non_exhaustive()
     }
+}
+
+/// The latest reads of the privacy log, newest first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyLogReadsQuery {
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrivacyLogReadsReply {
+    Reads(Vec<PrivacyLogRead>),
+    Error(String),
+}
+
+/// One read of the privacy log: who read, through which service, what they asked, and how
+/// many entries they were shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivacyLogRead {
+    pub read_id: String,
+    pub read_at: DateTime<Utc>,
+    pub reader: String,
+    pub via: String,
+    pub platform_id: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub limit: u64,
+    pub entries: u64,
 }

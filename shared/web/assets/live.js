@@ -1,6 +1,8 @@
 // Live updates on top of pages that work without script: a region marked data-live="<s>" is
 // fetched again every <s> seconds and replaced, until the server sends it without data-live
-// (e.g. a receipt that is done). The person can pause and resume (WCAG 2.2.2).
+// (e.g. a receipt that is done). The person can pause and resume (WCAG 2.2.2). Its requests
+// say they are live updates (X-Custodian-Live), so what lies outside the region is not
+// fetched again.
 (function () {
   "use strict";
   var region = document.getElementById("live");
@@ -19,7 +21,7 @@
     if (!paused) timer = setTimeout(update, seconds * 1000);
   }
   function update() {
-    fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+    fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html", "X-Custodian-Live": "1" } })
       .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
       .then(function (html) {
         var next = new DOMParser().parseFromString(html, "text/html").getElementById("live");

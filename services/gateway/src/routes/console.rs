@@ -171,6 +171,23 @@ struct PrivacyLine {
     purpose: String,
 }
 
+/// One read of the privacy log as the DPO's console lists it.
+#[derive(Debug)]
+struct PrivacyReadLine {
+    read_at: String,
+    reader: String,
+    via: String,
+    asked: String,
+    entries: u64,
+}
+
+/// The privacy log's entries and who read it (this read first).
+#[derive(Debug)]
+struct Privacy {
+    entries: Vec<PrivacyLine>,
+    reads: Vec<PrivacyReadLine>,
+}
+
 #[derive(Template)]
 #[template(path = "console.html")]
 struct ConsolePage {
@@ -183,7 +200,9 @@ struct ConsolePage {
     revocations: Option<Vec<RevocationLine>>,
     sweeps: Option<Vec<SweepLine>>,
     incidents: Option<Vec<IncidentCard>>,
-    privacy: Option<Vec<PrivacyLine>>,
+    privacy: Option<Privacy>,
+    /// The DPO's privacy log was asked for and the audit service did not answer.
+    privacy_unavailable: bool,
     health: Option<Health>,
     /// Sections the role may see whose service did not answer.
     unavailable: Vec<String>,
@@ -383,23 +402,45 @@ fn replay_line(tr: &Tr, r: &queries::ReplaySummary) -> String {
     tr.args(key, &[("operator", r.operator.as_str()), ("time", time.as_str()), ("reason", reason.as_str())])
 }
 
-async fn privacy_log(state: &AppState, tr: &Tr, reader: &str) -> Option<Vec<PrivacyLine>> {
+/// The privacy log as `reader` reads it, then the record of its reads, this one included
+/// (the audit service records a read before it answers).
+async fn privacy_log(state: &AppState, tr: &Tr, reader: &str) -> Option<Privacy> {
     let filter = crate::routes::privacy::Filter { limit: Some(50), ..Default::default() };
     let entries = crate::routes::privacy::read_log(state, reader.to_owned(), filter).await.ok()?;
-    Some(
-        entries
-            .into_iter()
-            .map(|e| PrivacyLine {
-                used_at: tr.datetime(&e.used_at),
-                platform: state.portal.platform_name(&e.platform_id),
-                caller: e.caller_identity,
-                organisation: e.caller_organisation.unwrap_or_default(),
-                service: e.service,
-                purpose: e.purpose.unwrap_or_default(),
-            })
-            .collect(),
-    )
+    let reads = crate::routes::privacy::read_reads(state, Some(RECENT)).await.ok()?;
+    let entries = entries
+        .into_iter()
+        .map(|e| PrivacyLine {
+            used_at: tr.datetime(&e.used_at),
+            platform: state.portal.platform_name(&e.platform_id),
+            caller: e.caller_identity,
+            organisation: e.caller_organisation.unwrap_or_default(),
+            service: e.service,
+            purpose: e.purpose.unwrap_or_default(),
+        })
+        .collect();
+    let reads = reads
+        .into_iter()
+        .map(|r| {
+            let mut asked =
+                vec![r.platform_id.map_or_else(|| tr.t("console-all-platforms"), |p| state.portal.platform_name(&p))];
+            asked.extend(r.from.map(|t| tr.t1("console-privacy-from", "time", &tr.datetime(&t))));
+            asked.extend(r.to.map(|t| tr.t1("console-privacy-to", "time", &tr.datetime(&t))));
+            PrivacyReadLine {
+                read_at: tr.datetime(&r.read_at),
+                reader: r.reader,
+                via: r.via,
+                asked: asked.join(", "),
+                entries: r.entries,
+            }
+        })
+        .collect();
+    Some(Privacy { entries, reads })
 }
+
+/// Set by `/assets/live.js` on its updates of the live region: the privacy log, outside that
+/// region, is not read again (each read is recorded; the DPO reads it once per page).
+const LIVE_UPDATE: &str = "x-custodian-live";
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct ConsoleQuery {
@@ -429,14 +470,14 @@ pub async fn console(
     };
     let incidents = recent_incidents(&state, &tr).await;
     let dpo = op.role_kind == Role::Dpo;
-    let privacy = if dpo { privacy_log(&state, &tr, &op.name).await } else { None };
+    let read_privacy = dpo && !headers.contains_key(LIVE_UPDATE);
+    let privacy = if read_privacy { privacy_log(&state, &tr, &op.name).await } else { None };
     let mut unavailable = Vec::new();
     for (shown, missing, key) in [
         (ops, health.is_none(), "console-health"),
         (ops, revocations.is_none(), "console-revocations"),
         (ops, sweeps.is_none(), "console-sweeps"),
         (true, incidents.is_none(), "console-incidents"),
-        (dpo, privacy.is_none(), "console-privacy"),
     ] {
         if shown && missing {
             unavailable.push(tr.t(key));
@@ -456,6 +497,7 @@ pub async fn console(
         revocations,
         sweeps,
         incidents,
+        privacy_unavailable: read_privacy && privacy.is_none(),
         privacy,
         health,
         unavailable,
@@ -481,6 +523,7 @@ fn sign_in_page(
         sweeps: None,
         incidents: None,
         privacy: None,
+        privacy_unavailable: false,
         health: None,
         unavailable: Vec::new(),
     };

@@ -1,6 +1,7 @@
 //! `GET /v1/privacy-log?platform_id=&from=&to=&limit=`: the DPO reads the holder-of-key uses
 //! with the callers' identities decrypted (the audit service seals its answer to a one-time
-//! key of this request; the identities never cross NATS in clear).
+//! key of this request; the identities never cross NATS in clear). The audit service records
+//! each read with its reader before it answers; `GET /v1/privacy-log/reads` lists them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,10 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
-use custodian_events::audit::{PRIVACY_LOG, PrivacyLogEntry, PrivacyLogQuery, PrivacyLogReply};
+use custodian_events::audit::{
+    MAX_READS_LISTED, PRIVACY_LOG, PRIVACY_LOG_READS, PrivacyLogEntry, PrivacyLogQuery, PrivacyLogRead,
+    PrivacyLogReadsQuery, PrivacyLogReadsReply, PrivacyLogReply,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
@@ -72,5 +76,50 @@ pub async fn read_log(state: &AppState, asked_by: String, filter: Filter) -> Res
             serde_json::from_slice(&plain).map_err(|_| Problem::unavailable("the audit service's answer is unreadable"))
         }
         PrivacyLogReply::Error(e) => Err(Problem::unavailable(e)),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadsFilter {
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PrivacyLogReads {
+    pub reads: Vec<PrivacyLogRead>,
+}
+
+/// `GET /v1/privacy-log/reads?limit=`: who read the privacy log, when, with which filter and
+/// how many entries they were shown, newest first (DPO only).
+pub async fn reads(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    filter: Result<Query<ReadsFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PrivacyLogReads>, Problem> {
+    caller.require_role(Role::Dpo)?;
+    let Query(filter) = filter.map_err(|e| Problem::bad_request(e.body_text()))?;
+    if filter.limit.is_some_and(|l| !(1..=MAX_READS_LISTED).contains(&l)) {
+        return Err(Problem::bad_request(format!("limit must be 1 to {MAX_READS_LISTED}")));
+    }
+    Ok(Json(PrivacyLogReads { reads: read_reads(&state, filter.limit).await? }))
+}
+
+/// The latest reads of the privacy log, newest first.
+pub async fn read_reads(state: &AppState, limit: Option<u64>) -> Result<Vec<PrivacyLogRead>, Problem> {
+    let reply: PrivacyLogReadsReply = custodian_bus::query_idempotent(
+        state.bus.client(),
+        &format!("{PRIVACY_LOG_READS}.gateway"),
+        &PrivacyLogReadsQuery { limit },
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|e| {
+        tracing::warn!(error = %e, "privacy log reads query failed");
+        Problem::unavailable("the audit service did not answer")
+    })?;
+    match reply {
+        PrivacyLogReadsReply::Reads(reads) => Ok(reads),
+        PrivacyLogReadsReply::Error(e) => Err(Problem::unavailable(e)),
     }
 }

@@ -14,6 +14,7 @@ pub mod login_attempt;
 pub mod outbox;
 pub mod pending_wipe;
 pub mod privacy_entry;
+pub mod privacy_read;
 pub mod revocation;
 pub mod revocation_token;
 pub mod status_mark;
