@@ -401,6 +401,23 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     stack.start_vault(crate::support::test_vault_config(vec![settings]));
     stack.start_sweeper("s1", crate::support::test_sweeper_config());
     stack.start_audit(crate::audit::audit_config(None));
+    // The platforms' names in the registry carry hostile characters: the console shows them.
+    let entry = |platform_id: &str, name: String| PlatformEntry {
+        platform_id: platform_id.to_owned(),
+        name,
+        legal_name: "Zorg & Co NV".into(),
+        enterprise_number: "0203.201.340".into(),
+        scopes: Default::default(),
+        views: Vec::new(),
+    };
+    stack.portal = PortalConfig {
+        platforms: vec![
+            entry("tp", format!("Idle platform {HOSTILE}")),
+            entry(&client.client_id, format!("Leaking platform {HOSTILE}")),
+        ],
+        ..Default::default()
+    };
+    stack.restart_gateway().await;
     let smtp = custodian_testkit::SmtpServer::start();
     stack.start_incident(crate::incidents::incident_config(&stack, &smtp, &client));
 
@@ -423,8 +440,8 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     let sweep = json!({"platform_id": "tp", "inactivity_days": 90});
     let r = stack.http.post(stack.url("/v1/sweeps")).bearer_auth(OPS_TOKEN).json(&sweep).send().await.unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
-    let incident =
-        json!({"kind": "data_leak", "platform_id": client.client_id, "summary": "a laptop <b>lost</b> & found"});
+    let summary = format!("a laptop <b>lost</b> & found {HOSTILE}");
+    let incident = json!({"kind": "data_leak", "platform_id": client.client_id, "summary": summary});
     let r =
         stack.http.post(stack.url("/v1/incidents")).bearer_auth(RESPONDER_TOKEN).json(&incident).send().await.unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
@@ -453,7 +470,10 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     assert!(page.contains("Final report: done"), "the incident's steps: {page}");
     assert!(page.contains("Data leak at"), "the incident's kind in words: {page}");
     assert!(page.contains("e-mail to the DPO accepted at"), "the DPO's deliveries: {page}");
-    assert!(page.contains("a laptop <b>lost</b> & found"), "the summary as text: {page}");
+    assert!(page.contains(&summary), "the summary as text: {page}");
+    assert!(page.contains(&format!("Sweep of Idle platform {HOSTILE}")), "the registry's name as text: {page}");
+    assert!(page.contains(&format!("Data leak at Leaking platform {HOSTILE}")), "{page}");
+    no_script_ran(&b).await;
     assert!(!page.contains("Privacy log"), "the privacy log is the DPO's only");
     // The audit service reads the deployment every 5 s; the page follows live.
     let live = browser::wait_for_text(&b, "past this consumer's clock", SETTLE).await;
@@ -487,12 +507,43 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     browser::wait_for_text(&b, "Meld u aan met uw eigen beheerderstoken", PAGE).await;
     b.close().await.expect("closed");
 
+    // A platform reports a holder-of-key use whose every free field is hostile.
+    let hok = json!({
+        "specversion": "1.0", "id": unique("hok"), "source": "urn:test", "type": "custodian.token.hok_used.v1",
+        "time": stack.clock.now().to_rfc3339(), "datacontenttype": "application/json",
+        "data": {
+            "platform_id": "tp", "caller_identity": format!("caller {HOSTILE}"),
+            "caller_organisation": format!("org {HOSTILE}"), "subject": format!("person {HOSTILE}"),
+            "service": format!("https://services.example/{HOSTILE}"), "assertion_id": format!("a-{HOSTILE}"),
+            "token_type": "saml2", "valid_until": (stack.clock.now() + chrono::Duration::minutes(5)).to_rfc3339(),
+            "purpose": format!("purpose {HOSTILE}")
+        }
+    });
+    let r = stack.http.post(stack.url("/v1/events")).bearer_auth(PLATFORM_TOKEN).json(&hok).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED, "{}", r.text().await.unwrap_or_default());
+
     // The DPO sees the privacy log, and no sweep.
     let dpo = browser::browser("en").await;
     dpo.goto(&stack.url("/console")).await.expect("console");
     dpo.find(Locator::Css("#token")).await.expect("token field").send_keys(DPO_TOKEN).await.expect("typed");
     click_button(&dpo, "Sign in to the console").await;
     let page = browser::wait_for_text(&dpo, "Your reading of this log is itself recorded", SETTLE).await;
+    let page = if page.contains(&format!("purpose {HOSTILE}")) {
+        page
+    } else {
+        // The audit service may not have chained the use yet: the page is read again.
+        custodian_testkit::eventually("the planted use in the privacy log", SETTLE, || async {
+            dpo.refresh().await.ok()?;
+            let page = text(&dpo).await;
+            page.contains(&format!("purpose {HOSTILE}")).then_some(page)
+        })
+        .await
+    };
+    for planted in [format!("caller {HOSTILE} (org {HOSTILE})"), format!("https://services.example/{HOSTILE}")] {
+        assert!(page.contains(&planted), "{planted:?} as text: {page}");
+    }
+    assert!(page.contains(&format!("Idle platform {HOSTILE}")), "the platform's name: {page}");
+    no_script_ran(&dpo).await;
     assert!(!page.contains("Inactivity sweeps") && page.contains("Incidents"), "{page}");
     // This very read is on record, with the DPO's name, before the page showed the log.
     assert!(page.contains("Reads of this log") && page.contains("test-dpo"), "the reads, with their reader: {page}");
