@@ -654,21 +654,49 @@ impl Probe {
         since.elapsed()
     }
 
-    /// Waits until the revocation's receipt says done; how long after `since`.
+    /// The revocation's receipt, from either gateway in turn (one of them may be the process
+    /// just killed).
+    async fn receipt(&self, revocation_id: &str, asked: &std::sync::atomic::AtomicUsize) -> Option<serde_json::Value> {
+        let gateway = &self.gateway_urls[asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2];
+        let response = self
+            .http
+            .get(format!("{gateway}/v1/revocations/{revocation_id}"))
+            .bearer_auth(&self.ops_token)
+            .send()
+            .await
+            .ok()?;
+        response.json().await.ok()
+    }
+
+    /// Waits until the receipt says done (every token settled and every wipe acked, once the
+    /// stream has delivered the revocation's event); how long after `since`.
     pub async fn until_done(&self, revocation_id: &str, since: Instant) -> Duration {
         let asked = std::sync::atomic::AtomicUsize::new(0);
         eventually("a receipt to be done", Duration::from_secs(90), || async {
-            // Either gateway: one of them may be the process just killed.
-            let gateway = &self.gateway_urls[asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2];
-            let response = self
-                .http
-                .get(format!("{gateway}/v1/revocations/{revocation_id}"))
-                .bearer_auth(&self.ops_token)
-                .send()
-                .await
-                .ok()?;
-            let receipt: serde_json::Value = response.json().await.ok()?;
+            let receipt = self.receipt(revocation_id, &asked).await?;
             (receipt["state"] == "done").then_some(())
+        })
+        .await;
+        since.elapsed()
+    }
+
+    /// Waits until the vault has every view's ack for `sessions` (those the views had opened
+    /// for the person when the revocation was accepted), and no wipe on the receipt is still
+    /// waiting for one; how long after `since`.
+    pub async fn until_views_acked(&self, revocation_id: &str, sessions: &[String], since: Instant) -> Duration {
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        eventually("every view's ack on the receipt", Duration::from_secs(90), || async {
+            let receipt = self.receipt(revocation_id, &asked).await?;
+            let views = receipt["views"].as_array()?;
+            if views.iter().any(|v| v["state"] == "pending") {
+                return None;
+            }
+            let acked: std::collections::HashSet<&str> = views
+                .iter()
+                .flat_map(|v| v["session_ids"].as_array().into_iter().flatten())
+                .filter_map(|s| s.as_str())
+                .collect();
+            sessions.iter().all(|s| acked.contains(s.as_str())).then_some(())
         })
         .await;
         since.elapsed()

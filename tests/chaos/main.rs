@@ -73,6 +73,8 @@ struct Person {
 struct Timing {
     kind: &'static str,
     tokens_inactive: Duration,
+    /// Every session the views held for the person when it was accepted acked at the vault.
+    views_acked: Duration,
     receipt_done: Duration,
 }
 
@@ -264,12 +266,19 @@ async fn revocations_hold_through_sigkill_of_any_one_process() {
             let (browser, probe, tokens, name) =
                 (person.browser.clone(), cluster.probe(), person.tokens.clone(), person.name.clone());
             let (gateways, platform) = (cluster.gateway_urls.clone(), cluster.platform.clone());
+            let (sessions, demo_sessions) = (person.sessions.clone(), person.demo_sessions.clone());
             let kind = victim.kind;
             requests.push(tokio::spawn(async move {
                 let (revocation_id, at, retries) = revoke(&browser, &gateways, i, &platform, &name).await;
-                let (tokens_inactive, receipt_done) =
-                    tokio::join!(probe.until_inactive(&tokens, at), probe.until_done(&revocation_id, at));
-                (Timing { kind, tokens_inactive, receipt_done }, retries, at)
+                // What the views held for them when it was accepted.
+                let mut held: Vec<String> = sessions.lock().await.iter().map(|(_, s)| s.clone()).collect();
+                held.extend(demo_sessions.lock().await.iter().cloned());
+                let (tokens_inactive, views_acked, receipt_done) = tokio::join!(
+                    probe.until_inactive(&tokens, at),
+                    probe.until_views_acked(&revocation_id, &held, at),
+                    probe.until_done(&revocation_id, at)
+                );
+                (Timing { kind, tokens_inactive, views_acked, receipt_done }, retries, at)
             }));
             tokio::time::sleep(Duration::from_millis(15)).await;
             // Half of them sent: the victim dies with the rest in flight or still to come.
@@ -289,8 +298,8 @@ async fn revocations_hold_through_sigkill_of_any_one_process() {
                 let offset =
                     if at >= killed_at { (at - killed_at).as_secs_f64() } else { -(killed_at - at).as_secs_f64() };
                 eprintln!(
-                    "  accepted at kill{offset:+.2}s: tokens {:?}, receipt {:?}",
-                    timing.tokens_inactive, timing.receipt_done
+                    "  accepted at kill{offset:+.2}s: tokens {:?}, views {:?}, receipt {:?}",
+                    timing.tokens_inactive, timing.views_acked, timing.receipt_done
                 );
             }
             timings.push(timing);
@@ -597,45 +606,52 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn report(timings: &[Timing], converged: &BTreeMap<&'static str, Vec<Duration>>) {
-    let mut by_kind: HashMap<&str, (Vec<Duration>, Vec<Duration>)> = HashMap::new();
+    type Columns = [Vec<Duration>; 3];
+    let columns = |t: &Timing| [t.tokens_inactive, t.views_acked, t.receipt_done];
+    let mut by_kind: HashMap<&str, Columns> = HashMap::new();
+    let mut all = Columns::default();
     for t in timings {
         let entry = by_kind.entry(t.kind).or_default();
-        entry.0.push(t.tokens_inactive);
-        entry.1.push(t.receipt_done);
+        for (i, d) in columns(t).into_iter().enumerate() {
+            entry[i].push(d);
+            all[i].push(d);
+        }
     }
-    let all = (
-        timings.iter().map(|t| t.tokens_inactive).collect::<Vec<_>>(),
-        timings.iter().map(|t| t.receipt_done).collect::<Vec<_>>(),
-    );
     println!("\nchaos: {} revocations, each with one process SIGKILLed while it ran", timings.len());
     println!(
-        "{:<21} {:>4}  {:>27}  {:>27}  {:>9}",
-        "killed", "n", "tokens revoked p50/p99/max", "views acked p50/p99/max", "converged"
+        "{:<21} {:>4}  {:>27}  {:>27}  {:>27}  {:>9}",
+        "killed", "n", "tokens revoked p50/p99/max", "views acked p50/p99/max", "receipt done p50/p99/max", "converged"
     );
-    let mut kinds: Vec<&&str> = by_kind.keys().collect();
-    kinds.sort();
-    let line = |name: &str, tokens: &[Duration], receipts: &[Duration], converge: Option<Duration>| {
-        let (mut tokens, mut receipts) = (tokens.to_vec(), receipts.to_vec());
-        tokens.sort();
-        receipts.sort();
+    let line = |name: &str, columns: &Columns, converge: Option<Duration>| {
+        let figures: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let mut sorted = c.clone();
+                sorted.sort();
+                format!(
+                    "{:>7.2?} / {:>7.2?} / {:>7.2?}",
+                    percentile(&sorted, 50.0),
+                    percentile(&sorted, 99.0),
+                    sorted.last().copied().unwrap_or_default()
+                )
+            })
+            .collect();
         println!(
-            "{:<21} {:>4}  {:>7.2?} / {:>7.2?} / {:>7.2?}  {:>7.2?} / {:>7.2?} / {:>7.2?}  {:>9}",
+            "{:<21} {:>4}  {}  {:>9}",
             name,
-            tokens.len(),
-            percentile(&tokens, 50.0),
-            percentile(&tokens, 99.0),
-            tokens.last().copied().unwrap_or_default(),
-            percentile(&receipts, 50.0),
-            percentile(&receipts, 99.0),
-            receipts.last().copied().unwrap_or_default(),
+            columns[0].len(),
+            figures.join("  "),
             converge.map(|c| format!("{c:.2?}")).unwrap_or_default(),
         );
     };
+    let mut kinds: Vec<&&str> = by_kind.keys().collect();
+    kinds.sort();
     for kind in kinds {
-        let (tokens, receipts) = &by_kind[*kind];
-        line(kind, tokens, receipts, converged.get(*kind).and_then(|c| c.iter().max().copied()));
+        line(kind, &by_kind[*kind], converged.get(*kind).and_then(|c| c.iter().max().copied()));
     }
-    line("all", &all.0, &all.1, converged.values().flatten().max().copied());
-    println!("(views acked: the receipt done, i.e. every view's wipe acknowledged and every token settled;");
-    println!(" converged: from the kill to the round's last receipt done, the slowest round)");
+    line("all", &all, converged.values().flatten().max().copied());
+    println!("(views acked: the vault has the ack of every view session the person had when the revocation");
+    println!(" was accepted; receipt done: every token settled and every wipe acked, once the stream has");
+    println!(" delivered the revocation; converged: from the kill to the round's last receipt done, the");
+    println!(" slowest round)");
 }

@@ -122,6 +122,26 @@ pub async fn check_stream<C: ConnectionTrait>(conn: &C, bus: &Bus) -> Result<Com
     Ok(report)
 }
 
+/// [`check_stream`], asked again while JetStream does not answer (a cluster electing a
+/// leader after a node's loss answers within seconds), for up to `budget`; a database error
+/// or a finding is returned at once.
+pub async fn check_stream_patiently<C: ConnectionTrait>(
+    conn: &C,
+    bus: &Bus,
+    budget: std::time::Duration,
+) -> Result<Completeness, CompletenessError> {
+    let deadline = tokio::time::Instant::now() + budget;
+    loop {
+        match check_stream(conn, bus).await {
+            Err(CompletenessError::Nats(reason)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(%reason, "JetStream did not answer the completeness check; asking again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// The id the event was published under.
 fn event_id(message: &async_nats::jetstream::Message) -> Option<String> {
     let header = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_owned());

@@ -338,7 +338,10 @@ pub async fn audit(config: &Config, cmd: AuditCommand) -> anyhow::Result<()> {
             let report = custodian_audit::verify::verify(store.db(), &public_key, exported).await?;
             let completeness = if stream {
                 let bus = connect_bus(config, &OPS, "custodian-cli").await?;
-                Some(custodian_audit::completeness::check_stream(store.db(), &bus).await?)
+                Some(
+                    custodian_audit::completeness::check_stream_patiently(store.db(), &bus, Duration::from_secs(30))
+                        .await?,
+                )
             } else {
                 None
             };

@@ -22,6 +22,13 @@ pub const LEADERSHIP_BUCKET: &str = "custodian_leases";
 pub const LEADERSHIP_TTL: Duration = Duration::from_secs(2);
 /// Renewals per TTL leave room for three failed ones before the lease could lapse.
 const RENEW_EVERY: Duration = Duration::from_millis(400);
+/// How long a leader keeps leading while it cannot reach the bucket at all. While the
+/// bucket's stream elects a leader (its node killed, 4–9 s) nobody can take the lease, so
+/// stepping down at the TTL would only stop the work — the revocations' nudges included —
+/// for the whole election. A holder cut off alone may overlap a successor for this long,
+/// which is the stale holder every guarded piece of work already fences (see the module's
+/// doc). A successor's write is seen at the first renewal that reaches the bucket.
+pub const UNREACHABLE_GRACE: Duration = Duration::from_secs(12);
 /// How often a replica that does not lead tries to take the lease.
 const CONTEND_EVERY: Duration = Duration::from_millis(150);
 /// How long one try may take. While the bucket's stream elects a leader (a NATS node killed),
@@ -258,12 +265,12 @@ async fn renew_until_stopped(mut lease: Lease, lost: CancellationToken, stop: Ca
                 tracing::warn!(error = %e, "stepping down");
                 return lost.cancel();
             }
-            // Past this point the lease may have lapsed and a successor may lead.
-            Err(e) if renewed_at.elapsed() + RENEW_EVERY >= LEADERSHIP_TTL => {
+            // The bucket answered nobody for longer than an election takes: stop.
+            Err(e) if renewed_at.elapsed() + RENEW_EVERY >= UNREACHABLE_GRACE => {
                 tracing::warn!(error = %e, "lease not renewed in time; stepping down");
                 return lost.cancel();
             }
-            Err(e) => tracing::warn!(error = %e, "lease renewal failed; will retry"),
+            Err(e) => tracing::warn!(error = %e, "lease renewal failed; leading on, will retry"),
         }
     }
 }
