@@ -39,6 +39,11 @@ for _ in $(seq 1 100); do
     # The audit chain holds the grant and verifies (exit 0).
     for _ in $(seq 1 50); do target/debug/custodian audit verify | grep -q "^[1-9][0-9]* entries" && break; sleep 0.1; done
     target/debug/custodian audit verify --stream
+    # The DPO's read of the privacy log is on record, by the CLI's user, through the DPO's identity.
+    target/debug/custodian audit privacy-log >/tmp/smoke-privacy
+    grep -q "use(s)" /tmp/smoke-privacy || { cat /tmp/smoke-privacy; echo "smoke: the privacy log was not read" >&2; exit 1; }
+    target/debug/custodian audit privacy-reads | tee /tmp/smoke-reads
+    grep -Eq "cli:${USER:-unknown} +dpo " /tmp/smoke-reads || { echo "smoke: the privacy log's read is not on record" >&2; exit 1; }
     # An incident: the DPO's first e-mail reaches the SMTP server.
     target/debug/custodian incident report --kind data_leak --platform tp-demo --summary "smoke test" | tee /tmp/smoke-incident
     incident=$(grep -o 'inc-[0-9a-f-]*' /tmp/smoke-incident | head -1)
