@@ -528,15 +528,18 @@ fn sign_in_page(
         unavailable: Vec::new(),
     };
     let mut response = page(state, status, body.render(), lang);
+    set_cookie(state, &mut response, login_csrf_cookie(state), &csrf, SIGN_IN_FORM_SECS);
+    response
+}
+
+/// Sets one of the console's cookies: HttpOnly, SameSite=Strict, Secure over HTTPS; an
+/// empty `value` with `max_age` 0 deletes it.
+fn set_cookie(state: &AppState, response: &mut Response, name: &str, value: &str, max_age: i64) {
     let secure = if state.login.cookie_secure() { "; Secure" } else { "" };
-    let cookie = format!(
-        "{}={csrf}; Path=/; Max-Age={SIGN_IN_FORM_SECS}; HttpOnly; SameSite=Strict{secure}",
-        login_csrf_cookie(state)
-    );
+    let cookie = format!("{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}");
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
-    response
 }
 
 /// `POST /console/login`: an operator's token, checked as the API checks it, from the
@@ -563,19 +566,10 @@ pub async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body:
         Ok(Caller::Machine { role, .. }) if role != Role::Platform => {}
         _ => return refuse("console-refused"),
     }
-    let secure = if state.login.cookie_secure() { "; Secure" } else { "" };
-    let cookie = format!(
-        "{}={}; Path=/; Max-Age={SIGNED_IN_FOR_SECS}; HttpOnly; SameSite=Strict{secure}",
-        cookie_name(&state),
-        token
-    );
-    let used = format!("{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{secure}", login_csrf_cookie(&state));
     let mut response = Redirect::to("/console").into_response();
-    for cookie in [cookie, used] {
-        if let Ok(value) = HeaderValue::from_str(&cookie) {
-            response.headers_mut().append(header::SET_COOKIE, value);
-        }
-    }
+    set_cookie(&state, &mut response, cookie_name(&state), &token, SIGNED_IN_FOR_SECS);
+    // The sign-in form's token is used up.
+    set_cookie(&state, &mut response, login_csrf_cookie(&state), "", 0);
     response
 }
 
@@ -587,12 +581,8 @@ pub async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap, body
     {
         return crate::problem::Problem::forbidden("this sign-out did not come from the console").into_response();
     }
-    let secure = if state.login.cookie_secure() { "; Secure" } else { "" };
-    let cookie = format!("{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{secure}", cookie_name(&state));
     let mut response = Redirect::to("/console").into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
+    set_cookie(&state, &mut response, cookie_name(&state), "", 0);
     response
 }
 
