@@ -30,6 +30,11 @@ use tracing::Instrument as _;
 
 pub use store::{MemoryStore, RetentionError};
 
+/// How long a session's opening or closing is sent again when the stream does not ack it
+/// (a NATS server restarting, a connection replaced): the event's id is fixed, so a repeat
+/// the stream already holds is dropped as a duplicate.
+pub const PUBLISH_BUDGET: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
     #[error("view id {0:?} must be letters, digits, '-' or '_'")]
@@ -174,7 +179,12 @@ impl View {
             expires_at: token_expires_at,
         };
         let event = CloudEvent::new(&self.source, self.clock.now(), data);
-        self.bus.publish_event(&self.own(subjects::SESSION_OPENED), &event).await?;
+        self.bus
+            .publish_retrying(
+                &custodian_bus::Outgoing::event(&self.own(subjects::SESSION_OPENED), &event),
+                PUBLISH_BUDGET,
+            )
+            .await?;
         // A wipe that overtook the token (a revocation recorded just after it was handed out)
         // leaves this id refused: the token is dropped with nothing fetched under it.
         self.store.open_session(session_id, token_expires_at).map_err(|e| ViewError::NoToken(e.to_string()))
@@ -185,7 +195,12 @@ impl View {
         self.store.close(session_id);
         let data = SessionClosedV1 { session_id: session_id.to_owned(), view_id: self.view_id.clone() };
         let event = CloudEvent::new(&self.source, self.clock.now(), data);
-        self.bus.publish_event(&self.own(subjects::SESSION_CLOSED), &event).await?;
+        self.bus
+            .publish_retrying(
+                &custodian_bus::Outgoing::event(&self.own(subjects::SESSION_CLOSED), &event),
+                PUBLISH_BUDGET,
+            )
+            .await?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
 use custodian_bus::QueryError;
 use custodian_events::queries::{self, ConsentQuery, ConsentReply, ConsentView};
 use custodian_events::{CloudEvent, ConsentRevokedV1, RevokeReason, subjects};
@@ -84,6 +85,19 @@ pub async fn revoke_mine(
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
+/// The id of the person's revocation of one grant: derived from the grant, so that asking
+/// twice is one revocation, and so that the portal knows its own receipt before the ledger
+/// has applied it.
+pub fn person_revocation_id(issuer: &str, subject: &str, platform_id: &str, granted_at: DateTime<Utc>) -> String {
+    custodian_events::derived_event_id(
+        "person-revocation",
+        &format!(
+            "{issuer}\n{subject}\n{platform_id}\n{}",
+            granted_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+        ),
+    )
+}
+
 /// The person's revocation of their consent at `platform_id`, published as `consent.revoked`
 /// (the API's DELETE and the dashboard's form).
 ///
@@ -113,15 +127,7 @@ pub async fn revoke_for_person(
     let Some(consent) = ask_ledger(state, &query).await?.into_iter().next() else {
         return Err(Problem::not_found(format!("no consent for platform {platform_id}")));
     };
-    let derived = consent.granted_at.map(|granted_at| {
-        custodian_events::derived_event_id(
-            "person-revocation",
-            &format!(
-                "{issuer}\n{subject}\n{platform_id}\n{}",
-                granted_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
-            ),
-        )
-    });
+    let derived = consent.granted_at.map(|granted_at| person_revocation_id(issuer, subject, &platform_id, granted_at));
     let applied = derived.as_ref().is_some_and(|id| consent.history.iter().any(|h| &h.event_id == id));
     if consent.state != "granted" {
         // This very revocation, already applied: the same answer as the first time.

@@ -29,7 +29,7 @@ use serde::Deserialize;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::problem::Problem;
-use crate::routes::consents::{ask_ledger, revoke_for_person};
+use crate::routes::consents::{ask_ledger, person_revocation_id, revoke_for_person};
 use crate::routes::login::{person_of_cookie, session_cookie};
 
 /// Who is signed in, and the token their forms carry.
@@ -429,7 +429,8 @@ pub async fn receipt(
             (state.portal.platform_name(&receipt.platform_id), receipt.state != "done", steps)
         }
         None => {
-            // Not at the vault yet: the person's own revocation if the ledger has it.
+            // Not at the vault yet: the person's own revocation if the ledger has it, or has
+            // yet to apply it (its id is derived from the grant it ends, so it is known).
             let ledger = ConsentQuery {
                 issuer: Some(person.issuer.clone()),
                 subject: Some(person.subject.clone()),
@@ -437,7 +438,16 @@ pub async fn receipt(
                 ..Default::default()
             };
             let accepted = match ask_ledger(&state, &ledger).await {
-                Ok(consents) => consents.into_iter().find(|c| c.history.iter().any(|h| h.event_id == id.to_string())),
+                Ok(consents) => {
+                    let id = id.to_string();
+                    consents.into_iter().find(|c| {
+                        c.history.iter().any(|h| h.event_id == id)
+                            || (c.state == "granted"
+                                && c.granted_at.is_some_and(|at| {
+                                    person_revocation_id(&person.issuer, &person.subject, &c.platform_id, at) == id
+                                }))
+                    })
+                }
                 Err(problem) => return problem.into_response(),
             };
             let Some(consent) = accepted else {
