@@ -38,14 +38,20 @@ pub(crate) struct ConnectionEpoch {
 
 impl ConnectionEpoch {
     pub(crate) fn of(client: &async_nats::Client) -> Self {
-        let statistics = client.statistics();
-        let connects = statistics.connects.load(std::sync::atomic::Ordering::Relaxed);
+        Self::counting(client.statistics())
+    }
+
+    /// A client still making its first connection (one that waits for its server) has
+    /// counted none: what it sends is buffered and goes out on that first one, which
+    /// replaces nothing.
+    fn counting(statistics: std::sync::Arc<async_nats::Statistics>) -> Self {
+        let connects = statistics.connects.load(std::sync::atomic::Ordering::Relaxed).max(1);
         Self { statistics, connects }
     }
 
     /// Has the client connected again since?
     pub(crate) fn is_replaced(&self) -> bool {
-        self.statistics.connects.load(std::sync::atomic::Ordering::Relaxed) != self.connects
+        self.statistics.connects.load(std::sync::atomic::Ordering::Relaxed) > self.connects
     }
 
     /// Resolves once the client has connected again.
@@ -261,6 +267,19 @@ async fn next_verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_first_connection_replaces_nothing_and_a_reconnection_does() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let statistics = std::sync::Arc::new(async_nats::Statistics::default());
+        let before_connecting = ConnectionEpoch::counting(statistics.clone());
+        statistics.connects.store(1, Relaxed);
+        assert!(!before_connecting.is_replaced(), "sent before the first connection, acked over it");
+        let on_the_first = ConnectionEpoch::counting(statistics.clone());
+        assert!(!on_the_first.is_replaced());
+        statistics.connects.store(2, Relaxed);
+        assert!(before_connecting.is_replaced() && on_the_first.is_replaced(), "a reconnection loses the ack");
+    }
 
     fn ack(payload: &str, status: Option<StatusCode>) -> Message {
         Message {
