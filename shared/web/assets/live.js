@@ -26,7 +26,9 @@
       .then(function (html) {
         var next = new DOMParser().parseFromString(html, "text/html").getElementById("live");
         if (!next) return;
-        region.innerHTML = next.innerHTML;
+        // Unchanged, it is left as it is: the keyboard's focus and a screen reader's place
+        // in it stay where they were.
+        if (next.innerHTML !== region.innerHTML) region.innerHTML = next.innerHTML;
         if (next.hasAttribute("data-live")) {
           schedule();
         } else {
