@@ -73,7 +73,7 @@ async fn every_event_of_a_revocation_is_chained_once_in_stream_order() {
         browser.delete(stack.url(&format!("/v1/me/consents/{}", client.client_id))).send().await.expect("revoke");
     assert_eq!(revoked.status(), StatusCode::ACCEPTED);
     let revocation_id = revoked.json::<Value>().await.expect("body")["revocation_id"].as_str().expect("id").to_owned();
-    eventually("the revocation to finish", Duration::from_secs(40), || async {
+    let receipt = eventually("the revocation to finish", Duration::from_secs(40), || async {
         let r = stack
             .http
             .get(stack.url(&format!("/v1/revocations/{revocation_id}")))
@@ -81,26 +81,30 @@ async fn every_event_of_a_revocation_is_chained_once_in_stream_order() {
             .send()
             .await
             .ok()?;
-        (r.json::<Value>().await.ok()?["state"] == "done").then_some(())
+        let receipt = r.json::<Value>().await.ok()?;
+        (receipt["state"] == "done").then_some(receipt)
     })
     .await;
-    // Some events of the revocation (token.revoked, from the vault's outbox) reach the stream
-    // after it is marked done: compare once the stream has stopped growing.
-    let stream_ids = eventually("the stream to settle", Duration::from_secs(60), || async {
-        let stream = stack.messages_on(subjects::ALL).await;
-        if !stream.iter().any(|(subject, _)| subject == subjects::TOKEN_REVOKED) {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let ids: Vec<String> = stream.iter().map(|(_, v)| v["id"].as_str().expect("id").to_owned()).collect();
-        (stack.count_on(subjects::ALL).await as usize == ids.len()).then_some(ids)
-    })
-    .await;
-
-    // Everything the stream holds, in stream order, is the chain, once each, in that order.
-    let rows = wait_for_chain(&stack, stream_ids.len()).await;
-    let chain_ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
-    assert_eq!(chain_ids, stream_ids, "the chain is the stream, in order, once each");
+    let tokens = receipt["tokens"].as_array().expect("the receipt's tokens").len();
+    assert!(tokens > 0, "the person's tokens are on the receipt: {receipt}");
+    // Some events of the revocation (token.revoked from the vault's outbox, the view's
+    // session.wiped) reach the stream after it is marked done: the chain must become exactly
+    // the stream, both read afresh until they agree, once each of those is on the stream.
+    let wiped = subjects::by_view(subjects::SESSION_WIPED, view.view_id()).expect("view-bound subject");
+    let (rows, stream_ids) =
+        custodian_testkit::eventually_explained("the chain to be the stream", Duration::from_secs(60), || async {
+            let stream = stack.messages_on(subjects::ALL).await;
+            let on_stream = |s: &str| stream.iter().filter(|(subject, _)| subject == s).count();
+            if on_stream(subjects::TOKEN_REVOKED) < tokens || on_stream(&wiped) == 0 {
+                return Err(format!("{} events, the token's revocation or the view's wipe not yet", stream.len()));
+            }
+            let ids: Vec<String> = stream.iter().map(|(_, v)| v["id"].as_str().expect("id").to_owned()).collect();
+            let rows = chained(&stack).await;
+            let chain_ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+            // Everything the stream holds, in stream order, is the chain, once each, in that order.
+            if chain_ids == ids { Ok((rows, ids)) } else { Err(format!("chain {chain_ids:?} against stream {ids:?}")) }
+        })
+        .await;
     let types: Vec<&str> = rows.iter().map(|r| r.subject.as_str()).collect();
     let by_view = |subject: &str| subjects::by_view(subject, view.view_id()).expect("view-bound subject");
     for expected in [

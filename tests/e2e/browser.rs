@@ -84,6 +84,42 @@ async fn click_button(client: &Client, text: &str) {
         .expect("click");
 }
 
+/// Clicks what `xpath` finds in a live region, found afresh on each try: a live update can
+/// replace the element between its finding and its click (a stale element).
+async fn click_live(client: &Client, xpath: &str) {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let clicked = match client.find(Locator::XPath(xpath)).await {
+            Ok(element) => element.click().await,
+            Err(e) => Err(e),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(e) if tries >= 5 => panic!("{xpath}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// An attribute of what `css` finds in a live region, read afresh on each try (see
+/// [`click_live`]).
+async fn attr_live(client: &Client, css: &str, attr: &str) -> Option<String> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let read = match client.find(Locator::Css(css)).await {
+            Ok(element) => element.attr(attr).await,
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(value) => return value,
+            Err(e) if tries >= 5 => panic!("{css}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// The OP's own login and consent pages, as a person fills them in.
 async fn sign_in_at_the_op(client: &Client, login: &str) {
     let field = client
@@ -482,13 +518,12 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     assert!(live.contains(&far.id), "the dead letter's event, with its reason: {live}");
     assert!(live.contains("Dated too far ahead of the service's clock."), "the cause in words: {live}");
     assert!(!live.contains("Unavailable right now"), "every section answered: {live}");
-    let progress = b.find(Locator::Css("progress")).await.expect("a progress bar").attr("value").await.expect("value");
-    assert_eq!(progress.as_deref(), Some("100"));
+    assert_eq!(attr_live(&b, "progress", "value").await.as_deref(), Some("100"), "the sweep's progress bar");
     accessible(&b, "console (ops)").await;
     browser::screenshot(&b, "console-ops-en").await;
     // Replayed while it is still dated ahead: refused again, and the page says so and why.
     let replay = format!("//tr[.//span[normalize-space(.)='{}']]//button[@type='submit']", far.id);
-    b.find(Locator::XPath(&replay)).await.expect("the dead letter's replay button").click().await.expect("replay");
+    click_live(&b, &replay).await;
     browser::wait_for_text(&b, "The dead letter was replayed and refused again", SETTLE).await;
     let replayed = browser::wait_for_text(&b, "Replayed by test-ops at", SETTLE).await;
     assert!(replayed.contains("refused again (time "), "the replay's reason: {replayed}");

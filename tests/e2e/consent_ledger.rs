@@ -185,8 +185,13 @@ async fn a_person_sees_and_revokes_only_their_own_consents() {
     let response = stack.http.delete(stack.url("/v1/me/consents/tp-1")).bearer_auth(&bob_token).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert_eq!(response.headers()["content-type"], "application/problem+json");
-    let alice_view = stack.ledger(ConsentQuery { subject: Some(alice.clone()), ..Default::default() }).await;
-    assert_eq!(alice_view[0].state, "granted");
+    // Alice's grant may be applied after bob's (the ledger applies batches side by side).
+    let alice_view = eventually("alice's consent in the ledger", Duration::from_secs(10), || async {
+        let view = stack.ledger(ConsentQuery { subject: Some(alice.clone()), ..Default::default() }).await;
+        (!view.is_empty()).then_some(view)
+    })
+    .await;
+    assert_eq!(alice_view[0].state, "granted", "bob's DELETE left alice's consent in force");
 
     // A person is not an operator.
     let response = stack.http.get(stack.url("/v1/consents")).bearer_auth(&bob_token).send().await.unwrap();

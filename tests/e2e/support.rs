@@ -550,11 +550,12 @@ impl Stack {
 
     /// The ledger as operators see it, straight from the consent service.
     pub async fn ledger(&self, query: custodian_events::queries::ConsentQuery) -> Vec<ConsentView> {
+        // Patient: the ledger may be busy applying a large batch when asked.
         let reply: custodian_events::queries::ConsentReply = custodian_bus::query(
             self.bus.client(),
             custodian_events::queries::CONSENTS,
             &query,
-            Duration::from_secs(5),
+            Duration::from_secs(20),
         )
         .await
         .expect("ledger query");

@@ -295,7 +295,7 @@ async fn two_replicas_sweep_once_and_a_killed_holder_is_taken_over() {
         (granted_count(&stack, &run, "expired").await == 3000).then_some(())
     })
     .await;
-    assert_eq!(stack.count_on(subjects::CONSENT_EXPIRE).await, 3000, "no consent expired twice");
+    assert_eq!(stack.count_on_settled(subjects::CONSENT_EXPIRE, 3000).await, 3000, "no consent expired twice");
     assert_eq!(stack.count_on_settled(subjects::SWEEP_FINISHED, 1).await, 1);
 }
 
@@ -442,5 +442,5 @@ async fn a_replica_fenced_off_by_a_takeover_finishes_the_sweep_when_the_new_hold
         (granted_count(&stack, &run, "expired").await == 3000).then_some(())
     })
     .await;
-    assert_eq!(stack.count_on(subjects::CONSENT_EXPIRE).await, 3000, "no consent expired twice");
+    assert_eq!(stack.count_on_settled(subjects::CONSENT_EXPIRE, 3000).await, 3000, "no consent expired twice");
 }
