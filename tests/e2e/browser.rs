@@ -120,6 +120,14 @@ async fn attr_live(client: &Client, css: &str, attr: &str) -> Option<String> {
     }
 }
 
+/// The text of the frame the client is in ("" while it has no body).
+async fn frame_text_here(client: &Client) -> String {
+    match client.find(Locator::Css("body")).await {
+        Ok(body) => body.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
 /// The OP's own login and consent pages, as a person fills them in.
 async fn sign_in_at_the_op(client: &Client, login: &str) {
     let field = client
@@ -387,10 +395,7 @@ async fn the_portal_refuses_to_be_framed_and_the_demo_view_serves_no_one_without
         let b = b.clone();
         async move {
             b.enter_frame(index).await.expect("into the frame");
-            let text = match b.find(Locator::Css("body")).await {
-                Ok(body) => body.text().await.unwrap_or_default(),
-                Err(_) => String::new(),
-            };
+            let text = frame_text_here(&b).await;
             b.enter_parent_frame().await.expect("out of the frame");
             text
         }
@@ -400,11 +405,26 @@ async fn the_portal_refuses_to_be_framed_and_the_demo_view_serves_no_one_without
         async move { loaded.await.contains("--ink").then_some(()) }
     })
     .await;
-    let framed = frame_text(1).await;
+    // The portal's frame, once the browser has settled it: its own document (not the frame's
+    // initial about:blank), loaded. Refused, it is the browser's error page.
+    let (framed_url, framed) = custodian_testkit::eventually("the portal's frame settled", PAGE, || {
+        let b = b.clone();
+        async move {
+            b.enter_frame(1).await.ok()?;
+            let state = b.execute("return [document.URL, document.readyState];", Vec::new()).await;
+            let framed = frame_text_here(&b).await;
+            b.enter_parent_frame().await.expect("out of the frame");
+            let state = state.ok()?;
+            let url = state[0].as_str()?.to_owned();
+            (url != "about:blank" && state[1] == "complete").then_some((url, framed))
+        }
+    })
+    .await;
     assert!(
         !framed.contains("Your consents") && !framed.contains("Sign in"),
         "the portal rendered in a frame: {framed}"
     );
+    assert!(framed_url.starts_with("chrome-error:"), "the browser refused the frame: it shows {framed_url}");
 
     // The demo view, without the platform's session: an invitation to sign in, and a fetch
     // sent anyway is refused with nothing fetched.
