@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use custodian_gateway::registry::{PlatformEntry, PortalConfig, ViewEntry};
-use custodian_testkit::browser::{self, Client, Locator};
+use custodian_testkit::browser::{self, Client, CmdError, Element, Locator};
 use serde_json::json;
 
 use crate::support::{PLATFORM_TOKEN, Stack, unique};
@@ -84,37 +84,22 @@ async fn click_button(client: &Client, text: &str) {
         .expect("click");
 }
 
-/// Clicks what `xpath` finds in a live region, found afresh on each try: a live update can
-/// replace the element between its finding and its click (a stale element).
-async fn click_live(client: &Client, xpath: &str) {
+/// Acts on what `locator` finds in a live region, found afresh on each try: a live update
+/// can replace the element between its finding and the act (a stale element).
+async fn on_live<T, Fut>(client: &Client, locator: Locator<'_>, act: impl Fn(Element) -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Result<T, CmdError>>,
+{
     let mut tries = 0;
     loop {
         tries += 1;
-        let clicked = match client.find(Locator::XPath(xpath)).await {
-            Ok(element) => element.click().await,
+        let done = match client.find(locator).await {
+            Ok(element) => act(element).await,
             Err(e) => Err(e),
         };
-        match clicked {
-            Ok(()) => return,
-            Err(e) if tries >= 5 => panic!("{xpath}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
-/// An attribute of what `css` finds in a live region, read afresh on each try (see
-/// [`click_live`]).
-async fn attr_live(client: &Client, css: &str, attr: &str) -> Option<String> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let read = match client.find(Locator::Css(css)).await {
-            Ok(element) => element.attr(attr).await,
-            Err(e) => Err(e),
-        };
-        match read {
+        match done {
             Ok(value) => return value,
-            Err(e) if tries >= 5 => panic!("{css}: {e}"),
+            Err(e) if tries >= 5 => panic!("{locator:?}: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
@@ -538,12 +523,13 @@ async fn an_operator_sees_a_sweeps_progress_and_an_incidents_steps_in_the_consol
     assert!(live.contains(&far.id), "the dead letter's event, with its reason: {live}");
     assert!(live.contains("Dated too far ahead of the service's clock."), "the cause in words: {live}");
     assert!(!live.contains("Unavailable right now"), "every section answered: {live}");
-    assert_eq!(attr_live(&b, "progress", "value").await.as_deref(), Some("100"), "the sweep's progress bar");
+    let progress = on_live(&b, Locator::Css("progress"), |bar| async move { bar.attr("value").await }).await;
+    assert_eq!(progress.as_deref(), Some("100"), "the sweep's progress bar");
     accessible(&b, "console (ops)").await;
     browser::screenshot(&b, "console-ops-en").await;
     // Replayed while it is still dated ahead: refused again, and the page says so and why.
     let replay = format!("//tr[.//span[normalize-space(.)='{}']]//button[@type='submit']", far.id);
-    click_live(&b, &replay).await;
+    on_live(&b, Locator::XPath(&replay), |button| async move { button.click().await }).await;
     browser::wait_for_text(&b, "The dead letter was replayed and refused again", SETTLE).await;
     let replayed = browser::wait_for_text(&b, "Replayed by test-ops at", SETTLE).await;
     assert!(replayed.contains("refused again (time "), "the replay's reason: {replayed}");

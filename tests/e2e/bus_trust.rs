@@ -233,7 +233,7 @@ async fn a_session_event_naming_another_view_than_its_subject_is_dead_lettered()
         SessionWipedV1 { wipe_id: "w-1".into(), view_id: theirs.clone(), session_ids: vec!["s".into()] },
     );
     let own = subjects::by_view(subjects::SESSION_WIPED, &mine).unwrap();
-    bus.publish_retrying(&custodian_bus::Outgoing::event(&own, &claim), custodian_view_sdk::PUBLISH_BUDGET)
+    bus.publish_event_retrying(&own, &claim, custodian_view_sdk::PUBLISH_BUDGET)
         .await
         .expect("the view may publish on its own subject");
     let letters = custodian_testkit::eventually("the vault's dead letter", Duration::from_secs(20), || async {

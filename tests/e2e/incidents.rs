@@ -83,17 +83,7 @@ pub(crate) async fn people_with_sessions(stack: &mut Stack, platform: &str, n: u
         }
     }
     // The vault has taken every session in (what the DPO's counts are made of).
-    let expected = (n * views.len()) as u64;
-    eventually("the vault to know every session", Duration::from_secs(15), || async {
-        use sea_orm::PaginatorTrait;
-        let known = custodian_store::entities::view_session::Entity::find()
-            .filter(custodian_store::entities::view_session::Column::PlatformId.eq(platform))
-            .count(stack.store.db())
-            .await
-            .ok()?;
-        (known == expected).then_some(())
-    })
-    .await;
+    stack.vault_knows_sessions(platform, (n * views.len()) as u64).await;
     views
 }
 

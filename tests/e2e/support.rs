@@ -548,6 +548,22 @@ impl Stack {
         .await
     }
 
+    /// Waits until the vault has taken in `expected` view sessions of `platform` (it applies
+    /// `session.opened` asynchronously: one it has not yet seen is on no receipt).
+    pub async fn vault_knows_sessions(&self, platform: &str, expected: u64) {
+        use custodian_store::entities::view_session;
+        use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+        custodian_testkit::eventually_explained("the vault to know every session", Duration::from_secs(30), || async {
+            let known = view_session::Entity::find()
+                .filter(view_session::Column::PlatformId.eq(platform))
+                .count(self.store.db())
+                .await
+                .map_err(|e| e.to_string())?;
+            if known == expected { Ok(()) } else { Err(format!("{known} of {expected}")) }
+        })
+        .await
+    }
+
     /// The ledger as operators see it, straight from the consent service.
     pub async fn ledger(&self, query: custodian_events::queries::ConsentQuery) -> Vec<ConsentView> {
         // Patient: the ledger may be busy applying a large batch when asked.

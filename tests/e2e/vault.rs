@@ -283,6 +283,7 @@ async fn a_vault_crash_in_the_middle_of_a_fan_out_of_1000_sessions_loses_nothing
             view.store().put(&session, "k", vec![1; 16], Duration::from_secs(300)).expect("put");
         }
     }
+    stack.vault_knows_sessions(&platform, 1000).await;
     let bundles = stored_bundles(&stack).await;
     assert_eq!(bundles.len(), 10);
     eventually("the ledger to hold 10 grants", Duration::from_secs(15), || async {

@@ -391,6 +391,16 @@ impl Bus {
         self.publish(&Outgoing::event(subject, event)).await
     }
 
+    /// [`Self::publish_retrying`] of one event.
+    pub async fn publish_event_retrying<T: EventData>(
+        &self,
+        subject: &str,
+        event: &CloudEvent<T>,
+        budget: Duration,
+    ) -> Result<(), BusError> {
+        self.publish_retrying(&Outgoing::event(subject, event), budget).await
+    }
+
     /// Publishes every event with up to `in_flight` acks outstanding; returns, in input
     /// order, whether each was acked (pipelined over one reply subscription: see
     /// `publish.rs`).

@@ -25,8 +25,8 @@ use custodian_store::clock::SharedClock;
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
+use crate::Bus;
 use crate::consumer::{BatchHandler, ConsumerSpec, Delivery, HandlerError, check_event, durable_base};
-use crate::{Bus, Outgoing};
 
 /// How long a replay waits for the audit chain's copy of the dead letter, and for the
 /// record of the replay to be accepted by the stream.
@@ -110,7 +110,7 @@ async fn replay<H: BatchHandler>(
         return ReplayReply::Error(format!("{:?} is not a service name", spec.service));
     };
     let event = CloudEvent::new(format!("urn:custodian:{}", spec.service), clock.now(), record);
-    if let Err(e) = bus.publish_retrying(&Outgoing::event(&record_subject, &event), STEP_BUDGET).await {
+    if let Err(e) = bus.publish_event_retrying(&record_subject, &event, STEP_BUDGET).await {
         // What was applied stays applied (a replay again changes nothing); the operator is
         // told that the chain lacks its record.
         tracing::error!(durable = %spec.durable, error = %e, "the record of a replay was not published");

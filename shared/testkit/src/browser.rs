@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub use fantoccini::elements::Element;
+pub use fantoccini::error::CmdError;
 pub use fantoccini::{Client, Locator};
 use serde_json::json;
 

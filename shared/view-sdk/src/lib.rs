@@ -179,12 +179,7 @@ impl View {
             expires_at: token_expires_at,
         };
         let event = CloudEvent::new(&self.source, self.clock.now(), data);
-        self.bus
-            .publish_retrying(
-                &custodian_bus::Outgoing::event(&self.own(subjects::SESSION_OPENED), &event),
-                PUBLISH_BUDGET,
-            )
-            .await?;
+        self.bus.publish_event_retrying(&self.own(subjects::SESSION_OPENED), &event, PUBLISH_BUDGET).await?;
         // A wipe that overtook the token (a revocation recorded just after it was handed out)
         // leaves this id refused: the token is dropped with nothing fetched under it.
         self.store.open_session(session_id, token_expires_at).map_err(|e| ViewError::NoToken(e.to_string()))
@@ -195,12 +190,7 @@ impl View {
         self.store.close(session_id);
         let data = SessionClosedV1 { session_id: session_id.to_owned(), view_id: self.view_id.clone() };
         let event = CloudEvent::new(&self.source, self.clock.now(), data);
-        self.bus
-            .publish_retrying(
-                &custodian_bus::Outgoing::event(&self.own(subjects::SESSION_CLOSED), &event),
-                PUBLISH_BUDGET,
-            )
-            .await?;
+        self.bus.publish_event_retrying(&self.own(subjects::SESSION_CLOSED), &event, PUBLISH_BUDGET).await?;
         Ok(())
     }
 
