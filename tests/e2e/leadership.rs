@@ -23,13 +23,22 @@ use crate::support::{Stack, unique};
 struct Gate {
     held: String,
     holding: Arc<AtomicBool>,
+    /// The batch held, as (stream sequence, event id): a fetch may hand over fewer than
+    /// `batch` messages, so where it starts depends on how the pulls arrived.
+    held_batch: Arc<std::sync::Mutex<Vec<(u64, String)>>>,
     release: Arc<tokio::sync::Notify>,
     seen: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Gate {
     fn on(held: &str) -> Self {
-        Self { held: held.to_owned(), holding: Arc::default(), release: Arc::default(), seen: Arc::default() }
+        Self {
+            held: held.to_owned(),
+            holding: Arc::default(),
+            held_batch: Arc::default(),
+            release: Arc::default(),
+            seen: Arc::default(),
+        }
     }
 
     async fn wait_holding(&self, what: &str) {
@@ -43,11 +52,17 @@ impl Gate {
     fn seen(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }
+
+    fn held_batch(&self) -> Vec<(u64, String)> {
+        self.held_batch.lock().unwrap().clone()
+    }
 }
 
 impl BatchHandler for Gate {
     async fn handle(&self, batch: &[Delivery]) -> Vec<Result<(), HandlerError>> {
         if batch.iter().any(|d| d.event.id() == self.held) {
+            *self.held_batch.lock().unwrap() =
+                batch.iter().map(|d| (d.stream_sequence, d.event.id().to_owned())).collect();
             self.holding.store(true, Ordering::SeqCst);
             self.release.notified().await;
         }
@@ -214,51 +229,64 @@ async fn a_stale_leaders_ack_cannot_cover_what_its_successor_holds() {
     let stale = Gate::on(&published[5]);
     let stale_stop = CancellationToken::new();
     let stale_task = spawn_consumer(&stack, exclusive_spec(), stale.clone(), &stale_stop);
-    stale.wait_holding("the leader paused on its second batch").await;
+    stale.wait_holding("the leader paused on a later batch").await;
     let stale_term = current_term(&stack, None).await;
-    eventually("the first batch acknowledged", Duration::from_secs(10), || async {
-        (ack_floor(&stack, &stale_term).await == 5).then_some(())
+    // The batches before the held one are applied and acked; the held one starts after them.
+    let held = stale.held_batch();
+    let floor = held.first().expect("a held batch").0 - 1;
+    let last_held = held.last().expect("a held batch").0;
+    eventually("the batches before the held one acknowledged", Duration::from_secs(20), || async {
+        (ack_floor(&stack, &stale_term).await == floor).then_some(())
     })
     .await;
 
     // The lease lapses while the leader is paused.
     let leases = stack.bus.jetstream().get_key_value(custodian_bus::lease::LEADERSHIP_BUCKET).await.expect("bucket");
     leases.delete("test-in-order").await.expect("lease deleted");
-    let successor = Gate::on(&published[5]);
+    // The successor's first batch starts where the stale leader's held one does: hold it.
+    let successor = Gate::on(&held[0].1);
     let successor_stop = CancellationToken::new();
     let successor_task = spawn_consumer(&stack, exclusive_spec(), successor.clone(), &successor_stop);
-    successor.wait_holding("the successor holds the same batch").await;
+    successor.wait_holding("the successor holds the first event of the stale leader's batch").await;
     let successor_term = current_term(&stack, Some(&stale_term)).await;
-    assert_eq!(ack_floor(&stack, &successor_term).await, 5, "taken over after the stale leader's ack floor");
+    assert_eq!(ack_floor(&stack, &successor_term).await, floor, "taken over after the stale leader's ack floor");
 
-    // The stale leader wakes, finishes its batch and acks it (AckPolicy::All: up to sequence 10).
+    // The stale leader wakes, finishes its batch and acks it (AckPolicy::All: up to its last).
     stale.release.notify_one();
-    eventually("the stale leader finished its batch", Duration::from_secs(10), || {
-        let n = stale.seen().len();
-        async move { (n >= 10).then_some(()) }
+    eventually("the stale leader finished its batch", Duration::from_secs(20), || {
+        let seen = stale.seen();
+        let done = held.iter().all(|(_, id)| seen.contains(id));
+        async move { done.then_some(()) }
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(ack_floor(&stack, &successor_term).await, 5, "the stale ack covered nothing of the successor's");
+    assert_eq!(
+        ack_floor(&stack, &successor_term).await,
+        floor,
+        "the stale ack (up to {last_held}) covered nothing of the successor's"
+    );
 
     successor.release.notify_one();
+    let after_floor = &published[usize::try_from(floor).expect("small")..];
+    let rest = after_floor.len();
     let seen = eventually("the successor applied the rest", Duration::from_secs(20), || {
         let seen = successor.seen();
-        async move { (seen.len() >= 15).then_some(seen) }
+        async move { (seen.len() >= rest).then_some(seen) }
     })
     .await;
-    assert_eq!(seen, published[5..], "everything after the stale leader's ack floor, in order, once");
-    eventually("the successor acknowledged everything", Duration::from_secs(10), || async {
+    assert_eq!(seen, after_floor, "everything after the stale leader's ack floor, in order, once");
+    eventually("the successor acknowledged everything", Duration::from_secs(20), || async {
         (ack_floor(&stack, &successor_term).await == 20).then_some(())
     })
     .await;
     let more = publish_seen(&stack, 5, 100).await;
     let seen = eventually("new events go to the successor", Duration::from_secs(20), || {
         let seen = successor.seen();
-        async move { (seen.len() >= 20).then_some(seen) }
+        let expected = rest + more.len();
+        async move { (seen.len() >= expected).then_some(seen) }
     })
     .await;
-    assert_eq!(seen[15..], more);
+    assert_eq!(seen[rest..], more);
     assert!(stale.seen().iter().all(|id| !more.contains(id)), "the stale leader stepped down");
     for (stop, task) in [(stale_stop, stale_task), (successor_stop, successor_task)] {
         stop.cancel();
